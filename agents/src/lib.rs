@@ -1,0 +1,1 @@
+//! Haiyun's node agent: GPU probes, health and telemetry streaming to the operator.

@@ -1,0 +1,106 @@
+//! `haiyun-bench`: placement-quality, job-completion and scale benchmarks that print JSON figures.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use haiyun_benches::{fgd, scale};
+use haiyun_scheduler::plugin::PolicyName;
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data");
+
+#[derive(Debug, Parser)]
+#[command(name = "haiyun-bench", about = "Haiyun benchmarks (JSON figures with --json)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Placement quality under the FGD protocol on the Alibaba GPU trace (default: the shipped `default` workload).
+    Fgd {
+        /// Node CSV.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/alibaba-gpu-v2023/openb_node_list_gpu_node.csv"))]
+        nodes: PathBuf,
+        /// Pod CSV.
+        #[arg(long)]
+        pods: Option<PathBuf>,
+        /// Folder of seed-S.json sequences.
+        #[arg(long)]
+        sequences: Option<PathBuf>,
+        /// Shipped workload to use when --pods/--sequences are not given (default, cpu050, gpushare40, …).
+        #[arg(long, default_value = "default")]
+        workload: String,
+        /// random | dotprod | gpu-clustering | gpu-packing | bestfit | fgd | haiyun
+        #[arg(long, default_value = "haiyun")]
+        policy: String,
+        /// Seeds: a range (42-51) or a list (42,43).
+        #[arg(long, default_value = "42-51")]
+        seeds: String,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Placements per second and memory on a synthetic federation.
+    Scale {
+        /// Nodes (8 GPUs each).
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Pending tasks.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        /// Seed of the synthetic federation and workload.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print one JSON object instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Fgd { nodes, pods, sequences, workload, policy, seeds, json } => {
+            let stem = format!("openb_pod_list_{workload}");
+            let args = fgd::FgdArgs {
+                nodes,
+                pods: pods.unwrap_or_else(|| PathBuf::from(format!("{DATA}/alibaba-gpu-v2023/{stem}.csv"))),
+                sequences: sequences.unwrap_or_else(|| PathBuf::from(format!("{DATA}/fgd-sequences/{stem}"))),
+                policy: policy.parse::<PolicyName>()?,
+                seeds: fgd::parse_seeds(&seeds).map_err(anyhow::Error::msg)?,
+            };
+            let r = fgd::run(&args).context("fgd benchmark failed")?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                let v = |m: &std::collections::BTreeMap<String, Option<f64>>, k: &str| {
+                    m.get(k).copied().flatten().map_or("-".to_string(), |x| format!("{x:.2}"))
+                };
+                println!("workload  policy          alloc@100  alloc@130  frag@130  failed  placements/s");
+                println!(
+                    "{:<9} {:<15} {:>9} {:>10} {:>9} {:>7.0} {:>13.0}",
+                    r.workload.trim_start_matches("openb_pod_list_"),
+                    r.policy,
+                    v(&r.alloc_pct, "100"),
+                    v(&r.alloc_pct, "130"),
+                    v(&r.frag_ratio_pct, "130"),
+                    r.failed_pods,
+                    r.placements_per_s
+                );
+            }
+        }
+        Command::Scale { nodes, tasks, seed, json } => {
+            let r = scale::run(nodes, tasks, seed).context("scale benchmark failed")?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} nodes / {} GPUs, {} tasks: haiyun {:.0} placements/s ({:.2}x bestfit), peak RSS {:.0} MiB",
+                    r.nodes, r.gpus, r.tasks, r.haiyun.placements_per_s, r.ratio_vs_baseline, r.rss_peak_mib
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Haiyun's benchmarks: trace replays under published protocols and scale runs of the core.
+
+pub mod fgd;
+pub mod progress;
+pub mod scale;

@@ -1,0 +1,2 @@
+//! The `haiyun` command line.
+fn main() {}

@@ -1,0 +1,11 @@
+//! The scheduler's model of a federation: pools, nodes, GPUs and the work that asks for them.
+
+mod cluster;
+mod gpu;
+mod node;
+mod task;
+
+pub use cluster::{Cluster, ClusterError, GpuId, NodeId, PoolId};
+pub use gpu::{GPU_MILLI, Gpu, GpuModels, Health, MAX_GPU_MODELS, ModelId, ModelSet};
+pub use node::{MAX_GPUS_PER_NODE, Node, Pool, PoolKind};
+pub use task::{Gang, GangError, TaskSpec, Topology};

@@ -1,0 +1,122 @@
+//! Gang placement: every task or none, inside one node, NVLink domain, rack or pool when asked.
+
+use super::{Outcome, Placement, Placer, Scope, explain};
+use crate::model::{Gang, NodeId, TaskSpec, Topology};
+use crate::plugin::fitting_gpus;
+use crate::snapshot::{Snapshot, SnapshotError, TaskPlacement};
+
+/// The most topology groups tried in full for one gang; groups are pre-screened by free capacity.
+const MAX_GROUPS_TRIED: usize = 8;
+
+impl Placer {
+    /// Places every task of `gang` or none. On `Placed`, the snapshot and the policy hold the tasks.
+    pub fn place(&mut self, snap: &mut Snapshot, gang: &Gang) -> Result<Outcome, SnapshotError> {
+        if gang.topology == Topology::Any {
+            return match self.try_in(snap, &gang.tasks, Scope::All)? {
+                Ok((p, _)) => Ok(Outcome::Placed(p)),
+                Err(i) => Ok(Outcome::Rejected(explain(snap, &gang.tasks[i], i, Topology::Any, 0))),
+            };
+        }
+        let groups = self.groups(snap, gang);
+        let mut best: Option<(i64, usize)> = None;
+        for (gi, (nodes, domain)) in groups.iter().enumerate().take(MAX_GROUPS_TRIED) {
+            let scope = scope_of(nodes, *domain);
+            if let Ok((p, score)) = self.try_in(snap, &gang.tasks, scope)? {
+                self.forget(snap, &p)?;
+                if best.is_none_or(|(s, _)| score > s) {
+                    best = Some((score, gi));
+                }
+            }
+        }
+        if let Some((_, gi)) = best {
+            let (nodes, domain) = &groups[gi];
+            if let Ok((p, _)) = self.try_in(snap, &gang.tasks, scope_of(nodes, *domain))? {
+                return Ok(Outcome::Placed(p));
+            }
+        }
+        let largest = largest_task(gang);
+        let gpus: u32 = gang.tasks.iter().map(|t| t.gpus).sum();
+        Ok(Outcome::Rejected(explain(snap, &gang.tasks[largest], largest, gang.topology, gpus)))
+    }
+
+    /// Places the tasks one by one within `scope`, returning the placement and the sum of its scores; on the
+    /// first failure undoes the rest and returns the failed task's index.
+    fn try_in(
+        &mut self,
+        snap: &mut Snapshot,
+        tasks: &[TaskSpec],
+        scope: Scope<'_>,
+    ) -> Result<Result<(Placement, i64), usize>, SnapshotError> {
+        let mut placed: Vec<TaskPlacement> = Vec::with_capacity(tasks.len());
+        let mut total = 0i64;
+        for (i, task) in tasks.iter().enumerate() {
+            match self.pick_scored(snap, task, scope) {
+                Some((p, score)) => {
+                    self.assume_task(snap, &p)?;
+                    placed.push(p);
+                    total = total.saturating_add(score);
+                }
+                None => {
+                    for p in placed.iter().rev() {
+                        self.forget_task(snap, p)?;
+                    }
+                    return Ok(Err(i));
+                }
+            }
+        }
+        Ok(Ok((Placement { tasks: placed }, total)))
+    }
+
+    /// Candidate groups for a gang's topology, tightest sufficient free capacity first.
+    fn groups(&self, snap: &Snapshot, gang: &Gang) -> Vec<(Vec<NodeId>, Option<u32>)> {
+        let needed: u32 = gang.tasks.iter().map(|t| t.gpus).sum();
+        let probe = gang.tasks[largest_task(gang)];
+        let g = snap.groups();
+        let raw: Vec<(Vec<NodeId>, Option<u32>)> = match gang.topology {
+            Topology::Any => vec![((0..snap.len() as u32).collect(), None)],
+            Topology::SameNode => (0..snap.len() as u32).map(|id| (vec![id], None)).collect(),
+            Topology::Rack => g.racks.values().map(|n| (n.clone(), None)).collect(),
+            Topology::Pool => g.pools.values().map(|n| (n.clone(), None)).collect(),
+            Topology::NvlinkDomain => g.nvlink.iter().map(|(d, n)| (n.clone(), Some(*d))).collect(),
+        };
+        let mut sized: Vec<(u32, u32, (Vec<NodeId>, Option<u32>))> = raw
+            .into_iter()
+            .map(|grp| (free_in(snap, &probe, &grp.0, grp.1), min_rank(snap, &grp.0), grp))
+            .filter(|(free, _, _)| *free >= needed)
+            .collect();
+        sized.sort_by_key(|(free, rank, _)| (*free, *rank));
+        sized.into_iter().map(|(_, _, grp)| grp).collect()
+    }
+}
+
+fn scope_of(nodes: &[NodeId], domain: Option<u32>) -> Scope<'_> {
+    match domain {
+        Some(d) => Scope::Nvlink(nodes, d),
+        None => Scope::Nodes(nodes),
+    }
+}
+
+/// Index of the task asking for the most GPU milli (the hardest to fit).
+fn largest_task(gang: &Gang) -> usize {
+    gang.tasks
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, t)| (t.gpu_total_milli(), t.cpu_milli, std::cmp::Reverse(*i)))
+        .map_or(0, |(i, _)| i)
+}
+
+/// GPUs in a group with the probe task's share free (of its models, in the domain if given).
+fn free_in(snap: &Snapshot, probe: &TaskSpec, nodes: &[NodeId], domain: Option<u32>) -> u32 {
+    nodes
+        .iter()
+        .filter_map(|id| snap.view(*id))
+        .map(|v| {
+            let usable = v.gpus_of(probe.models) & domain.map_or(u32::MAX, |d| v.gpus_in_domain(d));
+            fitting_gpus(v.free, usable, probe.gpu_milli.max(1)).count_ones()
+        })
+        .sum()
+}
+
+fn min_rank(snap: &Snapshot, nodes: &[NodeId]) -> u32 {
+    nodes.iter().filter_map(|id| snap.view(*id)).map(|v| v.rank).min().unwrap_or(u32::MAX)
+}
