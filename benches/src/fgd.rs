@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use haiyun_scheduler::model::Cluster;
+use haiyun_scheduler::plugin::score::HaiyunParams;
 use haiyun_scheduler::plugin::{Policy, PolicyName, TypicalPods};
 use haiyun_scheduler::sim::{AllocBuckets, ReplayError, replay_fgd, round2};
 use haiyun_scheduler::trace::{Sequence, TraceError, TracePod, parse_nodes, parse_pods};
@@ -63,6 +64,8 @@ pub struct FgdArgs {
     pub policy: PolicyName,
     /// Seeds to run.
     pub seeds: Vec<u64>,
+    /// Haiyun's parameters (research; defaults are the shipped policy).
+    pub haiyun: HaiyunParams,
 }
 
 /// The protocol's JSON result.
@@ -133,7 +136,7 @@ pub fn run(args: &FgdArgs) -> Result<FgdReport, FgdError> {
     for (i, seed) in args.seeds.iter().enumerate() {
         bar.set(i);
         let seq = load_sequence(&args.sequences, *seed)?;
-        let policy = Policy::new(args.policy, *seed, Some(&typical))?;
+        let policy = Policy::with_params(args.policy, *seed, Some(&typical), args.haiyun)?;
         let start = Instant::now();
         let run = replay_fgd(&cluster, &pods, &seq, policy, &typical)?;
         elapsed += start.elapsed().as_secs_f64();

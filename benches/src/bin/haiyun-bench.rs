@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use haiyun_benches::{fgd, scale};
 use haiyun_scheduler::plugin::PolicyName;
+use haiyun_scheduler::plugin::score::HaiyunParams;
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data");
 
@@ -41,6 +42,9 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Haiyun policy parameters for experiments, e.g. memory=1,starved=0.1 (defaults: the shipped policy).
+        #[arg(long, default_value = "")]
+        haiyun_params: String,
     },
     /// Placements per second and memory on a synthetic federation.
     Scale {
@@ -61,7 +65,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Fgd { nodes, pods, sequences, workload, policy, seeds, json } => {
+        Command::Fgd { nodes, pods, sequences, workload, policy, seeds, json, haiyun_params } => {
             let stem = format!("openb_pod_list_{workload}");
             let args = fgd::FgdArgs {
                 nodes,
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
                 sequences: sequences.unwrap_or_else(|| PathBuf::from(format!("{DATA}/fgd-sequences/{stem}"))),
                 policy: policy.parse::<PolicyName>()?,
                 seeds: fgd::parse_seeds(&seeds).map_err(anyhow::Error::msg)?,
+                haiyun: HaiyunParams::parse(&haiyun_params)?,
             };
             let r = fgd::run(&args).context("fgd benchmark failed")?;
             if json {

@@ -2,7 +2,7 @@
 
 use crate::model::{Cluster, Gang};
 use crate::placer::{NodesToScore, Outcome, Placer, PlacerConfig};
-use crate::plugin::score::node_fragmentation;
+use crate::plugin::score::{FragModel, node_fragmentation};
 use crate::plugin::{Policy, TypicalPods};
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::trace::{Sequence, TracePod};
@@ -54,8 +54,9 @@ pub fn replay_fgd(
     snap.set_ranks(seq.node_rank.clone())?;
     let mut placer = Placer::new(policy, PlacerConfig { nodes_to_score: NodesToScore::All });
     let frag_of = |snap: &Snapshot, id: u32| {
-        snap.view(id)
-            .map_or(0.0, |v| node_fragmentation(typical, v.cpu_free as i64, 0, v.free, v.node, false))
+        snap.view(id).map_or(0.0, |v| {
+            node_fragmentation(typical, v.cpu_free as i64, 0, v.free, v.node, FragModel::FGD)
+        })
     };
     let mut frag: Vec<f64> = (0..snap.len() as u32).map(|id| frag_of(&snap, id)).collect();
     let mut frag_sum: f64 = frag.iter().sum();

@@ -1,6 +1,6 @@
 //! FGD: move each task where it lowers the expected fragmentation most (Weng et al., USENIX ATC 2023).
 
-use super::frag::{FragCache, node_fragmentation};
+use super::frag::{FragCache, FragModel, node_fragmentation};
 use super::{Score, Scored, score_cpu};
 use crate::model::TaskSpec;
 use crate::plugin::typical::TypicalPods;
@@ -22,19 +22,19 @@ impl Fgd {
 }
 
 /// `trunc(100 / (1 + e^(−Δ/1000)))`.
-pub(crate) fn sigmoid_score(delta: f64) -> i64 {
+fn sigmoid_score(delta: f64) -> i64 {
     (100.0 / (1.0 + (-delta / 1000.0).exp())).trunc() as i64
 }
 
 /// The GPUs a non-shared task takes: the first `gpus` that fit, in ascending order of free (stable).
-pub(crate) fn ascending_fit(node: &NodeView<'_>, task: &TaskSpec, usable: u32) -> u32 {
+fn ascending_fit(node: &NodeView<'_>, task: &TaskSpec, usable: u32) -> u32 {
     let mut order = [0u8; 32];
     let n = sorted_by_free(node.free, fitting_gpus(node.free, usable, task.gpu_milli), &mut order);
     order[..n].iter().take(task.gpus as usize).fold(0u32, |acc, j| acc | (1u32 << j))
 }
 
 /// Free milli per GPU after `task` takes its share on the GPUs in `mask`.
-pub(crate) fn after(free: &[u16], mask: u32, milli: u32) -> [u16; 32] {
+fn after(free: &[u16], mask: u32, milli: u32) -> [u16; 32] {
     let mut out = [0u16; 32];
     out[..free.len()].copy_from_slice(free);
     for j in mask_bits(mask) {
@@ -43,29 +43,45 @@ pub(crate) fn after(free: &[u16], mask: u32, milli: u32) -> [u16; 32] {
     out
 }
 
+/// FGD's step: the node's score is the sigmoid of how much placing `task` lowers its fragmentation. A shared
+/// task tries every GPU that fits and keeps the first best; other tasks take the first GPUs that fit in
+/// ascending order of free. `frag(cpu, memory, free)` measures a node state.
+pub(crate) fn gradient_score(
+    node: &NodeView<'_>,
+    task: &TaskSpec,
+    usable: u32,
+    before: f64,
+    frag: impl Fn(i64, i64, &[u16]) -> f64,
+) -> Scored {
+    let n = node.free.len();
+    let cpu = node.cpu_free as i64 - score_cpu(task) as i64;
+    let mem = node.memory_free as i64 - task.memory_mib as i64;
+    if task.is_shared() {
+        let mut best = Scored { score: i64::MIN, gpus: 0 };
+        for j in mask_bits(fitting_gpus(node.free, usable, task.gpu_milli)) {
+            let free = after(node.free, 1u32 << j, task.gpu_milli);
+            let score = sigmoid_score(before - frag(cpu, mem, &free[..n]));
+            if score > best.score {
+                best = Scored { score, gpus: 1u32 << j };
+            }
+        }
+        return best;
+    }
+    let gpus = if task.is_cpu_only() { 0 } else { ascending_fit(node, task, usable) };
+    let free = after(node.free, gpus, task.gpu_milli);
+    Scored { score: sigmoid_score(before - frag(cpu, mem, &free[..n])), gpus }
+}
+
 impl Score for Fgd {
     const NAME: &'static str = "FGD";
 
     fn score(&mut self, node: &NodeView<'_>, task: &TaskSpec, usable: u32) -> Scored {
         let typical = &self.typical;
-        let n = node.free.len();
-        let frag = |cpu: i64, free: &[u16]| node_fragmentation(typical, cpu, 0, free, node.node, false);
-        let before = self.before.get_or(node.id, node.version, || frag(node.cpu_free as i64, node.free));
-        let cpu = node.cpu_free as i64 - score_cpu(task) as i64;
-        if task.is_shared() {
-            let mut best = Scored { score: i64::MIN, gpus: 0 };
-            for j in mask_bits(fitting_gpus(node.free, usable, task.gpu_milli)) {
-                let free = after(node.free, 1u32 << j, task.gpu_milli);
-                let score = sigmoid_score(before - frag(cpu, &free[..n]));
-                if score > best.score {
-                    best = Scored { score, gpus: 1u32 << j };
-                }
-            }
-            return best;
-        }
-        let gpus = if task.is_cpu_only() { 0 } else { ascending_fit(node, task, usable) };
-        let free = after(node.free, gpus, task.gpu_milli);
-        Scored { score: sigmoid_score(before - frag(cpu, &free[..n])), gpus }
+        let frag = |cpu: i64, _mem: i64, free: &[u16]| {
+            node_fragmentation(typical, cpu, 0, free, node.node, FragModel::FGD)
+        };
+        let before = self.before.get_or(node.id, node.version, || frag(node.cpu_free as i64, 0, node.free));
+        gradient_score(node, task, usable, before, frag)
     }
 }
 

@@ -1,23 +1,45 @@
 //! Haiyun: fragmentation gradient over every resource the expected workload needs, not GPUs alone.
+//!
+//! FGD asks, per typical shape, "could one more such task use this node's free GPUs?". Haiyun also asks
+//! whether its memory fits and how many copies the node's CPU and memory can still feed: free GPUs that only
+//! CPU-starved copies could use count as (discounted) fragmentation, so CPU-heavy and CPU-only tasks go where
+//! they strand the fewest GPUs. The discount reflects that lighter shapes may still use those GPUs later.
 
-use super::fgd::{after, ascending_fit, sigmoid_score};
-use super::frag::{FragCache, node_fragmentation};
-use super::{Score, Scored, score_cpu};
+use super::fgd::gradient_score;
+use super::frag::{FragCache, FragModel, node_fragmentation};
+use super::{PolicyError, Score, Scored};
 use crate::model::TaskSpec;
-use crate::plugin::fitting_gpus;
 use crate::plugin::typical::TypicalPods;
-use crate::snapshot::{NodeView, mask_bits};
+use crate::snapshot::NodeView;
 
 /// Knobs of the Haiyun policy; the defaults are the shipped policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HaiyunParams {
-    /// A shape that does not fit in the node's free memory strands the node's GPUs for it.
-    pub memory_aware: bool,
+    /// How fragmentation is measured.
+    pub frag: FragModel,
 }
 
 impl Default for HaiyunParams {
     fn default() -> Self {
-        HaiyunParams { memory_aware: true }
+        HaiyunParams { frag: FragModel { memory: true, starved_weight: 0.075 } }
+    }
+}
+
+impl HaiyunParams {
+    /// Applies `key=value` pairs separated by commas (`memory=1,starved=0.1`) to the defaults.
+    pub fn parse(s: &str) -> Result<Self, PolicyError> {
+        let mut p = HaiyunParams::default();
+        for pair in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+            let bad = || PolicyError::BadParam(pair.to_string());
+            let (k, v) = pair.split_once('=').ok_or_else(bad)?;
+            let x: f64 = v.trim().parse().map_err(|_| bad())?;
+            match k.trim() {
+                "memory" => p.frag.memory = x != 0.0,
+                "starved" => p.frag.starved_weight = x,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(p)
     }
 }
 
@@ -34,41 +56,18 @@ impl Haiyun {
     pub fn new(typical: TypicalPods, params: HaiyunParams) -> Self {
         Haiyun { typical, params, before: FragCache::default() }
     }
-
-    fn frag(&self, node: &NodeView<'_>, cpu: i64, memory: i64, free: &[u16]) -> f64 {
-        node_fragmentation(&self.typical, cpu, memory, free, node.node, self.params.memory_aware)
-    }
 }
 
 impl Score for Haiyun {
     const NAME: &'static str = "Haiyun";
 
     fn score(&mut self, node: &NodeView<'_>, task: &TaskSpec, usable: u32) -> Scored {
-        let n = node.free.len();
-        let (cpu0, mem0) = (node.cpu_free as i64, node.memory_free as i64);
-        let before = match self.before.entries_get(node.id, node.version) {
-            Some(f) => f,
-            None => {
-                let f = self.frag(node, cpu0, mem0, node.free);
-                self.before.put(node.id, node.version, f);
-                f
-            }
-        };
-        let cpu = cpu0 - score_cpu(task) as i64;
-        let mem = mem0 - task.memory_mib as i64;
-        if task.is_shared() {
-            let mut best = Scored { score: i64::MIN, gpus: 0 };
-            for j in mask_bits(fitting_gpus(node.free, usable, task.gpu_milli)) {
-                let free = after(node.free, 1u32 << j, task.gpu_milli);
-                let score = sigmoid_score(before - self.frag(node, cpu, mem, &free[..n]));
-                if score > best.score {
-                    best = Scored { score, gpus: 1u32 << j };
-                }
-            }
-            return best;
-        }
-        let gpus = if task.is_cpu_only() { 0 } else { ascending_fit(node, task, usable) };
-        let free = after(node.free, gpus, task.gpu_milli);
-        Scored { score: sigmoid_score(before - self.frag(node, cpu, mem, &free[..n])), gpus }
+        let (typical, model) = (&self.typical, self.params.frag);
+        let frag =
+            |cpu: i64, mem: i64, free: &[u16]| node_fragmentation(typical, cpu, mem, free, node.node, model);
+        let before = self
+            .before
+            .get_or(node.id, node.version, || frag(node.cpu_free as i64, node.memory_free as i64, node.free));
+        gradient_score(node, task, usable, before, frag)
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use bestfit::BestFit;
 pub use dotprod::DotProd;
 pub use fgd::Fgd;
-pub use frag::{FragCache, node_fragmentation};
+pub use frag::{FragCache, FragModel, node_fragmentation};
 pub use gpu_clustering::GpuClustering;
 pub use gpu_packing::GpuPacking;
 pub use haiyun::{Haiyun, HaiyunParams};
@@ -131,6 +131,9 @@ pub enum PolicyError {
         "failed to select policy {0:?}: use one of random, dotprod, gpu-clustering, gpu-packing, bestfit, fgd, haiyun"
     )]
     UnknownPolicy(String),
+    /// A policy parameter that is not `key=number` with a known key.
+    #[error("failed to read policy parameter {0:?}: use key=number with key memory or starved")]
+    BadParam(String),
     /// A workload-aware policy without an estimate of the workload.
     #[error(
         "failed to build policy {0}: it needs the typical task shapes of the workload, and none were given"
@@ -174,6 +177,16 @@ macro_rules! each {
 impl Policy {
     /// Builds the named policy; `seed` drives `random`, `typical` feeds the workload-aware policies.
     pub fn new(name: PolicyName, seed: u64, typical: Option<&TypicalPods>) -> Result<Self, PolicyError> {
+        Self::with_params(name, seed, typical, HaiyunParams::default())
+    }
+
+    /// Like [`Policy::new`], with Haiyun's parameters given.
+    pub fn with_params(
+        name: PolicyName,
+        seed: u64,
+        typical: Option<&TypicalPods>,
+        haiyun: HaiyunParams,
+    ) -> Result<Self, PolicyError> {
         let workload = || typical.cloned().ok_or(PolicyError::NeedsWorkload(name));
         Ok(match name {
             PolicyName::Random => Policy::Random(Random::new(seed)),
@@ -182,7 +195,7 @@ impl Policy {
             PolicyName::GpuPacking => Policy::GpuPacking(GpuPacking),
             PolicyName::Bestfit => Policy::BestFit(BestFit),
             PolicyName::Fgd => Policy::Fgd(Fgd::new(workload()?)),
-            PolicyName::Haiyun => Policy::Haiyun(Haiyun::new(workload()?, HaiyunParams::default())),
+            PolicyName::Haiyun => Policy::Haiyun(Haiyun::new(workload()?, haiyun)),
         })
     }
 
