@@ -3,3 +3,4 @@
 pub mod fgd;
 pub mod progress;
 pub mod scale;
+pub mod table;

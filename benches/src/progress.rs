@@ -22,7 +22,7 @@ impl Progress {
             return;
         }
         let width = 30;
-        let filled = if self.total == 0 { width } else { done * width / self.total };
+        let filled = (done * width).checked_div(self.total).unwrap_or(width);
         let bar: String = "#".repeat(filled) + &" ".repeat(width - filled.min(width));
         let _ = write!(std::io::stderr(), "\r{} [{bar}] {done}/{}", self.label, self.total);
         let _ = std::io::stderr().flush();

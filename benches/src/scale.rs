@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use haiyun_scheduler::placer::{Outcome, Placer, PlacerConfig};
+use haiyun_scheduler::placer::{NodesToScore, Outcome, Placer, PlacerConfig};
 use haiyun_scheduler::plugin::{Policy, PolicyName, TypicalPods};
 use haiyun_scheduler::snapshot::{Snapshot, SnapshotError};
 use haiyun_scheduler::testing::{synthetic_federation, synthetic_workload};
@@ -74,9 +74,10 @@ pub fn place_all(
     gangs: &[Gang],
     typical: &TypicalPods,
     policy: PolicyName,
+    config: PlacerConfig,
 ) -> Result<PolicyFigures, ScaleError> {
     let mut snap = Snapshot::new(cluster.clone())?;
-    let mut placer = Placer::new(Policy::new(policy, 1, Some(typical))?, PlacerConfig::default());
+    let mut placer = Placer::new(Policy::new(policy, 1, Some(typical))?, config);
     let (mut placed, mut rejected, mut tasks) = (0usize, 0usize, 0usize);
     let start = Instant::now();
     for g in gangs {
@@ -110,15 +111,22 @@ pub fn rss_mib() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Runs haiyun and the bestfit baseline on the same federation and workload.
-pub fn run(nodes: usize, tasks: usize, seed: u64) -> Result<ScaleReport, ScaleError> {
+/// Runs haiyun and the bestfit baseline on the same federation and workload; `nodes_to_score` 0 is adaptive.
+pub fn run(nodes: usize, tasks: usize, seed: u64, nodes_to_score: usize) -> Result<ScaleReport, ScaleError> {
+    let config = PlacerConfig {
+        nodes_to_score: if nodes_to_score == 0 {
+            NodesToScore::Adaptive
+        } else {
+            NodesToScore::AtMost(nodes_to_score)
+        },
+    };
     let (cluster, gangs, typical) = setup(nodes, tasks, seed);
     let (rss_before, _) = rss_mib();
     let snap = Snapshot::new(cluster.clone())?;
     let (rss_snap, _) = rss_mib();
     drop(snap);
-    let haiyun = place_all(&cluster, &gangs, &typical, PolicyName::Haiyun)?;
-    let baseline = place_all(&cluster, &gangs, &typical, PolicyName::Bestfit)?;
+    let haiyun = place_all(&cluster, &gangs, &typical, PolicyName::Haiyun, config)?;
+    let baseline = place_all(&cluster, &gangs, &typical, PolicyName::Bestfit, config)?;
     let (_, peak) = rss_mib();
     Ok(ScaleReport {
         nodes,

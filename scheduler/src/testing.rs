@@ -158,27 +158,33 @@ pub fn synthetic_federation(nodes: usize, seed: u64) -> Cluster {
     Cluster { models, pools, nodes }
 }
 
-/// Pending gangs holding `tasks` tasks in all: about 50% fractional single-GPU tasks, 30% whole single-GPU,
-/// 18% CPU-only and 2% in gangs of 2–4 tasks of 8 GPUs; a quarter restrict GPU models. Deterministic for a seed.
+/// Pending gangs holding `tasks` tasks in all, drawn from a catalogue of common shapes (real workloads are
+/// concentrated: 35 shapes cover 95% of the Alibaba GPU trace): about 50% fractional single-GPU tasks, 30%
+/// whole single-GPU, 18% CPU-only and 2% in gangs of 2–4 tasks of 8 GPUs; a quarter restrict GPU models.
+/// Deterministic for a seed.
 pub fn synthetic_workload(tasks: usize, seed: u64) -> Vec<Gang> {
+    const SHARES: [(u32, u64, u64); 6] =
+        [(100, 2, 8), (250, 4, 16), (250, 2, 8), (500, 4, 32), (500, 8, 32), (700, 8, 48)];
+    const WHOLE: [(u64, u64); 4] = [(8, 64), (12, 96), (16, 128), (4, 32)];
+    const CPU: [(u64, u64); 4] = [(4, 16), (8, 32), (16, 64), (32, 128)];
     let mut rng = SplitMix64::new(seed ^ 0x5eed);
     let mut gangs = Vec::new();
     let mut count = 0;
     while count < tasks {
         let r = rng.below(1000);
         let models = if rng.below(4) == 0 { ModelSet::one(rng.below(3) as u8) } else { ModelSet::ANY };
-        let cpu = 1000 * (1 + rng.below(8));
-        let mem = 4096 * (1 + rng.below(8));
         let gang = if r < 500 {
-            let milli = [100, 250, 500, 700][rng.below(4) as usize];
-            Gang::single(task().cpu(cpu).memory(mem).gpus(1, milli).models(models).build())
+            let (milli, cores, gib) = SHARES[rng.below(6) as usize];
+            Gang::single(task().cpu(cores * 1000).memory(gib * 1024).gpus(1, milli).models(models).build())
         } else if r < 800 {
-            Gang::single(task().cpu(cpu).memory(mem).gpus(1, 1000).models(models).build())
+            let (cores, gib) = WHOLE[rng.below(4) as usize];
+            Gang::single(task().cpu(cores * 1000).memory(gib * 1024).gpus(1, 1000).models(models).build())
         } else if r < 993 {
-            Gang::single(task().cpu(cpu).memory(mem).build())
+            let (cores, gib) = CPU[rng.below(4) as usize];
+            Gang::single(task().cpu(cores * 1000).memory(gib * 1024).build())
         } else {
             let replicas = (2 + rng.below(3) as u32).min((tasks - count) as u32);
-            task().cpu(8 * cpu).memory(8 * mem).gpus(8, 1000).models(models).gang(replicas, Topology::Any)
+            task().cpu(96_000).memory(786_432).gpus(8, 1000).models(models).gang(replicas, Topology::Any)
         };
         count += gang.tasks.len();
         gangs.push(gang);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use haiyun_benches::{fgd, scale};
+use haiyun_benches::{fgd, scale, table};
 use haiyun_scheduler::plugin::PolicyName;
 use haiyun_scheduler::plugin::score::HaiyunParams;
 
@@ -46,6 +46,15 @@ enum Command {
         #[arg(long, default_value = "")]
         haiyun_params: String,
     },
+    /// Every policy on every shipped workload beside the published means (Markdown, or JSON with --json).
+    FgdTable {
+        /// Seeds: a range (42-51) or a list (42,43).
+        #[arg(long, default_value = "42-51")]
+        seeds: String,
+        /// Print JSON rows instead of Markdown.
+        #[arg(long)]
+        json: bool,
+    },
     /// Placements per second and memory on a synthetic federation.
     Scale {
         /// Nodes (8 GPUs each).
@@ -57,6 +66,9 @@ enum Command {
         /// Seed of the synthetic federation and workload.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Feasible nodes scored per task: 0 for the adaptive default.
+        #[arg(long, default_value_t = 0)]
+        nodes_to_score: usize,
         /// Print one JSON object instead of a summary.
         #[arg(long)]
         json: bool,
@@ -95,8 +107,23 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Scale { nodes, tasks, seed, json } => {
-            let r = scale::run(nodes, tasks, seed).context("scale benchmark failed")?;
+        Command::FgdTable { seeds, json } => {
+            let seeds = fgd::parse_seeds(&seeds).map_err(anyhow::Error::msg)?;
+            let quiet = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let rows = table::run_all(std::path::Path::new(DATA), &seeds, |what| {
+                if !quiet {
+                    eprint!("\r{what:<40}");
+                }
+            })
+            .context("fgd-table failed")?;
+            if json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                println!("{}", table::markdown(&rows));
+            }
+        }
+        Command::Scale { nodes, tasks, seed, nodes_to_score, json } => {
+            let r = scale::run(nodes, tasks, seed, nodes_to_score).context("scale benchmark failed")?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

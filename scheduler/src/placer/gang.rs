@@ -5,6 +5,9 @@ use crate::model::{Gang, NodeId, TaskSpec, Topology};
 use crate::plugin::fitting_gpus;
 use crate::snapshot::{Snapshot, SnapshotError, TaskPlacement};
 
+/// A topology group: its nodes, and the NVLink domain when the group is one.
+type Group = (Vec<NodeId>, Option<u32>);
+
 /// The most topology groups tried in full for one gang; groups are pre-screened by free capacity.
 const MAX_GROUPS_TRIED: usize = 8;
 
@@ -68,18 +71,18 @@ impl Placer {
     }
 
     /// Candidate groups for a gang's topology, tightest sufficient free capacity first.
-    fn groups(&self, snap: &Snapshot, gang: &Gang) -> Vec<(Vec<NodeId>, Option<u32>)> {
+    fn groups(&self, snap: &Snapshot, gang: &Gang) -> Vec<Group> {
         let needed: u32 = gang.tasks.iter().map(|t| t.gpus).sum();
         let probe = gang.tasks[largest_task(gang)];
         let g = snap.groups();
-        let raw: Vec<(Vec<NodeId>, Option<u32>)> = match gang.topology {
+        let raw: Vec<Group> = match gang.topology {
             Topology::Any => vec![((0..snap.len() as u32).collect(), None)],
             Topology::SameNode => (0..snap.len() as u32).map(|id| (vec![id], None)).collect(),
             Topology::Rack => g.racks.values().map(|n| (n.clone(), None)).collect(),
             Topology::Pool => g.pools.values().map(|n| (n.clone(), None)).collect(),
             Topology::NvlinkDomain => g.nvlink.iter().map(|(d, n)| (n.clone(), Some(*d))).collect(),
         };
-        let mut sized: Vec<(u32, u32, (Vec<NodeId>, Option<u32>))> = raw
+        let mut sized: Vec<(u32, u32, Group)> = raw
             .into_iter()
             .map(|grp| (free_in(snap, &probe, &grp.0, grp.1), min_rank(snap, &grp.0), grp))
             .filter(|(free, _, _)| *free >= needed)

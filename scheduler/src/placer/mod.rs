@@ -184,13 +184,11 @@ impl Placer {
         self.scores.clear();
         self.scores.extend(self.feasible.iter().map(|(_, s, _)| s.score));
         self.policy.normalize(&mut self.scores);
-        let best = self
-            .feasible
+        self.feasible
             .iter()
             .zip(&self.scores)
             .max_by(|(a, sa), (b, sb)| sa.cmp(sb).then_with(|| b.2.cmp(&a.2)))
-            .map(|((node, s, _), n)| (TaskPlacement { node: *node, gpus: s.gpus, spec: *task }, *n));
-        best
+            .map(|((node, s, _), n)| (TaskPlacement { node: *node, gpus: s.gpus, spec: *task }, *n))
     }
 
     fn class(&mut self, task: &TaskSpec) -> u32 {

@@ -431,3 +431,73 @@ pub fn mask_bits(mut mask: u32) -> impl Iterator<Item = usize> {
         Some(j)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{GpuModels, Pool, PoolKind};
+    use crate::testing::{node, task};
+
+    fn snap() -> Snapshot {
+        let mut models = GpuModels::default();
+        let m = models.intern("H100").unwrap_or(0);
+        let pools = vec![Pool { name: "p".into(), kind: PoolKind::Ai, site: "s".into() }];
+        Snapshot::new(Cluster {
+            models,
+            pools,
+            nodes: vec![node().cpu(8000).memory(4096).gpus(2, m).build()],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn assume_then_forget_restores_the_node_and_moves_its_version() {
+        let mut s = snap();
+        let p =
+            TaskPlacement { node: 0, gpus: 0b10, spec: task().cpu(2000).memory(1024).gpus(1, 300).build() };
+        s.assume(&p).unwrap();
+        let v = s.view(0).unwrap();
+        assert_eq!((v.cpu_free, v.memory_free, v.free.to_vec()), (6000, 3072, vec![1000, 700]));
+        s.forget(&p).unwrap();
+        let v = s.view(0).unwrap();
+        assert_eq!((v.cpu_free, v.free.to_vec(), v.version), (8000, vec![1000, 1000], 2));
+    }
+
+    #[test]
+    fn over_committing_a_gpu_is_an_error_and_changes_nothing() {
+        let mut s = snap();
+        let p = TaskPlacement { node: 0, gpus: 0b01, spec: task().cpu(1).memory(1).gpus(1, 700).build() };
+        s.assume(&p).unwrap();
+        assert!(matches!(s.assume(&p), Err(SnapshotError::OverCommit { resource: "gpu milli", .. })));
+        assert_eq!(s.allocated(0), &[700, 0]);
+    }
+
+    #[test]
+    fn forgetting_a_task_that_was_never_assumed_is_an_error() {
+        let mut s = snap();
+        let p = TaskPlacement { node: 0, gpus: 0b01, spec: task().cpu(1).memory(1).gpus(1, 700).build() };
+        assert!(matches!(s.forget(&p), Err(SnapshotError::NotAssumed { .. })));
+    }
+
+    #[test]
+    fn a_gpu_choice_that_does_not_match_the_request_is_refused() {
+        let mut s = snap();
+        let p = TaskPlacement { node: 0, gpus: 0b11, spec: task().gpus(1, 1000).build() };
+        assert!(matches!(s.assume(&p), Err(SnapshotError::GpuCountMismatch { wanted: 1, chosen: 2, .. })));
+        let p = TaskPlacement { node: 0, gpus: 0b100, spec: task().gpus(1, 1000).build() };
+        assert!(matches!(s.assume(&p), Err(SnapshotError::UnknownGpu { index: 2, .. })));
+    }
+
+    #[test]
+    fn an_unhealthy_gpu_leaves_the_index_and_comes_back_when_healthy() {
+        let mut s = snap();
+        let whole =
+            |s: &Snapshot| UnionIter::new(s.index().candidate_sets(2, 1000, ModelSet::ANY), 0).count();
+        assert_eq!(whole(&s), 1);
+        s.set_health(GpuId { node: 0, index: 1 }, Health::Unhealthy).unwrap();
+        assert_eq!(whole(&s), 0);
+        assert_eq!(s.view(0).unwrap().free, &[1000, 0]);
+        s.set_health(GpuId { node: 0, index: 1 }, Health::Healthy).unwrap();
+        assert_eq!(whole(&s), 1);
+    }
+}

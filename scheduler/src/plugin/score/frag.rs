@@ -55,9 +55,9 @@ pub fn task_fragmentation(
         return f64::from(stranded);
     }
     let gpu_copies = if t.gpu_milli >= 1000 { fitting / t.gpus } else { copies / t.gpus };
-    let cpu_copies = if t.cpu_milli == 0 { u64::MAX } else { cpu_free as u64 / t.cpu_milli };
-    let mem_copies =
-        if !m.memory || t.memory_mib == 0 { u64::MAX } else { memory_free as u64 / t.memory_mib };
+    let cpu_copies = (cpu_free as u64).checked_div(t.cpu_milli).unwrap_or(u64::MAX);
+    let mem_copies = if m.memory { (memory_free as u64).checked_div(t.memory_mib) } else { None };
+    let mem_copies = mem_copies.unwrap_or(u64::MAX);
     let fed = cpu_copies.min(mem_copies).min(u64::from(gpu_copies)) as u32;
     let starved = (gpu_copies - fed) * t.gpus * t.gpu_milli;
     (f64::from(stranded) + m.starved_weight * f64::from(starved)).min(f64::from(total))

@@ -1,2 +1,0 @@
-//! The `haiyun` command line.
-fn main() {}
