@@ -16,8 +16,16 @@ cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-echo "== tests"
-cargo test --workspace --quiet
-
 echo "== main job (one seed of the placement benchmark)"
 cargo run --release --quiet -p haiyun-benches --bin haiyun-bench -- fgd --policy haiyun --seeds 42
+
+echo "== tests"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --lib --bins --tests 2>&1 | tee "$log" || status=$?
+passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "tests: ${passed} passed, ${failed} failed"
+exit "$status"

@@ -20,7 +20,7 @@ const TYPICAL_COVERAGE: f64 = 0.95;
 #[derive(Debug, thiserror::Error)]
 pub enum FgdError {
     /// A file could not be read.
-    #[error("failed to read {path}: {source}")]
+    #[error("failed to read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -28,7 +28,7 @@ pub enum FgdError {
         source: std::io::Error,
     },
     /// A trace file is malformed.
-    #[error("failed to parse {path}: {source}")]
+    #[error("failed to parse {path}")]
     Trace {
         /// The file.
         path: PathBuf,
@@ -36,7 +36,7 @@ pub enum FgdError {
         source: TraceError,
     },
     /// A sequence file is malformed.
-    #[error("failed to parse sequence {path}: {source}")]
+    #[error("failed to parse sequence {path}")]
     Sequence {
         /// The file.
         path: PathBuf,
