@@ -1,6 +1,8 @@
 //! Haiyun's benchmarks: trace replays under published protocols and scale runs of the core.
 
+pub mod check;
 pub mod fgd;
+pub mod jct;
 pub mod progress;
 pub mod scale;
 pub mod table;

@@ -5,7 +5,9 @@
 pub mod model;
 pub mod placer;
 pub mod plugin;
+pub mod queue;
 pub mod rng;
+pub mod schedule;
 pub mod sim;
 pub mod snapshot;
 pub mod trace;

@@ -131,10 +131,25 @@ pub fn synthetic_federation(nodes: usize, seed: u64) -> Cluster {
     let mut models = GpuModels::default();
     let ids: Vec<ModelId> = ["H100", "A100", "L40S", "T4"].iter().filter_map(|m| models.intern(m)).collect();
     let pools = vec![
-        Pool { name: "hpc".into(), kind: PoolKind::Hpc, site: "wuxi".into() },
-        Pool { name: "ai".into(), kind: PoolKind::Ai, site: "shanghai".into() },
-        Pool { name: "general".into(), kind: PoolKind::General, site: "hangzhou".into() },
-        Pool { name: "edge".into(), kind: PoolKind::Edge, site: "edge".into() },
+        Pool { name: "hpc".into(), kind: PoolKind::Hpc, site: "wuxi".into(), clearance: Default::default() },
+        Pool {
+            name: "ai".into(),
+            kind: PoolKind::Ai,
+            site: "shanghai".into(),
+            clearance: Default::default(),
+        },
+        Pool {
+            name: "general".into(),
+            kind: PoolKind::General,
+            site: "hangzhou".into(),
+            clearance: Default::default(),
+        },
+        Pool {
+            name: "edge".into(),
+            kind: PoolKind::Edge,
+            site: "edge".into(),
+            clearance: Default::default(),
+        },
     ];
     let mut rng = SplitMix64::new(seed);
     let nodes = (0..nodes)

@@ -42,7 +42,12 @@ fn arb_cluster() -> impl Strategy<Value = Cluster> {
                 models.intern(m);
             }
             let pools = (0..2)
-                .map(|p| Pool { name: format!("p{p}"), kind: PoolKind::Ai, site: "s".into() })
+                .map(|p| Pool {
+                    name: format!("p{p}"),
+                    kind: PoolKind::Ai,
+                    site: "s".into(),
+                    clearance: Default::default(),
+                })
                 .collect();
             Cluster { models, pools, nodes }
         })

@@ -13,7 +13,12 @@ fn federation() -> Cluster {
     let (h100, t4) = (models.intern("H100").unwrap(), models.intern("T4").unwrap());
     Cluster {
         models,
-        pools: vec![Pool { name: "ai".into(), kind: PoolKind::Ai, site: "sh".into() }],
+        pools: vec![Pool {
+            name: "ai".into(),
+            kind: PoolKind::Ai,
+            site: "sh".into(),
+            clearance: Default::default(),
+        }],
         nodes: vec![
             node().name("h0").cpu(128_000).gpus(8, h100).nvlink(0).rack(0).build(),
             node().name("h1").cpu(128_000).gpus(8, h100).nvlink(1).rack(0).build(),
@@ -138,7 +143,12 @@ fn scoring_a_few_nodes_still_finds_the_only_one_that_fits() {
     nodes[257].cpu_milli = 200_000;
     let c = Cluster {
         models,
-        pools: vec![Pool { name: "p".into(), kind: PoolKind::Ai, site: "s".into() }],
+        pools: vec![Pool {
+            name: "p".into(),
+            kind: PoolKind::Ai,
+            site: "s".into(),
+            clearance: Default::default(),
+        }],
         nodes,
     };
     let mut snap = Snapshot::new(c).unwrap();

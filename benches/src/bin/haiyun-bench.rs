@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use haiyun_benches::{fgd, scale, table};
+use haiyun_benches::{fgd, jct, scale, table};
 use haiyun_scheduler::plugin::PolicyName;
 use haiyun_scheduler::plugin::score::HaiyunParams;
 
@@ -45,6 +45,27 @@ enum Command {
         /// Haiyun policy parameters for experiments, e.g. memory=1,starved=0.1 (defaults: the shipped policy).
         #[arg(long, default_value = "")]
         haiyun_params: String,
+    },
+    /// Job completion time on heterogeneous GPUs, side by side with Gavel (default: the shipped W1 job list).
+    Jct {
+        /// Job list CSV.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/gavel/jobs/W1_multigpu_seed0_n150_lam2000.csv"))]
+        jobs: PathBuf,
+        /// Throughput table CSV.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/gavel/isolated_throughputs.csv"))]
+        throughputs: PathBuf,
+        /// GPU types and counts.
+        #[arg(long, default_value = "v100=12,p100=12,k80=12")]
+        cluster: String,
+        /// fifo | haiyun
+        #[arg(long, default_value = "haiyun")]
+        policy: String,
+        /// Write the decision log (JSON lines) here.
+        #[arg(long)]
+        decisions: Option<PathBuf>,
+        /// Print one JSON object instead of a summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Every policy on every shipped workload beside the published means (Markdown, or JSON with --json).
     FgdTable {
@@ -114,6 +135,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     v(&r.frag_ratio_pct, "130"),
                     r.failed_pods,
                     r.placements_per_s
+                );
+            }
+        }
+        Command::Jct { jobs, throughputs, cluster, policy, decisions, json } => {
+            let (r, sim) =
+                jct::run(&jobs, &throughputs, &cluster, &policy).context("jct benchmark failed")?;
+            if let Some(path) = decisions {
+                let mut text = String::new();
+                for d in &sim.decisions {
+                    text.push_str(&serde_json::to_string(d)?);
+                    text.push('\n');
+                }
+                std::fs::write(&path, text).with_context(|| format!("failed to write {}", path.display()))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} {}: avg JCT {:.2} h, median {:.2} h, p99 {:.2} h, makespan {:.1} h, {} of {} completed, {} preemptions",
+                    r.workload,
+                    r.policy,
+                    r.avg_jct_h,
+                    r.median_jct_h,
+                    r.p99_jct_h,
+                    r.makespan_h,
+                    r.completed,
+                    r.jobs,
+                    r.preemptions
                 );
             }
         }

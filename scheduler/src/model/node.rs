@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::PoolId;
+use super::data::Classification;
 use super::gpu::{Gpu, ModelSet};
 
 /// The most GPUs one node may have (a node's GPU choice is a 32-bit mask).
@@ -43,6 +44,9 @@ pub struct Pool {
     pub kind: PoolKind,
     /// Site (data centre, region or edge location).
     pub site: String,
+    /// The most sensitive data it may hold.
+    #[serde(default)]
+    pub clearance: Classification,
 }
 
 /// A node: CPU, memory and GPUs, in a pool and a rack.

@@ -1,7 +1,7 @@
 //! Gang placement: every task or none, inside one node, NVLink domain, rack or pool when asked.
 
 use super::{Outcome, Placement, Placer, Scope, explain};
-use crate::model::{Gang, NodeId, TaskSpec, Topology};
+use crate::model::{Gang, NodeId, PoolId, TaskSpec, Topology};
 use crate::plugin::fitting_gpus;
 use crate::snapshot::{Snapshot, SnapshotError, TaskPlacement};
 
@@ -14,13 +14,30 @@ const MAX_GROUPS_TRIED: usize = 8;
 impl Placer {
     /// Places every task of `gang` or none. On `Placed`, the snapshot and the policy hold the tasks.
     pub fn place(&mut self, snap: &mut Snapshot, gang: &Gang) -> Result<Outcome, SnapshotError> {
+        self.place_in(snap, gang, None)
+    }
+
+    /// Like [`Placer::place`], inside one pool when `pool` is given.
+    pub fn place_in(
+        &mut self,
+        snap: &mut Snapshot,
+        gang: &Gang,
+        pool: Option<PoolId>,
+    ) -> Result<Outcome, SnapshotError> {
         if gang.topology == Topology::Any {
-            return match self.try_in(snap, &gang.tasks, Scope::All)? {
+            let scope = pool.map_or(Scope::All, Scope::Pool);
+            return match self.try_in(snap, &gang.tasks, scope)? {
                 Ok((p, _)) => Ok(Outcome::Placed(p)),
                 Err(i) => Ok(Outcome::Rejected(explain(snap, &gang.tasks[i], i, Topology::Any, 0))),
             };
         }
-        let groups = self.groups(snap, gang);
+        let in_pool = |nodes: &Vec<NodeId>| {
+            pool.is_none_or(|p| {
+                nodes.iter().all(|n| snap.cluster().nodes.get(*n as usize).is_some_and(|x| x.pool == p))
+            })
+        };
+        let groups: Vec<Group> =
+            self.groups(snap, gang).into_iter().filter(|(nodes, _)| in_pool(nodes)).collect();
         let mut best: Option<(i64, usize)> = None;
         for (gi, (nodes, domain)) in groups.iter().enumerate().take(MAX_GROUPS_TRIED) {
             let scope = scope_of(nodes, *domain);

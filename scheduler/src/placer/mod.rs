@@ -69,6 +69,8 @@ pub enum Outcome {
 pub enum Scope<'a> {
     /// Any node.
     All,
+    /// Any node of one pool.
+    Pool(crate::model::PoolId),
     /// Only these nodes.
     Nodes(&'a [NodeId]),
     /// Only these nodes' GPUs in this NVLink domain.
@@ -124,10 +126,15 @@ impl Placer {
         self.feasible.clear();
         let mut last = 0;
         match scope {
-            Scope::All => {
+            Scope::All | Scope::Pool(_) => {
+                let pool = if let Scope::Pool(p) = scope { Some(p) } else { None };
                 let sets = snap.index().candidate_sets(task.gpus, task.gpu_milli, task.models);
                 for id in UnionIter::new(sets, self.next_start) {
                     last = id;
+                    if pool.is_some_and(|p| snap.cluster().nodes.get(id as usize).is_none_or(|n| n.pool != p))
+                    {
+                        continue;
+                    }
                     self.consider(snap, task, id, None, cacheable.then_some(class));
                     if self.feasible.len() >= limit {
                         break;

@@ -441,7 +441,12 @@ mod tests {
     fn snap() -> Snapshot {
         let mut models = GpuModels::default();
         let m = models.intern("H100").unwrap_or(0);
-        let pools = vec![Pool { name: "p".into(), kind: PoolKind::Ai, site: "s".into() }];
+        let pools = vec![Pool {
+            name: "p".into(),
+            kind: PoolKind::Ai,
+            site: "s".into(),
+            clearance: Default::default(),
+        }];
         Snapshot::new(Cluster {
             models,
             pools,

@@ -94,7 +94,12 @@ pub fn parse_nodes(text: &str) -> Result<Cluster, TraceError> {
     );
     let mut cluster = Cluster {
         models: GpuModels::default(),
-        pools: vec![Pool { name: "openb".into(), kind: PoolKind::Ai, site: "alibaba".into() }],
+        pools: vec![Pool {
+            name: "openb".into(),
+            kind: PoolKind::Ai,
+            site: "alibaba".into(),
+            clearance: Default::default(),
+        }],
         nodes: Vec::with_capacity(t.rows.len()),
     };
     for (i, row) in t.rows.iter().enumerate() {

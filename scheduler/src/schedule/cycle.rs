@@ -1,0 +1,355 @@
+//! One scheduling cycle: order the pending jobs, then for each in turn admit, place or reserve, and explain.
+
+use serde::{Deserialize, Serialize};
+
+use super::options::RunOption;
+use super::{Entry, Hint, PendingReason, Phase, Run, ScheduleError, Scheduler, Timeline};
+use crate::model::{GPU_MILLI, JobId, ModelId, ModelSet, PoolId, Time};
+use crate::placer::{Outcome, Placement};
+use crate::queue::{Flavor, Ordering};
+
+/// A job the cycle started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    /// The job.
+    pub job: JobId,
+    /// Where its tasks run.
+    pub placement: Placement,
+    /// The pool.
+    pub pool: PoolId,
+    /// The GPU model (`None`: CPU-only).
+    pub model: Option<ModelId>,
+    /// When it should end.
+    pub est_end: Time,
+}
+
+/// What one cycle decided.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cycle {
+    /// Jobs started, in decision order.
+    pub started: Vec<Start>,
+    /// Jobs preempted (back to pending), in decision order.
+    pub preempted: Vec<JobId>,
+}
+
+/// GPU-seconds of priority a job gains per second it waits in a shortest-first queue.
+pub const SHORTEST_FIRST_AGING: f64 = 0.15;
+
+/// An option's outlook: when it could start and finish.
+#[derive(Debug, Clone, Copy)]
+struct Outlook {
+    index: usize,
+    start: Time,
+    finish: Time,
+}
+
+impl Scheduler {
+    /// Runs one cycle at `now`.
+    pub fn cycle(&mut self, now: Time) -> Result<Cycle, ScheduleError> {
+        self.quotas.expire(now);
+        let order = self.order(now);
+        let mut tl = self.timeline(now);
+        let pool_models = self.pool_models();
+        let mut out = Cycle::default();
+        let mut horizon = now;
+        let mut blocked = false;
+        for (rank, id) in order.into_iter().enumerate() {
+            if self.jobs[id as usize].status.phase != Phase::Pending {
+                continue;
+            }
+            if rank >= self.config.backfill_depth {
+                let st = &mut self.jobs[id as usize].status;
+                st.estimated_start = Some(horizon);
+                st.reasons = vec![PendingReason::BeyondBackfillDepth];
+                continue;
+            }
+            let may_start = self.config.backfill || !blocked;
+            let start = self.consider(id, now, may_start, &pool_models, &mut tl, &mut out)?;
+            if let Some(s) = start {
+                horizon = horizon.max(s);
+            }
+            blocked |= start.is_none_or(|s| s > now);
+        }
+        if self.config.upgrades && self.config.backfill {
+            self.upgrade(now, &mut tl, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Pending jobs in cycle order: priority, then the queue's dominant share, then the queue's own ordering.
+    fn order(&self, now: Time) -> Vec<JobId> {
+        let present: ModelSet =
+            self.pool_models().into_iter().fold(ModelSet::NONE, |a, s| ModelSet(a.0 | s.0));
+        let mut keyed: Vec<(i32, f64, f64, Time, JobId)> = self
+            .pending()
+            .map(|id| {
+                let e = &self.jobs[id as usize];
+                let q = e.job.queue;
+                let share = self.quotas.dominant_share(q, now);
+                let own = match self.quotas.spec(q).map(|s| s.ordering) {
+                    Some(Ordering::ShortestFirst) => {
+                        let width: f64 = e.job.gang.tasks.iter().map(|t| f64::from(t.gpus.max(1))).sum();
+                        width * best_runtime(e, present)
+                            - SHORTEST_FIRST_AGING * (now - e.job.submitted).max(0.0)
+                    }
+                    _ => e.job.submitted,
+                };
+                (-e.job.priority, share, own, e.job.submitted, id)
+            })
+            .collect();
+        keyed.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.total_cmp(&b.2))
+                .then(a.3.total_cmp(&b.3))
+                .then(a.4.cmp(&b.4))
+        });
+        keyed.into_iter().map(|k| k.4).collect()
+    }
+
+    /// Capacity per (pool, flavor) and the usage of running jobs until their estimated end.
+    fn timeline(&self, now: Time) -> Timeline {
+        let mut tl = Timeline::default();
+        let mut caps: std::collections::HashMap<(PoolId, Flavor), u64> = std::collections::HashMap::new();
+        for n in &self.snap.cluster().nodes {
+            *caps.entry((n.pool, Flavor::Cpu)).or_default() += n.cpu_milli;
+            for g in n.gpus.iter().filter(|g| g.health.is_placeable()) {
+                *caps.entry((n.pool, Flavor::Gpu(g.model))).or_default() += u64::from(GPU_MILLI);
+            }
+        }
+        for ((p, f), v) in caps {
+            tl.set_capacity(p, f, v);
+        }
+        for e in &self.jobs {
+            if let Some(r) = &e.run {
+                tl.add(r.pool, &r.charged, now, r.est_end.max(now + 1.0));
+            }
+        }
+        tl
+    }
+
+    /// Considers one pending job: starts it, preempts for it, or reserves its earliest start. Returns its
+    /// (estimated) start.
+    fn consider(
+        &mut self,
+        id: JobId,
+        now: Time,
+        may_start: bool,
+        pool_models: &[ModelSet],
+        tl: &mut Timeline,
+        out: &mut Cycle,
+    ) -> Result<Option<Time>, ScheduleError> {
+        let options = match self.options(&self.jobs[id as usize], pool_models, now) {
+            Ok(o) => o,
+            Err(reason) => {
+                let st = &mut self.jobs[id as usize].status;
+                st.estimated_start = None;
+                st.reasons = vec![reason];
+                return Ok(None);
+            }
+        };
+        let mut reasons = Vec::new();
+        let mut outlooks: Vec<Outlook> = Vec::new();
+        for (index, o) in options.iter().enumerate() {
+            if let Err(shortfall) = &o.quota {
+                reasons.push(PendingReason::Quota { model: o.model, shortfall: shortfall.clone() });
+                let later = self.quota_free_at(id, o, now);
+                if let Some(start) = later.and_then(|t| tl.earliest(o.pool, &o.req, t, o.duration)) {
+                    outlooks.push(Outlook { index, start, finish: start + o.duration });
+                }
+                continue;
+            }
+            if let Some(start) = tl.earliest(o.pool, &o.req, now, o.duration) {
+                if start > now {
+                    reasons.push(PendingReason::Reservation { pool: o.pool, model: o.model });
+                }
+                outlooks.push(Outlook { index, start, finish: start + o.duration });
+            }
+        }
+        outlooks.sort_by(|a, b| a.finish.total_cmp(&b.finish).then(a.start.total_cmp(&b.start)));
+        self.prefer_starting_now(&mut outlooks, now);
+        // Start now with the option that finishes first, if that option can start now.
+        if let Some(best) = outlooks.first().copied() {
+            if best.start <= now && may_start {
+                let o = &options[best.index];
+                match self.try_start(id, o, now)? {
+                    Ok(start) => {
+                        tl.add(o.pool, &o.req, now, now + o.duration);
+                        out.started.push(start);
+                        return Ok(Some(now));
+                    }
+                    Err(rejection) => {
+                        reasons.push(PendingReason::Placement { pool: o.pool, model: o.model, rejection })
+                    }
+                }
+            } else if let Some(now_opt) = outlooks.iter().find(|x| x.start <= now) {
+                reasons.push(PendingReason::FasterLater {
+                    model: options[best.index].model,
+                    saves_s: now_opt.finish - best.finish,
+                });
+            }
+        }
+        if may_start && self.config.preemption && self.try_preempt(id, &options, now, tl, out)? {
+            return Ok(Some(now));
+        }
+        let chosen = outlooks.iter().find(|x| x.start > now).or(outlooks.first()).copied();
+        let start = chosen.map(|x| {
+            let o = &options[x.index];
+            let start = if x.start <= now {
+                tl.earliest(o.pool, &o.req, now + 1.0, o.duration).unwrap_or(now + 1.0)
+            } else {
+                x.start
+            };
+            tl.add(o.pool, &o.req, start, start + o.duration);
+            start
+        });
+        let chance =
+            if self.config.preemption { self.next_preemption_chance(id, &options, now) } else { None };
+        let start = match (start, chance) {
+            (Some(s), Some(c)) => Some(s.min(c)),
+            (s, c) => s.or(c),
+        };
+        let hints = self.hints(id, &options, start, now, tl);
+        let st = &mut self.jobs[id as usize].status;
+        st.estimated_start = start;
+        st.estimated_end = None;
+        st.reasons = reasons;
+        st.hints = hints;
+        Ok(start)
+    }
+
+    /// With upgrades on, an option that can start now goes first when it finishes within `1 + start_now_slack`
+    /// times the best option's time from now: the job starts at once and moves up when faster capacity frees.
+    fn prefer_starting_now(&self, outlooks: &mut Vec<Outlook>, now: Time) {
+        let Some(best) = outlooks.first().copied() else { return };
+        if !self.config.upgrades || best.start <= now {
+            return;
+        }
+        let limit = (best.finish - now) * (1.0 + self.config.start_now_slack);
+        if let Some(i) = outlooks.iter().position(|x| x.start <= now && x.finish - now <= limit) {
+            let x = outlooks.remove(i);
+            outlooks.insert(0, x);
+        }
+    }
+
+    /// Places the job's gang for option `o` and charges its queue; the placer's rejection otherwise.
+    fn try_start(
+        &mut self,
+        id: JobId,
+        o: &RunOption,
+        now: Time,
+    ) -> Result<Result<Start, crate::placer::Rejection>, ScheduleError> {
+        let gang = self.gang_for(id, o);
+        match self.placer.place_in(&mut self.snap, &gang, Some(o.pool))? {
+            Outcome::Placed(p) => Ok(Ok(self.start_with(id, o, p, now)?)),
+            Outcome::Rejected(r) => Ok(Err(r)),
+        }
+    }
+
+    /// The job's gang restricted to the option's GPU model.
+    pub(crate) fn gang_for(&self, id: JobId, o: &RunOption) -> crate::model::Gang {
+        let mut gang = self.jobs[id as usize].job.gang.clone();
+        if let Some(m) = o.model {
+            gang.tasks.iter_mut().filter(|t| !t.is_cpu_only()).for_each(|t| t.models = ModelSet::one(m));
+        }
+        gang
+    }
+
+    /// Records a job as running with `placement` (already assumed in the snapshot) and charges its queue.
+    pub(crate) fn start_with(
+        &mut self,
+        id: JobId,
+        o: &RunOption,
+        placement: Placement,
+        now: Time,
+    ) -> Result<Start, ScheduleError> {
+        let e = &mut self.jobs[id as usize];
+        self.quotas.charge(e.job.queue, &o.req)?;
+        let est_end = now + o.duration;
+        e.run = Some(Run {
+            placement: placement.clone(),
+            pool: o.pool,
+            model: o.model,
+            charged: o.req.clone(),
+            started: now,
+            working_from: now + o.setup,
+            est_end,
+        });
+        e.status.phase = Phase::Running;
+        e.status.estimated_start = Some(now);
+        e.status.estimated_end = Some(est_end);
+        e.status.reasons.clear();
+        e.status.hints.clear();
+        Ok(Start { job: id, placement, pool: o.pool, model: o.model, est_end })
+    }
+
+    /// When enough of the queue's running work ends for option `o` to fit its quota (None: never by itself).
+    fn quota_free_at(&self, id: JobId, o: &RunOption, now: Time) -> Option<Time> {
+        let e = &self.jobs[id as usize];
+        let Err(short) = &o.quota else { return Some(now) };
+        let missing = short.needed.saturating_sub(short.left + short.cohort_can_lend);
+        let mut ends: Vec<(Time, u64)> = self
+            .jobs
+            .iter()
+            .filter(|x| x.job.queue == e.job.queue)
+            .filter_map(|x| x.run.as_ref())
+            .map(|r| (r.est_end.max(now), r.charged.get(short.flavor)))
+            .collect();
+        ends.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut freed = 0u64;
+        for (t, v) in ends {
+            freed += v;
+            if freed >= missing {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// GPU models the job does not allow that would let it start at least a minute earlier.
+    fn hints(
+        &self,
+        id: JobId,
+        options: &[RunOption],
+        start: Option<Time>,
+        now: Time,
+        tl: &Timeline,
+    ) -> Vec<Hint> {
+        let e: &Entry = &self.jobs[id as usize];
+        let allowed = Self::allowed_models(e);
+        if allowed.is_any() || e.job.gang.tasks.iter().all(|t| t.is_cpu_only()) {
+            return Vec::new();
+        }
+        let current = start.unwrap_or(f64::INFINITY);
+        let pools: Vec<PoolId> = options.iter().map(|o| o.pool).collect();
+        let models = self.pool_models();
+        let mut hints: Vec<Hint> = Vec::new();
+        for p in pools {
+            for m in ModelSet(models.get(p as usize).map_or(0, |s| s.0) & !allowed.0).iter() {
+                let run = e.job.work.runtime(e.remaining, Some(m));
+                let req = crate::queue::Resources::of_gang(&e.job.gang, Some(m));
+                let fits_quota = self.quotas.fits(e.job.queue, &req, now).is_ok();
+                if let (true, Some(t)) = (fits_quota, tl.earliest(p, &req, now, run)) {
+                    if current - t >= 60.0
+                        && !hints.iter().any(|h| matches!(h, Hint::AcceptModel { model, .. } if *model == m))
+                    {
+                        hints.push(Hint::AcceptModel { model: m, earlier_by_s: current - t });
+                    }
+                }
+            }
+        }
+        hints
+    }
+}
+
+/// The job's shortest runtime over the models present (its CPU-only runtime for CPU-only jobs).
+pub(crate) fn best_runtime(e: &Entry, present: ModelSet) -> f64 {
+    if e.job.gang.tasks.iter().all(|t| t.is_cpu_only()) {
+        return e.job.work.runtime(e.remaining, None);
+    }
+    let allowed = Scheduler::allowed_models(e);
+    ModelSet(allowed.0 & present.0)
+        .iter()
+        .map(|m| e.job.work.runtime(e.remaining, Some(m)))
+        .fold(f64::INFINITY, f64::min)
+}

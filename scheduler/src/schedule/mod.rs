@@ -1,0 +1,253 @@
+//! The scheduling cycle: order, admit (quota), place, preempt, backfill and explain, over an indexed snapshot.
+
+mod cycle;
+mod migrate;
+mod options;
+mod preempt;
+mod status;
+mod timeline;
+
+use serde::{Deserialize, Serialize};
+
+pub use cycle::{Cycle, Start};
+pub use status::{Hint, JobStatus, PendingReason, Phase};
+pub use timeline::Timeline;
+
+use crate::model::{Cluster, Dataset, Job, JobId, ModelId, PoolId, QueueId, Time};
+use crate::placer::{Placement, Placer, PlacerConfig};
+use crate::plugin::{Policy, PolicyError, PolicyName, TypicalPods};
+use crate::queue::{QuotaError, Quotas, Resources};
+use crate::snapshot::{Snapshot, SnapshotError};
+
+/// Scheduler settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SchedulerConfig {
+    /// Placement policy.
+    pub policy: PolicyName,
+    /// Placer settings.
+    pub placer: PlacerConfig,
+    /// Pending jobs (in order) that get reservations; later ones get a rough estimate.
+    pub backfill_depth: usize,
+    /// Whether jobs may preempt (higher priority in a queue, or reclaiming lent quota).
+    pub preemption: bool,
+    /// Whether later jobs may start while an earlier one waits (without it, order is strict).
+    pub backfill: bool,
+    /// Whether running jobs move to faster free GPU types when that ends them sooner despite the lost work.
+    pub upgrades: bool,
+    /// With upgrades, start now on a slower option that finishes within `1 + slack` times the best option's
+    /// time from now, rather than wait for the faster one.
+    pub start_now_slack: f64,
+    /// Seconds a preempted job needs to restart.
+    pub restart_s: f64,
+    /// Transfer bandwidth between pools, MiB/s, for data a pool lacks.
+    pub bandwidth_mib_s: f64,
+    /// Seed for seeded policies.
+    pub seed: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            policy: PolicyName::Haiyun,
+            placer: PlacerConfig::default(),
+            backfill_depth: 1000,
+            preemption: true,
+            backfill: true,
+            upgrades: true,
+            start_now_slack: 1.0,
+            restart_s: 60.0,
+            bandwidth_mib_s: 1000.0,
+            seed: 1,
+        }
+    }
+}
+
+/// Why the scheduler refused a call. Expected outcomes (a job that must wait) are never errors.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScheduleError {
+    /// The snapshot refused a change (a broken invariant).
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The quota book refused a change.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+    /// The policy could not be built.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A job id past the end.
+    #[error("failed to find job #{0}")]
+    UnknownJob(JobId),
+    /// A job names a queue that does not exist.
+    #[error("failed to submit job {job:?}: queue #{queue} does not exist (create it first)")]
+    UnknownQueue {
+        /// The job.
+        job: String,
+        /// The queue it named.
+        queue: QueueId,
+    },
+    /// A job names a dataset that does not exist.
+    #[error("failed to submit job {job:?}: dataset #{dataset} is not registered")]
+    UnknownDataset {
+        /// The job.
+        job: String,
+        /// The dataset.
+        dataset: u32,
+    },
+    /// Finishing a job that is not running.
+    #[error("failed to finish job #{0}: it is not running")]
+    NotRunning(JobId),
+}
+
+/// Where and since when a job runs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Run {
+    pub placement: Placement,
+    pub pool: PoolId,
+    pub model: Option<ModelId>,
+    pub charged: Resources,
+    pub started: Time,
+    /// When its work (after any restart) begins: `started` plus restart and data transfer.
+    pub working_from: Time,
+    pub est_end: Time,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub job: Job,
+    /// Work left at the start of the current run (or now, if pending).
+    pub remaining: f64,
+    pub run: Option<Run>,
+    pub status: JobStatus,
+}
+
+/// The scheduling core: jobs, queues, datasets and a snapshot of the federation.
+#[derive(Debug)]
+pub struct Scheduler {
+    pub(crate) snap: Snapshot,
+    pub(crate) placer: Placer,
+    pub(crate) quotas: Quotas,
+    pub(crate) datasets: Vec<Dataset>,
+    pub(crate) jobs: Vec<Entry>,
+    pub(crate) config: SchedulerConfig,
+}
+
+impl Scheduler {
+    /// A scheduler for `cluster`; `typical` feeds workload-aware policies.
+    pub fn new(
+        cluster: Cluster,
+        quotas: Quotas,
+        config: SchedulerConfig,
+        typical: Option<&TypicalPods>,
+    ) -> Result<Self, ScheduleError> {
+        let empty = TypicalPods::default();
+        let policy = Policy::new(config.policy, config.seed, Some(typical.unwrap_or(&empty)))?;
+        Ok(Scheduler {
+            snap: Snapshot::new(cluster)?,
+            placer: Placer::new(policy, config.placer),
+            quotas,
+            datasets: Vec::new(),
+            jobs: Vec::new(),
+            config,
+        })
+    }
+
+    /// Registers a dataset and returns its id.
+    pub fn add_dataset(&mut self, d: Dataset) -> u32 {
+        self.datasets.push(d);
+        (self.datasets.len() - 1) as u32
+    }
+
+    /// The quota book (read-only).
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    /// The quota book, to add queues and grants.
+    pub fn quotas_mut(&mut self) -> &mut Quotas {
+        &mut self.quotas
+    }
+
+    /// The snapshot (read-only).
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
+    }
+
+    /// Submits a job; it is considered from the next cycle on.
+    pub fn submit(&mut self, job: Job) -> Result<JobId, ScheduleError> {
+        if self.quotas.spec(job.queue).is_none() {
+            return Err(ScheduleError::UnknownQueue { job: job.name, queue: job.queue });
+        }
+        if let Some(d) = job.datasets.iter().find(|d| **d as usize >= self.datasets.len()) {
+            return Err(ScheduleError::UnknownDataset { job: job.name, dataset: *d });
+        }
+        let remaining = job.work.total;
+        self.jobs.push(Entry { job, remaining, run: None, status: JobStatus::default() });
+        Ok((self.jobs.len() - 1) as JobId)
+    }
+
+    /// Records that a running job finished, freeing its resources.
+    pub fn finish(&mut self, id: JobId, _now: Time) -> Result<(), ScheduleError> {
+        let e = self.jobs.get_mut(id as usize).ok_or(ScheduleError::UnknownJob(id))?;
+        let run = e.run.take().ok_or(ScheduleError::NotRunning(id))?;
+        e.remaining = 0.0;
+        e.status.phase = Phase::Finished;
+        e.status.reasons.clear();
+        let queue = e.job.queue;
+        self.placer.forget(&mut self.snap, &run.placement)?;
+        self.quotas.release(queue, &run.charged)?;
+        Ok(())
+    }
+
+    /// A job's status.
+    pub fn status(&self, id: JobId) -> Option<&JobStatus> {
+        self.jobs.get(id as usize).map(|e| &e.status)
+    }
+
+    /// A job.
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(id as usize).map(|e| &e.job)
+    }
+
+    /// Work a job has left (as of the start of its current run, or now if pending).
+    pub fn remaining(&self, id: JobId) -> Option<f64> {
+        self.jobs.get(id as usize).map(|e| e.remaining)
+    }
+
+    /// Number of jobs ever submitted.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Whether no job was submitted.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Pending jobs (ids).
+    pub fn pending(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.status.phase == Phase::Pending)
+            .map(|(i, _)| i as JobId)
+    }
+
+    /// Running jobs (ids).
+    pub fn running(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.jobs.iter().enumerate().filter(|(_, e)| e.run.is_some()).map(|(i, _)| i as JobId)
+    }
+
+    /// Where a running job runs: its placement, pool and GPU model.
+    pub fn placement(&self, id: JobId) -> Option<(&Placement, PoolId, Option<ModelId>)> {
+        self.jobs.get(id as usize)?.run.as_ref().map(|r| (&r.placement, r.pool, r.model))
+    }
+}
+
+/// Work a running job has saved by `now`: all of it up to the last checkpoint (or none without checkpoints).
+pub fn saved_work(job: &Job, rate: f64, working_from: Time, now: Time) -> f64 {
+    let ran = (now - working_from).max(0.0);
+    match job.checkpoint_s {
+        Some(c) if c > 0.0 => (ran / c).floor() * c * rate,
+        _ => 0.0,
+    }
+}

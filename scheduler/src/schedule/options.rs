@@ -1,0 +1,103 @@
+//! The ways a job could run: each cleared pool × each GPU model it allows there, with what it would cost.
+
+use super::{Entry, PendingReason, Scheduler};
+use crate::model::{Classification, ModelId, ModelSet, PoolId, Time};
+use crate::queue::{QuotaShortfall, Resources};
+
+/// One way to run a job.
+#[derive(Debug, Clone)]
+pub(crate) struct RunOption {
+    pub pool: PoolId,
+    pub model: Option<ModelId>,
+    pub req: Resources,
+    /// Restart + data transfer + run time, seconds.
+    pub duration: f64,
+    /// Seconds of that spent before work begins (restart + transfer).
+    pub setup: f64,
+    pub quota: Result<(), QuotaShortfall>,
+}
+
+impl Scheduler {
+    /// GPU models present in each pool.
+    pub(crate) fn pool_models(&self) -> Vec<ModelSet> {
+        let c = self.snap.cluster();
+        let mut sets = vec![ModelSet::NONE; c.pools.len()];
+        for n in &c.nodes {
+            if let Some(s) = sets.get_mut(n.pool as usize) {
+                s.0 |= n.models().0;
+            }
+        }
+        sets
+    }
+
+    /// The models every task of the gang allows.
+    pub(crate) fn allowed_models(e: &Entry) -> ModelSet {
+        e.job
+            .gang
+            .tasks
+            .iter()
+            .filter(|t| !t.is_cpu_only())
+            .fold(ModelSet::ANY, |acc, t| ModelSet(acc.0 & t.models.0))
+    }
+
+    fn needs(&self, e: &Entry) -> Classification {
+        e.job
+            .datasets
+            .iter()
+            .filter_map(|d| self.datasets.get(*d as usize))
+            .map(|d| d.classification)
+            .max()
+            .unwrap_or_default()
+    }
+
+    fn transfer_s(&self, e: &Entry, pool: PoolId) -> f64 {
+        e.job
+            .datasets
+            .iter()
+            .filter_map(|d| self.datasets.get(*d as usize))
+            .filter(|d| !d.replicas.contains(&pool))
+            .map(|d| d.size_mib as f64 / self.config.bandwidth_mib_s.max(1e-9))
+            .sum()
+    }
+
+    /// Every way `e` could run at `now`, or why there is none.
+    pub(crate) fn options(
+        &self,
+        e: &Entry,
+        pool_models: &[ModelSet],
+        now: Time,
+    ) -> Result<Vec<RunOption>, PendingReason> {
+        let needs = self.needs(e);
+        let pools = &self.snap.cluster().pools;
+        let cleared: Vec<PoolId> =
+            (0..pools.len() as PoolId).filter(|p| pools[*p as usize].clearance >= needs).collect();
+        if cleared.is_empty() {
+            return Err(PendingReason::DataClearance { needs });
+        }
+        let cpu_only = e.job.gang.tasks.iter().all(|t| t.is_cpu_only());
+        let allowed = Self::allowed_models(e);
+        let restart = if e.status.preemptions > 0 { self.config.restart_s } else { 0.0 };
+        let mut out = Vec::new();
+        for p in cleared {
+            let models: Vec<Option<ModelId>> = if cpu_only {
+                vec![None]
+            } else {
+                ModelSet(pool_models.get(p as usize).map_or(0, |s| s.0) & allowed.0)
+                    .iter()
+                    .map(Some)
+                    .collect()
+            };
+            for model in models {
+                let run = e.job.work.runtime(e.remaining, model);
+                if !run.is_finite() {
+                    continue;
+                }
+                let setup = restart + self.transfer_s(e, p);
+                let req = Resources::of_gang(&e.job.gang, model);
+                let quota = self.quotas.fits(e.job.queue, &req, now);
+                out.push(RunOption { pool: p, model, req, duration: setup + run, setup, quota });
+            }
+        }
+        if out.is_empty() { Err(PendingReason::NoUsableModel) } else { Ok(out) }
+    }
+}

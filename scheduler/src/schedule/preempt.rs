@@ -1,0 +1,153 @@
+//! Preemption: a higher-priority job in the same queue, or a queue reclaiming quota it lent, evicts the fewest
+//! victims that lose the least work. Never a livelock: within a queue only strictly lower priorities are
+//! evicted, and reclaim only evicts jobs of queues above their nominal quota for a queue within its own.
+
+use super::cycle::Cycle;
+use super::options::RunOption;
+use super::{Phase, ScheduleError, Scheduler, Timeline, saved_work};
+use crate::model::{JobId, ModelSet, Time};
+use crate::placer::Outcome;
+use crate::queue::WithinQueue;
+
+/// A victim evicted for ordering must have at least this many times the newcomer's run time left.
+const ORDER_MARGIN: f64 = 2.0;
+/// …and lose at most this many seconds of run time since its last checkpoint.
+const ORDER_MAX_LOSS_S: f64 = 300.0;
+
+impl Scheduler {
+    /// Running jobs that `id` may evict to run as option `o`, cheapest first. With `any_loss`, jobs that would
+    /// lose too much work now count too (to find when the next chance comes).
+    fn victims_for(&self, id: JobId, o: &RunOption, now: Time, any_loss: bool) -> Vec<JobId> {
+        let job = &self.jobs[id as usize].job;
+        let reclaim = match &o.quota {
+            Ok(()) => true,
+            Err(s) => s.within_nominal,
+        };
+        let cohort = self.quotas.spec(job.queue).and_then(|s| s.cohort.clone());
+        let policy = self.quotas.spec(job.queue).map_or(WithinQueue::Never, |s| s.within_queue);
+        let present = self.pool_models().into_iter().fold(ModelSet::NONE, |a, s| ModelSet(a.0 | s.0));
+        let newcomer = super::cycle::best_runtime(&self.jobs[id as usize], present);
+        let mut c: Vec<(i32, f64, Time, JobId)> = self
+            .running()
+            .filter(|v| *v != id)
+            .filter_map(|v| {
+                let e = &self.jobs[v as usize];
+                let r = e.run.as_ref()?;
+                if !e.job.preemptible || r.pool != o.pool || r.started >= now {
+                    return None;
+                }
+                let rate = e.job.work.rate(r.model);
+                let done = (now - r.working_from).max(0.0) * rate;
+                let lost = done - saved_work(&e.job, rate, r.working_from, now);
+                let same = e.job.queue == job.queue && policy != WithinQueue::Never;
+                let lower = same && e.job.priority < job.priority;
+                let left_s = e.job.work.runtime((e.remaining - done).max(0.0), r.model);
+                let later = same
+                    && policy == WithinQueue::LowerOrLaterInOrder
+                    && e.job.priority == job.priority
+                    && left_s >= ORDER_MARGIN * newcomer
+                    && (any_loss || lost <= ORDER_MAX_LOSS_S * rate);
+                let lent = reclaim
+                    && e.job.queue != job.queue
+                    && cohort.is_some()
+                    && self.quotas.spec(e.job.queue).and_then(|s| s.cohort.clone()) == cohort
+                    && self.quotas.is_borrowing(e.job.queue, now);
+                if !(lower || lent || later) {
+                    return None;
+                }
+                Some((e.job.priority, lost, -r.started, v))
+            })
+            .collect();
+        c.sort_by(|a, b| {
+            a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.total_cmp(&b.2)).then(a.3.cmp(&b.3))
+        });
+        c.into_iter().map(|x| x.3).collect()
+    }
+
+    /// Tries each option: evicts candidates one by one until the job fits; commits only if it then starts.
+    pub(crate) fn try_preempt(
+        &mut self,
+        id: JobId,
+        options: &[RunOption],
+        now: Time,
+        tl: &mut Timeline,
+        out: &mut Cycle,
+    ) -> Result<bool, ScheduleError> {
+        for o in options {
+            let candidates = self.victims_for(id, o, now, false);
+            let mut evicted: Vec<JobId> = Vec::new();
+            for v in candidates {
+                self.evict(v)?;
+                evicted.push(v);
+                let queue = self.jobs[id as usize].job.queue;
+                if self.quotas.fits(queue, &o.req, now).is_err() {
+                    continue;
+                }
+                let gang = self.gang_for(id, o);
+                if let Outcome::Placed(p) = self.placer.place_in(&mut self.snap, &gang, Some(o.pool))? {
+                    for v in &evicted {
+                        self.requeue(*v, now, tl);
+                        out.preempted.push(*v);
+                    }
+                    let start = self.start_with(id, o, p, now)?;
+                    tl.add(o.pool, &o.req, now, start.est_end);
+                    out.started.push(start);
+                    return Ok(true);
+                }
+            }
+            for v in evicted.into_iter().rev() {
+                self.restore(v)?;
+            }
+        }
+        Ok(false)
+    }
+
+    /// The next time one of the job's possible victims reaches a checkpoint (and so could be evicted cheaply).
+    pub(crate) fn next_preemption_chance(&self, id: JobId, options: &[RunOption], now: Time) -> Option<Time> {
+        options
+            .iter()
+            .flat_map(|o| self.victims_for(id, o, now, true))
+            .filter_map(|v| {
+                let e = &self.jobs[v as usize];
+                let (r, c) = (e.run.as_ref()?, e.job.checkpoint_s?);
+                let ran = (now - r.working_from).max(0.0);
+                Some(r.working_from + ((ran / c).floor() + 1.0) * c)
+            })
+            .filter(|t| *t > now)
+            .min_by(|a, b| a.total_cmp(b))
+    }
+
+    pub(crate) fn evict(&mut self, v: JobId) -> Result<(), ScheduleError> {
+        let e = &self.jobs[v as usize];
+        if let Some(r) = &e.run {
+            let (placement, charged, queue) = (r.placement.clone(), r.charged.clone(), e.job.queue);
+            self.placer.forget(&mut self.snap, &placement)?;
+            self.quotas.release(queue, &charged)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn restore(&mut self, v: JobId) -> Result<(), ScheduleError> {
+        let e = &self.jobs[v as usize];
+        if let Some(r) = &e.run {
+            let (placement, charged, queue) = (r.placement.clone(), r.charged.clone(), e.job.queue);
+            self.placer.assume(&mut self.snap, &placement)?;
+            self.quotas.charge(queue, &charged)?;
+        }
+        Ok(())
+    }
+
+    /// Turns an evicted job back into a pending one that keeps the work up to its last checkpoint.
+    pub(crate) fn requeue(&mut self, v: JobId, now: Time, tl: &mut Timeline) {
+        let e = &mut self.jobs[v as usize];
+        if let Some(r) = e.run.take() {
+            let rate = e.job.work.rate(r.model);
+            e.remaining = (e.remaining - saved_work(&e.job, rate, r.working_from, now)).max(0.0);
+            tl.remove(r.pool, &r.charged, now, r.est_end.max(now + 1.0));
+        }
+        e.status.phase = Phase::Pending;
+        e.status.preemptions += 1;
+        e.status.estimated_start = None;
+        e.status.estimated_end = None;
+    }
+}
