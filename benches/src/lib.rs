@@ -1,6 +1,7 @@
 //! Haiyun's benchmarks: trace replays under published protocols and scale runs of the core.
 
 pub mod check;
+pub mod cycle;
 pub mod fgd;
 pub mod jct;
 pub mod progress;

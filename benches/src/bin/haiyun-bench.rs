@@ -76,6 +76,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Full scheduling cycles at scale: pending jobs in many queues and cohorts (Kueue's shape: --jobs 15000
+    /// --queues 30 --cohorts 5).
+    Cycle {
+        /// Nodes (8 GPUs each).
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Pending jobs.
+        #[arg(long, default_value_t = 100_000)]
+        jobs: usize,
+        /// Queues.
+        #[arg(long, default_value_t = 500)]
+        queues: usize,
+        /// Cohorts.
+        #[arg(long, default_value_t = 20)]
+        cohorts: usize,
+        /// Cycles to run.
+        #[arg(long, default_value_t = 2)]
+        cycles: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print one JSON object instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Placements per second and memory on a synthetic federation.
     Scale {
         /// Nodes (8 GPUs each).
@@ -179,6 +204,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&rows)?);
             } else {
                 println!("{}", table::markdown(&rows));
+            }
+        }
+        Command::Cycle { nodes, jobs, queues, cohorts, cycles, seed, json } => {
+            let r = haiyun_benches::cycle::run(nodes, jobs, queues, cohorts, cycles, seed)
+                .context("cycle benchmark failed")?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} jobs in {} queues / {} cohorts on {} nodes: cycles {:?} s, admitted {:?}, {:.0} admissions/s, peak RSS {:.0} MiB",
+                    r.jobs,
+                    r.queues,
+                    r.cohorts,
+                    r.nodes,
+                    r.cycle_s,
+                    r.admitted,
+                    r.admissions_per_s,
+                    r.rss_peak_mib
+                );
             }
         }
         Command::Scale { nodes, tasks, seed, nodes_to_score, json } => {

@@ -1,6 +1,6 @@
 //! Gang placement: every task or none, inside one node, NVLink domain, rack or pool when asked.
 
-use super::{Outcome, Placement, Placer, Scope, explain};
+use super::{Outcome, Placement, Placer, Rejection, Scope, explain};
 use crate::model::{Gang, NodeId, PoolId, TaskSpec, Topology};
 use crate::plugin::fitting_gpus;
 use crate::snapshot::{Snapshot, SnapshotError, TaskPlacement};
@@ -17,6 +17,19 @@ impl Placer {
         self.place_in(snap, gang, None)
     }
 
+    /// Like [`Placer::place_in`], without explaining a failure (for tentative attempts).
+    pub fn try_place_in(
+        &mut self,
+        snap: &mut Snapshot,
+        gang: &Gang,
+        pool: Option<PoolId>,
+    ) -> Result<Option<Placement>, SnapshotError> {
+        self.place_with(snap, gang, pool, false).map(|o| match o {
+            Outcome::Placed(p) => Some(p),
+            Outcome::Rejected(_) => None,
+        })
+    }
+
     /// Like [`Placer::place`], inside one pool when `pool` is given.
     pub fn place_in(
         &mut self,
@@ -24,11 +37,24 @@ impl Placer {
         gang: &Gang,
         pool: Option<PoolId>,
     ) -> Result<Outcome, SnapshotError> {
+        self.place_with(snap, gang, pool, true)
+    }
+
+    fn place_with(
+        &mut self,
+        snap: &mut Snapshot,
+        gang: &Gang,
+        pool: Option<PoolId>,
+        explained: bool,
+    ) -> Result<Outcome, SnapshotError> {
+        let why = |snap: &Snapshot, i: usize, within: Topology, gpus: u32| {
+            if explained { explain(snap, &gang.tasks[i], i, within, gpus) } else { Rejection::unexplained(i) }
+        };
         if gang.topology == Topology::Any {
             let scope = pool.map_or(Scope::All, Scope::Pool);
             return match self.try_in(snap, &gang.tasks, scope)? {
                 Ok((p, _)) => Ok(Outcome::Placed(p)),
-                Err(i) => Ok(Outcome::Rejected(explain(snap, &gang.tasks[i], i, Topology::Any, 0))),
+                Err(i) => Ok(Outcome::Rejected(why(snap, i, Topology::Any, 0))),
             };
         }
         let in_pool = |nodes: &Vec<NodeId>| {
@@ -56,7 +82,7 @@ impl Placer {
         }
         let largest = largest_task(gang);
         let gpus: u32 = gang.tasks.iter().map(|t| t.gpus).sum();
-        Ok(Outcome::Rejected(explain(snap, &gang.tasks[largest], largest, gang.topology, gpus)))
+        Ok(Outcome::Rejected(why(snap, largest, gang.topology, gpus)))
     }
 
     /// Places the tasks one by one within `scope`, returning the placement and the sum of its scores; on the

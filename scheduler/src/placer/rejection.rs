@@ -71,6 +71,25 @@ fn place_name(t: Topology) -> &'static str {
 }
 
 impl Rejection {
+    /// A rejection of task `task` with no diagnosis (for tentative placements nobody explains).
+    pub fn unexplained(task: usize) -> Self {
+        Rejection {
+            code: RejectionCode::Unschedulable,
+            task,
+            nodes: 0,
+            reasons: Vec::new(),
+            shortfall: Shortfall {
+                gpus: 0,
+                gpu_milli: 0,
+                models: ModelSet::ANY,
+                within: Topology::Any,
+                best_free: 0,
+                cpu_milli: (0, 0),
+                memory_mib: (0, 0),
+            },
+        }
+    }
+
     /// One line for people: what was needed, the best there was, and the refusals by reason.
     pub fn message(&self, models: &GpuModels) -> String {
         let s = &self.shortfall;

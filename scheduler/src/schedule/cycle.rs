@@ -49,7 +49,6 @@ impl Scheduler {
         self.quotas.expire(now);
         let order = self.order(now);
         let mut tl = self.timeline(now);
-        let pool_models = self.pool_models();
         let mut out = Cycle::default();
         let mut horizon = now;
         let mut blocked = false;
@@ -58,13 +57,15 @@ impl Scheduler {
                 continue;
             }
             if rank >= self.config.backfill_depth {
-                let st = &mut self.jobs[id as usize].status;
-                st.estimated_start = Some(horizon);
-                st.reasons = vec![PendingReason::BeyondBackfillDepth];
+                if !(self.config.backfill && self.start_if_free(id, now, &mut tl, &mut out)?) {
+                    let st = &mut self.jobs[id as usize].status;
+                    st.estimated_start = Some(horizon);
+                    st.reasons = vec![PendingReason::BeyondBackfillDepth];
+                }
                 continue;
             }
             let may_start = self.config.backfill || !blocked;
-            let start = self.consider(id, now, may_start, &pool_models, &mut tl, &mut out)?;
+            let start = self.consider(id, now, may_start, &mut tl, &mut out)?;
             if let Some(s) = start {
                 horizon = horizon.max(s);
             }
@@ -76,16 +77,37 @@ impl Scheduler {
         Ok(out)
     }
 
+    /// Past the backfill depth: starts the job on the first option that fits now without touching any
+    /// reservation, and reserves nothing otherwise.
+    fn start_if_free(
+        &mut self,
+        id: JobId,
+        now: Time,
+        tl: &mut Timeline,
+        out: &mut Cycle,
+    ) -> Result<bool, ScheduleError> {
+        let Ok(options) = self.options(&self.jobs[id as usize], now) else { return Ok(false) };
+        for o in options.iter().filter(|o| o.quota.is_ok() && tl.fits(o.pool, &o.req, now, o.duration)) {
+            if let Ok(start) = self.try_start(id, o, now)? {
+                tl.add(o.pool, &o.req, now, now + o.duration);
+                out.started.push(start);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Pending jobs in cycle order: priority, then the queue's dominant share, then the queue's own ordering.
     fn order(&self, now: Time) -> Vec<JobId> {
-        let present: ModelSet =
-            self.pool_models().into_iter().fold(ModelSet::NONE, |a, s| ModelSet(a.0 | s.0));
+        let present = self.present;
+        let shares: Vec<f64> =
+            (0..self.quotas.len() as u32).map(|q| self.quotas.dominant_share(q, now)).collect();
         let mut keyed: Vec<(i32, f64, f64, Time, JobId)> = self
             .pending()
             .map(|id| {
                 let e = &self.jobs[id as usize];
                 let q = e.job.queue;
-                let share = self.quotas.dominant_share(q, now);
+                let share = shares.get(q as usize).copied().unwrap_or(0.0);
                 let own = match self.quotas.spec(q).map(|s| s.ordering) {
                     Some(Ordering::ShortestFirst) => {
                         let width: f64 = e.job.gang.tasks.iter().map(|t| f64::from(t.gpus.max(1))).sum();
@@ -109,7 +131,7 @@ impl Scheduler {
 
     /// Capacity per (pool, flavor) and the usage of running jobs until their estimated end.
     fn timeline(&self, now: Time) -> Timeline {
-        let mut tl = Timeline::default();
+        let mut tl = Timeline::at(now);
         let mut caps: std::collections::HashMap<(PoolId, Flavor), u64> = std::collections::HashMap::new();
         for n in &self.snap.cluster().nodes {
             *caps.entry((n.pool, Flavor::Cpu)).or_default() += n.cpu_milli;
@@ -135,11 +157,10 @@ impl Scheduler {
         id: JobId,
         now: Time,
         may_start: bool,
-        pool_models: &[ModelSet],
         tl: &mut Timeline,
         out: &mut Cycle,
     ) -> Result<Option<Time>, ScheduleError> {
-        let options = match self.options(&self.jobs[id as usize], pool_models, now) {
+        let options = match self.options(&self.jobs[id as usize], now) {
             Ok(o) => o,
             Err(reason) => {
                 let st = &mut self.jobs[id as usize].status;
@@ -209,7 +230,7 @@ impl Scheduler {
             (Some(s), Some(c)) => Some(s.min(c)),
             (s, c) => s.or(c),
         };
-        let hints = self.hints(id, &options, start, now, tl);
+        let hints = self.hints(id, start, now, tl);
         let st = &mut self.jobs[id as usize].status;
         st.estimated_start = start;
         st.estimated_end = None;
@@ -307,22 +328,15 @@ impl Scheduler {
     }
 
     /// GPU models the job does not allow that would let it start at least a minute earlier.
-    fn hints(
-        &self,
-        id: JobId,
-        options: &[RunOption],
-        start: Option<Time>,
-        now: Time,
-        tl: &Timeline,
-    ) -> Vec<Hint> {
+    fn hints(&self, id: JobId, start: Option<Time>, now: Time, tl: &Timeline) -> Vec<Hint> {
         let e: &Entry = &self.jobs[id as usize];
         let allowed = Self::allowed_models(e);
         if allowed.is_any() || e.job.gang.tasks.iter().all(|t| t.is_cpu_only()) {
             return Vec::new();
         }
         let current = start.unwrap_or(f64::INFINITY);
-        let pools: Vec<PoolId> = options.iter().map(|o| o.pool).collect();
-        let models = self.pool_models();
+        let pools = self.cleared_pools(e);
+        let models = &self.pool_models;
         let mut hints: Vec<Hint> = Vec::new();
         for p in pools {
             for m in ModelSet(models.get(p as usize).map_or(0, |s| s.0) & !allowed.0).iter() {

@@ -4,7 +4,6 @@
 use super::cycle::Cycle;
 use super::{ScheduleError, Scheduler, Timeline, saved_work};
 use crate::model::{JobId, Time};
-use crate::placer::Outcome;
 
 /// An upgrade must bring the finish forward by at least this many seconds…
 const MIN_GAIN_S: f64 = 600.0;
@@ -19,7 +18,6 @@ impl Scheduler {
         tl: &mut Timeline,
         out: &mut Cycle,
     ) -> Result<(), ScheduleError> {
-        let pool_models = self.pool_models();
         let mut candidates: Vec<(f64, JobId)> = Vec::new();
         for id in self.running().collect::<Vec<_>>() {
             let e = &self.jobs[id as usize];
@@ -32,12 +30,13 @@ impl Scheduler {
             let mut moved = e.clone();
             moved.remaining = (e.remaining - saved).max(0.0);
             moved.status.preemptions += 1;
-            let Ok(options) = self.options(&moved, &pool_models, now) else { continue };
+            let Ok(options) = self.options(&moved, now) else { continue };
             let left = (r.est_end - now).max(0.0);
+            let enough = MIN_GAIN_S.max(MIN_GAIN_SHARE * left);
             let best = options
                 .iter()
                 .filter(|o| (o.pool, o.model) != (r.pool, r.model) && o.quota.is_ok())
-                .filter(|o| tl.fits(o.pool, &o.req, now, o.duration))
+                .filter(|o| left - o.duration >= enough && tl.fits(o.pool, &o.req, now, o.duration))
                 .map(|o| o.duration)
                 .fold(f64::INFINITY, f64::min);
             let gain = left - best;
@@ -47,7 +46,7 @@ impl Scheduler {
         }
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         for (_, id) in candidates {
-            self.try_upgrade(id, now, &pool_models, tl, out)?;
+            self.try_upgrade(id, now, tl, out)?;
         }
         Ok(())
     }
@@ -56,7 +55,6 @@ impl Scheduler {
         &mut self,
         id: JobId,
         now: Time,
-        pool_models: &[crate::model::ModelSet],
         tl: &mut Timeline,
         out: &mut Cycle,
     ) -> Result<(), ScheduleError> {
@@ -66,7 +64,7 @@ impl Scheduler {
         let mut moved = e.clone();
         moved.remaining = (e.remaining - saved_work(&e.job, rate, r.working_from, now)).max(0.0);
         moved.status.preemptions += 1;
-        let Ok(options) = self.options(&moved, pool_models, now) else { return Ok(()) };
+        let Ok(options) = self.options(&moved, now) else { return Ok(()) };
         let left = (r.est_end - now).max(0.0);
         let mut best: Option<&super::options::RunOption> = None;
         for o in options.iter().filter(|o| (o.pool, o.model) != (r.pool, r.model)) {
@@ -82,19 +80,19 @@ impl Scheduler {
         let queue = self.jobs[id as usize].job.queue;
         let gang = self.gang_for(id, &o);
         let placed = if self.quotas.fits(queue, &o.req, now).is_ok() {
-            self.placer.place_in(&mut self.snap, &gang, Some(o.pool))?
+            self.placer.try_place_in(&mut self.snap, &gang, Some(o.pool))?
         } else {
-            Outcome::Rejected(crate::placer::explain(&self.snap, &gang.tasks[0], 0, gang.topology, 0))
+            None
         };
         match placed {
-            Outcome::Placed(p) => {
+            Some(p) => {
                 self.requeue(id, now, tl);
                 out.preempted.push(id);
                 let start = self.start_with(id, &o, p, now)?;
                 tl.add(o.pool, &o.req, now, start.est_end);
                 out.started.push(start);
             }
-            Outcome::Rejected(_) => self.restore(id)?,
+            None => self.restore(id)?,
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The scheduling cycle: order, admit (quota), place, preempt, backfill and explain, over an indexed snapshot.
 
 mod cycle;
+mod explain;
 mod migrate;
 mod options;
 mod preempt;
@@ -13,7 +14,7 @@ pub use cycle::{Cycle, Start};
 pub use status::{Hint, JobStatus, PendingReason, Phase};
 pub use timeline::Timeline;
 
-use crate::model::{Cluster, Dataset, Job, JobId, ModelId, PoolId, QueueId, Time};
+use crate::model::{Cluster, Dataset, Job, JobId, ModelId, ModelSet, PoolId, QueueId, Time};
 use crate::placer::{Placement, Placer, PlacerConfig};
 use crate::plugin::{Policy, PolicyError, PolicyName, TypicalPods};
 use crate::queue::{QuotaError, Quotas, Resources};
@@ -54,7 +55,7 @@ impl Default for SchedulerConfig {
             preemption: true,
             backfill: true,
             upgrades: true,
-            start_now_slack: 1.0,
+            start_now_slack: 0.6,
             restart_s: 60.0,
             bandwidth_mib_s: 1000.0,
             seed: 1,
@@ -129,6 +130,9 @@ pub struct Scheduler {
     pub(crate) datasets: Vec<Dataset>,
     pub(crate) jobs: Vec<Entry>,
     pub(crate) config: SchedulerConfig,
+    /// GPU models present in each pool, and in the whole federation.
+    pub(crate) pool_models: Vec<ModelSet>,
+    pub(crate) present: ModelSet,
 }
 
 impl Scheduler {
@@ -141,7 +145,11 @@ impl Scheduler {
     ) -> Result<Self, ScheduleError> {
         let empty = TypicalPods::default();
         let policy = Policy::new(config.policy, config.seed, Some(typical.unwrap_or(&empty)))?;
+        let pool_models = options::models_by_pool(&cluster);
+        let present = pool_models.iter().fold(ModelSet::NONE, |a, s| ModelSet(a.0 | s.0));
         Ok(Scheduler {
+            pool_models,
+            present,
             snap: Snapshot::new(cluster)?,
             placer: Placer::new(policy, config.placer),
             quotas,

@@ -1,7 +1,7 @@
 //! The ways a job could run: each cleared pool × each GPU model it allows there, with what it would cost.
 
 use super::{Entry, PendingReason, Scheduler};
-use crate::model::{Classification, ModelId, ModelSet, PoolId, Time};
+use crate::model::{Classification, Cluster, ModelId, ModelSet, PoolId, Time};
 use crate::queue::{QuotaShortfall, Resources};
 
 /// One way to run a job.
@@ -17,19 +17,18 @@ pub(crate) struct RunOption {
     pub quota: Result<(), QuotaShortfall>,
 }
 
-impl Scheduler {
-    /// GPU models present in each pool.
-    pub(crate) fn pool_models(&self) -> Vec<ModelSet> {
-        let c = self.snap.cluster();
-        let mut sets = vec![ModelSet::NONE; c.pools.len()];
-        for n in &c.nodes {
-            if let Some(s) = sets.get_mut(n.pool as usize) {
-                s.0 |= n.models().0;
-            }
+/// GPU models present in each pool of a cluster.
+pub(crate) fn models_by_pool(c: &Cluster) -> Vec<ModelSet> {
+    let mut sets = vec![ModelSet::NONE; c.pools.len()];
+    for n in &c.nodes {
+        if let Some(s) = sets.get_mut(n.pool as usize) {
+            s.0 |= n.models().0;
         }
-        sets
     }
+    sets
+}
 
+impl Scheduler {
     /// The models every task of the gang allows.
     pub(crate) fn allowed_models(e: &Entry) -> ModelSet {
         e.job
@@ -38,6 +37,15 @@ impl Scheduler {
             .iter()
             .filter(|t| !t.is_cpu_only())
             .fold(ModelSet::ANY, |acc, t| ModelSet(acc.0 & t.models.0))
+    }
+
+    /// Pools with nodes whose clearance covers every dataset the job reads.
+    pub(crate) fn cleared_pools(&self, e: &Entry) -> Vec<PoolId> {
+        let needs = self.needs(e);
+        let c = self.snap.cluster();
+        (0..c.pools.len() as PoolId)
+            .filter(|p| c.pools[*p as usize].clearance >= needs && self.snap.groups().pools.contains_key(p))
+            .collect()
     }
 
     fn needs(&self, e: &Entry) -> Classification {
@@ -61,16 +69,9 @@ impl Scheduler {
     }
 
     /// Every way `e` could run at `now`, or why there is none.
-    pub(crate) fn options(
-        &self,
-        e: &Entry,
-        pool_models: &[ModelSet],
-        now: Time,
-    ) -> Result<Vec<RunOption>, PendingReason> {
+    pub(crate) fn options(&self, e: &Entry, now: Time) -> Result<Vec<RunOption>, PendingReason> {
         let needs = self.needs(e);
-        let pools = &self.snap.cluster().pools;
-        let cleared: Vec<PoolId> =
-            (0..pools.len() as PoolId).filter(|p| pools[*p as usize].clearance >= needs).collect();
+        let cleared = self.cleared_pools(e);
         if cleared.is_empty() {
             return Err(PendingReason::DataClearance { needs });
         }
@@ -82,7 +83,7 @@ impl Scheduler {
             let models: Vec<Option<ModelId>> = if cpu_only {
                 vec![None]
             } else {
-                ModelSet(pool_models.get(p as usize).map_or(0, |s| s.0) & allowed.0)
+                ModelSet(self.pool_models.get(p as usize).map_or(0, |s| s.0) & allowed.0)
                     .iter()
                     .map(Some)
                     .collect()

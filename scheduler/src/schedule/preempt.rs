@@ -5,8 +5,7 @@
 use super::cycle::Cycle;
 use super::options::RunOption;
 use super::{Phase, ScheduleError, Scheduler, Timeline, saved_work};
-use crate::model::{JobId, ModelSet, Time};
-use crate::placer::Outcome;
+use crate::model::{JobId, Time};
 use crate::queue::WithinQueue;
 
 /// A victim evicted for ordering must have at least this many times the newcomer's run time left.
@@ -25,8 +24,7 @@ impl Scheduler {
         };
         let cohort = self.quotas.spec(job.queue).and_then(|s| s.cohort.clone());
         let policy = self.quotas.spec(job.queue).map_or(WithinQueue::Never, |s| s.within_queue);
-        let present = self.pool_models().into_iter().fold(ModelSet::NONE, |a, s| ModelSet(a.0 | s.0));
-        let newcomer = super::cycle::best_runtime(&self.jobs[id as usize], present);
+        let newcomer = super::cycle::best_runtime(&self.jobs[id as usize], self.present);
         let mut c: Vec<(i32, f64, Time, JobId)> = self
             .running()
             .filter(|v| *v != id)
@@ -84,7 +82,7 @@ impl Scheduler {
                     continue;
                 }
                 let gang = self.gang_for(id, o);
-                if let Outcome::Placed(p) = self.placer.place_in(&mut self.snap, &gang, Some(o.pool))? {
+                if let Some(p) = self.placer.try_place_in(&mut self.snap, &gang, Some(o.pool))? {
                     for v in &evicted {
                         self.requeue(*v, now, tl);
                         out.preempted.push(*v);

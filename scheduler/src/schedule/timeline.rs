@@ -15,14 +15,30 @@ fn time(k: i64) -> Time {
     k as f64 / 1000.0
 }
 
-/// Usage steps per (pool, flavor) and the capacity they are measured against.
+/// Usage steps per (pool, flavor) and the capacity they are measured against. Usage at the origin (the cycle's
+/// `now`) is kept as a base, so queries need not sum the past.
 #[derive(Debug, Clone, Default)]
 pub struct Timeline {
+    origin: i64,
     capacity: HashMap<(PoolId, Flavor), u64>,
+    base: HashMap<(PoolId, Flavor), i64>,
     steps: HashMap<(PoolId, Flavor), BTreeMap<i64, i64>>,
 }
 
 impl Timeline {
+    /// An empty timeline whose past ends at `now`.
+    pub fn at(now: Time) -> Self {
+        Timeline { origin: key(now), ..Timeline::default() }
+    }
+
+    fn shift(&mut self, pool: PoolId, f: Flavor, at: i64, v: i64) {
+        if at <= self.origin {
+            *self.base.entry((pool, f)).or_default() += v;
+        } else {
+            *self.steps.entry((pool, f)).or_default().entry(at).or_default() += v;
+        }
+    }
+
     /// Sets the capacity of a flavor in a pool.
     pub fn set_capacity(&mut self, pool: PoolId, f: Flavor, amount: u64) {
         self.capacity.insert((pool, f), amount);
@@ -35,29 +51,29 @@ impl Timeline {
 
     /// Marks `req` used in `pool` over `[start, end)`.
     pub fn add(&mut self, pool: PoolId, req: &Resources, start: Time, end: Time) {
-        let (s, e) = (key(start), key(end).max(key(start) + 1));
-        for (f, v) in req.flavors().filter(|(f, _)| *f != Flavor::Memory) {
-            let steps = self.steps.entry((pool, f)).or_default();
-            *steps.entry(s).or_default() += v as i64;
-            *steps.entry(e).or_default() -= v as i64;
-        }
+        self.change(pool, req, start, end, 1);
     }
 
     /// Takes back usage added with [`Timeline::add`].
     pub fn remove(&mut self, pool: PoolId, req: &Resources, start: Time, end: Time) {
+        self.change(pool, req, start, end, -1);
+    }
+
+    fn change(&mut self, pool: PoolId, req: &Resources, start: Time, end: Time, sign: i64) {
         let (s, e) = (key(start), key(end).max(key(start) + 1));
         for (f, v) in req.flavors().filter(|(f, _)| *f != Flavor::Memory) {
-            let steps = self.steps.entry((pool, f)).or_default();
-            *steps.entry(s).or_default() -= v as i64;
-            *steps.entry(e).or_default() += v as i64;
+            self.shift(pool, f, s, sign * v as i64);
+            self.shift(pool, f, e, -sign * v as i64);
         }
     }
 
     fn max_used(&self, pool: PoolId, f: Flavor, s: i64, e: i64) -> i64 {
-        let Some(steps) = self.steps.get(&(pool, f)) else { return 0 };
-        let mut used: i64 = steps.range(..=s).map(|(_, d)| d).sum();
+        let base = self.base.get(&(pool, f)).copied().unwrap_or(0);
+        let Some(steps) = self.steps.get(&(pool, f)) else { return base };
+        let before = if s > self.origin { steps.range(..=s).map(|(_, d)| d).sum::<i64>() } else { 0 };
+        let mut used = base + before;
         let mut peak = used;
-        for (_, d) in steps.range(s + 1..e) {
+        for (_, d) in steps.range(s.max(self.origin) + 1..e) {
             used += d;
             peak = peak.max(used);
         }
@@ -67,32 +83,56 @@ impl Timeline {
     /// Whether `req` fits in `pool` over the whole of `[start, start + duration)`.
     pub fn fits(&self, pool: PoolId, req: &Resources, start: Time, duration: Time) -> bool {
         let (s, e) = (key(start), key(start + duration).max(key(start) + 1));
-        req.flavors()
-            .filter(|(f, _)| *f != Flavor::Memory)
-            .all(|(f, v)| self.capacity(pool, f) as i64 - self.max_used(pool, f, s, e) >= v as i64)
+        let needed = || req.flavors().filter(|(f, _)| *f != Flavor::Memory);
+        let free_now =
+            |f: Flavor| self.capacity(pool, f) as i64 - self.base.get(&(pool, f)).copied().unwrap_or(0);
+        if s <= self.origin && needed().any(|(f, v)| free_now(f) < v as i64) {
+            return false;
+        }
+        needed().all(|(f, v)| self.capacity(pool, f) as i64 - self.max_used(pool, f, s, e) >= v as i64)
     }
 
     /// The earliest time at or after `from` when `req` fits in `pool` for `duration`; `None` if it never does
-    /// (it asks for more than the pool's capacity, or runs forever).
+    /// (it asks for more than the pool's capacity, or runs forever). One sweep over the usage steps: a
+    /// candidate start survives until a segment over capacity falls inside its window, then moves past it.
     pub fn earliest(&self, pool: PoolId, req: &Resources, from: Time, duration: Time) -> Option<Time> {
         if !duration.is_finite() {
             return None;
         }
-        let needed: Vec<(Flavor, u64)> = req.flavors().filter(|(f, _)| *f != Flavor::Memory).collect();
-        if needed.iter().any(|(f, v)| self.capacity(pool, *f) < *v) {
+        let needed: Vec<(Flavor, i64)> =
+            req.flavors().filter(|(f, _)| *f != Flavor::Memory).map(|(f, v)| (f, v as i64)).collect();
+        if needed.iter().any(|(f, v)| (self.capacity(pool, *f) as i64) < *v) {
             return None;
         }
-        if self.fits(pool, req, from, duration) {
-            return Some(from);
-        }
-        let mut candidates: Vec<i64> = needed
+        let start = key(from);
+        let end_of = |c: i64| key(time(c) + duration).max(c + 1);
+        let mut used: Vec<i64> =
+            needed.iter().map(|(f, _)| self.max_used(pool, *f, start, start + 1)).collect();
+        let mut events: Vec<(i64, usize, i64)> = needed
             .iter()
-            .filter_map(|(f, _)| self.steps.get(&(pool, *f)))
-            .flat_map(|s| s.range(key(from) + 1..).filter(|(_, d)| **d < 0).map(|(k, _)| *k))
+            .enumerate()
+            .filter_map(|(i, (f, _))| self.steps.get(&(pool, *f)).map(|st| (i, st)))
+            .flat_map(|(i, st)| st.range(start.max(self.origin) + 1..).map(move |(k, d)| (*k, i, *d)))
             .collect();
-        candidates.sort_unstable();
-        candidates.dedup();
-        candidates.into_iter().map(time).find(|t| self.fits(pool, req, *t, duration))
+        events.sort_unstable();
+        let room = |used: &[i64]| {
+            needed.iter().zip(used).all(|((f, v), u)| self.capacity(pool, *f) as i64 - u >= *v)
+        };
+        let mut candidate = start;
+        let mut e = 0;
+        loop {
+            let next = events.get(e).map(|x| x.0);
+            if !room(&used) {
+                candidate = next?;
+            } else if next.is_none_or(|n| n >= end_of(candidate)) {
+                return Some(time(candidate));
+            }
+            let Some(at) = next else { return Some(time(candidate)) };
+            while events.get(e).is_some_and(|x| x.0 == at) {
+                used[events[e].1] += events[e].2;
+                e += 1;
+            }
+        }
     }
 }
 
@@ -106,7 +146,7 @@ mod tests {
 
     #[test]
     fn a_job_starts_when_enough_running_work_has_ended() {
-        let mut t = Timeline::default();
+        let mut t = Timeline::at(0.0);
         t.set_capacity(0, Flavor::Gpu(0), 8000);
         t.add(0, &gpus(4), 0.0, 100.0);
         t.add(0, &gpus(2), 0.0, 50.0);
@@ -118,12 +158,66 @@ mod tests {
 
     #[test]
     fn a_reservation_keeps_later_work_out_of_its_window_but_not_out_of_the_hole_before_it() {
-        let mut t = Timeline::default();
+        let mut t = Timeline::at(0.0);
         t.set_capacity(0, Flavor::Gpu(0), 4000);
         t.add(0, &gpus(3), 0.0, 100.0);
         t.add(0, &gpus(4), 100.0, 200.0);
         assert!(t.fits(0, &gpus(1), 0.0, 100.0), "a short job backfills the hole");
         assert!(!t.fits(0, &gpus(1), 0.0, 101.0), "but may not run into the reservation");
         assert_eq!(t.earliest(0, &gpus(1), 0.0, 150.0), Some(200.0));
+    }
+}
+
+#[cfg(test)]
+mod oracle {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    /// The plain definition: try `from` and every later step time, in order.
+    fn earliest_by_definition(
+        t: &Timeline,
+        pool: PoolId,
+        req: &Resources,
+        from: Time,
+        duration: Time,
+    ) -> Option<Time> {
+        let needed: Vec<Flavor> = req.flavors().map(|(f, _)| f).filter(|f| *f != Flavor::Memory).collect();
+        if req.flavors().any(|(f, v)| f != Flavor::Memory && t.capacity(pool, f) < v) {
+            return None;
+        }
+        let mut times: Vec<i64> = needed
+            .iter()
+            .filter_map(|f| t.steps.get(&(pool, *f)))
+            .flat_map(|s| s.keys().copied().filter(|k| *k > key(from)))
+            .collect();
+        times.sort_unstable();
+        std::iter::once(from).chain(times.into_iter().map(time)).find(|c| t.fits(pool, req, *c, duration))
+    }
+
+    #[test]
+    fn the_sweep_finds_the_same_earliest_start_as_the_definition() {
+        let mut rng = SplitMix64::new(9);
+        for case in 0..2000 {
+            let mut t = Timeline::at(0.0);
+            t.set_capacity(0, Flavor::Gpu(0), 8000);
+            t.set_capacity(0, Flavor::Cpu, 64_000);
+            for _ in 0..rng.below(12) {
+                let s = if rng.below(2) == 0 { 0.0 } else { rng.below(100) as f64 * 10.0 };
+                let d = 10.0 + rng.below(50) as f64 * 10.0;
+                let r = Resources::default()
+                    .with(Flavor::Gpu(0), 1000 * (1 + rng.below(4)))
+                    .with(Flavor::Cpu, 8000 * rng.below(3));
+                t.add(0, &r, s, s + d);
+            }
+            let req = Resources::default()
+                .with(Flavor::Gpu(0), 1000 * (1 + rng.below(8)))
+                .with(Flavor::Cpu, 8000 * rng.below(4));
+            let (from, d) = (rng.below(20) as f64 * 10.0, 10.0 + rng.below(40) as f64 * 10.0);
+            assert_eq!(
+                t.earliest(0, &req, from, d),
+                earliest_by_definition(&t, 0, &req, from, d),
+                "case {case}"
+            );
+        }
     }
 }
