@@ -139,7 +139,7 @@ require (
 // k8s.io/kubernetes requires its staging repositories at v0.0.0 and
 // points them at ./staging/src through replace directives, which only
 // apply inside its own repository. Pin each one to the published v0.36.3
-// tag matching k8s.io/kubernetes v1.36.3. Regenerate with ./testenv gen-mod.
+// tag matching k8s.io/kubernetes v1.36.3 (see README.md, "Bumping versions").
 replace (
 	k8s.io/api => k8s.io/api v0.36.3
 	k8s.io/apiextensions-apiserver => k8s.io/apiextensions-apiserver v0.36.3
