@@ -19,9 +19,18 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== main job (one seed of the placement benchmark)"
 cargo run --release --quiet -p haiyun-benches --bin haiyun-bench -- fgd --policy haiyun --seeds 42
 
-echo "== tests"
+echo "== test control plane (testenv: etcd, kube-apiserver, kwok with 4 fake 8-GPU nodes)"
+testenv_dir=$(mktemp -d)
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+cleanup() {
+  testenv/testenv down --dir "$testenv_dir" --purge >/dev/null 2>&1 || true
+  rm -rf "$testenv_dir" "$log"
+}
+trap cleanup EXIT
+testenv/testenv up --dir "$testenv_dir" --nodes 4 --gpus-per-node 8 --gpu-model H100
+export HAIYUN_TEST_KUBECONFIG="$testenv_dir/kubeconfig"
+
+echo "== tests"
 status=0
 cargo test --workspace --lib --bins --tests 2>&1 | tee "$log" || status=$?
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
