@@ -98,7 +98,7 @@ pub enum GangError {
 }
 
 /// Tasks that are placed all together or not at all.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Gang {
     /// Every task of the gang (replicas expanded), in placement order.
     pub tasks: Vec<TaskSpec>,

@@ -47,6 +47,8 @@ impl Scheduler {
     /// Runs one cycle at `now`.
     pub fn cycle(&mut self, now: Time) -> Result<Cycle, ScheduleError> {
         self.quotas.expire(now);
+        self.index_running();
+        self.unplaceable.clear();
         let order = self.order(now);
         let mut tl = self.timeline(now);
         let mut out = Cycle::default();
@@ -88,13 +90,25 @@ impl Scheduler {
     ) -> Result<bool, ScheduleError> {
         let Ok(options) = self.options(&self.jobs[id as usize], now) else { return Ok(false) };
         for o in options.iter().filter(|o| o.quota.is_ok() && tl.fits(o.pool, &o.req, now, o.duration)) {
-            if let Ok(start) = self.try_start(id, o, now)? {
+            if let Ok(start) = self.try_start(id, o, now, false)? {
                 tl.add(o.pool, &o.req, now, now + o.duration);
                 out.started.push(start);
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    fn index_running(&mut self) {
+        let mut by_queue = vec![Vec::new(); self.quotas.len()];
+        for (i, e) in self.jobs.iter().enumerate() {
+            if e.run.is_some() {
+                if let Some(list) = by_queue.get_mut(e.job.queue as usize) {
+                    list.push(i as JobId);
+                }
+            }
+        }
+        self.running_by_queue = by_queue;
     }
 
     /// Pending jobs in cycle order: priority, then the queue's dominant share, then the queue's own ordering.
@@ -193,7 +207,7 @@ impl Scheduler {
         if let Some(best) = outlooks.first().copied() {
             if best.start <= now && may_start {
                 let o = &options[best.index];
-                match self.try_start(id, o, now)? {
+                match self.try_start(id, o, now, true)? {
                     Ok(start) => {
                         tl.add(o.pool, &o.req, now, now + o.duration);
                         out.started.push(start);
@@ -253,17 +267,34 @@ impl Scheduler {
         }
     }
 
-    /// Places the job's gang for option `o` and charges its queue; the placer's rejection otherwise.
+    /// Places the job's gang for option `o` and charges its queue; the placer's rejection otherwise (explained
+    /// only when `explained`). A gang shape that found no nodes in a pool is not tried there again this cycle: its
+    /// rejection is remembered until something is evicted.
     fn try_start(
         &mut self,
         id: JobId,
         o: &RunOption,
         now: Time,
+        explained: bool,
     ) -> Result<Result<Start, crate::placer::Rejection>, ScheduleError> {
-        let gang = self.gang_for(id, o);
-        match self.placer.place_in(&mut self.snap, &gang, Some(o.pool))? {
+        let key = (o.pool, self.gang_for(id, o));
+        if let Some(r) = self.unplaceable.get(&key).filter(|r| !explained || r.nodes > 0) {
+            return Ok(Err(r.clone()));
+        }
+        let outcome = if explained {
+            self.placer.place_in(&mut self.snap, &key.1, Some(o.pool))?
+        } else {
+            match self.placer.try_place_in(&mut self.snap, &key.1, Some(o.pool))? {
+                Some(p) => Outcome::Placed(p),
+                None => Outcome::Rejected(crate::placer::Rejection::unexplained(0)),
+            }
+        };
+        match outcome {
             Outcome::Placed(p) => Ok(Ok(self.start_with(id, o, p, now)?)),
-            Outcome::Rejected(r) => Ok(Err(r)),
+            Outcome::Rejected(r) => {
+                self.unplaceable.insert(key, r.clone());
+                Ok(Err(r))
+            }
         }
     }
 

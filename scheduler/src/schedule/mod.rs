@@ -133,6 +133,10 @@ pub struct Scheduler {
     /// GPU models present in each pool, and in the whole federation.
     pub(crate) pool_models: Vec<ModelSet>,
     pub(crate) present: ModelSet,
+    /// Running jobs by queue, as of the start of the current cycle (entries may have stopped since).
+    pub(crate) running_by_queue: Vec<Vec<JobId>>,
+    /// Gangs (as restricted to one option) that found no nodes in a pool this cycle; cleared on any eviction.
+    pub(crate) unplaceable: std::collections::HashMap<(PoolId, crate::model::Gang), crate::placer::Rejection>,
 }
 
 impl Scheduler {
@@ -148,6 +152,8 @@ impl Scheduler {
         let pool_models = options::models_by_pool(&cluster);
         let present = pool_models.iter().fold(ModelSet::NONE, |a, s| ModelSet(a.0 | s.0));
         Ok(Scheduler {
+            running_by_queue: Vec::new(),
+            unplaceable: std::collections::HashMap::new(),
             pool_models,
             present,
             snap: Snapshot::new(cluster)?,

@@ -25,8 +25,14 @@ impl Scheduler {
         let cohort = self.quotas.spec(job.queue).and_then(|s| s.cohort.clone());
         let policy = self.quotas.spec(job.queue).map_or(WithinQueue::Never, |s| s.within_queue);
         let newcomer = super::cycle::best_runtime(&self.jobs[id as usize], self.present);
-        let mut c: Vec<(i32, f64, Time, JobId)> = self
-            .running()
+        let same_cohort =
+            |q: u32| cohort.is_some() && self.quotas.spec(q).and_then(|s| s.cohort.clone()) == cohort;
+        let queues: Vec<u32> = (0..self.running_by_queue.len() as u32)
+            .filter(|q| *q == job.queue || (reclaim && same_cohort(*q) && self.quotas.is_borrowing(*q, now)))
+            .collect();
+        let mut c: Vec<(i32, f64, Time, JobId)> = queues
+            .iter()
+            .flat_map(|q| self.running_by_queue[*q as usize].iter().copied())
             .filter(|v| *v != id)
             .filter_map(|v| {
                 let e = &self.jobs[v as usize];
@@ -116,6 +122,7 @@ impl Scheduler {
     }
 
     pub(crate) fn evict(&mut self, v: JobId) -> Result<(), ScheduleError> {
+        self.unplaceable.clear();
         let e = &self.jobs[v as usize];
         if let Some(r) = &e.run {
             let (placement, charged, queue) = (r.placement.clone(), r.charged.clone(), e.job.queue);

@@ -6,6 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use crate::model::{PoolId, Time};
 use crate::queue::{Flavor, Resources};
 
+/// An empty step map, for flavors a pool has no steps of.
+static EMPTY: BTreeMap<i64, i64> = BTreeMap::new();
+
 /// Milliseconds, so times can key an ordered map.
 fn key(t: Time) -> i64 {
     (t * 1000.0).round() as i64
@@ -108,29 +111,29 @@ impl Timeline {
         let end_of = |c: i64| key(time(c) + duration).max(c + 1);
         let mut used: Vec<i64> =
             needed.iter().map(|(f, _)| self.max_used(pool, *f, start, start + 1)).collect();
-        let mut events: Vec<(i64, usize, i64)> = needed
+        let mut streams: Vec<std::iter::Peekable<std::collections::btree_map::Range<'_, i64, i64>>> = needed
             .iter()
-            .enumerate()
-            .filter_map(|(i, (f, _))| self.steps.get(&(pool, *f)).map(|st| (i, st)))
-            .flat_map(|(i, st)| st.range(start.max(self.origin) + 1..).map(move |(k, d)| (*k, i, *d)))
+            .map(|(f, _)| match self.steps.get(&(pool, *f)) {
+                Some(st) => st.range(start.max(self.origin) + 1..).peekable(),
+                None => EMPTY.range(0..0).peekable(),
+            })
             .collect();
-        events.sort_unstable();
         let room = |used: &[i64]| {
             needed.iter().zip(used).all(|((f, v), u)| self.capacity(pool, *f) as i64 - u >= *v)
         };
         let mut candidate = start;
-        let mut e = 0;
         loop {
-            let next = events.get(e).map(|x| x.0);
+            let next = streams.iter_mut().filter_map(|s| s.peek().map(|(k, _)| **k)).min();
             if !room(&used) {
                 candidate = next?;
             } else if next.is_none_or(|n| n >= end_of(candidate)) {
                 return Some(time(candidate));
             }
             let Some(at) = next else { return Some(time(candidate)) };
-            while events.get(e).is_some_and(|x| x.0 == at) {
-                used[events[e].1] += events[e].2;
-                e += 1;
+            for (i, s) in streams.iter_mut().enumerate() {
+                if let Some((_, d)) = s.next_if(|(k, _)| **k == at) {
+                    used[i] += d;
+                }
             }
         }
     }
