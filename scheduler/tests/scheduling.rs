@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use haiyun_scheduler::model::{
-    Classification, Cluster, Dataset, Gang, GpuModels, Job, ModelSet, Pool, PoolKind, Work,
+    Classification, Cluster, Dataset, GpuModels, Job, ModelSet, Pool, PoolKind, Work,
 };
 use haiyun_scheduler::queue::{Flavor, Grant, Ordering, QueueSpec, Quotas, Resources, WithinQueue};
 use haiyun_scheduler::schedule::{PendingReason, Phase, Scheduler, SchedulerConfig};
@@ -276,5 +276,4 @@ fn submitting_to_a_missing_queue_or_dataset_is_an_error_that_names_it() {
     let mut j = job("nodata", 0, 1, 1.0, 0.0);
     j.datasets = vec![3];
     assert!(s.submit(j).unwrap_err().to_string().contains("dataset #3 is not registered"));
-    let _ = Gang::single(task().build());
 }
