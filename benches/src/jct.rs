@@ -83,6 +83,12 @@ pub struct JctReport {
     pub start_estimate_median_abs_err_h: f64,
     /// 90th percentile of that error, hours.
     pub start_estimate_p90_abs_err_h: f64,
+    /// Jobs that did not start when they arrived.
+    pub jobs_that_waited: usize,
+    /// Median estimate error over those jobs, hours.
+    pub waited_estimate_median_abs_err_h: f64,
+    /// 90th percentile over those jobs, hours.
+    pub waited_estimate_p90_abs_err_h: f64,
 }
 
 fn read(path: &Path) -> Result<String, JctError> {
@@ -222,6 +228,13 @@ fn report(jobs_csv: &Path, policy: &str, sim: &SimRun, gpus: usize) -> JctReport
     let mut err: Vec<f64> =
         sim.jobs.iter().filter_map(|j| Some((j.estimate_at_submit? - j.first_start?).abs())).collect();
     err.sort_by(f64::total_cmp);
+    let mut waited: Vec<f64> = sim
+        .jobs
+        .iter()
+        .filter(|j| j.first_start.is_some_and(|s| s > j.arrival + 1.0))
+        .filter_map(|j| Some((j.estimate_at_submit? - j.first_start?).abs()))
+        .collect();
+    waited.sort_by(f64::total_cmp);
     JctReport {
         workload: jobs_csv.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
         policy: policy.into(),
@@ -236,5 +249,8 @@ fn report(jobs_csv: &Path, policy: &str, sim: &SimRun, gpus: usize) -> JctReport
         preemptions: sim.jobs.iter().map(|j| j.preemptions).sum(),
         start_estimate_median_abs_err_h: percentile(&err, 0.5) / h,
         start_estimate_p90_abs_err_h: percentile(&err, 0.9) / h,
+        jobs_that_waited: waited.len(),
+        waited_estimate_median_abs_err_h: percentile(&waited, 0.5) / h,
+        waited_estimate_p90_abs_err_h: percentile(&waited, 0.9) / h,
     }
 }
