@@ -55,7 +55,7 @@ impl Default for SchedulerConfig {
             preemption: true,
             backfill: true,
             upgrades: true,
-            start_now_slack: 0.6,
+            start_now_slack: 1.0,
             restart_s: 60.0,
             bandwidth_mib_s: 1000.0,
             seed: 1,

@@ -121,15 +121,17 @@ impl Timeline {
         let room = |used: &[i64]| {
             needed.iter().zip(used).all(|((f, v), u)| self.capacity(pool, *f) as i64 - u >= *v)
         };
+        // A start at the query's own instant is `from` itself, not `from` rounded to the millisecond grid.
+        let at_or_from = |c: i64| if c == start { from } else { time(c) };
         let mut candidate = start;
         loop {
             let next = streams.iter_mut().filter_map(|s| s.peek().map(|(k, _)| **k)).min();
             if !room(&used) {
                 candidate = next?;
             } else if next.is_none_or(|n| n >= end_of(candidate)) {
-                return Some(time(candidate));
+                return Some(at_or_from(candidate));
             }
-            let Some(at) = next else { return Some(time(candidate)) };
+            let Some(at) = next else { return Some(at_or_from(candidate)) };
             for (i, s) in streams.iter_mut().enumerate() {
                 if let Some((_, d)) = s.next_if(|(k, _)| **k == at) {
                     used[i] += d;
@@ -157,6 +159,13 @@ mod tests {
         assert_eq!(t.earliest(0, &gpus(4), 0.0, 10.0), Some(50.0));
         assert_eq!(t.earliest(0, &gpus(8), 0.0, 10.0), Some(100.0));
         assert_eq!(t.earliest(0, &gpus(9), 0.0, 10.0), None);
+    }
+
+    #[test]
+    fn a_job_that_fits_now_starts_exactly_now_not_a_rounded_instant_later() {
+        let mut t = Timeline::at(15_735.104_595);
+        t.set_capacity(0, Flavor::Gpu(0), 4000);
+        assert_eq!(t.earliest(0, &gpus(3), 15_735.104_595, 2000.0), Some(15_735.104_595));
     }
 
     #[test]

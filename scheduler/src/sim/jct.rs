@@ -118,6 +118,8 @@ pub fn simulate(mut sched: Scheduler, mut jobs: Vec<Job>) -> Result<SimRun, SimE
         let done: Vec<JobId> = ends.iter().filter(|(_, e)| e.1 <= t + eps).map(|(id, _)| *id).collect();
         for id in done {
             if let Some((start, end, pool, gpus)) = ends.remove(&id) {
+                // Ends within the tolerance after `t` are taken at `t`, so the log stays in time order.
+                let end = end.min(t);
                 sched.finish(id, end)?;
                 let o = &mut run.jobs[id as usize];
                 o.completion = Some(end);
