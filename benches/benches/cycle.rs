@@ -1,5 +1,6 @@
-//! Criterion benchmark of full scheduling cycles: Kueue's scale-test shape (15 000 pending jobs, 30 queues,
-//! 5 cohorts) on a 10 000-node federation. Memory is reported by `haiyun-bench cycle --json`.
+//! Criterion benchmark of full scheduling cycles on a 10 000-node federation: Kueue's scale-test shape (15 000
+//! pending jobs, 30 queues, 5 cohorts) and 100 000 pending jobs in 500 queues and 20 cohorts. Memory is reported
+//! by `haiyun-bench cycle --json`.
 // A broken invariant aborts the benchmark with its message: there is no caller to hand it to.
 #![allow(clippy::expect_used)]
 
@@ -9,19 +10,24 @@ use haiyun_benches::cycle::setup;
 fn first_cycle(c: &mut Criterion) {
     let mut group = c.benchmark_group("cycle");
     group.sample_size(10);
-    group.bench_function("kueue-shape/15k-jobs-30-queues-5-cohorts-10k-nodes", |b| {
-        b.iter_batched(
-            || {
-                let (mut sched, jobs) = setup(10_000, 15_000, 30, 5, 1).expect("valid setup");
-                for j in jobs {
-                    sched.submit(j).expect("known queue");
-                }
-                sched
-            },
-            |mut sched| sched.cycle(200.0).expect("no broken invariant"),
-            BatchSize::LargeInput,
-        )
-    });
+    for (name, jobs, queues, cohorts) in [
+        ("kueue-shape/15k-jobs-30-queues-5-cohorts-10k-nodes", 15_000, 30, 5),
+        ("100k-jobs-500-queues-20-cohorts-10k-nodes", 100_000, 500, 20),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let (mut sched, list) = setup(10_000, jobs, queues, cohorts, 1).expect("valid setup");
+                    for j in list {
+                        sched.submit(j).expect("known queue");
+                    }
+                    sched
+                },
+                |mut sched| sched.cycle(200.0).expect("no broken invariant"),
+                BatchSize::LargeInput,
+            )
+        });
+    }
     group.finish();
 }
 
