@@ -28,7 +28,7 @@ cleanup() {
 }
 trap cleanup EXIT
 testenv/testenv up --dir "$testenv_dir" --nodes 4 --gpus-per-node 8 --gpu-model H100
-export HAIYUN_TEST_KUBECONFIG="$testenv_dir/kubeconfig"
+export HAIYUN_TEST_KUBECONFIG="$testenv_dir/kubeconfig" HAIYUN_REQUIRE_TESTENV=1
 
 echo "== tests"
 status=0

@@ -1,7 +1,6 @@
-//! Criterion benchmark of full scheduling cycles on a 10 000-node federation: Kueue's scale-test shape (15 000
-//! pending jobs, 30 queues, 5 cohorts) and 100 000 pending jobs in 500 queues and 20 cohorts. Memory is reported
-//! by `haiyun-bench cycle --json`.
-// A broken invariant aborts the benchmark with its message: there is no caller to hand it to.
+//! Criterion benchmark of full scheduling cycles on a 10 000-node federation.
+// Memory is reported by `haiyun-bench cycle --json`. A broken invariant aborts the benchmark with its message:
+// there is no caller to hand it to.
 #![allow(clippy::expect_used)]
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};

@@ -1,10 +1,11 @@
-//! An independent replay of a JCT decision log: no GPU held twice, jobs only where they can run, and no job
-//! finishing sooner than its steps allow at the throughputs of the pools it ran on.
+//! An independent replay of a JCT decision log under the protocol's rules (GPUs, pools, checkpoints, restarts).
 
 use std::collections::HashMap;
 
 use haiyun_scheduler::sim::Decision;
 use haiyun_scheduler::trace::{GavelJob, Throughputs};
+
+use crate::jct::{CHECKPOINT_S, RESTART_S};
 
 /// A rule the log broke.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -57,12 +58,15 @@ pub enum CheckError {
     },
 }
 
-/// Replays `log` against the job list and throughput table.
+/// Replays `log` against the job list and throughput table: no GPU held by two jobs, each placement takes the job's
+/// GPU count from nodes of the named pool where the job can run, and no job finishes before its steps are done when
+/// a preempted run keeps only the work up to its last checkpoint and every restart first pays its restart time.
 pub fn check_log(log: &[Decision], jobs: &[GavelJob], thr: &Throughputs) -> Result<(), CheckError> {
     let by_name: HashMap<&str, &GavelJob> = jobs.iter().map(|j| (j.id.as_str(), j)).collect();
     let mut holder: HashMap<String, String> = HashMap::new();
     let mut running: HashMap<String, (f64, String, Vec<String>)> = HashMap::new();
     let mut steps: HashMap<String, f64> = HashMap::new();
+    let mut runs: HashMap<String, u32> = HashMap::new();
     let mut last = f64::NEG_INFINITY;
     for d in log {
         if d.t < last {
@@ -78,6 +82,19 @@ pub fn check_log(log: &[Decision], jobs: &[GavelJob], thr: &Throughputs) -> Resu
                     return Err(CheckError::CannotRun { t: d.t, job: d.job.clone(), pool: d.pool.clone() });
                 }
                 let gpus: Vec<String> = d.tasks.iter().flat_map(|t| t.gpus.clone()).collect();
+                let outside = d.tasks.iter().any(|t| !t.node.starts_with(&format!("{}-", d.pool)));
+                if gpus.len() != job.gpus as usize || outside {
+                    return Err(CheckError::Malformed {
+                        t: d.t,
+                        what: format!(
+                            "job {} placed on {} GPUs (needs {}) or outside pool {}",
+                            d.job,
+                            gpus.len(),
+                            job.gpus,
+                            d.pool
+                        ),
+                    });
+                }
                 for g in &gpus {
                     if let Some(h) = holder.get(g) {
                         return Err(CheckError::GpuHeldTwice {
@@ -99,8 +116,13 @@ pub fn check_log(log: &[Decision], jobs: &[GavelJob], thr: &Throughputs) -> Resu
                 for g in gpus {
                     holder.remove(&g);
                 }
-                *steps.entry(d.job.clone()).or_default() +=
-                    (d.t - start) * thr.get(&job.job_type, job.gpus, &pool);
+                let n = runs.entry(d.job.clone()).or_default();
+                let restart = if *n > 0 { RESTART_S } else { 0.0 };
+                *n += 1;
+                let ran = (d.t - start - restart).max(0.0);
+                let kept =
+                    if d.event == "finish" { ran } else { (ran / CHECKPOINT_S).floor() * CHECKPOINT_S };
+                *steps.entry(d.job.clone()).or_default() += kept * thr.get(&job.job_type, job.gpus, &pool);
                 if d.event == "finish" {
                     let done = steps.get(&d.job).copied().unwrap_or(0.0);
                     if done < job.total_steps * (1.0 - 1e-9) {

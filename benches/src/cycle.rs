@@ -1,5 +1,4 @@
-//! `haiyun-bench cycle`: full scheduling cycles at scale (pending jobs in many queues and cohorts), and
-//! admissions per second on the shape of Kueue's published scale test.
+//! `haiyun-bench cycle`: full scheduling cycles at scale, and admissions per second on Kueue's scale-test shape.
 
 use std::time::Instant;
 
@@ -46,6 +45,7 @@ pub fn setup(
     cohorts: usize,
     seed: u64,
 ) -> Result<(Scheduler, Vec<Job>), ScheduleError> {
+    let (queues, cohorts) = (queues.max(1), cohorts.max(1));
     let cluster: Cluster = synthetic_federation(nodes, seed);
     let mut total = Resources::default();
     for n in &cluster.nodes {

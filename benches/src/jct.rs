@@ -107,12 +107,14 @@ pub fn parse_cluster(spec: &str) -> Result<Vec<(String, usize)>, JctError> {
 }
 
 /// One pool per GPU type, one GPU per node.
-pub fn cluster(types: &[(String, usize)]) -> Cluster {
+pub fn cluster(types: &[(String, usize)]) -> Result<Cluster, JctError> {
     let mut models = GpuModels::default();
     let mut pools = Vec::new();
     let mut nodes = Vec::new();
     for (p, (t, n)) in types.iter().enumerate() {
-        let model = models.intern(&t.to_uppercase()).unwrap_or(0);
+        let model = models
+            .intern(&t.to_uppercase())
+            .ok_or_else(|| JctError::Cluster(format!("{t}: more than 64 GPU types")))?;
         pools.push(Pool {
             name: t.clone(),
             kind: PoolKind::Ai,
@@ -136,7 +138,7 @@ pub fn cluster(types: &[(String, usize)]) -> Cluster {
             });
         }
     }
-    Cluster { models, pools, nodes }
+    Ok(Cluster { models, pools, nodes })
 }
 
 /// The job list as core jobs: k one-GPU tasks, throughput per GPU type from the table.
@@ -194,7 +196,7 @@ pub fn run(
         parse_jobs(&read(jobs_csv)?).map_err(|source| JctError::Trace { path: jobs_csv.into(), source })?;
     let thr = parse_throughputs(&read(thr_csv)?)
         .map_err(|source| JctError::Trace { path: thr_csv.into(), source })?;
-    let c = cluster(&parse_cluster(cluster_spec)?);
+    let c = cluster(&parse_cluster(cluster_spec)?)?;
     let (ordering, backfill) = match policy {
         "fifo" => (Ordering::Fifo, false),
         "haiyun" => (Ordering::ShortestFirst, true),

@@ -56,7 +56,10 @@ fn published(data: &Path) -> Result<BTreeMap<(String, String), f64>, FgdError> {
         std::fs::read_to_string(&path).map_err(|source| FgdError::Read { path: path.clone(), source })?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-    let col = header.iter().position(|h| *h == "130").unwrap_or(usize::MAX);
+    let Some(col) = header.iter().position(|h| *h == "130") else {
+        let source = std::io::Error::new(std::io::ErrorKind::InvalidData, "no column \"130\" in the header");
+        return Err(FgdError::Read { path, source });
+    };
     let mut sums: BTreeMap<(String, String), (f64, usize)> = BTreeMap::new();
     for l in lines {
         let r: Vec<&str> = l.split(',').collect();

@@ -1,7 +1,6 @@
-//! Smoke test of the test control plane: a real kube-apiserver with kwok GPU nodes (testenv/).
-//!
-//! Runs against the cluster named by `HAIYUN_TEST_KUBECONFIG` (`scripts/test.sh` and `.ci/run` start
-//! testenv and set it); without it the test says why and does nothing.
+//! Smoke test of the test control plane (testenv/): a real kube-apiserver with kwok GPU nodes.
+// Runs against the cluster named by `HAIYUN_TEST_KUBECONFIG` (`scripts/test.sh` and `.ci/run` start testenv and
+// set it); without it the test says why and does nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -13,6 +12,10 @@ use kube::{Client, Config};
 
 async fn client() -> Option<Client> {
     let Some(path) = std::env::var_os("HAIYUN_TEST_KUBECONFIG") else {
+        assert!(
+            std::env::var_os("HAIYUN_REQUIRE_TESTENV").is_none(),
+            "HAIYUN_REQUIRE_TESTENV is set but HAIYUN_TEST_KUBECONFIG is not: testenv did not start"
+        );
         eprintln!(
             "skipped: HAIYUN_TEST_KUBECONFIG is not set. Start a control plane with \
              `testenv/testenv up --dir DIR --nodes 4` and set it to DIR/kubeconfig (scripts/test.sh does both)."

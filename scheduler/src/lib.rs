@@ -1,6 +1,5 @@
 //! Haiyun's scheduling core: a pure, deterministic decision engine for heterogeneous compute federations.
-//!
-//! No IO, no clock, no unseeded randomness: the same snapshot and seed always give the same decisions.
+// No IO, no clock, no unseeded randomness: the same snapshot and seed always give the same decisions.
 
 pub mod model;
 pub mod placer;

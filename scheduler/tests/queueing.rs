@@ -1,6 +1,4 @@
-//! Property tests of the queueing invariants over random sequences of submit, finish, grant, quota change and
-//! preemption: quota (with borrowing) respected at every admission, gangs whole, data clearance respected,
-//! nothing over-committed, decisions deterministic.
+//! Property tests of the queueing invariants over random histories of submit, finish, grant and quota change.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use haiyun_scheduler::model::{

@@ -1,5 +1,4 @@
-//! Scheduling behaviour: quota with grants, data clearance and locality, backfill, preemption, reclaim, hints
-//! and the starvation bound.
+//! Scheduling behaviour: quota and grants, clearance and locality, backfill, preemption, reclaim, hints.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use haiyun_scheduler::model::{

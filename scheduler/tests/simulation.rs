@@ -1,5 +1,4 @@
-//! Property tests of the simulator and the scheduler over whole runs: the decision log is in time order and never
-//! gives a GPU to two jobs, and every job that can run finishes once arrivals stop (no starvation).
+//! Whole-run property tests: the decision log is ordered, no GPU is held twice, every job finishes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;

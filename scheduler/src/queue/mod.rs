@@ -132,9 +132,22 @@ impl Quotas {
 
     /// Replaces a queue's definition (usage stays).
     pub fn update(&mut self, q: QueueId, spec: QueueSpec) -> Result<(), QuotaError> {
+        if spec.weight <= 0.0 || spec.weight.is_nan() {
+            return Err(QuotaError::BadWeight(spec.name));
+        }
+        if self.specs.iter().enumerate().any(|(i, s)| i != q as usize && s.name == spec.name) {
+            return Err(QuotaError::Duplicate(spec.name));
+        }
         let slot = self.specs.get_mut(q as usize).ok_or(QuotaError::UnknownQueue(q))?;
         *slot = spec;
         Ok(())
+    }
+
+    /// Whether `req` fits inside the queue's own nominal quota (grants included) at `now`, borrowing nothing.
+    pub fn within_nominal(&self, q: QueueId, req: &Resources, now: Time) -> bool {
+        self.usage
+            .get(q as usize)
+            .is_some_and(|u| req.flavors().all(|(f, v)| u.get(f) + v <= self.nominal(q, f, now)))
     }
 
     /// A queue's definition.
@@ -180,8 +193,7 @@ impl Quotas {
 
     fn lendable(&self, q: QueueId, f: Flavor, now: Time) -> u64 {
         let n = self.nominal(q, f, now);
-        let limit = self.specs[q as usize].lending_limit.as_ref().map_or(n, |l| l.get(f).min(n));
-        limit.min(n)
+        self.specs[q as usize].lending_limit.as_ref().map_or(n, |l| l.get(f).min(n))
     }
 
     fn borrow_limit(&self, q: QueueId, f: Flavor) -> u64 {
@@ -200,6 +212,17 @@ impl Quotas {
     /// Checks that queue `q` may take `req` at `now`: within its nominal quota, or borrowing within its
     /// borrowing limit from what its cohort lends. Returns the first short flavor otherwise.
     pub fn fits(&self, q: QueueId, req: &Resources, now: Time) -> Result<(), QuotaShortfall> {
+        if q as usize >= self.specs.len() {
+            let (flavor, needed) = req.flavors().next().unwrap_or((Flavor::Cpu, 0));
+            return Err(QuotaShortfall {
+                queue: q,
+                flavor,
+                needed,
+                left: 0,
+                cohort_can_lend: 0,
+                within_nominal: false,
+            });
+        }
         let cohort = self.cohort_of(q);
         let solo = self.specs.get(q as usize).is_none_or(|s| s.cohort.is_none());
         for (f, need) in req.flavors() {

@@ -53,7 +53,8 @@ impl Scheduler {
         let mut tl = self.timeline(now);
         let mut out = Cycle::default();
         let mut horizon = now;
-        let mut blocked = false;
+        // Without backfill, order is strict within each queue: once a job of a queue waits, later ones wait too.
+        let mut blocked: std::collections::HashSet<u32> = std::collections::HashSet::new();
         for (rank, id) in order.into_iter().enumerate() {
             if self.jobs[id as usize].status.phase != Phase::Pending {
                 continue;
@@ -66,12 +67,19 @@ impl Scheduler {
                 }
                 continue;
             }
-            let may_start = self.config.backfill || !blocked;
+            let queue = self.jobs[id as usize].job.queue;
+            let may_start = self.config.backfill || !blocked.contains(&queue);
             let start = self.consider(id, now, may_start, &mut tl, &mut out)?;
             if let Some(s) = start {
                 horizon = horizon.max(s);
             }
-            blocked |= start.is_none_or(|s| s > now);
+            let runnable = !matches!(
+                self.jobs[id as usize].status.reasons.as_slice(),
+                [PendingReason::DataClearance { .. }] | [PendingReason::NoUsableModel]
+            );
+            if runnable && start.is_none_or(|s| s > now) {
+                blocked.insert(queue);
+            }
         }
         if self.config.upgrades && self.config.backfill {
             self.upgrade(now, &mut tl, &mut out)?;
@@ -217,7 +225,9 @@ impl Scheduler {
                         reasons.push(PendingReason::Placement { pool: o.pool, model: o.model, rejection })
                     }
                 }
-            } else if let Some(now_opt) = outlooks.iter().find(|x| x.start <= now) {
+            } else if let Some(now_opt) =
+                outlooks.iter().find(|x| x.start <= now).filter(|_| best.start > now)
+            {
                 reasons.push(PendingReason::FasterLater {
                     model: options[best.index].model,
                     saves_s: now_opt.finish - best.finish,
@@ -365,7 +375,7 @@ impl Scheduler {
         if allowed.is_any() || e.job.gang.tasks.iter().all(|t| t.is_cpu_only()) {
             return Vec::new();
         }
-        let current = start.unwrap_or(f64::INFINITY);
+        let Some(current) = start else { return Vec::new() };
         let pools = self.cleared_pools(e);
         let models = &self.pool_models;
         let mut hints: Vec<Hint> = Vec::new();

@@ -1,5 +1,4 @@
-//! Explanations for people: each structured pending reason and hint as one line naming the blocking phase, the
-//! shortfall and what would help.
+//! Explanations for people: each pending reason and hint as one line with the phase, shortfall and remedy.
 
 use super::{Hint, PendingReason, Scheduler};
 use crate::model::{JobId, ModelId, PoolId};

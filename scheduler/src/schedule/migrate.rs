@@ -1,7 +1,7 @@
-//! Upgrades: after pending jobs have had their pick, a running job moves to a faster GPU type that is free now
-//! when it would finish sooner even after losing the work since its last checkpoint and paying the restart.
+//! Upgrades: a running job moves to faster free GPUs when it finishes sooner despite the work it loses.
 
 use super::cycle::Cycle;
+use super::options::RunOption;
 use super::{ScheduleError, Scheduler, Timeline, saved_work};
 use crate::model::{JobId, Time};
 
@@ -11,39 +11,20 @@ const MIN_GAIN_S: f64 = 600.0;
 const MIN_GAIN_SHARE: f64 = 0.05;
 
 impl Scheduler {
-    /// Moves running jobs to faster free capacity where that ends them sooner, biggest gain first.
+    /// Moves running jobs to faster free capacity where that ends them sooner, biggest gain first. Runs after
+    /// the pending jobs have had their pick, so an upgrade never takes capacity they start on or reserve.
     pub(crate) fn upgrade(
         &mut self,
         now: Time,
         tl: &mut Timeline,
         out: &mut Cycle,
     ) -> Result<(), ScheduleError> {
-        let mut candidates: Vec<(f64, JobId)> = Vec::new();
-        for id in self.running().collect::<Vec<_>>() {
-            let e = &self.jobs[id as usize];
-            let Some(r) = &e.run else { continue };
-            if !e.job.preemptible || r.started >= now || e.job.checkpoint_s.is_none() {
-                continue;
-            }
-            let rate = e.job.work.rate(r.model);
-            let saved = saved_work(&e.job, rate, r.working_from, now);
-            let mut moved = e.clone();
-            moved.remaining = (e.remaining - saved).max(0.0);
-            moved.status.preemptions += 1;
-            let Ok(options) = self.options(&moved, now) else { continue };
-            let left = (r.est_end - now).max(0.0);
-            let enough = MIN_GAIN_S.max(MIN_GAIN_SHARE * left);
-            let best = options
-                .iter()
-                .filter(|o| (o.pool, o.model) != (r.pool, r.model) && o.quota.is_ok())
-                .filter(|o| left - o.duration >= enough && tl.fits(o.pool, &o.req, now, o.duration))
-                .map(|o| o.duration)
-                .fold(f64::INFINITY, f64::min);
-            let gain = left - best;
-            if gain >= MIN_GAIN_S.max(MIN_GAIN_SHARE * left) {
-                candidates.push((gain, id));
-            }
-        }
+        let mut candidates: Vec<(f64, JobId)> = self
+            .running()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|id| self.upgrade_target(id, now, tl).map(|(_, gain)| (gain, id)))
+            .collect();
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         for (_, id) in candidates {
             self.try_upgrade(id, now, tl, out)?;
@@ -51,6 +32,34 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The fastest other option that is free now for the job's remaining work (after losing what it did since its
+    /// last checkpoint and paying a restart) and gains enough, with the gain in seconds.
+    fn upgrade_target(&self, id: JobId, now: Time, tl: &Timeline) -> Option<(RunOption, f64)> {
+        let e = &self.jobs[id as usize];
+        let r = e.run.as_ref()?;
+        if !e.job.preemptible || r.started >= now || e.job.checkpoint_s.is_none() {
+            return None;
+        }
+        let rate = e.job.work.rate(r.model);
+        let mut moved = e.clone();
+        moved.remaining = (e.remaining - saved_work(&e.job, rate, r.working_from, now)).max(0.0);
+        moved.status.preemptions += 1;
+        let options = self.options(&moved, now).ok()?;
+        let left = (r.est_end - now).max(0.0);
+        let enough = MIN_GAIN_S.max(MIN_GAIN_SHARE * left);
+        options
+            .into_iter()
+            .filter(|o| (o.pool, o.model) != (r.pool, r.model))
+            .filter(|o| left - o.duration >= enough && tl.fits(o.pool, &o.req, now, o.duration))
+            .min_by(|a, b| a.duration.total_cmp(&b.duration))
+            .map(|o| {
+                let gain = left - o.duration;
+                (o, gain)
+            })
+    }
+
+    /// Evicts the job and places it on its upgrade target if its queue's quota (without its current charge) and
+    /// the nodes allow; restores it otherwise.
     fn try_upgrade(
         &mut self,
         id: JobId,
@@ -58,24 +67,7 @@ impl Scheduler {
         tl: &mut Timeline,
         out: &mut Cycle,
     ) -> Result<(), ScheduleError> {
-        let e = &self.jobs[id as usize];
-        let Some(r) = e.run.clone() else { return Ok(()) };
-        let rate = e.job.work.rate(r.model);
-        let mut moved = e.clone();
-        moved.remaining = (e.remaining - saved_work(&e.job, rate, r.working_from, now)).max(0.0);
-        moved.status.preemptions += 1;
-        let Ok(options) = self.options(&moved, now) else { return Ok(()) };
-        let left = (r.est_end - now).max(0.0);
-        let mut best: Option<&super::options::RunOption> = None;
-        for o in options.iter().filter(|o| (o.pool, o.model) != (r.pool, r.model)) {
-            if left - o.duration >= MIN_GAIN_S.max(MIN_GAIN_SHARE * left)
-                && tl.fits(o.pool, &o.req, now, o.duration)
-                && best.is_none_or(|b| o.duration < b.duration)
-            {
-                best = Some(o);
-            }
-        }
-        let Some(o) = best.cloned() else { return Ok(()) };
+        let Some((o, _)) = self.upgrade_target(id, now, tl) else { return Ok(()) };
         self.evict(id)?;
         let queue = self.jobs[id as usize].job.queue;
         let gang = self.gang_for(id, &o);

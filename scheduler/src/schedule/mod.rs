@@ -94,6 +94,9 @@ pub enum ScheduleError {
         /// The dataset.
         dataset: u32,
     },
+    /// A job with no tasks.
+    #[error("failed to submit job {0:?}: it has no tasks (give at least one task group with replicas >= 1)")]
+    EmptyGang(String),
     /// Finishing a job that is not running.
     #[error("failed to finish job #{0}: it is not running")]
     NotRunning(JobId),
@@ -194,6 +197,9 @@ impl Scheduler {
         if let Some(d) = job.datasets.iter().find(|d| **d as usize >= self.datasets.len()) {
             return Err(ScheduleError::UnknownDataset { job: job.name, dataset: *d });
         }
+        if job.gang.tasks.is_empty() {
+            return Err(ScheduleError::EmptyGang(job.name));
+        }
         let remaining = job.work.total;
         self.jobs.push(Entry { job, remaining, run: None, status: JobStatus::default() });
         Ok((self.jobs.len() - 1) as JobId)
@@ -201,14 +207,16 @@ impl Scheduler {
 
     /// Records that a running job finished, freeing its resources.
     pub fn finish(&mut self, id: JobId, _now: Time) -> Result<(), ScheduleError> {
-        let e = self.jobs.get_mut(id as usize).ok_or(ScheduleError::UnknownJob(id))?;
-        let run = e.run.take().ok_or(ScheduleError::NotRunning(id))?;
+        let e = self.jobs.get(id as usize).ok_or(ScheduleError::UnknownJob(id))?;
+        let run = e.run.as_ref().ok_or(ScheduleError::NotRunning(id))?;
+        let (placement, charged, queue) = (run.placement.clone(), run.charged.clone(), e.job.queue);
+        self.placer.forget(&mut self.snap, &placement)?;
+        self.quotas.release(queue, &charged)?;
+        let e = &mut self.jobs[id as usize];
+        e.run = None;
         e.remaining = 0.0;
         e.status.phase = Phase::Finished;
         e.status.reasons.clear();
-        let queue = e.job.queue;
-        self.placer.forget(&mut self.snap, &run.placement)?;
-        self.quotas.release(queue, &run.charged)?;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
-//! Preemption: a higher-priority job in the same queue, or a queue reclaiming quota it lent, evicts the fewest
-//! victims that lose the least work. Never a livelock: within a queue only strictly lower priorities are
-//! evicted, and reclaim only evicts jobs of queues above their nominal quota for a queue within its own.
+//! Preemption: evict the fewest victims that lose least work, for priority, reclaim or queue order.
+// Never a livelock: within a queue only strictly lower priorities are evicted, or equal ones the order puts
+// behind by a 2x margin (two jobs cannot both have twice the other's remaining time); reclaim only evicts jobs of
+// queues above their nominal quota for a queue that stays within its own.
 
 use super::cycle::Cycle;
 use super::options::RunOption;
@@ -18,10 +19,7 @@ impl Scheduler {
     /// lose too much work now count too (to find when the next chance comes).
     fn victims_for(&self, id: JobId, o: &RunOption, now: Time, any_loss: bool) -> Vec<JobId> {
         let job = &self.jobs[id as usize].job;
-        let reclaim = match &o.quota {
-            Ok(()) => true,
-            Err(s) => s.within_nominal,
-        };
+        let reclaim = self.quotas.within_nominal(job.queue, &o.req, now);
         let cohort = self.quotas.spec(job.queue).and_then(|s| s.cohort.clone());
         let policy = self.quotas.spec(job.queue).map_or(WithinQueue::Never, |s| s.within_queue);
         let newcomer = super::cycle::best_runtime(&self.jobs[id as usize], self.present);
@@ -80,20 +78,32 @@ impl Scheduler {
         for o in options {
             let candidates = self.victims_for(id, o, now, false);
             let mut evicted: Vec<JobId> = Vec::new();
+            let queue = self.jobs[id as usize].job.queue;
             for v in candidates {
+                let vq = self.jobs[v as usize].job.queue;
+                if vq != queue && !self.quotas.is_borrowing(vq, now) {
+                    continue;
+                }
                 self.evict(v)?;
                 evicted.push(v);
-                let queue = self.jobs[id as usize].job.queue;
                 if self.quotas.fits(queue, &o.req, now).is_err() {
                     continue;
                 }
                 let gang = self.gang_for(id, o);
                 if let Some(p) = self.placer.try_place_in(&mut self.snap, &gang, Some(o.pool))? {
-                    for v in &evicted {
-                        self.requeue(*v, now, tl);
-                        out.preempted.push(*v);
-                    }
+                    // Charge the newcomer first, then hand back the victims its placement and quota did not
+                    // need, most recently evicted first.
                     let start = self.start_with(id, o, p, now)?;
+                    let mut needed = Vec::new();
+                    for v in evicted.into_iter().rev() {
+                        if !self.try_restore(v, now)? {
+                            needed.push(v);
+                        }
+                    }
+                    for v in needed.into_iter().rev() {
+                        self.requeue(v, now, tl);
+                        out.preempted.push(v);
+                    }
                     tl.add(o.pool, &o.req, now, start.est_end);
                     out.started.push(start);
                     return Ok(true);
@@ -130,6 +140,24 @@ impl Scheduler {
             self.quotas.release(queue, &charged)?;
         }
         Ok(())
+    }
+
+    /// Gives an evicted job its place back if its nodes and its queue's quota still have room.
+    fn try_restore(&mut self, v: JobId, now: Time) -> Result<bool, ScheduleError> {
+        let e = &self.jobs[v as usize];
+        let Some(r) = &e.run else { return Ok(false) };
+        let (placement, charged, queue) = (r.placement.clone(), r.charged.clone(), e.job.queue);
+        if self.quotas.fits(queue, &charged, now).is_err() {
+            return Ok(false);
+        }
+        match self.placer.assume(&mut self.snap, &placement) {
+            Ok(()) => {
+                self.quotas.charge(queue, &charged)?;
+                Ok(true)
+            }
+            Err(crate::snapshot::SnapshotError::OverCommit { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(crate) fn restore(&mut self, v: JobId) -> Result<(), ScheduleError> {

@@ -1,5 +1,4 @@
-//! What a job's status says: its phase, why it waits (phase by phase, with the shortfall), what would help,
-//! and when it should start.
+//! A job's status: phase, why it waits, what would help, and when it should start.
 
 use serde::{Deserialize, Serialize};
 

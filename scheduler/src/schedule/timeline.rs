@@ -1,5 +1,4 @@
-//! Backfill's view of the future: how much of each (pool, flavor) is used over time by running jobs until their
-//! estimated end and by reservations of jobs ahead in the queue.
+//! Backfill's view of the future: usage per (pool, flavor) over time, from running jobs and reservations.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,7 +10,8 @@ static EMPTY: BTreeMap<i64, i64> = BTreeMap::new();
 
 /// Milliseconds, so times can key an ordered map.
 fn key(t: Time) -> i64 {
-    (t * 1000.0).round() as i64
+    // Clamped well inside i64, so `key + 1` and sums of keys cannot overflow (about 146 million years).
+    ((t * 1000.0).round()).clamp(-4.6e18, 4.6e18) as i64
 }
 
 fn time(k: i64) -> Time {

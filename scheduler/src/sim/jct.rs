@@ -1,5 +1,5 @@
-//! A discrete-event simulation of jobs arriving, running and finishing on a federation, driven by the scheduler.
-//! Time is simulated: the scheduler is called at each arrival, finish and promised start.
+//! A discrete-event simulation of jobs arriving, running and finishing, driven by the scheduler.
+// Time is simulated: the scheduler is called at each arrival, finish and promised start.
 
 use std::collections::BTreeMap;
 
@@ -97,7 +97,8 @@ pub fn simulate(mut sched: Scheduler, mut jobs: Vec<Job>) -> Result<SimRun, SimE
     jobs.sort_by(|a, b| a.submitted.total_cmp(&b.submitted));
     let cluster = sched.snapshot().cluster().clone();
     let mut run = SimRun::default();
-    let mut ids: Vec<JobId> = Vec::new();
+    // Scheduler job id -> index in `run.jobs` (the scheduler may already hold jobs of its own).
+    let mut slot: std::collections::HashMap<JobId, usize> = std::collections::HashMap::new();
     let mut ends: BTreeMap<JobId, (Time, Time, String, u32)> = BTreeMap::new();
     let mut next = 0usize;
     let mut last = f64::NEG_INFINITY;
@@ -121,7 +122,7 @@ pub fn simulate(mut sched: Scheduler, mut jobs: Vec<Job>) -> Result<SimRun, SimE
                 // Ends within the tolerance after `t` are taken at `t`, so the log stays in time order.
                 let end = end.min(t);
                 sched.finish(id, end)?;
-                let o = &mut run.jobs[id as usize];
+                let o = &mut run.jobs[slot[&id]];
                 o.completion = Some(end);
                 o.gpu_seconds += (end - start) * f64::from(gpus);
                 run.decisions.push(Decision {
@@ -139,14 +140,14 @@ pub fn simulate(mut sched: Scheduler, mut jobs: Vec<Job>) -> Result<SimRun, SimE
             let j = jobs[next].clone();
             run.jobs.push(JobOutcome { name: j.name.clone(), arrival: j.submitted, ..JobOutcome::default() });
             let id = sched.submit(j)?;
-            ids.push(id);
+            slot.insert(id, run.jobs.len() - 1);
             arrived.push(id);
             next += 1;
         }
         let cycle = sched.cycle(t)?;
         for v in &cycle.preempted {
             if let Some((start, _, pool, gpus)) = ends.remove(v) {
-                let o = &mut run.jobs[*v as usize];
+                let o = &mut run.jobs[slot[v]];
                 o.preemptions += 1;
                 o.gpu_seconds += (t - start) * f64::from(gpus);
                 run.decisions.push(Decision {
@@ -160,15 +161,15 @@ pub fn simulate(mut sched: Scheduler, mut jobs: Vec<Job>) -> Result<SimRun, SimE
             }
         }
         for s in &cycle.started {
-            let name = run.jobs[s.job as usize].name.clone();
+            let name = run.jobs[slot[&s.job]].name.clone();
             let line = place_line(&cluster, s, &name, t);
             let gpus: u32 = s.placement.tasks.iter().map(|tp| tp.gpus.count_ones()).sum();
             ends.insert(s.job, (t, s.est_end, line.pool.clone(), gpus));
-            run.jobs[s.job as usize].first_start.get_or_insert(t);
+            run.jobs[slot[&s.job]].first_start.get_or_insert(t);
             run.decisions.push(line);
         }
         for id in arrived {
-            run.jobs[id as usize].estimate_at_submit = sched.status(id).and_then(|s| s.estimated_start);
+            run.jobs[slot[&id]].estimate_at_submit = sched.status(id).and_then(|s| s.estimated_start);
         }
         if t_arrival.is_none() && ends.is_empty() && cycle.started.is_empty() {
             break;

@@ -37,12 +37,24 @@ fn split(line: &str) -> Vec<&str> {
 }
 
 fn number(file: &'static str, line: usize, column: &'static str, v: &str) -> Result<f64, TraceError> {
-    v.parse().map_err(|_| TraceError::BadValue {
+    let bad = || TraceError::BadValue {
         file,
         line,
         column,
         value: v.to_string(),
-        expected: "a number",
+        expected: "a finite number >= 0",
+    };
+    let x: f64 = v.parse().map_err(|_| bad())?;
+    if x.is_finite() && x >= 0.0 { Ok(x) } else { Err(bad()) }
+}
+
+fn count(file: &'static str, line: usize, column: &'static str, v: &str) -> Result<u32, TraceError> {
+    v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| TraceError::BadValue {
+        file,
+        line,
+        column,
+        value: v.to_string(),
+        expected: "a whole number >= 1",
     })
 }
 
@@ -64,7 +76,7 @@ pub fn parse_throughputs(text: &str) -> Result<Throughputs, TraceError> {
     let mut out = Throughputs::default();
     for (i, l) in lines {
         let r = split(l);
-        let k = number(FILE, i + 1, "scale_factor", r.get(sf).copied().unwrap_or(""))? as u32;
+        let k = count(FILE, i + 1, "scale_factor", r.get(sf).copied().unwrap_or(""))?;
         let entry = out.table.entry((r.get(jt).copied().unwrap_or("").to_string(), k)).or_default();
         for (c, t) in &types {
             let v = r.get(*c).copied().unwrap_or("");
@@ -93,7 +105,7 @@ pub fn parse_jobs(text: &str) -> Result<Vec<GavelJob>, TraceError> {
             id: get(id).to_string(),
             arrival_s: number(FILE, i + 1, "arrival_time_s", get(at))?,
             job_type: get(jt).to_string(),
-            gpus: number(FILE, i + 1, "num_gpus", get(ng))? as u32,
+            gpus: count(FILE, i + 1, "num_gpus", get(ng))?,
             total_steps: number(FILE, i + 1, "total_steps", get(ts))?,
         });
     }
@@ -114,6 +126,16 @@ mod tests {
         assert_eq!(t.get("A3C", 1, "k80"), 0.0);
         assert_eq!(t.get("A3C", 2, "k80"), 3.0);
         assert_eq!(t.get("LM", 1, "v100"), 0.0);
+    }
+
+    #[test]
+    fn arrivals_must_be_finite_and_gpu_counts_whole() {
+        let head = "job_id,arrival_time_s,job_type,num_gpus,total_steps\n";
+        assert!(parse_jobs(&format!("{head}0,NaN,A3C,1,10\n")).is_err());
+        assert!(parse_jobs(&format!("{head}0,-5,A3C,1,10\n")).is_err());
+        assert!(parse_jobs(&format!("{head}0,1,A3C,1.5,10\n")).is_err());
+        assert!(parse_jobs(&format!("{head}0,1,A3C,0,10\n")).is_err());
+        assert_eq!(parse_jobs(&format!("{head}0,1,A3C,2,10\n")).unwrap()[0].gpus, 2);
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! Haiyun: fragmentation gradient over every resource the expected workload needs, not GPUs alone.
-//!
-//! FGD asks, per typical shape, "could one more such task use this node's free GPUs?". Haiyun also asks
-//! whether its memory fits and how many copies the node's CPU and memory can still feed: free GPUs that only
-//! CPU-starved copies could use count as (discounted) fragmentation, so CPU-heavy and CPU-only tasks go where
-//! they strand the fewest GPUs. The discount reflects that lighter shapes may still use those GPUs later.
+// FGD asks, per typical shape, "could one more such task use this node's free GPUs?". Haiyun also asks whether
+// its memory fits and how many copies the node's CPU and memory can still feed: free GPUs that only CPU-starved
+// copies could use count as (discounted) fragmentation, so CPU-heavy and CPU-only tasks go where they strand the
+// fewest GPUs. The discount reflects that lighter shapes may still use those GPUs later.
 
 use super::fgd::gradient_score;
 use super::frag::{FragCache, FragModel, node_fragmentation};
@@ -35,7 +34,7 @@ impl HaiyunParams {
             let x: f64 = v.trim().parse().map_err(|_| bad())?;
             match k.trim() {
                 "memory" => p.frag.memory = x != 0.0,
-                "starved" => p.frag.starved_weight = x,
+                "starved" if x.is_finite() && x >= 0.0 => p.frag.starved_weight = x,
                 _ => return Err(bad()),
             }
         }

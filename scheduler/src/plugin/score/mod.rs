@@ -132,7 +132,9 @@ pub enum PolicyError {
     )]
     UnknownPolicy(String),
     /// A policy parameter that is not `key=number` with a known key.
-    #[error("failed to read policy parameter {0:?}: use key=number with key memory or starved")]
+    #[error(
+        "failed to read policy parameter {0:?}: use key=number with key memory or starved (starved: a number >= 0)"
+    )]
     BadParam(String),
     /// A workload-aware policy without an estimate of the workload.
     #[error(
