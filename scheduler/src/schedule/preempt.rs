@@ -131,11 +131,19 @@ impl Scheduler {
             .min_by(|a, b| a.total_cmp(b))
     }
 
+    /// What a running job holds: its placement, the quota it is charged, and its queue.
+    fn held(
+        &self,
+        v: JobId,
+    ) -> Option<(crate::placer::Placement, crate::queue::Resources, crate::model::QueueId)> {
+        let e = &self.jobs[v as usize];
+        e.run.as_ref().map(|r| (r.placement.clone(), r.charged.clone(), e.job.queue))
+    }
+
+    /// Frees a running job's nodes and quota (its run record stays until it is requeued or restored).
     pub(crate) fn evict(&mut self, v: JobId) -> Result<(), ScheduleError> {
         self.unplaceable.clear();
-        let e = &self.jobs[v as usize];
-        if let Some(r) = &e.run {
-            let (placement, charged, queue) = (r.placement.clone(), r.charged.clone(), e.job.queue);
+        if let Some((placement, charged, queue)) = self.held(v) {
             self.placer.forget(&mut self.snap, &placement)?;
             self.quotas.release(queue, &charged)?;
         }
@@ -144,9 +152,7 @@ impl Scheduler {
 
     /// Gives an evicted job its place back if its nodes and its queue's quota still have room.
     fn try_restore(&mut self, v: JobId, now: Time) -> Result<bool, ScheduleError> {
-        let e = &self.jobs[v as usize];
-        let Some(r) = &e.run else { return Ok(false) };
-        let (placement, charged, queue) = (r.placement.clone(), r.charged.clone(), e.job.queue);
+        let Some((placement, charged, queue)) = self.held(v) else { return Ok(false) };
         if self.quotas.fits(queue, &charged, now).is_err() {
             return Ok(false);
         }
@@ -160,10 +166,9 @@ impl Scheduler {
         }
     }
 
+    /// Undoes an eviction whose resources nobody took in between.
     pub(crate) fn restore(&mut self, v: JobId) -> Result<(), ScheduleError> {
-        let e = &self.jobs[v as usize];
-        if let Some(r) = &e.run {
-            let (placement, charged, queue) = (r.placement.clone(), r.charged.clone(), e.job.queue);
+        if let Some((placement, charged, queue)) = self.held(v) {
             self.placer.assume(&mut self.snap, &placement)?;
             self.quotas.charge(queue, &charged)?;
         }
