@@ -76,6 +76,7 @@ pub fn setup(
             gang,
             work: Work::seconds(600.0 + rng.below(35_400) as f64),
             datasets: Vec::new(),
+            pools: Vec::new(),
             preemptible: true,
             checkpoint_s: Some(1800.0),
         })

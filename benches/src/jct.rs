@@ -170,6 +170,7 @@ pub fn jobs(list: &[GavelJob], thr: &Throughputs, cluster: &Cluster) -> Vec<Job>
                 gang: Gang { tasks: vec![task; g.gpus as usize], topology: Topology::Any },
                 work: Work { total: g.total_steps, throughput, default: 0.0 },
                 datasets: Vec::new(),
+                pools: Vec::new(),
                 preemptible: true,
                 checkpoint_s: Some(CHECKPOINT_S),
             }

@@ -175,6 +175,7 @@ fn run(w: &World, ops: &[Op]) -> Result<Vec<Cycle>, TestCaseError> {
                     gang,
                     work: Work::seconds(*seconds),
                     datasets: data.iter().copied().collect(),
+                    pools: Vec::new(),
                     preemptible: true,
                     checkpoint_s: Some(300.0),
                 };

@@ -54,6 +54,7 @@ fn job(name: &str, queue: u32, n_gpus: u32, seconds: f64, at: f64) -> Job {
         gang: task().cpu(1000).gpus(n_gpus, 1000).gang(1, Topology::Any),
         work: Work::seconds(seconds),
         datasets: Vec::new(),
+        pools: Vec::new(),
         preemptible: true,
         checkpoint_s: Some(600.0),
     }

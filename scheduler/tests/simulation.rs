@@ -63,6 +63,7 @@ fn run(specs: &[(f64, u32, f64, f64)], ordering: Ordering) -> haiyun_scheduler::
             },
             work: Work { total: *steps, throughput: vec![(0, *speedup), (1, 1.0)], default: 0.0 },
             datasets: Vec::new(),
+            pools: Vec::new(),
             preemptible: true,
             checkpoint_s: Some(1800.0),
         })

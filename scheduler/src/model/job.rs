@@ -65,6 +65,9 @@ pub struct Job {
     pub work: Work,
     /// Datasets it reads.
     pub datasets: Vec<DatasetId>,
+    /// Pools it may run in (empty: any).
+    #[serde(default)]
+    pub pools: Vec<super::PoolId>,
     /// Whether it may be preempted.
     pub preemptible: bool,
     /// Seconds of run time between checkpoints (work since the last one is lost on preemption).

@@ -75,7 +75,9 @@ impl Scheduler {
             }
             let runnable = !matches!(
                 self.jobs[id as usize].status.reasons.as_slice(),
-                [PendingReason::DataClearance { .. }] | [PendingReason::NoUsableModel]
+                [PendingReason::DataClearance { .. }]
+                    | [PendingReason::NoAllowedPool { .. }]
+                    | [PendingReason::NoUsableModel]
             );
             if runnable && start.is_none_or(|s| s > now) {
                 blocked.insert(queue);

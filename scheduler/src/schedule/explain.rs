@@ -47,6 +47,11 @@ impl Scheduler {
                     needs.as_str()
                 )
             }
+            PendingReason::NoAllowedPool { needs } => format!(
+                "pools: none of the pools it allows (by kind or site) has nodes and is cleared for {} data; \
+                 allow more pool kinds or sites",
+                needs.as_str()
+            ),
             PendingReason::NoUsableModel => {
                 "no usable GPU model: none it allows can run it in a cleared pool; allow another model".into()
             }

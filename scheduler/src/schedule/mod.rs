@@ -1,5 +1,6 @@
 //! The scheduling cycle: order, admit (quota), place, preempt, backfill and explain, over an indexed snapshot.
 
+mod adopt;
 mod cycle;
 mod explain;
 mod migrate;
@@ -97,6 +98,16 @@ pub enum ScheduleError {
     /// A job with no tasks.
     #[error("failed to submit job {0:?}: it has no tasks (give at least one task group with replicas >= 1)")]
     EmptyGang(String),
+    /// An adopted placement does not match the job's tasks.
+    #[error("failed to adopt job {job:?}: it has {tasks} tasks but its placement places {placed}")]
+    PlacementMismatch {
+        /// The job.
+        job: String,
+        /// Its tasks.
+        tasks: usize,
+        /// Tasks the placement places.
+        placed: usize,
+    },
     /// Finishing a job that is not running.
     #[error("failed to finish job #{0}: it is not running")]
     NotRunning(JobId),
@@ -191,18 +202,24 @@ impl Scheduler {
 
     /// Submits a job; it is considered from the next cycle on.
     pub fn submit(&mut self, job: Job) -> Result<JobId, ScheduleError> {
-        if self.quotas.spec(job.queue).is_none() {
-            return Err(ScheduleError::UnknownQueue { job: job.name, queue: job.queue });
-        }
-        if let Some(d) = job.datasets.iter().find(|d| **d as usize >= self.datasets.len()) {
-            return Err(ScheduleError::UnknownDataset { job: job.name, dataset: *d });
-        }
-        if job.gang.tasks.is_empty() {
-            return Err(ScheduleError::EmptyGang(job.name));
-        }
+        self.check_submission(&job)?;
         let remaining = job.work.total;
         self.jobs.push(Entry { job, remaining, run: None, status: JobStatus::default() });
         Ok((self.jobs.len() - 1) as JobId)
+    }
+
+    /// Refuses a job whose queue or datasets do not exist, or that has no tasks.
+    fn check_submission(&self, job: &Job) -> Result<(), ScheduleError> {
+        if self.quotas.spec(job.queue).is_none() {
+            return Err(ScheduleError::UnknownQueue { job: job.name.clone(), queue: job.queue });
+        }
+        if let Some(d) = job.datasets.iter().find(|d| **d as usize >= self.datasets.len()) {
+            return Err(ScheduleError::UnknownDataset { job: job.name.clone(), dataset: *d });
+        }
+        if job.gang.tasks.is_empty() {
+            return Err(ScheduleError::EmptyGang(job.name.clone()));
+        }
+        Ok(())
     }
 
     /// Records that a running job finished, freeing its resources.

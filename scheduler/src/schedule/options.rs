@@ -45,6 +45,7 @@ impl Scheduler {
         let c = self.snap.cluster();
         (0..c.pools.len() as PoolId)
             .filter(|p| c.pools[*p as usize].clearance >= needs && self.snap.groups().pools.contains_key(p))
+            .filter(|p| e.job.pools.is_empty() || e.job.pools.contains(p))
             .collect()
     }
 
@@ -73,7 +74,12 @@ impl Scheduler {
         let needs = self.needs(e);
         let cleared = self.cleared_pools(e);
         if cleared.is_empty() {
-            return Err(PendingReason::DataClearance { needs });
+            let any_cleared = self.snap.cluster().pools.iter().any(|p| p.clearance >= needs);
+            return Err(if any_cleared && !e.job.pools.is_empty() {
+                PendingReason::NoAllowedPool { needs }
+            } else {
+                PendingReason::DataClearance { needs }
+            });
         }
         let cpu_only = e.job.gang.tasks.iter().all(|t| t.is_cpu_only());
         let allowed = Self::allowed_models(e);

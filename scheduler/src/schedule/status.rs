@@ -57,6 +57,11 @@ pub enum PendingReason {
         /// The most sensitive classification among its datasets.
         needs: Classification,
     },
+    /// None of the pools it allows (by kind or site) is cleared for its data and has nodes.
+    NoAllowedPool {
+        /// The most sensitive classification among its datasets.
+        needs: Classification,
+    },
     /// It cannot run on any GPU model it allows (no throughput, or no such GPUs in cleared pools).
     NoUsableModel,
     /// Past the backfill depth: its estimate is a rough one.
