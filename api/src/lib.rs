@@ -1,1 +1,32 @@
-//! Haiyun's API: CRD types, the agent gRPC protocol and shared wire types (CRDs arrive with the operator).
+//! Haiyun's API: the CRD types (group `haiyun.io`, version `v1alpha1`) and shared wire types.
+// kube-derive's repeated `printcolumn(...)` arguments look like duplicated attributes to clippy.
+#![allow(clippy::duplicated_attributes)]
+
+pub mod condition;
+pub mod crd;
+pub mod dataset;
+pub mod job;
+pub mod pool;
+pub mod quantity;
+pub mod queue;
+pub mod quota;
+
+pub use condition::Condition;
+pub use dataset::{Classification, Dataset, DatasetSpec};
+pub use job::{ComputeJob, ComputeJobSpec, ComputeJobStatus, JobPhase, PendingReason, TaskGroup};
+pub use pool::{ComputePool, ComputePoolSpec, ComputePoolStatus, PoolKind};
+pub use queue::{Queue, QueueSpec, QueueStatus};
+pub use quota::{QuotaRequest, QuotaRequestSpec, QuotaRequestStatus};
+
+/// The API group.
+pub const GROUP: &str = "haiyun.io";
+/// The scheduler name pods carry.
+pub const SCHEDULER_NAME: &str = "haiyun";
+/// Label on a job's pods naming the job (`<namespace>.<name>` does not fit a label; the job's uid does).
+pub const JOB_UID_LABEL: &str = "haiyun.io/job-uid";
+/// Label on a job's pods naming the job.
+pub const JOB_NAME_LABEL: &str = "haiyun.io/job";
+/// Annotation on a pod listing the GPU indices it was given on its node.
+pub const GPUS_ANNOTATION: &str = "haiyun.io/gpus";
+/// Node label giving its GPU model.
+pub const GPU_MODEL_LABEL: &str = "haiyun.io/gpu-model";

@@ -1,1 +1,151 @@
-//! Haiyun's Kubernetes operator: controllers, the index, the scheduling loop and pool backends.
+//! Haiyun's Kubernetes operator: the index, the scheduling loop, the Kubernetes backend, leader election, metrics.
+
+pub mod apply;
+pub mod backend;
+pub mod decision;
+pub mod engine;
+pub mod http;
+pub mod index;
+pub mod lease;
+pub mod metrics;
+pub mod plan;
+pub mod report;
+pub mod time;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use haiyun_scheduler::schedule::SchedulerConfig;
+use kube::runtime::events::{Recorder, Reporter};
+
+/// How the operator runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else `haiyun-system`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "haiyun-system")]
+    pub namespace: String,
+    /// This replica's identity in the Lease (default: $POD_NAME, else host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, default_value = "haiyun-operator")]
+    pub lease_name: String,
+    /// Seconds a leader holds the Lease without renewing it.
+    #[arg(long, default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Append the decision log (JSON lines) to this file.
+    #[arg(long)]
+    pub decision_log: Option<String>,
+    /// Milliseconds between cycles when nothing changes.
+    #[arg(long, default_value_t = 2000)]
+    pub interval_ms: u64,
+    /// Milliseconds to wait after a change before a cycle, to batch changes.
+    #[arg(long, default_value_t = 50)]
+    pub debounce_ms: u64,
+    /// API operations in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+}
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No Kubernetes configuration.
+    #[error("failed to configure a Kubernetes client (set KUBECONFIG or run in a cluster): {0}")]
+    Config(#[source] kube::Error),
+    /// The async runtime could not start.
+    #[error("failed to start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The HTTP server could not start.
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+    /// The decision log could not be opened.
+    #[error(transparent)]
+    Log(#[from] decision::DecisionLogError),
+    /// The lease was lost; another replica leads now.
+    #[error("lost the leader lease {0}; exiting so that no two replicas bind")]
+    LostLease(String),
+}
+
+/// Runs the operator until it fails or loses the lease.
+pub fn run(settings: Settings) -> Result<(), RunError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
+        )
+        .init();
+    let rt = tokio::runtime::Runtime::new().map_err(RunError::Runtime)?;
+    rt.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> Result<(), RunError> {
+    let client = kube::Client::try_default().await.map_err(RunError::Config)?;
+    let identity = settings.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let metrics = Arc::new(metrics::Metrics::default());
+    let addr = http::serve(settings.metrics_addr, metrics.clone()).await?;
+    tracing::info!(%addr, %identity, "serving /metrics, /healthz and /readyz");
+    let log = decision::DecisionLog::open(settings.decision_log.as_deref())?;
+    let stores = watch::Stores::start(&client);
+    stores.ready().await;
+    metrics.set_ready(true);
+    tracing::info!("caches synced");
+
+    let elector = lease::Elector::new(
+        client.clone(),
+        &settings.namespace,
+        &settings.lease_name,
+        &identity,
+        Duration::from_secs(settings.lease_seconds.max(3)),
+    );
+    let period = Duration::from_secs(settings.lease_seconds.max(3)) / 3;
+    loop {
+        match elector.try_acquire().await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "leader election failed; retrying"),
+        }
+        tokio::time::sleep(period).await;
+    }
+    metrics.set_leader(true);
+    tracing::info!(lease = %settings.lease_name, "became the leader");
+
+    let reporter = Reporter { controller: "haiyun-operator".into(), instance: Some(identity.clone()) };
+    let applier = apply::Applier::new(
+        client.clone(),
+        Recorder::new(client, reporter),
+        settings.concurrency,
+        metrics.clone(),
+    );
+    let config = engine::EngineConfig {
+        scheduler: SchedulerConfig::default(),
+        interval: Duration::from_millis(settings.interval_ms.max(10)),
+        debounce: Duration::from_millis(settings.debounce_ms),
+    };
+    let engine = engine::Engine::new(stores, applier, config, log, metrics.clone());
+    let loop_task = tokio::spawn(engine.run());
+    let mut last_renew = tokio::time::Instant::now();
+    let deadline = Duration::from_secs(settings.lease_seconds.max(3)) * 2 / 3;
+    loop {
+        tokio::time::sleep(period).await;
+        match elector.try_acquire().await {
+            Ok(true) => last_renew = tokio::time::Instant::now(),
+            Ok(false) => break,
+            Err(e) => tracing::warn!(error = %e, "failed to renew the lease"),
+        }
+        if last_renew.elapsed() > deadline {
+            break;
+        }
+    }
+    loop_task.abort();
+    metrics.set_leader(false);
+    Err(RunError::LostLease(settings.lease_name))
+}

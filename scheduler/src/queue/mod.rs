@@ -261,6 +261,28 @@ impl Quotas {
         Ok(())
     }
 
+    /// What the other queues of `q`'s cohort could lend it of `f` at `now` (0 without a cohort), before `q`'s
+    /// own borrowing limit.
+    pub fn unlent(&self, q: QueueId, f: Flavor, now: Time) -> u64 {
+        if self.specs.get(q as usize).is_none_or(|s| s.cohort.is_none()) {
+            return 0;
+        }
+        let cohort = self.cohort_of(q);
+        let pool: u64 = cohort.iter().map(|p| self.lendable(*p, f, now)).sum();
+        let lent: u64 = cohort
+            .iter()
+            .map(|p| {
+                let guaranteed = self.nominal(*p, f, now) - self.lendable(*p, f, now);
+                self.usage[*p as usize].get(f).saturating_sub(guaranteed)
+            })
+            .sum();
+        let own = self
+            .nominal(q, f, now)
+            .saturating_sub(self.usage[q as usize].get(f))
+            .min(self.lendable(q, f, now));
+        pool.saturating_sub(lent).saturating_sub(own)
+    }
+
     fn cohort_admits(&self, q: QueueId, f: Flavor, need: u64, now: Time, cohort: &[QueueId]) -> bool {
         let n = self.nominal(q, f, now);
         let used = self.usage[q as usize].get(f) + need;

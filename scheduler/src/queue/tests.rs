@@ -86,3 +86,20 @@ fn bad_queues_are_refused_with_their_name() {
     book.add(QueueSpec::new("a", gpus(1))).unwrap();
     assert_eq!(book.add(QueueSpec::new("a", gpus(1))).unwrap_err(), QuotaError::Duplicate("a".into()));
 }
+
+#[test]
+fn unlent_counts_what_the_rest_of_the_cohort_does_not_use() {
+    let gpu = Flavor::Gpu(0);
+    let mut q = Quotas::default();
+    let mut a = QueueSpec::new("a", Resources::default().with(gpu, 8000));
+    a.cohort = Some("c".into());
+    let mut b = QueueSpec::new("b", Resources::default().with(gpu, 16_000));
+    b.cohort = Some("c".into());
+    b.lending_limit = Some(Resources::default().with(gpu, 12_000));
+    let (a, b) = (q.add(a).unwrap(), q.add(b).unwrap());
+    assert_eq!(q.unlent(a, gpu, 0.0), 12_000);
+    q.charge(b, &Resources::default().with(gpu, 10_000)).unwrap();
+    assert_eq!(q.unlent(a, gpu, 0.0), 6000, "b keeps 4 GPUs for itself; 6 of its 12 lendable are in use");
+    let solo = q.add(QueueSpec::new("solo", Resources::default().with(gpu, 8000))).unwrap();
+    assert_eq!(q.unlent(solo, gpu, 0.0), 0);
+}

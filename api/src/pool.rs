@@ -1,0 +1,174 @@
+//! `ComputePool`: a pool of compute of one kind, behind one backend, cleared for some data.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::condition::Condition;
+use crate::dataset::Classification;
+
+/// What a pool is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    /// Supercomputing.
+    Hpc,
+    /// GPU / intelligent computing.
+    #[default]
+    Ai,
+    /// General CPU compute.
+    General,
+    /// Edge sites.
+    Edge,
+}
+
+/// Nodes of this cluster, chosen by labels.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesBackend {
+    /// Labels a Node must carry to belong to the pool.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// A Slurm cluster reached through slurmrestd.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlurmBackend {
+    /// slurmrestd's URL.
+    pub endpoint: String,
+    /// The partition jobs go to.
+    pub partition: String,
+    /// Secret (in the operator's namespace) holding the JWT under key `token`.
+    pub token_secret: String,
+    /// The Unix user jobs run as.
+    pub user: String,
+}
+
+/// A pool of simulated nodes (demo and tests).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SimulatedBackend {
+    /// Node groups.
+    pub nodes: Vec<SimulatedNodes>,
+}
+
+/// Identical simulated nodes.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimulatedNodes {
+    /// How many.
+    #[x_kube(validation = Rule::new("self >= 1").message("count must be at least 1"))]
+    pub count: u32,
+    /// GPUs per node.
+    #[serde(default)]
+    pub gpus: u32,
+    /// Their GPU model.
+    #[serde(default)]
+    pub gpu_model: String,
+    /// CPU per node (quantity).
+    pub cpu: String,
+    /// Memory per node (quantity).
+    pub memory: String,
+}
+
+/// Where a pool's work runs; exactly one is set.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.kubernetes), has(self.slurm), has(self.simulated)].filter(x, x).size() == 1").message("set exactly one of backend.kubernetes, backend.slurm or backend.simulated"))]
+pub struct Backend {
+    /// Nodes of this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesBackend>,
+    /// A Slurm cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmBackend>,
+    /// Simulated nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulated: Option<SimulatedBackend>,
+}
+
+/// What a pool costs.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Cost {
+    /// Per GPU-hour by GPU model.
+    #[serde(default)]
+    pub gpu_hour: BTreeMap<String, f64>,
+    /// Per core-hour.
+    #[serde(default)]
+    pub core_hour: f64,
+}
+
+/// A pool of compute.
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "haiyun.io",
+    version = "v1alpha1",
+    kind = "ComputePool",
+    shortname = "pool",
+    status = "ComputePoolStatus",
+    doc = "A pool of compute of one kind (hpc, ai, general, edge) behind one backend, cleared for some data.",
+    printcolumn(name = "Kind", type_ = "string", json_path = ".spec.kind"),
+    printcolumn(name = "Site", type_ = "string", json_path = ".spec.site"),
+    printcolumn(name = "Clearance", type_ = "string", json_path = ".spec.clearance"),
+    printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodes"),
+    printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.gpus"),
+    printcolumn(name = "Allocated", type_ = "integer", json_path = ".status.allocatedGpus")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputePoolSpec {
+    /// What the pool is for.
+    pub kind: PoolKind,
+    /// Where its work runs.
+    pub backend: Backend,
+    /// Site (data centre, edge location).
+    #[serde(default)]
+    pub site: String,
+    /// Region.
+    #[serde(default)]
+    pub region: String,
+    /// The most sensitive data it may hold.
+    #[serde(default)]
+    pub clearance: Classification,
+    /// What it costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
+}
+
+/// GPUs of one model in a pool.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuCount {
+    /// The model.
+    pub model: String,
+    /// All of them.
+    pub total: u32,
+    /// Those that may take work.
+    pub healthy: u32,
+    /// Whole-GPU equivalents in use.
+    pub allocated: f64,
+}
+
+/// What a pool has and what is in use.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputePoolStatus {
+    /// Nodes in the pool.
+    #[serde(default)]
+    pub nodes: u32,
+    /// GPUs in the pool.
+    #[serde(default)]
+    pub gpus: u32,
+    /// Whole-GPU equivalents allocated.
+    #[serde(default)]
+    pub allocated_gpus: u32,
+    /// By GPU model.
+    #[serde(default)]
+    pub by_model: Vec<GpuCount>,
+    /// Conditions (`Ready`).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,203 @@
+//! The applier: carries out the loop's actions against the API server, one job at a time, many jobs at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use haiyun_api::job::JobPhase;
+use haiyun_api::{ComputeJob, ComputeJobStatus};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::Semaphore;
+
+use crate::backend::kubernetes as k8s;
+use crate::metrics::Metrics;
+use crate::plan::Action;
+
+/// Per job uid: a lock that orders its actions, and how many are queued or running.
+type JobLocks = Arc<Mutex<HashMap<String, (Arc<tokio::sync::Mutex<()>>, usize)>>>;
+
+/// Carries out actions; cheap to clone.
+#[derive(Clone)]
+pub struct Applier {
+    client: Client,
+    recorder: Recorder,
+    locks: JobLocks,
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Applier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier").finish_non_exhaustive()
+    }
+}
+
+/// A future that completes when a cycle's evictions are done.
+pub type Gate = Shared<BoxFuture<'static, ()>>;
+
+impl Applier {
+    /// An applier running at most `concurrency` API operations at once.
+    pub fn new(client: Client, recorder: Recorder, concurrency: usize, metrics: Arc<Metrics>) -> Self {
+        Applier {
+            client,
+            recorder,
+            locks: Arc::default(),
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            metrics,
+        }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether work for the job `uid` is queued or running.
+    pub fn busy(&self, uid: &str) -> bool {
+        self.locks.lock().map(|m| m.contains_key(uid)).unwrap_or(false)
+    }
+
+    /// Runs `action` after `gate`, after earlier actions on the same job; returns its handle.
+    pub fn spawn(&self, action: Action, gate: Option<Gate>) -> tokio::task::JoinHandle<()> {
+        let uid = action.job().uid().unwrap_or_default();
+        let lock = {
+            let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            let e = m.entry(uid.clone()).or_insert_with(|| (Arc::default(), 0));
+            e.1 += 1;
+            e.0.clone()
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Some(g) = gate {
+                g.await;
+            }
+            let guard = lock.lock().await;
+            let permit = me.permits.acquire().await;
+            me.run(action).await;
+            drop(permit);
+            drop(guard);
+            let mut m = me.locks.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = m.get_mut(&uid) {
+                e.1 -= 1;
+                if e.1 == 0 {
+                    m.remove(&uid);
+                }
+            }
+        })
+    }
+
+    /// A gate over handles.
+    pub fn gate(handles: Vec<tokio::task::JoinHandle<()>>) -> Gate {
+        futures::future::join_all(handles).map(|_| ()).boxed().shared()
+    }
+
+    async fn run(&self, action: Action) {
+        let key = crate::index::job::key(action.job());
+        let result = match &action {
+            Action::Admit { job, placement } => self.admit(job, placement).await,
+            Action::Bind { job } => k8s::ensure_pods(&self.client, job).await.map(|_| ()),
+            Action::Evict { job } => self.evict(job).await,
+            Action::Status { job, status } => self.status(job, status).await,
+        };
+        if let Err(e) = result {
+            self.metrics.count_error();
+            tracing::warn!(job = %key, error = %e, "action failed; the next cycle retries it");
+        }
+    }
+
+    async fn admit(
+        &self,
+        job: &ComputeJob,
+        placement: &haiyun_api::job::Placement,
+    ) -> Result<(), k8s::BackendError> {
+        let now = crate::time::now();
+        let status = k8s::admitted_status(job, placement, now);
+        k8s::write_status(&self.client, job, &status).await?;
+        let nodes: Vec<&str> = placement.tasks.iter().map(|t| t.node.as_str()).collect();
+        let note = format!("placed in pool {} on {}", placement.pool, summarise(&nodes));
+        self.event(job, EventType::Normal, "Admitted", &note).await;
+        let mut admitted = job.clone();
+        admitted.status = Some(status);
+        let bound = k8s::ensure_pods(&self.client, &admitted).await?;
+        self.metrics.count_bound(bound);
+        Ok(())
+    }
+
+    async fn evict(&self, job: &ComputeJob) -> Result<(), k8s::BackendError> {
+        let mut st = job.status.clone().unwrap_or_default();
+        st.phase = JobPhase::Preempted;
+        st.placement = None;
+        st.preemptions += 1;
+        st.start_time = None;
+        st.derive_conditions(job.metadata.generation.unwrap_or(0), &crate::time::rfc3339(crate::time::now()));
+        k8s::write_status(&self.client, job, &st).await?;
+        let n = k8s::delete_pods(
+            &self.client,
+            &job.namespace().unwrap_or_default(),
+            &job.uid().unwrap_or_default(),
+        )
+        .await?;
+        self.event(
+            job,
+            EventType::Warning,
+            "Preempted",
+            &format!("preempted; {n} pods deleted; it waits again"),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn status(&self, job: &ComputeJob, st: &ComputeJobStatus) -> Result<(), k8s::BackendError> {
+        k8s::write_status(&self.client, job, st).await?;
+        let old = job.status.as_ref().map(|s| s.phase);
+        if old != Some(st.phase) || old.is_none() {
+            let (kind, reason, note) = match st.phase {
+                JobPhase::Running => (EventType::Normal, "Running", "every pod is running".to_string()),
+                JobPhase::Succeeded => {
+                    (EventType::Normal, "Succeeded", format!("{} GPU-hours", st.gpu_hours))
+                }
+                JobPhase::Failed => (EventType::Warning, "Failed", first_reason(st, "a pod failed")),
+                JobPhase::Queued => (EventType::Normal, "Queued", first_reason(st, "waiting in its queue")),
+                JobPhase::Pending => (EventType::Warning, "NotQueued", first_reason(st, "not queued")),
+                _ => return Ok(()),
+            };
+            self.event(job, kind, reason, &note).await;
+        } else if st.phase == JobPhase::Pending
+            && job.status.as_ref().map(|s| &s.pending_reasons) != Some(&st.pending_reasons)
+        {
+            self.event(job, EventType::Warning, "NotQueued", &first_reason(st, "not queued")).await;
+        }
+        Ok(())
+    }
+
+    async fn event(&self, job: &ComputeJob, type_: EventType, reason: &str, note: &str) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: reason.into(),
+            secondary: None,
+        };
+        let reference: ObjectReference = job.object_ref(&());
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::debug!(error = %e, "failed to publish an event");
+        }
+    }
+}
+
+fn first_reason(st: &ComputeJobStatus, default: &str) -> String {
+    st.pending_reasons.first().map_or_else(|| default.to_string(), |r| r.message.clone())
+}
+
+fn summarise(nodes: &[&str]) -> String {
+    let mut uniq: Vec<&str> = nodes.to_vec();
+    uniq.dedup();
+    if uniq.len() <= 4 {
+        uniq.join(", ")
+    } else {
+        format!("{} and {} more nodes", uniq[..3].join(", "), uniq.len() - 3)
+    }
+}

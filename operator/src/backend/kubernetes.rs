@@ -1,0 +1,238 @@
+//! The Kubernetes backend for pools in this cluster: write-ahead status, then pods, then the Binding subresource.
+//!
+//! Every step is idempotent, so a crash anywhere is repaired by running the step again:
+//! - admit: the placement goes into the job's status first; pods are then created with deterministic names
+//!   and bound exactly where the status says, and a pod already bound is left alone;
+//! - evict: the job's status drops its placement first; its pods are then deleted (pods of a job without a
+//!   placement are garbage and are deleted whenever seen).
+
+use haiyun_api::job::{JobPhase, Placement as ApiPlacement, TaskPlacement};
+use haiyun_api::{
+    ComputeJob, ComputeJobStatus, GPUS_ANNOTATION, JOB_NAME_LABEL, JOB_UID_LABEL, SCHEDULER_NAME,
+};
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::index::cluster::GPU_RESOURCE;
+
+/// Label on a pod with the run (the job's preemption count when it was admitted).
+pub const RUN_LABEL: &str = "haiyun.io/run";
+/// Field manager of every write.
+pub const MANAGER: &str = "haiyun-operator";
+/// Image of pods whose task group has no template.
+pub const DEFAULT_IMAGE: &str = "registry.k8s.io/pause:3.10";
+
+/// Why a backend step failed; every step can be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// An API call failed.
+    #[error("failed to {action} {object}: {source}")]
+    Api {
+        /// What was being done.
+        action: &'static str,
+        /// To what.
+        object: String,
+        /// The cause.
+        source: kube::Error,
+    },
+    /// A pod exists, bound elsewhere (a previous run); it is being deleted.
+    #[error("pod {0} from an earlier run is still terminating")]
+    Stale(String),
+    /// A task group has a template that is not a pod template.
+    #[error("spec.taskGroups[{group}].template is not a pod template: {source}")]
+    Template {
+        /// The group.
+        group: usize,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+fn api_err(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> BackendError {
+    let object = object.into();
+    move |source| BackendError::Api { action, object, source }
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// Writes a job's whole status (server-side apply: fields left out are removed).
+pub async fn write_status(
+    client: &Client,
+    job: &ComputeJob,
+    status: &ComputeJobStatus,
+) -> Result<(), BackendError> {
+    let ns = job.namespace().unwrap_or_default();
+    let api: Api<ComputeJob> = Api::namespaced(client.clone(), &ns);
+    let patch = json!({
+        "apiVersion": "haiyun.io/v1alpha1",
+        "kind": "ComputeJob",
+        "status": status,
+    });
+    api.patch_status(&job.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(api_err("write the status of", crate::index::job::key(job)))?;
+    Ok(())
+}
+
+/// The status of a job just admitted with `placement` at `now`.
+pub fn admitted_status(job: &ComputeJob, placement: &ApiPlacement, now: f64) -> ComputeJobStatus {
+    let mut st = job.status.clone().unwrap_or_default();
+    st.phase = JobPhase::Admitted;
+    st.placement = Some(placement.clone());
+    st.pending_reasons.clear();
+    st.hints.clear();
+    st.estimated_start = Some(crate::time::rfc3339(now));
+    st.start_time = Some(crate::time::rfc3339(now));
+    st.completion_time = None;
+    st.observed_generation = job.metadata.generation.unwrap_or(0);
+    st.derive_conditions(st.observed_generation, &crate::time::rfc3339(now));
+    st
+}
+
+/// Creates the job's pods where missing and binds each where its placement says.
+pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, BackendError> {
+    let Some(st) = job.status.as_ref() else { return Ok(0) };
+    let Some(placement) = st.placement.as_ref() else { return Ok(0) };
+    let ns = job.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let run = st.preemptions.to_string();
+    let mut bound = 0;
+    for (i, task) in placement.tasks.iter().enumerate() {
+        let existing = pods.get_opt(&task.pod).await.map_err(api_err("read pod", &task.pod))?;
+        let pod = match existing {
+            Some(p) if p.labels().get(RUN_LABEL) != Some(&run) || p.metadata.deletion_timestamp.is_some() => {
+                delete_pod(&pods, &task.pod).await?;
+                return Err(BackendError::Stale(task.pod.clone()));
+            }
+            Some(p) => p,
+            None => {
+                let pod = pod_for(job, i, task, &run)?;
+                match pods.create(&PostParams::default(), &pod).await {
+                    Ok(p) => p,
+                    Err(e) if is_status(&e, 409) => {
+                        pods.get(&task.pod).await.map_err(api_err("read pod", &task.pod))?
+                    }
+                    Err(e) => return Err(api_err("create pod", &task.pod)(e)),
+                }
+            }
+        };
+        match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+            Some(n) if n == task.node => {}
+            Some(_) => {
+                delete_pod(&pods, &task.pod).await?;
+                return Err(BackendError::Stale(task.pod.clone()));
+            }
+            None => bind(&pods, &task.pod, &task.node).await?,
+        }
+        bound += 1;
+    }
+    Ok(bound)
+}
+
+/// Binds a pod to a node through the Binding subresource; a pod already bound there counts as done.
+async fn bind(pods: &Api<Pod>, pod: &str, node: &str) -> Result<(), BackendError> {
+    let binding = Binding {
+        metadata: kube::api::ObjectMeta { name: Some(pod.into()), ..Default::default() },
+        target: ObjectReference { kind: Some("Node".into()), name: Some(node.into()), ..Default::default() },
+    };
+    match pods
+        .create_subresource::<Binding, serde_json::Value>("binding", pod, &PostParams::default(), &binding)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 409) => {
+            let now = pods.get(pod).await.map_err(api_err("read pod", pod))?;
+            match now.spec.and_then(|s| s.node_name) {
+                Some(n) if n == node => Ok(()),
+                _ => Err(api_err("bind pod", pod)(e)),
+            }
+        }
+        Err(e) => Err(api_err("bind pod", pod)(e)),
+    }
+}
+
+async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), BackendError> {
+    match pods.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(api_err("delete pod", name)(e)),
+    }
+}
+
+/// Deletes every pod of a job (by its uid label).
+pub async fn delete_pods(client: &Client, namespace: &str, uid: &str) -> Result<usize, BackendError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("{JOB_UID_LABEL}={uid}")))
+        .await
+        .map_err(api_err("list pods of job", uid))?;
+    for p in &list.items {
+        delete_pod(&pods, &p.name_any()).await?;
+    }
+    Ok(list.items.len())
+}
+
+/// The pod for task `index` of a job: its group's template (or a pause container), our scheduler, labels that
+/// tie it to the job and run, its GPUs in an annotation, and the group's requests on its first container.
+pub fn pod_for(job: &ComputeJob, index: usize, task: &TaskPlacement, run: &str) -> Result<Pod, BackendError> {
+    let (group, g) = group_of(job, index);
+    let template = g.template.clone().unwrap_or_else(|| json!({}));
+    let mut pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": template.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({ "containers": [] })),
+    }))
+    .map_err(|source| BackendError::Template { group, source })?;
+    let meta = &mut pod.metadata;
+    meta.name = Some(task.pod.clone());
+    meta.namespace = job.namespace();
+    let labels = meta.labels.get_or_insert_with(Default::default);
+    labels.insert(JOB_UID_LABEL.into(), job.uid().unwrap_or_default());
+    labels.insert(JOB_NAME_LABEL.into(), job.name_any());
+    labels.insert(RUN_LABEL.into(), run.into());
+    let gpus: Vec<String> = task.gpus.iter().map(u32::to_string).collect();
+    meta.annotations.get_or_insert_with(Default::default).insert(GPUS_ANNOTATION.into(), gpus.join(","));
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    spec.scheduler_name = Some(SCHEDULER_NAME.into());
+    spec.node_name = None;
+    if spec.containers.is_empty() {
+        spec.containers.push(k8s_openapi::api::core::v1::Container {
+            name: g.name.clone(),
+            image: Some(DEFAULT_IMAGE.into()),
+            ..Default::default()
+        });
+    }
+    let res = spec.containers[0].resources.get_or_insert_with(Default::default);
+    let requests = res.requests.get_or_insert_with(Default::default);
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    if let Some(c) = &g.cpu {
+        requests.entry("cpu".into()).or_insert_with(|| Quantity(c.clone()));
+    }
+    if let Some(m) = &g.memory {
+        requests.entry("memory".into()).or_insert_with(|| Quantity(m.clone()));
+    }
+    if g.gpus > 0 && g.gpu_fraction.is_none() {
+        let n = Quantity(g.gpus.to_string());
+        requests.insert(GPU_RESOURCE.into(), n.clone());
+        res.limits.get_or_insert_with(Default::default).insert(GPU_RESOURCE.into(), n);
+    }
+    Ok(pod)
+}
+
+/// The task group of the job's `index`-th task, and its position.
+fn group_of(job: &ComputeJob, index: usize) -> (usize, &haiyun_api::TaskGroup) {
+    let mut left = index;
+    for (i, g) in job.spec.task_groups.iter().enumerate() {
+        if left < g.replicas as usize {
+            return (i, g);
+        }
+        left -= g.replicas as usize;
+    }
+    let last = job.spec.task_groups.len().saturating_sub(1);
+    (last, &job.spec.task_groups[last])
+}

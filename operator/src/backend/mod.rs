@@ -1,0 +1,3 @@
+//! Pool backends: they apply the scheduler's decisions to a pool and report back.
+
+pub mod kubernetes;

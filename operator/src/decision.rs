@@ -1,0 +1,152 @@
+//! The decision log: one JSON object per line for every place, preempt, finish and reject (the audit trail).
+
+use std::io::Write;
+
+use haiyun_api::ComputeJob;
+use haiyun_api::job::Placement;
+use serde::Serialize;
+
+/// One task of a placement.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskLine {
+    /// The pod.
+    pub pod: String,
+    /// The node.
+    pub node: String,
+    /// GPU ids (`<node>/<index>`).
+    pub gpus: Vec<String>,
+    /// Thousandths of each GPU (1000: whole).
+    pub gpu_milli: u32,
+    /// CPU request (quantity), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory request (quantity), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// RFC 3339 time.
+    pub time: String,
+    /// `place`, `preempt`, `finish` or `reject`.
+    pub event: &'static str,
+    /// `namespace/name`.
+    pub job: String,
+    /// Its queue.
+    pub queue: String,
+    /// The pool (empty for reject).
+    pub pool: String,
+    /// GPU model (empty: CPU only or not placed).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub gpu_model: String,
+    /// Tasks (place only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskLine>,
+    /// Datasets it reads.
+    pub datasets: Vec<String>,
+    /// Outcome or reason (finish: Succeeded/Failed; reject: why).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+impl Decision {
+    /// A line for `job` with `placement` (may be empty).
+    pub fn new(event: &'static str, job: &ComputeJob, placement: Option<&Placement>, time: String) -> Self {
+        let tasks = placement.map_or_else(Vec::new, |p| {
+            p.tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let g = group(job, i);
+                    TaskLine {
+                        pod: t.pod.clone(),
+                        node: t.node.clone(),
+                        gpus: t.gpus.iter().map(|j| format!("{}/{j}", t.node)).collect(),
+                        gpu_milli: t.gpu_milli,
+                        cpu: g.and_then(|g| g.cpu.clone()),
+                        memory: g.and_then(|g| g.memory.clone()),
+                    }
+                })
+                .collect()
+        });
+        Decision {
+            time,
+            event,
+            job: crate::index::job::key(job),
+            queue: job.spec.queue.clone(),
+            pool: placement.map(|p| p.pool.clone()).unwrap_or_default(),
+            gpu_model: placement.map(|p| p.gpu_model.clone()).unwrap_or_default(),
+            tasks: if event == "place" { tasks } else { Vec::new() },
+            datasets: job.spec.datasets.clone(),
+            detail: String::new(),
+        }
+    }
+
+    /// With a detail.
+    pub fn detail(mut self, d: impl Into<String>) -> Self {
+        self.detail = d.into();
+        self
+    }
+}
+
+fn group(job: &ComputeJob, index: usize) -> Option<&haiyun_api::TaskGroup> {
+    let mut left = index;
+    job.spec.task_groups.iter().find(|g| {
+        if left < g.replicas as usize {
+            true
+        } else {
+            left -= g.replicas as usize;
+            false
+        }
+    })
+}
+
+/// Where lines go: a file (appended) or nowhere.
+#[derive(Debug, Default)]
+pub struct DecisionLog {
+    out: Option<std::fs::File>,
+}
+
+/// Why the log could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionLogError {
+    /// Opening failed.
+    #[error("failed to open the decision log {path}: {source}")]
+    Open {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl DecisionLog {
+    /// Appends to `path` (None: discard).
+    pub fn open(path: Option<&str>) -> Result<Self, DecisionLogError> {
+        let out = path
+            .map(|p| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|source| DecisionLogError::Open { path: p.into(), source })
+            })
+            .transpose()?;
+        Ok(DecisionLog { out })
+    }
+
+    /// Writes one line; a failed write is logged, never fatal.
+    pub fn write(&mut self, d: &Decision) {
+        let Some(f) = self.out.as_mut() else { return };
+        match serde_json::to_string(d) {
+            Ok(line) => {
+                if let Err(e) = writeln!(f, "{line}") {
+                    tracing::warn!(error = %e, "failed to write the decision log");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "failed to serialise a decision"),
+        }
+    }
+}

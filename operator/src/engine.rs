@@ -1,0 +1,298 @@
+//! The scheduling loop: owns the core's inputs and the overlay of its own decisions, runs a cycle on every
+//! change and on a timer, and hands actions to the applier. It never waits on the API server.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use haiyun_api::job::JobPhase;
+use haiyun_api::{
+    ComputePool, ComputePoolStatus, JOB_UID_LABEL, Queue, QueueStatus, QuotaRequest, QuotaRequestStatus,
+};
+use haiyun_scheduler::schedule::SchedulerConfig;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::apply::Applier;
+use crate::backend::kubernetes::MANAGER;
+use crate::decision::{Decision, DecisionLog};
+use crate::index::{self, Assumed, JobState, Objects, Overlay, World};
+use crate::metrics::{Gauges, Metrics};
+use crate::plan::{self, Action};
+use crate::report;
+use crate::time::{now, rfc3339};
+use crate::watch::Stores;
+
+/// The loop's settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Core settings.
+    pub scheduler: SchedulerConfig,
+    /// Cycle at least this often.
+    pub interval: Duration,
+    /// Wait this long after a change to batch the next ones.
+    pub debounce: Duration,
+}
+
+/// The scheduling loop.
+#[derive(Debug)]
+pub struct Engine {
+    stores: Stores,
+    applier: Applier,
+    config: EngineConfig,
+    overlay: Overlay,
+    log: DecisionLog,
+    metrics: Arc<Metrics>,
+    /// Jobs whose last status we logged as rejected, with the message.
+    rejected: BTreeMap<String, String>,
+}
+
+impl Engine {
+    /// A loop over `stores`, applying through `applier`.
+    pub fn new(
+        stores: Stores,
+        applier: Applier,
+        config: EngineConfig,
+        log: DecisionLog,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Engine {
+            stores,
+            applier,
+            config,
+            overlay: Overlay::default(),
+            log,
+            metrics,
+            rejected: BTreeMap::new(),
+        }
+    }
+
+    /// Runs cycles until the process ends.
+    pub async fn run(mut self) {
+        loop {
+            let _ = tokio::time::timeout(self.config.interval, self.stores.changed.notified()).await;
+            tokio::time::sleep(self.config.debounce).await;
+            self.cycle_once();
+        }
+    }
+
+    /// One cycle: build the world, plan, log and hand out the actions.
+    pub fn cycle_once(&mut self) {
+        let objects = self.stores.objects();
+        self.overlay.settle(&objects.jobs);
+        let t = now();
+        let started = Instant::now();
+        let mut world = match index::build(&objects, &self.overlay, self.config.scheduler, t) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "failed to build the world; retrying next cycle");
+                return;
+            }
+        };
+        let actions = match plan::plan(&mut world, t) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduling cycle failed (a broken invariant); retrying next cycle");
+                return;
+            }
+        };
+        self.metrics.observe_cycle(started.elapsed().as_secs_f64(), gauges(&world));
+        self.dispatch(actions, t);
+        self.collect_garbage(&objects);
+        self.report(&world, &objects, t);
+    }
+
+    fn dispatch(&mut self, actions: Vec<Action>, t: f64) {
+        let stamp = rfc3339(t);
+        let mut evictions = Vec::new();
+        let mut rest = Vec::new();
+        for a in actions {
+            let uid = a.job().uid().unwrap_or_default();
+            match &a {
+                Action::Evict { job } => {
+                    let placement = job.status.as_ref().and_then(|s| s.placement.as_ref());
+                    self.log.write(&Decision::new("preempt", job, placement, stamp.clone()));
+                    self.overlay.assumed.remove(&uid);
+                    self.overlay.evicting.insert(uid);
+                    evictions.push(self.applier.spawn(a, None));
+                }
+                Action::Admit { job, placement } => {
+                    self.log.write(&Decision::new("place", job, Some(placement), stamp.clone()));
+                    self.overlay.assumed.insert(uid, Assumed { placement: placement.clone(), started: t });
+                    rest.push(a);
+                }
+                Action::Status { job, status } => {
+                    let key = index::job::key(job);
+                    let old = job.status.as_ref().map(|s| s.phase);
+                    if matches!(status.phase, JobPhase::Succeeded | JobPhase::Failed)
+                        && old != Some(status.phase)
+                    {
+                        let d = Decision::new("finish", job, status.placement.as_ref(), stamp.clone());
+                        self.log.write(&d.detail(format!("{:?}", status.phase)));
+                    }
+                    if status.phase == JobPhase::Pending {
+                        let why =
+                            status.pending_reasons.first().map(|r| r.message.clone()).unwrap_or_default();
+                        if self.rejected.get(&key) != Some(&why) {
+                            self.log.write(
+                                &Decision::new("reject", job, None, stamp.clone()).detail(why.clone()),
+                            );
+                            self.rejected.insert(key, why);
+                        }
+                    }
+                    if !self.applier.busy(&uid) {
+                        rest.push(a);
+                    }
+                }
+                Action::Bind { .. } => {
+                    if !self.applier.busy(&uid) {
+                        rest.push(a);
+                    }
+                }
+            }
+        }
+        let gate = (!evictions.is_empty()).then(|| Applier::gate(evictions));
+        for a in rest {
+            let g = matches!(a, Action::Admit { .. }).then(|| gate.clone()).flatten();
+            self.applier.spawn(a, g);
+        }
+    }
+
+    /// Deletes pods of jobs that are gone or hold no placement (left by an eviction or a deletion).
+    fn collect_garbage(&self, objects: &Objects) {
+        let placed: HashSet<String> = objects
+            .jobs
+            .iter()
+            .filter(|j| {
+                index::placement_of(j, &self.overlay).is_some()
+                    || self.applier.busy(&j.uid().unwrap_or_default())
+            })
+            .filter_map(|j| j.uid())
+            .collect();
+        let terminal: HashSet<String> = objects
+            .jobs
+            .iter()
+            .filter(|j| {
+                j.status.as_ref().is_some_and(|s| matches!(s.phase, JobPhase::Succeeded | JobPhase::Failed))
+            })
+            .filter_map(|j| j.uid())
+            .collect();
+        let mut orphans: BTreeMap<(String, String), ()> = BTreeMap::new();
+        for p in &objects.pods {
+            let Some(uid) = p.labels().get(JOB_UID_LABEL) else { continue };
+            if placed.contains(uid) || terminal.contains(uid) || p.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            orphans.insert((p.namespace().unwrap_or_default(), uid.clone()), ());
+        }
+        for (ns, uid) in orphans.into_keys() {
+            let client = self.applier.client().clone();
+            tokio::spawn(async move {
+                match crate::backend::kubernetes::delete_pods(&client, &ns, &uid).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(job_uid = %uid, pods = n, "deleted pods of a job without a placement")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "failed to delete orphaned pods"),
+                }
+            });
+        }
+    }
+
+    /// Writes the status of queues, pools and quota requests where it changed.
+    fn report(&self, world: &World, objects: &Objects, t: f64) {
+        let gens: BTreeMap<String, i64> =
+            objects.queues.iter().map(|q| (q.name_any(), q.metadata.generation.unwrap_or(0))).collect();
+        let client = self.applier.client().clone();
+        for (name, mut st) in report::queues(world, t, &gens) {
+            if let Some(q) = objects.queues.iter().find(|q| q.name_any() == name) {
+                let old = q.status.clone().unwrap_or_default();
+                keep_transitions(&old.conditions, &mut st.conditions);
+                if old != st {
+                    spawn_status::<Queue, QueueStatus>(Api::all(client.clone()), name, st);
+                }
+            }
+        }
+        for (name, mut st) in report::pools(world, t) {
+            if let Some(p) = objects.pools.iter().find(|p| p.name_any() == name) {
+                let old = p.status.clone().unwrap_or_default();
+                keep_transitions(&old.conditions, &mut st.conditions);
+                if old != st {
+                    spawn_status::<ComputePool, ComputePoolStatus>(Api::all(client.clone()), name, st);
+                }
+            }
+        }
+        for (key, mut st) in report::requests(world, &objects.requests, t) {
+            let Some(r) = objects
+                .requests
+                .iter()
+                .find(|r| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()) == key)
+            else {
+                continue;
+            };
+            let old = r.status.clone().unwrap_or_default();
+            keep_transitions(&old.conditions, &mut st.conditions);
+            if old != st {
+                let api = Api::namespaced(client.clone(), &r.namespace().unwrap_or_default());
+                spawn_status::<QuotaRequest, QuotaRequestStatus>(api, r.name_any(), st);
+            }
+        }
+    }
+}
+
+/// Keeps a condition's transition time when its status did not change.
+fn keep_transitions(old: &[haiyun_api::Condition], new: &mut [haiyun_api::Condition]) {
+    for c in new.iter_mut() {
+        if let Some(o) = old.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+            c.last_transition_time.clone_from(&o.last_transition_time);
+            if o.reason == c.reason && o.message == c.message {
+                c.observed_generation = c.observed_generation.max(o.observed_generation);
+            }
+        }
+    }
+}
+
+fn spawn_status<K, S>(api: Api<K>, name: String, status: S)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    S: Serialize + Send + 'static,
+{
+    tokio::spawn(async move {
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        if let Err(e) =
+            api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await
+        {
+            tracing::warn!(kind = %K::kind(&()), name = %name, error = %e, "failed to write status");
+        }
+    });
+}
+
+fn gauges(world: &World) -> Gauges {
+    let mut g = Gauges::default();
+    for t in &world.jobs {
+        let q = t.job.spec.queue.clone();
+        match t.state {
+            JobState::Waiting(_) | JobState::Problem(_) => *g.pending.entry(q).or_default() += 1,
+            JobState::Placed(_) => *g.admitted.entry(q).or_default() += 1,
+            _ => {}
+        }
+    }
+    let snap = world.scheduler.snapshot();
+    let c = snap.cluster();
+    for (id, node) in c.nodes.iter().enumerate() {
+        let pool = world.federation.pool_names.get(node.pool as usize).cloned().unwrap_or_default();
+        let alloc = snap.allocated(id as u32);
+        for (j, gpu) in node.gpus.iter().enumerate() {
+            let key = (pool.clone(), c.models.name(gpu.model).to_string());
+            *g.gpus.entry(key.clone()).or_default() += 1;
+            *g.allocated.entry(key).or_default() += f64::from(alloc.get(j).copied().unwrap_or(0)) / 1000.0;
+        }
+    }
+    g
+}

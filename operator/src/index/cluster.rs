@@ -1,0 +1,192 @@
+//! Nodes of this cluster and the ComputePools that select them, as the core's federation.
+
+use std::collections::{BTreeMap, HashMap};
+
+use haiyun_api::quantity;
+use haiyun_api::{ComputePool, GPU_MODEL_LABEL, SCHEDULER_NAME};
+use haiyun_scheduler::model::{
+    Classification, Cluster, Gpu, GpuModels, Health, Node as CoreNode, Pool, PoolKind,
+};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+
+/// GPU resource name on nodes and pods.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Node label naming the GPU model as NVIDIA's GPU feature discovery writes it.
+const GFD_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
+/// Node label with the GPU memory in MiB (GPU feature discovery).
+const GFD_MEMORY_LABEL: &str = "nvidia.com/gpu.memory";
+/// Node label grouping GPUs of several nodes into one NVLink domain (e.g. an NVL72 rack).
+pub const NVLINK_LABEL: &str = "haiyun.io/nvlink-domain";
+/// Node label naming its rack.
+pub const RACK_LABEL: &str = "haiyun.io/rack";
+const DEFAULT_GPU_MEMORY_MIB: u32 = 81_920;
+
+/// The federation as the core sees it, and the names behind its ids.
+#[derive(Debug, Clone, Default)]
+pub struct Federation {
+    /// The core's model.
+    pub cluster: Cluster,
+    /// ComputePool names by pool id.
+    pub pool_names: Vec<String>,
+    /// Pools that exist but cannot take work here, with the reason.
+    pub unavailable: BTreeMap<String, String>,
+    /// Node id by name.
+    pub node_ids: HashMap<String, u32>,
+}
+
+/// Whether the node is Ready and schedulable.
+fn usable(node: &Node) -> bool {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    ready && !cordoned
+}
+
+fn allocatable(node: &Node, key: &str) -> Option<String> {
+    node.status.as_ref()?.allocatable.as_ref()?.get(key).map(|q| q.0.clone())
+}
+
+/// What a pod holds: milli-CPU, MiB, GPUs (requests, else limits, summed over containers).
+pub fn pod_requests(pod: &Pod) -> (u64, u64, u32) {
+    let Some(spec) = pod.spec.as_ref() else { return (0, 0, 0) };
+    let mut out = (0u64, 0u64, 0u32);
+    for c in &spec.containers {
+        let Some(r) = c.resources.as_ref() else { continue };
+        let get = |k: &str| {
+            r.requests.as_ref().and_then(|m| m.get(k)).or_else(|| r.limits.as_ref().and_then(|m| m.get(k)))
+        };
+        out.0 += get("cpu").and_then(|q| quantity::milli(&q.0).ok()).unwrap_or(0);
+        out.1 += get("memory").and_then(|q| quantity::mib(&q.0).ok()).unwrap_or(0);
+        out.2 += get(GPU_RESOURCE).and_then(|q| quantity::milli(&q.0).ok()).map_or(0, |m| (m / 1000) as u32);
+    }
+    out
+}
+
+/// Whether a pod still holds its node's resources.
+pub fn holds_resources(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    phase != "Succeeded" && phase != "Failed"
+}
+
+fn pool_kind(k: haiyun_api::PoolKind) -> PoolKind {
+    match k {
+        haiyun_api::PoolKind::Hpc => PoolKind::Hpc,
+        haiyun_api::PoolKind::Ai => PoolKind::Ai,
+        haiyun_api::PoolKind::General => PoolKind::General,
+        haiyun_api::PoolKind::Edge => PoolKind::Edge,
+    }
+}
+
+/// The core's classification for an API one.
+pub fn classification(c: haiyun_api::Classification) -> Classification {
+    match c {
+        haiyun_api::Classification::Public => Classification::Public,
+        haiyun_api::Classification::Internal => Classification::Internal,
+        haiyun_api::Classification::Sensitive => Classification::Sensitive,
+        haiyun_api::Classification::Core => Classification::Core,
+    }
+}
+
+/// Builds the federation: each usable Node joins the first pool (by name) whose selector its labels match; pods
+/// of other schedulers take their requests off their node (their GPUs drop off the end of its list).
+pub fn federation(pools: &[&ComputePool], nodes: &[&Node], pods: &[&Pod]) -> Federation {
+    let mut f = Federation::default();
+    let mut selectors: Vec<(u32, &BTreeMap<String, String>)> = Vec::new();
+    let mut sorted: Vec<&&ComputePool> = pools.iter().collect();
+    sorted.sort_by_key(|p| p.name_any());
+    for p in sorted {
+        let name = p.name_any();
+        let Some(k8s) = p.spec.backend.kubernetes.as_ref() else {
+            let which = if p.spec.backend.slurm.is_some() { "slurm" } else { "simulated" };
+            f.unavailable.insert(
+                name,
+                format!("the {which} backend is not served by this operator; use backend.kubernetes"),
+            );
+            continue;
+        };
+        let id = f.cluster.pools.len() as u32;
+        f.cluster.pools.push(Pool {
+            name: name.clone(),
+            kind: pool_kind(p.spec.kind),
+            site: p.spec.site.clone(),
+            clearance: classification(p.spec.clearance),
+        });
+        f.pool_names.push(name);
+        selectors.push((id, &k8s.node_selector));
+    }
+    let mut foreign: HashMap<&str, (u64, u64, u32, u32)> = HashMap::new();
+    for pod in pods {
+        let spec = pod.spec.as_ref();
+        let (Some(node), Some(sched)) =
+            (spec.and_then(|s| s.node_name.as_deref()), spec.map(|s| &s.scheduler_name))
+        else {
+            continue;
+        };
+        if sched.as_deref() == Some(SCHEDULER_NAME) || !holds_resources(pod) {
+            continue;
+        }
+        let (c, m, g) = pod_requests(pod);
+        let e = foreign.entry(node).or_default();
+        *e = (e.0 + c, e.1 + m, e.2 + g, e.3 + 1);
+    }
+    let mut domains: HashMap<String, u32> = HashMap::new();
+    let mut racks: HashMap<String, u32> = HashMap::new();
+    let mut sorted_nodes: Vec<&&Node> = nodes.iter().filter(|n| usable(n)).collect();
+    sorted_nodes.sort_by_key(|n| n.name_any());
+    for node in sorted_nodes {
+        let labels = node.labels();
+        let Some((pool, _)) =
+            selectors.iter().find(|(_, sel)| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        else {
+            continue;
+        };
+        let name = node.name_any();
+        let used = foreign.get(name.as_str()).copied().unwrap_or_default();
+        let cpu = allocatable(node, "cpu").and_then(|q| quantity::milli(&q).ok()).unwrap_or(0);
+        let mem = allocatable(node, "memory").and_then(|q| quantity::mib(&q).ok()).unwrap_or(0);
+        let max_pods = allocatable(node, "pods").and_then(|q| q.parse::<u32>().ok()).unwrap_or(110);
+        let gpus = allocatable(node, GPU_RESOURCE).and_then(|q| q.parse::<u32>().ok()).unwrap_or(0);
+        let gpus = gpus.saturating_sub(used.2).min(haiyun_scheduler::model::MAX_GPUS_PER_NODE as u32);
+        let model_name = labels.get(GPU_MODEL_LABEL).or_else(|| labels.get(GFD_PRODUCT_LABEL));
+        let model = match model_name {
+            Some(m) if gpus > 0 => f.cluster.models.intern(&m.to_lowercase()),
+            _ => None,
+        };
+        let memory_mib =
+            labels.get(GFD_MEMORY_LABEL).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_GPU_MEMORY_MIB);
+        let next = domains.len() as u32;
+        let domain = *domains
+            .entry(labels.get(NVLINK_LABEL).cloned().unwrap_or_else(|| format!("node:{name}")))
+            .or_insert(next);
+        let next = racks.len() as u32;
+        let rack = *racks
+            .entry(labels.get(RACK_LABEL).cloned().unwrap_or_else(|| format!("node:{name}")))
+            .or_insert(next);
+        let gpus = match model {
+            Some(model) => (0..gpus)
+                .map(|_| Gpu { model, memory_mib, nvlink_domain: domain, health: Health::Healthy })
+                .collect(),
+            None => Vec::new(),
+        };
+        f.node_ids.insert(name.clone(), f.cluster.nodes.len() as u32);
+        f.cluster.nodes.push(CoreNode {
+            name,
+            pool: *pool,
+            rack,
+            cpu_milli: cpu.saturating_sub(used.0),
+            memory_mib: mem.saturating_sub(used.1),
+            gpus,
+            max_tasks: max_pods.saturating_sub(used.3),
+        });
+    }
+    f
+}
+
+/// Interns a GPU model name as nodes label it (lower-case).
+pub fn model_id(models: &mut GpuModels, name: &str) -> Option<u8> {
+    models.intern(&name.to_lowercase())
+}

@@ -1,0 +1,210 @@
+//! ComputeJobs as the core's jobs, or the reason one cannot be queued yet.
+
+use std::collections::BTreeMap;
+
+use haiyun_api::job::Topology as ApiTopology;
+use haiyun_api::{ComputeJob, quantity};
+use haiyun_scheduler::model::{
+    Cluster, DatasetId, Gang, Job, ModelSet, PoolId, QueueId, TaskSpec, Time, Topology, Work,
+};
+use kube::ResourceExt;
+
+use super::cluster::model_id;
+use super::queue::unix;
+
+/// Run time assumed when a job gives no estimate.
+pub const DEFAULT_RUNTIME_S: f64 = 3600.0;
+
+/// Why a job cannot be queued yet; it is kept and retried on every change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobProblem {
+    /// Its queue does not exist (or is invalid).
+    #[error("queue {queue:?} does not exist{detail}; the job starts once it does")]
+    NoQueue {
+        /// The queue.
+        queue: String,
+        /// Why, when the queue exists but is invalid.
+        detail: String,
+    },
+    /// Its namespace may not use the queue.
+    #[error("namespace {namespace:?} may not submit to queue {queue:?} (see the queue's spec.namespaces)")]
+    Namespace {
+        /// The namespace.
+        namespace: String,
+        /// The queue.
+        queue: String,
+    },
+    /// A dataset it reads does not exist.
+    #[error("dataset {0:?} does not exist; create the Dataset or fix spec.datasets")]
+    NoDataset(String),
+    /// No pool matches its kinds and sites.
+    #[error("no ComputePool matches spec.poolKinds {kinds:?} and spec.sites {sites:?}")]
+    NoPool {
+        /// Kinds asked for.
+        kinds: Vec<String>,
+        /// Sites asked for.
+        sites: Vec<String>,
+    },
+    /// A malformed field the schema could not catch.
+    #[error("{field}: {message}")]
+    Field {
+        /// The field.
+        field: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+impl JobProblem {
+    /// The phase to report it under.
+    pub fn phase(&self) -> &'static str {
+        match self {
+            JobProblem::NoQueue { .. } | JobProblem::Namespace { .. } => "queue",
+            JobProblem::NoDataset(_) => "data-clearance",
+            JobProblem::NoPool { .. } => "placement",
+            JobProblem::Field { .. } => "validation",
+        }
+    }
+}
+
+/// What a job may reference: queues, datasets and the federation.
+#[derive(Debug)]
+pub struct Refs<'a> {
+    /// Queue ids by name.
+    pub queues: &'a BTreeMap<String, QueueId>,
+    /// Queues that exist but are invalid, with why.
+    pub invalid_queues: &'a BTreeMap<String, String>,
+    /// Namespaces allowed per queue (empty: all).
+    pub namespaces: &'a BTreeMap<String, Vec<String>>,
+    /// Dataset ids by name.
+    pub datasets: &'a BTreeMap<String, DatasetId>,
+}
+
+fn field(field: &str, message: impl ToString) -> JobProblem {
+    JobProblem::Field { field: field.into(), message: message.to_string() }
+}
+
+/// The core's job for a ComputeJob.
+pub fn core_job(cj: &ComputeJob, refs: &Refs<'_>, cluster: &mut Cluster) -> Result<Job, JobProblem> {
+    let s = &cj.spec;
+    let queue = match refs.queues.get(&s.queue) {
+        Some(q) => *q,
+        None => {
+            let detail = refs.invalid_queues.get(&s.queue).map(|e| format!(" as a valid queue ({e})"));
+            return Err(JobProblem::NoQueue { queue: s.queue.clone(), detail: detail.unwrap_or_default() });
+        }
+    };
+    let namespace = cj.namespace().unwrap_or_default();
+    if refs.namespaces.get(&s.queue).is_some_and(|a| !a.is_empty() && !a.contains(&namespace)) {
+        return Err(JobProblem::Namespace { namespace, queue: s.queue.clone() });
+    }
+    let mut groups = Vec::new();
+    let mut throughput: Vec<(u8, f64)> = Vec::new();
+    for (i, g) in s.task_groups.iter().enumerate() {
+        let at = |f: &str| format!("spec.taskGroups[{i}].{f}");
+        let cpu = g.cpu.as_deref().map(quantity::milli).transpose().map_err(|e| field(&at("cpu"), e))?;
+        let mem = g.memory.as_deref().map(quantity::mib).transpose().map_err(|e| field(&at("memory"), e))?;
+        let mut models = ModelSet::ANY;
+        if !g.gpu_models.is_empty() {
+            models = ModelSet::NONE;
+            for (j, c) in g.gpu_models.iter().enumerate() {
+                let id = model_id(&mut cluster.models, &c.model).ok_or_else(|| {
+                    field(&at(&format!("gpuModels[{j}]")), "more than 64 GPU models are in use")
+                })?;
+                models.insert(id);
+                if let Some(t) = c.throughput {
+                    if !(t > 0.0 && t.is_finite()) {
+                        return Err(field(
+                            &at(&format!("gpuModels[{j}].throughput")),
+                            "must be greater than 0",
+                        ));
+                    }
+                    throughput.retain(|(m, _)| *m != id);
+                    throughput.push((id, t));
+                }
+            }
+        }
+        let (gpus, milli) = match g.gpu_fraction {
+            Some(f) => (1, (f * 1000.0).round().clamp(1.0, 999.0) as u32),
+            None => (g.gpus, 1000),
+        };
+        let spec = TaskSpec {
+            cpu_milli: cpu.unwrap_or(0),
+            memory_mib: mem.unwrap_or(0),
+            gpus,
+            gpu_milli: milli,
+            models,
+        };
+        groups.push((spec, g.replicas));
+    }
+    let topology = match s.topology {
+        ApiTopology::Any => Topology::Any,
+        ApiTopology::SameNode => Topology::SameNode,
+        ApiTopology::NvlinkDomain => Topology::NvlinkDomain,
+        ApiTopology::Rack => Topology::Rack,
+        ApiTopology::Pool => Topology::Pool,
+    };
+    let gang = Gang::from_groups(&groups, topology).map_err(|e| field("spec.taskGroups", e))?;
+    let datasets = s
+        .datasets
+        .iter()
+        .map(|d| refs.datasets.get(d).copied().ok_or_else(|| JobProblem::NoDataset(d.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pools = allowed_pools(cj, cluster)?;
+    let runtime = match &s.runtime_estimate {
+        Some(r) => quantity::seconds(r)
+            .ok_or_else(|| field("spec.runtimeEstimate", "write a duration such as 90m or 1h30m"))?
+            as f64,
+        None => DEFAULT_RUNTIME_S,
+    };
+    Ok(Job {
+        name: key(cj),
+        queue,
+        priority: s.priority.unwrap_or(0),
+        submitted: submitted(cj),
+        gang,
+        work: Work { total: runtime.max(1.0), throughput, default: 1.0 },
+        datasets,
+        pools,
+        preemptible: s.preemptible,
+        checkpoint_s: s.checkpoint_seconds.map(f64::from),
+    })
+}
+
+/// Pools matching the job's kinds and sites (empty: any).
+fn allowed_pools(cj: &ComputeJob, cluster: &Cluster) -> Result<Vec<PoolId>, JobProblem> {
+    let s = &cj.spec;
+    if s.pool_kinds.is_empty() && s.sites.is_empty() {
+        return Ok(Vec::new());
+    }
+    let kinds: Vec<&str> = s.pool_kinds.iter().map(|k| super::cluster_kind(*k)).collect();
+    let pools: Vec<PoolId> = (0..cluster.pools.len() as PoolId)
+        .filter(|p| {
+            let pool = &cluster.pools[*p as usize];
+            (kinds.is_empty() || kinds.contains(&pool.kind.as_str()))
+                && (s.sites.is_empty() || s.sites.contains(&pool.site))
+        })
+        .collect();
+    if pools.is_empty() {
+        return Err(JobProblem::NoPool {
+            kinds: kinds.iter().map(|k| k.to_string()).collect(),
+            sites: s.sites.clone(),
+        });
+    }
+    Ok(pools)
+}
+
+/// `namespace/name`.
+pub fn key(cj: &ComputeJob) -> String {
+    format!("{}/{}", cj.namespace().unwrap_or_default(), cj.name_any())
+}
+
+/// When it was created, in unix seconds.
+pub fn submitted(cj: &ComputeJob) -> Time {
+    cj.metadata.creation_timestamp.as_ref().map_or(0.0, |t| t.0.as_millisecond() as f64 / 1000.0)
+}
+
+/// When it was admitted (from its status), in unix seconds.
+pub fn started(cj: &ComputeJob) -> Option<Time> {
+    cj.status.as_ref()?.start_time.as_deref().and_then(unix)
+}

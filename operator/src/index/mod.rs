@@ -1,0 +1,337 @@
+//! The index: Kubernetes objects (Nodes, Pods and Haiyun's CRDs) turned into the core's model. The only place
+//! where Kubernetes types become core types.
+
+pub mod cluster;
+pub mod job;
+pub mod queue;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use haiyun_api::job::{JobPhase, Placement as ApiPlacement};
+use haiyun_api::{ComputeJob, ComputePool, Dataset, JOB_UID_LABEL, PoolKind, Queue, QuotaRequest, quantity};
+use haiyun_scheduler::Placement;
+use haiyun_scheduler::model::{Dataset as CoreDataset, JobId, Time};
+use haiyun_scheduler::schedule::{Scheduler, SchedulerConfig};
+use haiyun_scheduler::snapshot::TaskPlacement;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+
+pub use cluster::Federation;
+pub use job::JobProblem;
+
+/// Everything the operator watches, as last seen.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    /// ComputePools.
+    pub pools: Vec<Arc<ComputePool>>,
+    /// Queues.
+    pub queues: Vec<Arc<Queue>>,
+    /// ComputeJobs.
+    pub jobs: Vec<Arc<ComputeJob>>,
+    /// QuotaRequests.
+    pub requests: Vec<Arc<QuotaRequest>>,
+    /// Datasets.
+    pub datasets: Vec<Arc<Dataset>>,
+    /// Nodes.
+    pub nodes: Vec<Arc<Node>>,
+    /// Pods.
+    pub pods: Vec<Arc<Pod>>,
+}
+
+/// A placement this operator decided but may not yet see in its watch cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assumed {
+    /// Where.
+    pub placement: ApiPlacement,
+    /// When it was decided (unix seconds).
+    pub started: Time,
+}
+
+/// What this operator decided but may not yet see in its watch cache.
+#[derive(Debug, Clone, Default)]
+pub struct Overlay {
+    /// Placements decided, by job uid.
+    pub assumed: HashMap<String, Assumed>,
+    /// Jobs being evicted, by uid: they wait again even if their status still says otherwise.
+    pub evicting: std::collections::HashSet<String>,
+}
+
+impl Overlay {
+    /// Drops what the watch cache now shows: admissions recorded in status, evictions no longer admitted.
+    pub fn settle(&mut self, jobs: &[Arc<ComputeJob>]) {
+        let by_uid: HashMap<String, &ComputeJob> =
+            jobs.iter().map(|j| (j.uid().unwrap_or_default(), j.as_ref())).collect();
+        self.assumed.retain(|uid, a| {
+            by_uid.get(uid).is_some_and(|j| {
+                let st = j.status.as_ref();
+                !st.is_some_and(|s| s.placement.as_ref() == Some(&a.placement) || is_terminal(j))
+            })
+        });
+        self.evicting.retain(|uid| {
+            by_uid.get(uid).is_some_and(|j| {
+                j.status.as_ref().is_some_and(|s| matches!(s.phase, JobPhase::Admitted | JobPhase::Running))
+            })
+        });
+    }
+}
+
+/// What a job's pods say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PodCounts {
+    /// Pods of the job.
+    pub total: usize,
+    /// Bound to a node.
+    pub bound: usize,
+    /// Running.
+    pub running: usize,
+    /// Succeeded.
+    pub succeeded: usize,
+    /// Failed.
+    pub failed: usize,
+}
+
+/// Where a ComputeJob stands in this world.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    /// Waiting in the core.
+    Waiting(JobId),
+    /// Admitted or running in the core.
+    Placed(JobId),
+    /// Not queued, with why.
+    Problem(JobProblem),
+    /// Done (Succeeded or Failed).
+    Terminal,
+    /// Its recorded placement no longer fits (a node left): its pods are on their own.
+    Lost(String),
+    /// Its pods ended (all succeeded, or one failed); it holds nothing any more.
+    Ended {
+        /// Whether a pod failed.
+        failed: bool,
+    },
+}
+
+/// One ComputeJob and where it stands.
+#[derive(Debug, Clone)]
+pub struct Tracked {
+    /// The object.
+    pub job: Arc<ComputeJob>,
+    /// Where it stands.
+    pub state: JobState,
+    /// Its pods.
+    pub pods: PodCounts,
+}
+
+/// The federation, the quota book and every job, built into a scheduler ready for a cycle.
+#[derive(Debug)]
+pub struct World {
+    /// The core, with running jobs adopted and waiting ones submitted.
+    pub scheduler: Scheduler,
+    /// Pools and nodes by name.
+    pub federation: Federation,
+    /// Queue ids by name.
+    pub queues: BTreeMap<String, u32>,
+    /// Queues refused, with why.
+    pub invalid_queues: BTreeMap<String, String>,
+    /// Every ComputeJob.
+    pub jobs: Vec<Tracked>,
+    /// Tracked index by core job id.
+    pub by_core: Vec<usize>,
+}
+
+/// Why the world could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The core refused its settings.
+    #[error("failed to build the scheduler: {0}")]
+    Scheduler(#[from] haiyun_scheduler::schedule::ScheduleError),
+}
+
+/// Which pool kind name the core uses.
+pub fn cluster_kind(k: PoolKind) -> &'static str {
+    match k {
+        PoolKind::Hpc => "hpc",
+        PoolKind::Ai => "ai",
+        PoolKind::General => "general",
+        PoolKind::Edge => "edge",
+    }
+}
+
+/// Counts each job's pods by phase, keyed by job uid.
+pub fn pod_counts(pods: &[Arc<Pod>]) -> HashMap<String, PodCounts> {
+    let mut out: HashMap<String, PodCounts> = HashMap::new();
+    for p in pods {
+        let Some(uid) = p.labels().get(JOB_UID_LABEL) else { continue };
+        if p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let c = out.entry(uid.clone()).or_default();
+        c.total += 1;
+        if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+            c.bound += 1;
+        }
+        match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+            Some("Running") => c.running += 1,
+            Some("Succeeded") => c.succeeded += 1,
+            Some("Failed") => c.failed += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The job's placement: as this operator assumed it, else as its status records it (when admitted or running).
+pub fn placement_of<'a>(
+    cj: &'a ComputeJob,
+    overlay: &'a Overlay,
+) -> Option<(&'a ApiPlacement, Option<Time>)> {
+    let uid = cj.uid().unwrap_or_default();
+    if let Some(a) = overlay.assumed.get(&uid) {
+        return Some((&a.placement, Some(a.started)));
+    }
+    if overlay.evicting.contains(&uid) {
+        return None;
+    }
+    let st = cj.status.as_ref()?;
+    matches!(st.phase, JobPhase::Admitted | JobPhase::Running).then_some(())?;
+    st.placement.as_ref().map(|p| (p, job::started(cj)))
+}
+
+fn is_terminal(cj: &ComputeJob) -> bool {
+    cj.status.as_ref().is_some_and(|s| matches!(s.phase, JobPhase::Succeeded | JobPhase::Failed))
+}
+
+/// Builds the world at `now` from what the operator sees plus what it assumed.
+pub fn build(
+    objects: &Objects,
+    overlay: &Overlay,
+    config: SchedulerConfig,
+    now: Time,
+) -> Result<World, IndexError> {
+    let pools: Vec<&ComputePool> = objects.pools.iter().map(|p| p.as_ref()).collect();
+    let nodes: Vec<&Node> = objects.nodes.iter().map(|p| p.as_ref()).collect();
+    let pods: Vec<&Pod> = objects.pods.iter().map(|p| p.as_ref()).collect();
+    let mut fed = cluster::federation(&pools, &nodes, &pods);
+    let queues: Vec<&Queue> = objects.queues.iter().map(|p| p.as_ref()).collect();
+    let requests: Vec<&QuotaRequest> = objects.requests.iter().map(|p| p.as_ref()).collect();
+    let book = queue::book(&queues, &requests, &mut fed.cluster.models);
+    let namespaces: BTreeMap<String, Vec<String>> =
+        objects.queues.iter().map(|q| (q.name_any(), q.spec.namespaces.clone())).collect();
+    let mut datasets: Vec<CoreDataset> = Vec::new();
+    let mut dataset_ids = BTreeMap::new();
+    let mut sorted_ds: Vec<&Arc<Dataset>> = objects.datasets.iter().collect();
+    sorted_ds.sort_by_key(|d| d.name_any());
+    for d in sorted_ds {
+        let replicas = d
+            .spec
+            .replicas
+            .iter()
+            .filter_map(|r| fed.pool_names.iter().position(|p| p == r))
+            .map(|p| p as u32)
+            .collect();
+        dataset_ids.insert(d.name_any(), datasets.len() as u32);
+        datasets.push(CoreDataset {
+            name: d.name_any(),
+            size_mib: quantity::mib(&d.spec.size).unwrap_or(0),
+            classification: cluster::classification(d.spec.classification),
+            replicas,
+        });
+    }
+    let mut cluster = fed.cluster.clone();
+    let refs = job::Refs {
+        queues: &book.ids,
+        invalid_queues: &book.invalid,
+        namespaces: &namespaces,
+        datasets: &dataset_ids,
+    };
+    let counts = pod_counts(&objects.pods);
+    let mut sorted_jobs: Vec<&Arc<ComputeJob>> = objects.jobs.iter().collect();
+    sorted_jobs.sort_by(|a, b| {
+        job::submitted(a).total_cmp(&job::submitted(b)).then_with(|| job::key(a).cmp(&job::key(b)))
+    });
+    // Convert every job first: conversion may intern GPU models the nodes do not have.
+    type Converted = Option<Result<haiyun_scheduler::model::Job, JobProblem>>;
+    let converted: Vec<(Arc<ComputeJob>, Converted)> = sorted_jobs
+        .into_iter()
+        .map(|cj| (cj.clone(), (!is_terminal(cj)).then(|| job::core_job(cj, &refs, &mut cluster))))
+        .collect();
+    fed.cluster.models = cluster.models.clone();
+    let mut scheduler = Scheduler::new(cluster, book.quotas, config, None)?;
+    for d in datasets {
+        scheduler.add_dataset(d);
+    }
+    let mut tracked = Vec::with_capacity(converted.len());
+    let mut by_core = Vec::new();
+    for (cj, conv) in converted {
+        let pods = counts.get(&cj.uid().unwrap_or_default()).copied().unwrap_or_default();
+        let state = match conv {
+            None => JobState::Terminal,
+            Some(Err(p)) => JobState::Problem(p),
+            Some(Ok(core)) => match placement_of(&cj, overlay) {
+                Some((p, _)) if ended(p, &pods).is_some() => JobState::Ended { failed: pods.failed > 0 },
+                Some((p, started)) => match core_placement(p, &fed, &core) {
+                    Ok((placement, pool, model)) => {
+                        let at = started.unwrap_or(now);
+                        match scheduler.adopt(core, placement, pool, model, at, now) {
+                            Ok(id) => JobState::Placed(id),
+                            Err(e) => JobState::Lost(e.to_string()),
+                        }
+                    }
+                    Err(e) => JobState::Lost(e),
+                },
+                None => match scheduler.submit(core) {
+                    Ok(id) => JobState::Waiting(id),
+                    Err(e) => {
+                        JobState::Problem(JobProblem::Field { field: "spec".into(), message: e.to_string() })
+                    }
+                },
+            },
+        };
+        if let JobState::Waiting(id) | JobState::Placed(id) = state {
+            debug_assert_eq!(id as usize, by_core.len());
+            by_core.push(tracked.len());
+        }
+        tracked.push(Tracked { job: cj, state, pods });
+    }
+    Ok(World {
+        scheduler,
+        federation: fed,
+        queues: book.ids,
+        invalid_queues: book.invalid,
+        jobs: tracked,
+        by_core,
+    })
+}
+
+/// Whether the pods of a placement ended: `Some(true)` when one failed, `Some(false)` when all succeeded.
+fn ended(p: &ApiPlacement, pods: &PodCounts) -> Option<bool> {
+    if pods.failed > 0 {
+        Some(true)
+    } else if !p.tasks.is_empty() && pods.succeeded == p.tasks.len() {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// A recorded placement in core terms: task placements, pool and GPU model.
+fn core_placement(
+    p: &ApiPlacement,
+    fed: &Federation,
+    job: &haiyun_scheduler::model::Job,
+) -> Result<(Placement, u32, Option<u8>), String> {
+    let pool =
+        fed.pool_names.iter().position(|n| *n == p.pool).ok_or_else(|| format!("pool {} is gone", p.pool))?;
+    let model = if p.gpu_model.is_empty() { None } else { fed.cluster.models.lookup(&p.gpu_model) };
+    if p.tasks.len() != job.gang.tasks.len() {
+        return Err(format!("its placement has {} tasks, the job {}", p.tasks.len(), job.gang.tasks.len()));
+    }
+    let mut tasks = Vec::with_capacity(p.tasks.len());
+    for (t, spec) in p.tasks.iter().zip(&job.gang.tasks) {
+        let node =
+            *fed.node_ids.get(&t.node).ok_or_else(|| format!("node {} is gone or not usable", t.node))?;
+        let gpus = t.gpus.iter().filter(|g| **g < 32).fold(0u32, |m, g| m | (1 << g));
+        tasks.push(TaskPlacement { node, gpus, spec: *spec });
+    }
+    Ok((Placement { tasks }, pool as u32, model))
+}

@@ -1,0 +1,244 @@
+//! One scheduling cycle over the world, and what it asks the backend to do: admit, bind, evict, update status.
+
+use std::sync::Arc;
+
+use haiyun_api::job::{
+    JobPhase, PendingReason as ApiReason, Placement as ApiPlacement, TaskPlacement as ApiTask,
+};
+use haiyun_api::{ComputeJob, ComputeJobStatus};
+use haiyun_scheduler::model::{JobId, Time};
+use haiyun_scheduler::placer::RejectionCode;
+use haiyun_scheduler::schedule::{PendingReason, Phase, ScheduleError, Scheduler};
+use kube::ResourceExt;
+
+use crate::index::{JobState, Tracked, World};
+use crate::time::rfc3339;
+
+/// Estimated starts closer than this to the recorded one are not written again.
+const ESTIMATE_SLACK_S: f64 = 60.0;
+
+/// Something the backend should do.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Record the placement in the job's status, then create and bind its pods.
+    Admit {
+        /// The job.
+        job: Arc<ComputeJob>,
+        /// Where.
+        placement: ApiPlacement,
+    },
+    /// Make sure the pods of an admitted job exist and are bound as its status records.
+    Bind {
+        /// The job.
+        job: Arc<ComputeJob>,
+    },
+    /// Delete the job's pods and put it back in its queue.
+    Evict {
+        /// The job.
+        job: Arc<ComputeJob>,
+    },
+    /// Write the job's status.
+    Status {
+        /// The job.
+        job: Arc<ComputeJob>,
+        /// Its new status.
+        status: ComputeJobStatus,
+    },
+}
+
+impl Action {
+    /// The job it concerns.
+    pub fn job(&self) -> &Arc<ComputeJob> {
+        match self {
+            Action::Admit { job, .. }
+            | Action::Bind { job }
+            | Action::Evict { job }
+            | Action::Status { job, .. } => job,
+        }
+    }
+}
+
+/// Runs a cycle at `now` and returns what to apply, in order.
+pub fn plan(world: &mut World, now: Time) -> Result<Vec<Action>, ScheduleError> {
+    let cycle = world.scheduler.cycle(now)?;
+    let preempted: std::collections::HashSet<JobId> = cycle.preempted.iter().copied().collect();
+    let mut out = Vec::new();
+    for t in &world.jobs {
+        let old = t.job.status.clone().unwrap_or_default();
+        match &t.state {
+            JobState::Terminal => {}
+            JobState::Problem(p) => {
+                let mut st = old.clone();
+                st.phase = JobPhase::Pending;
+                st.pending_reasons =
+                    vec![ApiReason { phase: p.phase().into(), message: p.to_string(), ..Default::default() }];
+                st.hints.clear();
+                st.estimated_start = None;
+                push_status(&mut out, t, st, now);
+            }
+            JobState::Ended { failed } => {
+                let mut st = old.clone();
+                if !matches!(old.phase, JobPhase::Admitted | JobPhase::Running) {
+                    continue; // the cache has not caught up with our own admission yet
+                }
+                st.phase = if *failed { JobPhase::Failed } else { JobPhase::Succeeded };
+                finish(&mut st, now);
+                push_status(&mut out, t, st, now);
+            }
+            JobState::Lost(why) => {
+                let mut st = old.clone();
+                st.phase = JobPhase::Failed;
+                finish(&mut st, now);
+                st.pending_reasons = vec![ApiReason {
+                    phase: "placement".into(),
+                    message: format!("lost: {why}"),
+                    ..Default::default()
+                }];
+                push_status(&mut out, t, st, now);
+            }
+            JobState::Waiting(_) if matches!(old.phase, JobPhase::Admitted | JobPhase::Running) => {
+                // Being evicted: the applier writes its status once its pods are gone.
+            }
+            JobState::Waiting(id) => {
+                let s = &world.scheduler;
+                match s.status(*id).map(|x| x.phase) {
+                    Some(Phase::Running) => out
+                        .push(Action::Admit { job: t.job.clone(), placement: api_placement(s, *id, &t.job) }),
+                    _ => push_status(&mut out, t, waiting_status(s, *id, &old), now),
+                }
+            }
+            JobState::Placed(id) => {
+                if preempted.contains(id) {
+                    out.push(Action::Evict { job: t.job.clone() });
+                    continue;
+                }
+                placed(&mut out, t, &old, now);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The status of an admitted or running job from its pods.
+fn placed(out: &mut Vec<Action>, t: &Tracked, old: &ComputeJobStatus, now: Time) {
+    if !matches!(old.phase, JobPhase::Admitted | JobPhase::Running) {
+        return; // our own admission is not in the cache yet
+    }
+    let tasks = old.placement.as_ref().map_or(0, |p| p.tasks.len());
+    let pods = t.pods;
+    if tasks > 0 && pods.running == tasks && old.phase == JobPhase::Admitted {
+        let mut st = old.clone();
+        st.phase = JobPhase::Running;
+        push_status(out, t, st, now);
+    } else if old.phase == JobPhase::Admitted && (pods.bound < tasks || pods.total < tasks) {
+        out.push(Action::Bind { job: t.job.clone() });
+    }
+}
+
+/// Completion time and GPU-hours of a job that ended at `now`.
+fn finish(st: &mut ComputeJobStatus, now: Time) {
+    st.completion_time.get_or_insert_with(|| rfc3339(now));
+    let gpus: f64 = st
+        .placement
+        .as_ref()
+        .map_or(0.0, |p| p.tasks.iter().map(|t| t.gpus.len() as f64 * f64::from(t.gpu_milli) / 1000.0).sum());
+    let started = st.start_time.as_deref().and_then(crate::index::queue::unix).unwrap_or(now);
+    st.gpu_hours = (gpus * (now - started).max(0.0) / 3600.0 * 1000.0).round() / 1000.0;
+}
+
+fn push_status(out: &mut Vec<Action>, t: &Tracked, mut st: ComputeJobStatus, now: Time) {
+    st.observed_generation = t.job.metadata.generation.unwrap_or(0);
+    st.derive_conditions(st.observed_generation, &rfc3339(now));
+    let old = t.job.status.clone().unwrap_or_default();
+    if !same_status(&old, &st) {
+        out.push(Action::Status { job: t.job.clone(), status: st });
+    }
+}
+
+/// Whether two statuses differ only by an estimate that moved less than a minute.
+fn same_status(a: &ComputeJobStatus, b: &ComputeJobStatus) -> bool {
+    let est = |s: &ComputeJobStatus| s.estimated_start.as_deref().and_then(crate::index::queue::unix);
+    let close = match (est(a), est(b)) {
+        (Some(x), Some(y)) => (x - y).abs() < ESTIMATE_SLACK_S,
+        (None, None) => true,
+        _ => false,
+    };
+    let mut a2 = a.clone();
+    a2.estimated_start.clone_from(&b.estimated_start);
+    close && a2 == *b
+}
+
+/// A waiting job's status: its reasons, hints and estimated start.
+fn waiting_status(s: &Scheduler, id: JobId, old: &ComputeJobStatus) -> ComputeJobStatus {
+    let mut st = old.clone();
+    if st.phase != JobPhase::Preempted {
+        st.phase = JobPhase::Queued;
+    }
+    st.placement = None;
+    let Some(core) = s.status(id) else { return st };
+    st.pending_reasons = core.reasons.iter().map(|r| reason(s, r)).collect();
+    st.hints = core.hints.iter().map(|h| s.hint_line(h)).collect();
+    st.estimated_start = core.estimated_start.filter(|t| t.is_finite()).map(rfc3339);
+    st
+}
+
+/// A core reason as the API's structured reason.
+fn reason(s: &Scheduler, r: &PendingReason) -> ApiReason {
+    let models = &s.snapshot().cluster().models;
+    let mut out = ApiReason { message: s.reason_line(r), ..Default::default() };
+    out.phase = match r {
+        PendingReason::Quota { shortfall: q, .. } => {
+            out.flavor = Some(q.flavor.describe(models));
+            out.needed = Some(q.flavor.amount(q.needed));
+            out.left = Some(q.flavor.amount(q.left));
+            out.cohort_can_lend = Some(q.flavor.amount(q.cohort_can_lend));
+            "quota"
+        }
+        PendingReason::Reservation { .. } => "reservation",
+        PendingReason::Placement { rejection, .. } => match rejection.code {
+            RejectionCode::Unschedulable => "placement",
+            RejectionCode::Unresolvable => "placement-unresolvable",
+        },
+        PendingReason::FasterLater { .. } => "faster-later",
+        PendingReason::DataClearance { .. } => "data-clearance",
+        PendingReason::NoAllowedPool { .. } => "placement",
+        PendingReason::NoUsableModel => "placement",
+        PendingReason::BeyondBackfillDepth => "fairness",
+    }
+    .into();
+    out
+}
+
+/// Pod name of task `i` of a job: `<job>-<group>-<replica>`.
+pub fn pod_names(job: &ComputeJob) -> Vec<String> {
+    let name = job.name_any();
+    job.spec
+        .task_groups
+        .iter()
+        .flat_map(|g| (0..g.replicas).map(move |r| (g.name.clone(), r)))
+        .map(|(g, r)| format!("{name}-{g}-{r}"))
+        .collect()
+}
+
+/// The API placement of a job the cycle started.
+fn api_placement(s: &Scheduler, id: JobId, job: &ComputeJob) -> ApiPlacement {
+    let cluster = s.snapshot().cluster();
+    let Some((p, pool, model)) = s.placement(id) else { return ApiPlacement::default() };
+    let names = pod_names(job);
+    let tasks = p
+        .tasks
+        .iter()
+        .zip(names)
+        .map(|(t, pod)| ApiTask {
+            pod,
+            node: cluster.nodes[t.node as usize].name.clone(),
+            gpus: (0..32u32).filter(|j| t.gpus & (1 << j) != 0).collect(),
+            gpu_milli: if t.spec.gpus == 0 { 0 } else { t.spec.gpu_milli },
+        })
+        .collect();
+    ApiPlacement {
+        pool: cluster.pools.get(pool as usize).map(|p| p.name.clone()).unwrap_or_default(),
+        gpu_model: model.map(|m| cluster.models.name(m).to_string()).unwrap_or_default(),
+        tasks,
+    }
+}

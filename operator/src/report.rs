@@ -1,0 +1,226 @@
+//! Status of Queues, ComputePools and QuotaRequests from the world: usage, capacity, and quota requests' states.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use haiyun_api::pool::GpuCount;
+use haiyun_api::queue::FlavorUsage;
+use haiyun_api::quota::{Decision, RequestState};
+use haiyun_api::{ComputePoolStatus, QueueStatus, QuotaRequest, QuotaRequestStatus, condition};
+use haiyun_scheduler::model::Time;
+use haiyun_scheduler::queue::Flavor;
+use kube::ResourceExt;
+
+use crate::index::{JobState, World, queue as iq};
+use crate::time::rfc3339;
+
+/// Each valid or invalid queue's status, by name.
+pub fn queues(world: &World, now: Time, generation: &BTreeMap<String, i64>) -> BTreeMap<String, QueueStatus> {
+    let mut out = BTreeMap::new();
+    let q = world.scheduler.quotas();
+    let models = &world.scheduler.snapshot().cluster().models;
+    let mut pending: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut admitted: BTreeMap<&str, u32> = BTreeMap::new();
+    for t in &world.jobs {
+        let name = t.job.spec.queue.as_str();
+        match t.state {
+            JobState::Waiting(_) | JobState::Problem(_) => *pending.entry(name).or_default() += 1,
+            JobState::Placed(_) => *admitted.entry(name).or_default() += 1,
+            _ => {}
+        }
+    }
+    let stamp = rfc3339(now);
+    for (name, id) in &world.queues {
+        let usage = q.usage(*id);
+        let mut flavors: Vec<Flavor> =
+            q.spec(*id).map(|s| s.nominal.flavors().map(|(f, _)| f).collect()).unwrap_or_default();
+        for (f, _) in usage.flavors() {
+            if !flavors.contains(&f) {
+                flavors.push(f);
+            }
+        }
+        flavors.sort();
+        let usage = flavors
+            .into_iter()
+            .map(|f| {
+                let used = usage.get(f);
+                let quota = q.nominal(*id, f, now);
+                FlavorUsage {
+                    flavor: f.describe(models),
+                    used: quantity(f, used),
+                    quota: quantity(f, quota),
+                    borrowed: quantity(f, used.saturating_sub(quota)),
+                }
+            })
+            .collect();
+        let generation_ = generation.get(name).copied().unwrap_or(0);
+        out.insert(
+            name.clone(),
+            QueueStatus {
+                pending: pending.get(name.as_str()).copied().unwrap_or(0),
+                admitted: admitted.get(name.as_str()).copied().unwrap_or(0),
+                usage,
+                conditions: vec![condition::Condition::new("Ready", true, "Valid", "", generation_, &stamp)],
+            },
+        );
+    }
+    for (name, why) in &world.invalid_queues {
+        let generation_ = generation.get(name).copied().unwrap_or(0);
+        out.insert(
+            name.clone(),
+            QueueStatus {
+                pending: pending.get(name.as_str()).copied().unwrap_or(0),
+                conditions: vec![condition::Condition::new(
+                    "Ready",
+                    false,
+                    "InvalidSpec",
+                    why.clone(),
+                    generation_,
+                    &stamp,
+                )],
+                ..Default::default()
+            },
+        );
+    }
+    out
+}
+
+/// A core amount as a Kubernetes quantity: cores ("500m"), memory ("16Gi" or "512Mi"), GPUs ("8" or "0.5").
+pub fn quantity(f: Flavor, v: u64) -> String {
+    match f {
+        Flavor::Cpu | Flavor::Gpu(_) if v % 1000 == 0 => (v / 1000).to_string(),
+        Flavor::Cpu => format!("{v}m"),
+        Flavor::Gpu(_) => format!("{}", v as f64 / 1000.0),
+        Flavor::Memory if v % 1024 == 0 => format!("{}Gi", v / 1024),
+        Flavor::Memory => format!("{v}Mi"),
+    }
+}
+
+/// Each pool's status, by name.
+pub fn pools(world: &World, now: Time) -> BTreeMap<String, ComputePoolStatus> {
+    let snap = world.scheduler.snapshot();
+    let c = snap.cluster();
+    let stamp = rfc3339(now);
+    let mut out: BTreeMap<String, ComputePoolStatus> = BTreeMap::new();
+    for name in &world.federation.pool_names {
+        let ready = condition::Condition::new("Ready", true, "Serving", "", 0, &stamp);
+        out.insert(name.clone(), ComputePoolStatus { conditions: vec![ready], ..Default::default() });
+    }
+    for (id, node) in c.nodes.iter().enumerate() {
+        let Some(st) = world.federation.pool_names.get(node.pool as usize).and_then(|n| out.get_mut(n))
+        else {
+            continue;
+        };
+        st.nodes += 1;
+        let alloc = snap.allocated(id as u32);
+        for (j, g) in node.gpus.iter().enumerate() {
+            let model = c.models.name(g.model).to_string();
+            let used = f64::from(alloc.get(j).copied().unwrap_or(0)) / 1000.0;
+            st.gpus += 1;
+            st.allocated_gpus += u32::from(used > 0.0);
+            let entry = match st.by_model.iter_mut().position(|m| m.model == model) {
+                Some(i) => &mut st.by_model[i],
+                None => {
+                    st.by_model.push(GpuCount { model, ..Default::default() });
+                    let last = st.by_model.len() - 1;
+                    &mut st.by_model[last]
+                }
+            };
+            entry.total += 1;
+            entry.healthy += u32::from(g.health.is_placeable());
+            entry.allocated += used;
+        }
+    }
+    for (name, why) in &world.federation.unavailable {
+        let c = condition::Condition::new("Ready", false, "BackendUnavailable", why.clone(), 0, &stamp);
+        out.insert(name.clone(), ComputePoolStatus { conditions: vec![c], ..Default::default() });
+    }
+    out
+}
+
+/// Each QuotaRequest's status, by `namespace/name`: decided ones follow their window; undecided ones are approved
+/// automatically when the rest of the queue's cohort has the amount unlent now.
+pub fn requests(
+    world: &World,
+    requests: &[Arc<QuotaRequest>],
+    now: Time,
+) -> BTreeMap<String, QuotaRequestStatus> {
+    let mut out = BTreeMap::new();
+    let stamp = rfc3339(now);
+    let mut models = world.federation.cluster.models.clone();
+    for r in requests {
+        let key = format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any());
+        let old = r.status.clone().unwrap_or_default();
+        let generation_ = r.metadata.generation.unwrap_or(0);
+        let window = (iq::unix(&r.spec.start), iq::unix(&r.spec.end));
+        let (state, by, why) = match (r.spec.decision, old.state) {
+            (Some(Decision::Denied), _) => {
+                (RequestState::Denied, String::new(), "denied by an administrator".to_string())
+            }
+            (Some(Decision::Approved), _) => {
+                (in_window(window, now), "administrator".to_string(), String::new())
+            }
+            (None, RequestState::Pending) => match auto_approval(world, r, &mut models, now) {
+                Ok(()) => (in_window(window, now), "auto".to_string(), String::new()),
+                Err(why) => (RequestState::Pending, String::new(), why),
+            },
+            (None, _) => (in_window(window, now), old.approved_by.clone(), String::new()),
+        };
+        let mut conditions = old.conditions.clone();
+        let approved = !matches!(state, RequestState::Pending | RequestState::Denied);
+        let reason = match state {
+            RequestState::Denied => "Denied",
+            RequestState::Pending => "AwaitingApproval",
+            _ if by == "auto" => "AutoApproved",
+            _ => "Approved",
+        };
+        condition::set(
+            &mut conditions,
+            condition::Condition::new("Approved", approved, reason, why, generation_, &stamp),
+        );
+        let active = state == RequestState::Active;
+        let areason = match state {
+            RequestState::Active => "InWindow",
+            RequestState::Expired => "WindowEnded",
+            _ => "NotActive",
+        };
+        condition::set(
+            &mut conditions,
+            condition::Condition::new("Active", active, areason, "", generation_, &stamp),
+        );
+        out.insert(key, QuotaRequestStatus { state, approved_by: by, conditions });
+    }
+    out
+}
+
+fn in_window(w: (Option<Time>, Option<Time>), now: Time) -> RequestState {
+    match w {
+        (_, Some(end)) if now >= end => RequestState::Expired,
+        (Some(start), _) if now >= start => RequestState::Active,
+        _ => RequestState::Approved,
+    }
+}
+
+/// Whether the rest of the cohort has `amount` unlent now; otherwise why not.
+fn auto_approval(
+    world: &World,
+    r: &QuotaRequest,
+    models: &mut haiyun_scheduler::model::GpuModels,
+    now: Time,
+) -> Result<(), String> {
+    let q =
+        *world.queues.get(&r.spec.queue).ok_or_else(|| format!("queue {:?} does not exist", r.spec.queue))?;
+    let f = iq::flavor(models, &r.spec.flavor).map_err(|e| e.to_string())?;
+    let amount = iq::amount(f, "spec.amount", &r.spec.amount).map_err(|e| e.to_string())?;
+    let unlent = world.scheduler.quotas().unlent(q, f, now);
+    if unlent >= amount {
+        Ok(())
+    } else {
+        Err(format!(
+            "the cohort has {} of {} unlent, {} asked; an administrator must approve (spec.decision: Approved)",
+            quantity(f, unlent),
+            r.spec.flavor,
+            r.spec.amount
+        ))
+    }
+}

@@ -1,0 +1,101 @@
+//! Watches every object the index reads, into in-memory stores; any change wakes the scheduling loop.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::index::Objects;
+
+/// The stores, one per kind.
+#[derive(Clone)]
+pub struct Stores {
+    pools: Store<ComputePool>,
+    queues: Store<Queue>,
+    jobs: Store<ComputeJob>,
+    requests: Store<QuotaRequest>,
+    datasets: Store<Dataset>,
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    /// Fires on every change.
+    pub changed: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
+fn spawn<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config).default_backoff().reflect(writer).touched_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => changed.notify_one(),
+                Err(e) => {
+                    tracing::warn!(kind = %K::kind(&Default::default()), error = %e, "watch failed; retrying")
+                }
+            }
+        }
+    });
+    store
+}
+
+impl Stores {
+    /// Starts watching everything.
+    pub fn start(client: &Client) -> Self {
+        let changed = Arc::new(Notify::new());
+        let c = || changed.clone();
+        let any = watcher::Config::default;
+        Stores {
+            pools: spawn(Api::all(client.clone()), any(), c()),
+            queues: spawn(Api::all(client.clone()), any(), c()),
+            jobs: spawn(Api::all(client.clone()), any(), c()),
+            requests: spawn(Api::all(client.clone()), any(), c()),
+            datasets: spawn(Api::all(client.clone()), any(), c()),
+            nodes: spawn(Api::all(client.clone()), any(), c()),
+            pods: spawn(Api::all(client.clone()), any(), c()),
+            changed,
+        }
+    }
+
+    /// Waits until every store has listed once.
+    pub async fn ready(&self) {
+        let _ = futures::join!(
+            self.pools.wait_until_ready(),
+            self.queues.wait_until_ready(),
+            self.jobs.wait_until_ready(),
+            self.requests.wait_until_ready(),
+            self.datasets.wait_until_ready(),
+            self.nodes.wait_until_ready(),
+            self.pods.wait_until_ready(),
+        );
+    }
+
+    /// A consistent-enough copy of everything (each store is read once).
+    pub fn objects(&self) -> Objects {
+        Objects {
+            pools: self.pools.state(),
+            queues: self.queues.state(),
+            jobs: self.jobs.state(),
+            requests: self.requests.state(),
+            datasets: self.datasets.state(),
+            nodes: self.nodes.state(),
+            pods: self.pods.state(),
+        }
+    }
+}
