@@ -1,0 +1,265 @@
+//! The operator on a real API server (testenv) with kwok GPU nodes: admission, binding, status, events, the
+//! decision log, quota and data clearance. Tests run one at a time (they share the control plane).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest};
+use serde_json::json;
+use support::{Env, job, pool, queue, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_4x8_gpu_training_job_is_bound_all_or_nothing_runs_and_succeeds_with_status_events_and_log() {
+    let Some(env) = Env::start("gang").await else { return };
+    let nodes = env.nodes("a", 4, 8, "H100").await;
+    env.create::<ComputePool>(pool(&env, "gang-pool", "a", "public")).await.unwrap();
+    env.create::<Queue>(queue("gang-q", "nvidia.com/gpu:h100", 64)).await.unwrap();
+    let _op = env.operator("only", &[]);
+    env.create::<ComputeJob>(job("first", "gang-q", 4, 8, "4s")).await.unwrap();
+    env.create::<ComputeJob>(job("second", "gang-q", 4, 8, "2s")).await.unwrap();
+
+    // While the first runs, the second (which needs the same 32 GPUs) has no pod bound: all or nothing.
+    let first = env.wait_phase("default", "first", "Running", LONG).await;
+    let second_bound = |pods: &[k8s_openapi::api::core::v1::Pod]| {
+        pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()).count()
+    };
+    for _ in 0..5 {
+        let n = second_bound(&env.pods_of("default", "second").await);
+        assert!(n == 0 || n == 4, "the second gang is partly bound: {n} of 4 pods");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let placement = first.status.as_ref().unwrap().placement.clone().unwrap();
+    assert_eq!(placement.pool, "gang-pool");
+    assert_eq!(placement.gpu_model, "h100");
+    assert_eq!(placement.tasks.len(), 4);
+    let mut used: Vec<&str> = placement.tasks.iter().map(|t| t.node.as_str()).collect();
+    used.sort();
+    assert_eq!(used, nodes.iter().map(String::as_str).collect::<Vec<_>>(), "one 8-GPU worker per node");
+    assert!(placement.tasks.iter().all(|t| t.gpus == (0..8).collect::<Vec<u32>>()));
+    for pod in env.pods_of("default", "first").await {
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.scheduler_name.as_deref(), Some("haiyun"));
+        let task = placement.tasks.iter().find(|t| Some(&t.pod) == pod.metadata.name.as_ref()).unwrap();
+        assert_eq!(spec.node_name.as_ref(), Some(&task.node), "bound where the status says");
+    }
+
+    let done = env.wait_phase("default", "first", "Succeeded", LONG).await;
+    let st = done.status.unwrap();
+    assert!(st.gpu_hours > 0.0);
+    assert!(
+        st.conditions.iter().any(|c| c.type_ == "Finished" && c.status == "True" && c.reason == "Succeeded")
+    );
+    assert!(st.conditions.iter().all(|c| c.observed_generation == 1));
+    env.wait_phase("default", "second", "Succeeded", LONG).await;
+    let reasons = env.event_reasons("default", "first").await;
+    for r in ["Admitted", "Running", "Succeeded"] {
+        assert!(reasons.iter().any(|x| x == r), "no {r} event in {reasons:?}");
+    }
+    let log = env.decisions();
+    let of = |event: &str| log.iter().filter(|d| d["job"] == "default/first" && d["event"] == event).count();
+    assert_eq!((of("place"), of("finish")), (1, 1), "decision log: {log:?}");
+    let place = log.iter().find(|d| d["job"] == "default/first" && d["event"] == "place").unwrap();
+    assert_eq!(place["queue"], "gang-q");
+    assert_eq!(place["pool"], "gang-pool");
+    assert_eq!(place["tasks"].as_array().unwrap().len(), 4);
+    assert_eq!(place["tasks"][0]["gpus"].as_array().unwrap().len(), 8);
+}
+
+#[tokio::test]
+async fn quota_blocks_a_job_with_the_queue_and_shortfall_an_approved_request_starts_it_and_expiry_lowers_it()
+{
+    let Some(env) = Env::start("quota").await else { return };
+    env.nodes("a", 2, 8, "H100").await;
+    env.create::<ComputePool>(pool(&env, "quota-pool", "a", "public")).await.unwrap();
+    env.create::<Queue>(queue("team-q", "nvidia.com/gpu:h100", 8)).await.unwrap();
+    let _op = env.operator("only", &[]);
+    env.create::<ComputeJob>(job("big", "team-q", 2, 8, "3s")).await.unwrap();
+
+    let api = kube::Api::<ComputeJob>::namespaced(env.client.clone(), "default");
+    let blocked = wait_for("a quota reason on job big", LONG, || async {
+        let j = api.get("big").await.ok()?;
+        let r = j.status?.pending_reasons.into_iter().find(|r| r.phase == "quota")?;
+        Some(r)
+    })
+    .await;
+    assert_eq!(blocked.flavor.as_deref(), Some("nvidia.com/gpu:h100"));
+    assert_eq!((blocked.needed.as_deref(), blocked.left.as_deref()), (Some("16"), Some("8")));
+    assert!(blocked.message.contains("queue team-q needs 16"), "{}", blocked.message);
+
+    let now = jiff::Timestamp::now();
+    let end = now + jiff::SignedDuration::from_secs(20);
+    let request = json!({
+        "apiVersion": "haiyun.io/v1alpha1",
+        "kind": "QuotaRequest",
+        "metadata": { "name": "more", "namespace": "default" },
+        "spec": {
+            "queue": "team-q", "flavor": "nvidia.com/gpu:h100", "amount": "8",
+            "start": (now - jiff::SignedDuration::from_secs(60)).to_string(), "end": end.to_string(),
+            "reason": "deadline", "decision": "Approved"
+        }
+    });
+    env.create::<QuotaRequest>(request).await.unwrap();
+    env.wait_phase("default", "big", "Running", LONG).await;
+    let queues = kube::Api::<Queue>::all(env.client.clone());
+    let raised = queues.get("team-q").await.unwrap().status.unwrap();
+    assert_eq!(raised.usage[0].quota, "16");
+    env.wait_phase("default", "big", "Succeeded", LONG).await;
+
+    // After the window the quota is back to 8 and the same request waits again.
+    wait_for("the grant to lapse", LONG, || async {
+        let q = queues.get("team-q").await.ok()?.status?;
+        (q.usage.first()?.quota == "8").then_some(())
+    })
+    .await;
+    let reqs = kube::Api::<QuotaRequest>::namespaced(env.client.clone(), "default");
+    wait_for("the request to read Expired", LONG, || async {
+        let s = reqs.get("more").await.ok()?.status?;
+        (format!("{:?}", s.state) == "Expired").then_some(())
+    })
+    .await;
+    env.create::<ComputeJob>(job("again", "team-q", 2, 8, "3s")).await.unwrap();
+    wait_for("job again to wait on quota", LONG, || async {
+        let j = api.get("again").await.ok()?;
+        j.status?.pending_reasons.iter().any(|r| r.phase == "quota").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_reading_core_data_never_lands_in_a_pool_cleared_lower_and_says_why_it_waits() {
+    let Some(env) = Env::start("data").await else { return };
+    env.nodes("low", 2, 8, "H100").await;
+    let secure = env.nodes("high", 1, 8, "H100").await;
+    env.create::<ComputePool>(pool(&env, "open-pool", "low", "internal")).await.unwrap();
+    env.create::<Queue>(queue("data-q", "nvidia.com/gpu:h100", 64)).await.unwrap();
+    let dataset = json!({
+        "apiVersion": "haiyun.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": { "name": "census" },
+        "spec": { "size": "200Gi", "classification": "core", "replicas": ["secure-pool"], "owner": "stats" }
+    });
+    env.create::<Dataset>(dataset).await.unwrap();
+    let _op = env.operator("only", &[]);
+    let mut reader = job("reader", "data-q", 1, 4, "2s");
+    reader["spec"]["datasets"] = json!(["census"]);
+    env.create::<ComputeJob>(reader).await.unwrap();
+
+    let api = kube::Api::<ComputeJob>::namespaced(env.client.clone(), "default");
+    let why = wait_for("a data-clearance reason", LONG, || async {
+        let j = api.get("reader").await.ok()?;
+        j.status?.pending_reasons.into_iter().find(|r| r.phase == "data-clearance")
+    })
+    .await;
+    assert!(why.message.contains("core"), "{}", why.message);
+    assert!(env.pods_of("default", "reader").await.is_empty(), "no pod while no pool is cleared");
+
+    env.create::<ComputePool>(pool(&env, "secure-pool", "high", "core")).await.unwrap();
+    let done = env.wait_phase("default", "reader", "Succeeded", LONG).await;
+    let p = done.status.unwrap().placement.unwrap();
+    assert_eq!(p.pool, "secure-pool");
+    assert_eq!(p.tasks[0].node, secure[0]);
+    let place =
+        env.decisions().into_iter().find(|d| d["job"] == "default/reader" && d["event"] == "place").unwrap();
+    assert_eq!(place["datasets"], json!(["census"]), "the audit trail names the data read");
+}
+
+#[tokio::test]
+async fn a_job_naming_a_missing_queue_is_kept_says_so_and_starts_once_the_queue_appears() {
+    let Some(env) = Env::start("noqueue").await else { return };
+    env.nodes("a", 1, 8, "H100").await;
+    env.create::<ComputePool>(pool(&env, "nq-pool", "a", "public")).await.unwrap();
+    let _op = env.operator("only", &[]);
+    env.create::<ComputeJob>(job("early", "later-q", 1, 2, "2s")).await.unwrap();
+    let api = kube::Api::<ComputeJob>::namespaced(env.client.clone(), "default");
+    let why = wait_for("a queue reason", LONG, || async {
+        let j = api.get("early").await.ok()?;
+        let st = j.status?;
+        (format!("{:?}", st.phase) == "Pending").then_some(())?;
+        st.pending_reasons.into_iter().find(|r| r.phase == "queue")
+    })
+    .await;
+    assert!(why.message.contains("later-q") && why.message.contains("does not exist"), "{}", why.message);
+    assert!(env.event_reasons("default", "early").await.iter().any(|r| r == "NotQueued"));
+    env.create::<Queue>(queue("later-q", "nvidia.com/gpu:h100", 8)).await.unwrap();
+    env.wait_phase("default", "early", "Succeeded", LONG).await;
+}
+
+#[tokio::test]
+async fn bad_manifests_are_refused_by_the_api_server_with_messages_that_name_the_field() {
+    let Some(env) = Env::start("cel").await else { return };
+    let group = |name: &str, extra: serde_json::Value| {
+        let mut g = json!({ "name": name, "replicas": 1, "gpus": 1 });
+        for (k, v) in extra.as_object().unwrap() {
+            g[k] = v.clone();
+        }
+        g
+    };
+    let cj = |spec: serde_json::Value| {
+        json!({ "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputeJob",
+                "metadata": { "name": "bad", "namespace": "default" }, "spec": spec })
+    };
+    let cases: Vec<(&str, serde_json::Value, Vec<&str>)> = vec![
+        (
+            "missing queue",
+            cj(json!({ "taskGroups": [group("w", json!({}))] })),
+            vec!["spec.queue", "Required"],
+        ),
+        ("no task groups", cj(json!({ "queue": "q", "taskGroups": [] })), vec!["spec.taskGroups"]),
+        (
+            "negative GPUs",
+            cj(json!({ "queue": "q", "taskGroups": [group("w", json!({ "gpus": -1 }))] })),
+            vec!["spec.taskGroups[0].gpus", "greater than or equal to 0"],
+        ),
+        (
+            "fraction of several GPUs",
+            cj(json!({ "queue": "q", "taskGroups": [group("w", json!({ "gpus": 2, "gpuFraction": 0.5 }))] })),
+            vec!["spec.taskGroups[0].gpuFraction", "set gpus to 1"],
+        ),
+        (
+            "fraction above one",
+            cj(json!({ "queue": "q", "taskGroups": [group("w", json!({ "gpuFraction": 1.5 }))] })),
+            vec!["spec.taskGroups[0].gpuFraction", "between 0 and 1"],
+        ),
+        (
+            "minAvailable above replicas",
+            cj(
+                json!({ "queue": "q", "minAvailable": 3, "taskGroups": [group("w", json!({ "replicas": 2 }))] }),
+            ),
+            vec!["spec.minAvailable", "must not exceed"],
+        ),
+        (
+            "two groups with one name",
+            cj(json!({ "queue": "q", "taskGroups": [group("w", json!({})), group("w", json!({}))] })),
+            vec!["spec.taskGroups[1]", "Duplicate value"],
+        ),
+        (
+            "bad run time",
+            cj(json!({ "queue": "q", "runtimeEstimate": "soon", "taskGroups": [group("w", json!({}))] })),
+            vec!["spec.runtimeEstimate", "90m"],
+        ),
+    ];
+    for (name, obj, want) in cases {
+        let err = env.create::<ComputeJob>(obj).await.expect_err(name);
+        for w in want {
+            assert!(err.contains(w), "{name}: {w:?} not in {err}");
+        }
+    }
+    let window = json!({ "apiVersion": "haiyun.io/v1alpha1", "kind": "QuotaRequest",
+        "metadata": { "name": "backwards", "namespace": "default" },
+        "spec": { "queue": "q", "flavor": "nvidia.com/gpu:h100", "amount": "8",
+                  "start": "2026-11-26T12:00:00Z", "end": "2026-11-26T09:00:00Z" } });
+    let err = env.create::<QuotaRequest>(window).await.unwrap_err();
+    assert!(err.contains("spec.end") && err.contains("end must be after start"), "{err}");
+    let flavor = json!({ "apiVersion": "haiyun.io/v1alpha1", "kind": "Queue", "metadata": { "name": "bad-q" },
+        "spec": { "resources": [{ "flavor": "gpus", "nominal": "8" }] } });
+    let err = env.create::<Queue>(flavor).await.unwrap_err();
+    assert!(err.contains("spec.resources[0].flavor") && err.contains("nvidia.com/gpu:<model>"), "{err}");
+    let two = json!({ "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputePool", "metadata": { "name": "bad-p" },
+        "spec": { "kind": "ai", "backend": { "kubernetes": {}, "simulated": { "nodes": [] } } } });
+    let err = env.create::<ComputePool>(two).await.unwrap_err();
+    assert!(err.contains("spec.backend") && err.contains("exactly one"), "{err}");
+}

@@ -1,0 +1,356 @@
+//! Fixtures for operator tests on testenv: a lock that runs them one at a time, CRDs, kwok GPU nodes, an operator
+//! process, and polling helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::ApiResource;
+use kube::{Client, Config, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A test's view of testenv; tests holding one run one at a time.
+pub struct Env {
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    pub name: String,
+    pub dir: PathBuf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Env {
+    /// The shared control plane, cleaned of earlier tests' objects, with the CRDs installed; `None` (the test
+    /// is skipped) when no testenv runs.
+    pub async fn start(name: &str) -> Option<Env> {
+        let Some(path) = std::env::var_os("HAIYUN_TEST_KUBECONFIG") else {
+            assert!(
+                std::env::var_os("HAIYUN_REQUIRE_TESTENV").is_none(),
+                "HAIYUN_REQUIRE_TESTENV is set but HAIYUN_TEST_KUBECONFIG is not: testenv did not start"
+            );
+            eprintln!(
+                "skipped: HAIYUN_TEST_KUBECONFIG is not set (scripts/test.sh starts testenv and sets it)"
+            );
+            return None;
+        };
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let kubeconfig = Kubeconfig::read_from(&path).expect("readable kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+        let client = Client::try_from(config).unwrap();
+        let dir = std::env::temp_dir().join(format!("haiyun-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let env = Env { client, kubeconfig: PathBuf::from(path), name: name.into(), dir, _serial: serial };
+        env.install_crds().await;
+        env.clean().await;
+        Some(env)
+    }
+
+    async fn install_crds(&self) {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        for crd in haiyun_api::crd::all() {
+            let name = crd.name_any();
+            api.patch(&name, &PatchParams::apply("haiyun-tests").force(), &Patch::Apply(&crd)).await.unwrap();
+        }
+        for crd in haiyun_api::crd::all() {
+            let name = crd.name_any();
+            wait_for(&format!("CRD {name} established"), Duration::from_secs(20), || async {
+                let c = api.get(&name).await.ok()?;
+                let ok = c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+                ok.then_some(())
+            })
+            .await;
+        }
+    }
+
+    /// Deletes every Haiyun object, the pods of jobs and the nodes tests made.
+    pub async fn clean(&self) {
+        delete_all::<ComputeJob>(Api::namespaced(self.client.clone(), "default")).await;
+        delete_all::<QuotaRequest>(Api::namespaced(self.client.clone(), "default")).await;
+        delete_all::<Queue>(Api::all(self.client.clone())).await;
+        delete_all::<ComputePool>(Api::all(self.client.clone())).await;
+        delete_all::<Dataset>(Api::all(self.client.clone())).await;
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        for p in pods.list(&ListParams::default().labels(haiyun_api::JOB_UID_LABEL)).await.unwrap() {
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &p.namespace().unwrap());
+            let _ = api.delete(&p.name_any(), &DeleteParams::default().grace_period(0)).await;
+        }
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        for n in nodes.list(&ListParams::default().labels("haiyun.io/test")).await.unwrap() {
+            let _ = nodes.delete(&n.name_any(), &DeleteParams::default()).await;
+        }
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), "default");
+        let _ = leases.delete(&self.lease(), &DeleteParams::default()).await;
+    }
+
+    /// The Lease name of this test's operators.
+    pub fn lease(&self) -> String {
+        format!("haiyun-test-{}", self.name)
+    }
+
+    /// Creates `count` kwok nodes with `gpus` GPUs of `model`, labelled `haiyun.io/test=<test>` and `group`.
+    pub async fn nodes(&self, group: &str, count: usize, gpus: u32, model: &str) -> Vec<String> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let mut names = Vec::new();
+        for i in 0..count {
+            let name = format!("{}-{group}-{i}", self.name);
+            let node: Node = serde_json::from_value(json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": { "kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0" },
+                    "labels": {
+                        "kubernetes.io/hostname": name,
+                        "type": "kwok",
+                        "haiyun.io/test": self.name,
+                        "haiyun.io/group": group,
+                        "haiyun.io/gpu-model": model,
+                    }
+                },
+                "status": {
+                    "capacity": { "cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string() },
+                    "allocatable": { "cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string() }
+                }
+            }))
+            .unwrap();
+            api.create(&PostParams::default(), &node).await.unwrap();
+            names.push(name);
+        }
+        for n in &names {
+            wait_for(&format!("node {n} Ready"), Duration::from_secs(30), || async {
+                let node = api.get(n).await.ok()?;
+                let ready = node.status?.conditions?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+                ready.then_some(())
+            })
+            .await;
+        }
+        names
+    }
+
+    /// Creates an object from JSON (any Haiyun kind or core kind), returning the server's refusal as `Err`.
+    pub async fn create<K>(&self, value: Value) -> Result<DynamicObject, String>
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let ar = ApiResource::erase::<K>(&());
+        let obj: DynamicObject = serde_json::from_value(value).unwrap();
+        let api: Api<DynamicObject> = match obj.namespace() {
+            Some(ns) => Api::namespaced_with(self.client.clone(), &ns, &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        };
+        api.create(&PostParams::default(), &obj).await.map_err(|e| e.to_string())
+    }
+
+    /// Starts an operator process for this test.
+    pub fn operator(&self, label: &str, extra: &[&str]) -> OperatorProcess {
+        OperatorProcess::spawn(self, label, extra)
+    }
+
+    /// The decision log the operators of this test append to.
+    pub fn decision_log(&self) -> PathBuf {
+        self.dir.join("decisions.jsonl")
+    }
+
+    /// The decision log's lines.
+    pub fn decisions(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.decision_log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// A job by namespace and name.
+    pub async fn job(&self, ns: &str, name: &str) -> ComputeJob {
+        Api::<ComputeJob>::namespaced(self.client.clone(), ns).get(name).await.unwrap()
+    }
+
+    /// Pods of a job, by its name label.
+    pub async fn pods_of(&self, ns: &str, job: &str) -> Vec<Pod> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        api.list(&ListParams::default().labels(&format!("{}={job}", haiyun_api::JOB_NAME_LABEL)))
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// Waits until a job reaches `phase`; returns it.
+    pub async fn wait_phase(&self, ns: &str, name: &str, phase: &str, limit: Duration) -> ComputeJob {
+        let api: Api<ComputeJob> = Api::namespaced(self.client.clone(), ns);
+        wait_for(&format!("job {ns}/{name} to be {phase}"), limit, || async {
+            let j = api.get(name).await.ok()?;
+            let now = j.status.as_ref().map(|s| format!("{:?}", s.phase)).unwrap_or_default();
+            (now == phase).then_some(j)
+        })
+        .await
+    }
+
+    /// Events of an object, by reason.
+    pub async fn event_reasons(&self, ns: &str, name: &str) -> Vec<String> {
+        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), ns);
+        let list = api.list(&ListParams::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Leave the objects for a look after a failure; the next test cleans up first.
+    }
+}
+
+async fn delete_all<K>(api: Api<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let _ = api.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or panics after `limit` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An operator process; killed (SIGKILL) when dropped.
+pub struct OperatorProcess {
+    pub child: Child,
+    pub log: PathBuf,
+    pub metrics_port: u16,
+}
+
+impl OperatorProcess {
+    fn spawn(env: &Env, label: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let log = env.dir.join(format!("operator-{label}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_haiyun-operator"))
+            .args(["run", "--namespace", "default", "--lease-name", &env.lease(), "--lease-seconds", "3"])
+            .args(["--interval-ms", "500", "--debounce-ms", "20", "--identity", label])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--decision-log", env.decision_log().to_str().unwrap()])
+            .args(extra)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("haiyun-operator starts");
+        OperatorProcess { child, log, metrics_port: port }
+    }
+
+    /// `/metrics` text, or empty when not serving.
+    pub async fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = format!("127.0.0.1:{}", self.metrics_port);
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else { return String::new() };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let req = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body
+    }
+
+    /// A metric's value (the first series of that name).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A queue with `gpus` of `flavor` (e.g. `nvidia.com/gpu:h100`).
+pub fn queue(name: &str, flavor: &str, gpus: u32) -> Value {
+    json!({
+        "apiVersion": "haiyun.io/v1alpha1",
+        "kind": "Queue",
+        "metadata": { "name": name },
+        "spec": { "resources": [{ "flavor": flavor, "nominal": gpus.to_string() }] }
+    })
+}
+
+/// A pool of this cluster's nodes with `haiyun.io/group=<group>` of the test.
+pub fn pool(env: &Env, name: &str, group: &str, clearance: &str) -> Value {
+    json!({
+        "apiVersion": "haiyun.io/v1alpha1",
+        "kind": "ComputePool",
+        "metadata": { "name": name },
+        "spec": {
+            "kind": "ai",
+            "site": "dc1",
+            "clearance": clearance,
+            "backend": { "kubernetes": { "nodeSelector": { "haiyun.io/test": env.name, "haiyun.io/group": group } } }
+        }
+    })
+}
+
+/// A job of `replicas` workers with `gpus` GPUs each that runs `duration` once bound.
+pub fn job(name: &str, queue: &str, replicas: u32, gpus: u32, duration: &str) -> Value {
+    json!({
+        "apiVersion": "haiyun.io/v1alpha1",
+        "kind": "ComputeJob",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": {
+            "queue": queue,
+            "runtimeEstimate": "5m",
+            "taskGroups": [{
+                "name": "worker",
+                "replicas": replicas,
+                "gpus": gpus,
+                "template": {
+                    "metadata": { "annotations": { "haiyun.io/duration": duration } },
+                    "spec": { "containers": [{ "name": "train", "image": "example.invalid/train:1" }] }
+                }
+            }]
+        }
+    })
+}
