@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest};
@@ -16,7 +15,7 @@ use kube::core::ApiResource;
 use kube::{Client, Config, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A test's view of testenv; tests holding one run one at a time.
 pub struct Env {
@@ -24,7 +23,7 @@ pub struct Env {
     pub kubeconfig: PathBuf,
     pub name: String,
     pub dir: PathBuf,
-    _serial: MutexGuard<'static, ()>,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Env {
@@ -41,7 +40,7 @@ impl Env {
             );
             return None;
         };
-        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let serial = SERIAL.lock().await;
         let kubeconfig = Kubeconfig::read_from(&path).expect("readable kubeconfig");
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
         let client = Client::try_from(config).unwrap();
