@@ -98,7 +98,10 @@ impl Applier {
         let key = crate::index::job::key(action.job());
         let result = match &action {
             Action::Admit { job, placement } => self.admit(job, placement).await,
-            Action::Bind { job } => k8s::ensure_pods(&self.client, job).await.map(|_| ()),
+            Action::Bind { job } => k8s::ensure_pods(&self.client, job).await.map(|n| {
+                tracing::info!(job = %key, pods = n, "resumed binding an admitted job");
+                self.metrics.count_bound(n);
+            }),
             Action::Evict { job } => self.evict(job).await,
             Action::Status { job, status } => self.status(job, status).await,
         };

@@ -75,6 +75,7 @@ pub enum RunError {
 /// Runs the operator until it fails or loses the lease.
 pub fn run(settings: Settings) -> Result<(), RunError> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),

@@ -245,7 +245,9 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     fn spawn(env: &Env, label: &str, extra: &[&str]) -> Self {
         let port = free_port();
-        let log = env.dir.join(format!("operator-{label}.log"));
+        static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = env.dir.join(format!("operator-{label}-{n:02}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_haiyun-operator"))
             .args(["run", "--namespace", "default", "--lease-name", &env.lease(), "--lease-seconds", "3"])
