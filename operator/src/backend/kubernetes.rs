@@ -93,7 +93,7 @@ pub fn admitted_status(job: &ComputeJob, placement: &ApiPlacement, now: f64) -> 
     st
 }
 
-/// Creates the job's pods where missing and binds each where its placement says.
+/// Creates the job's pods where missing and binds each where its placement says; returns how many it bound.
 pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, BackendError> {
     let Some(st) = job.status.as_ref() else { return Ok(0) };
     let Some(placement) = st.placement.as_ref() else { return Ok(0) };
@@ -126,9 +126,11 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Bac
                 delete_pod(&pods, &task.pod).await?;
                 return Err(BackendError::Stale(task.pod.clone()));
             }
-            None => bind(&pods, &task.pod, &task.node).await?,
+            None => {
+                bind(&pods, &task.pod, &task.node).await?;
+                bound += 1;
+            }
         }
-        bound += 1;
     }
     Ok(bound)
 }
