@@ -28,5 +28,9 @@ pub const JOB_UID_LABEL: &str = "haiyun.io/job-uid";
 pub const JOB_NAME_LABEL: &str = "haiyun.io/job";
 /// Annotation on a pod listing the GPU indices it was given on its node.
 pub const GPUS_ANNOTATION: &str = "haiyun.io/gpus";
+/// Label on a plain pod (schedulerName haiyun, no ComputeJob) naming its Queue.
+pub const QUEUE_LABEL: &str = "haiyun.io/queue";
+/// Annotation on a plain pod with its run-time estimate (e.g. "2h").
+pub const RUNTIME_ANNOTATION: &str = "haiyun.io/runtime-estimate";
 /// Node label giving its GPU model.
 pub const GPU_MODEL_LABEL: &str = "haiyun.io/gpu-model";

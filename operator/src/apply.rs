@@ -62,7 +62,7 @@ impl Applier {
 
     /// Runs `action` after `gate`, after earlier actions on the same job; returns its handle.
     pub fn spawn(&self, action: Action, gate: Option<Gate>) -> tokio::task::JoinHandle<()> {
-        let uid = action.job().uid().unwrap_or_default();
+        let uid = action.uid();
         let lock = {
             let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             let e = m.entry(uid.clone()).or_insert_with(|| (Arc::default(), 0));
@@ -95,7 +95,7 @@ impl Applier {
     }
 
     async fn run(&self, action: Action) {
-        let key = crate::index::job::key(action.job());
+        let key = action.key();
         let result = match &action {
             Action::Admit { job, placement } => self.admit(job, placement).await,
             Action::Bind { job } => k8s::ensure_pods(&self.client, job).await.map(|n| {
@@ -104,6 +104,11 @@ impl Applier {
             }),
             Action::Evict { job } => self.evict(job).await,
             Action::Status { job, status } => self.status(job, status).await,
+            Action::BindPod { pod, node, gpus } => {
+                k8s::bind_plain(&self.client, pod, node, gpus).await.map(|()| self.metrics.count_bound(1))
+            }
+            Action::EvictPod { pod } => k8s::delete_plain(&self.client, pod).await,
+            Action::PodWaits { pod, message } => k8s::mark_waiting(&self.client, pod, message).await,
         };
         if let Err(e) = result {
             self.metrics.count_error();

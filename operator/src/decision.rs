@@ -51,7 +51,37 @@ pub struct Decision {
     pub detail: String,
 }
 
+impl TaskLine {
+    /// The line of a plain pod bound to `node` with `gpus`.
+    pub fn of_pod(pod: &k8s_openapi::api::core::v1::Pod, node: &str, gpus: &[u32]) -> Self {
+        let (cpu, mem, _) = crate::index::cluster::pod_requests(pod);
+        TaskLine {
+            pod: kube::ResourceExt::name_any(pod),
+            node: node.into(),
+            gpus: gpus.iter().map(|j| format!("{node}/{j}")).collect(),
+            gpu_milli: if gpus.is_empty() { 0 } else { 1000 },
+            cpu: (cpu > 0).then(|| format!("{cpu}m")),
+            memory: (mem > 0).then(|| format!("{mem}Mi")),
+        }
+    }
+}
+
 impl Decision {
+    /// A line for a plain pod.
+    pub fn for_pod(event: &'static str, pod: &k8s_openapi::api::core::v1::Pod, time: String) -> Self {
+        Decision {
+            time,
+            event,
+            job: crate::index::pod::key(pod),
+            queue: kube::ResourceExt::labels(pod).get(haiyun_api::QUEUE_LABEL).cloned().unwrap_or_default(),
+            pool: String::new(),
+            gpu_model: String::new(),
+            tasks: Vec::new(),
+            datasets: Vec::new(),
+            detail: String::new(),
+        }
+    }
+
     /// A line for `job` with `placement` (may be empty).
     pub fn new(event: &'static str, job: &ComputeJob, placement: Option<&Placement>, time: String) -> Self {
         let tasks = placement.map_or_else(Vec::new, |p| {

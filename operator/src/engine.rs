@@ -47,6 +47,9 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     /// Jobs whose last status we logged as rejected, with the message.
     rejected: BTreeMap<String, String>,
+    /// Pool id of each node, and pool names, as of the last cycle.
+    pools: std::collections::HashMap<String, u32>,
+    pool_names: Vec<String>,
 }
 
 impl Engine {
@@ -66,7 +69,13 @@ impl Engine {
             log,
             metrics,
             rejected: BTreeMap::new(),
+            pools: Default::default(),
+            pool_names: Vec::new(),
         }
+    }
+
+    fn pool_of(&self, node: &str) -> String {
+        self.pools.get(node).and_then(|p| self.pool_names.get(*p as usize)).cloned().unwrap_or_default()
     }
 
     /// Runs cycles until the process ends.
@@ -81,7 +90,7 @@ impl Engine {
     /// One cycle: build the world, plan, log and hand out the actions.
     pub fn cycle_once(&mut self) {
         let objects = self.stores.objects();
-        self.overlay.settle(&objects.jobs);
+        self.overlay.settle(&objects.jobs, &objects.pods);
         let t = now();
         let started = Instant::now();
         let mut world = match index::build(&objects, &self.overlay, self.config.scheduler, t) {
@@ -99,6 +108,8 @@ impl Engine {
             }
         };
         self.metrics.observe_cycle(started.elapsed().as_secs_f64(), gauges(&world));
+        self.pools = world.federation.cluster.nodes.iter().map(|n| (n.name.clone(), n.pool)).collect();
+        self.pool_names.clone_from(&world.federation.pool_names);
         self.dispatch(actions, t);
         self.collect_garbage(&objects);
         self.report(&world, &objects, t);
@@ -109,8 +120,25 @@ impl Engine {
         let mut evictions = Vec::new();
         let mut rest = Vec::new();
         for a in actions {
-            let uid = a.job().uid().unwrap_or_default();
+            let uid = a.uid();
             match &a {
+                Action::BindPod { pod, node, gpus } => {
+                    let mut line = crate::decision::Decision::for_pod("place", pod, stamp.clone());
+                    line.pool = self.pool_of(node);
+                    line.tasks = vec![crate::decision::TaskLine::of_pod(pod, node, gpus)];
+                    self.log.write(&line);
+                    self.overlay.binding.insert(uid, (node.clone(), gpus.clone(), t));
+                    rest.push(a);
+                }
+                Action::EvictPod { pod } => {
+                    self.log.write(&crate::decision::Decision::for_pod("preempt", pod, stamp.clone()));
+                    evictions.push(self.applier.spawn(a, None));
+                }
+                Action::PodWaits { .. } => {
+                    if !self.applier.busy(&uid) {
+                        rest.push(a);
+                    }
+                }
                 Action::Evict { job } => {
                     let placement = job.status.as_ref().and_then(|s| s.placement.as_ref());
                     self.log.write(&Decision::new("preempt", job, placement, stamp.clone()));
@@ -277,6 +305,14 @@ fn gauges(world: &World) -> Gauges {
     let mut g = Gauges::default();
     for t in &world.jobs {
         let q = t.job.spec.queue.clone();
+        match t.state {
+            JobState::Waiting(_) | JobState::Problem(_) => *g.pending.entry(q).or_default() += 1,
+            JobState::Placed(_) => *g.admitted.entry(q).or_default() += 1,
+            _ => {}
+        }
+    }
+    for t in &world.pods {
+        let q = t.pod.labels().get(haiyun_api::QUEUE_LABEL).cloned().unwrap_or_default();
         match t.state {
             JobState::Waiting(_) | JobState::Problem(_) => *g.pending.entry(q).or_default() += 1,
             JobState::Placed(_) => *g.admitted.entry(q).or_default() += 1,

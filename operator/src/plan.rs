@@ -11,8 +11,9 @@ use haiyun_scheduler::placer::RejectionCode;
 use haiyun_scheduler::schedule::{PendingReason, Phase, ScheduleError, Scheduler};
 use kube::ResourceExt;
 
-use crate::index::{JobState, Tracked, World};
+use crate::index::{JobState, Tracked, TrackedPod, World};
 use crate::time::rfc3339;
+use k8s_openapi::api::core::v1::Pod;
 
 /// Estimated starts closer than this to the recorded one are not written again.
 const ESTIMATE_SLACK_S: f64 = 60.0;
@@ -44,16 +45,53 @@ pub enum Action {
         /// Its new status.
         status: ComputeJobStatus,
     },
+    /// Bind a plain pod, its GPUs in the Binding's annotations.
+    BindPod {
+        /// The pod.
+        pod: Arc<Pod>,
+        /// The node.
+        node: String,
+        /// GPU indices on it.
+        gpus: Vec<u32>,
+    },
+    /// Delete a plain pod that was preempted (its owner makes it again).
+    EvictPod {
+        /// The pod.
+        pod: Arc<Pod>,
+    },
+    /// Say on a plain pod why it waits (its PodScheduled condition).
+    PodWaits {
+        /// The pod.
+        pod: Arc<Pod>,
+        /// Why.
+        message: String,
+    },
 }
 
 impl Action {
-    /// The job it concerns.
-    pub fn job(&self) -> &Arc<ComputeJob> {
+    /// The uid of the object it concerns.
+    pub fn uid(&self) -> String {
         match self {
             Action::Admit { job, .. }
             | Action::Bind { job }
             | Action::Evict { job }
-            | Action::Status { job, .. } => job,
+            | Action::Status { job, .. } => job.uid().unwrap_or_default(),
+            Action::BindPod { pod, .. } | Action::EvictPod { pod } | Action::PodWaits { pod, .. } => {
+                pod.uid().unwrap_or_default()
+            }
+        }
+    }
+
+    /// `namespace/name` of the object it concerns.
+    pub fn key(&self) -> String {
+        match self {
+            Action::Admit { job, .. }
+            | Action::Bind { job }
+            | Action::Evict { job }
+            | Action::Status { job, .. } => crate::index::job::key(job),
+            Action::BindPod { pod, .. } | Action::EvictPod { pod } | Action::PodWaits { pod, .. } => {
+                crate::index::pod::key(pod)
+            }
         }
     }
 }
@@ -116,7 +154,50 @@ pub fn plan(world: &mut World, now: Time) -> Result<Vec<Action>, ScheduleError> 
             }
         }
     }
+    for t in &world.pods {
+        pod_actions(&mut out, t, &world.scheduler, &preempted);
+    }
     Ok(out)
+}
+
+/// What a plain pod needs: binding, eviction, or word of why it waits.
+fn pod_actions(
+    out: &mut Vec<Action>,
+    t: &TrackedPod,
+    s: &Scheduler,
+    preempted: &std::collections::HashSet<JobId>,
+) {
+    let message = match &t.state {
+        JobState::Problem(p) => format!("{}: {p}", p.phase()),
+        JobState::Waiting(id) => match s.status(*id).map(|x| x.phase) {
+            Some(Phase::Running) => {
+                let Some((p, _, _)) = s.placement(*id) else { return };
+                let Some(task) = p.tasks.first() else { return };
+                let node = s.snapshot().cluster().nodes[task.node as usize].name.clone();
+                let gpus = (0..32u32).filter(|j| task.gpus & (1 << j) != 0).collect();
+                out.push(Action::BindPod { pod: t.pod.clone(), node, gpus });
+                return;
+            }
+            _ => s.explain(*id).into_iter().next().unwrap_or_else(|| "waiting in its queue".into()),
+        },
+        JobState::Placed(id) => {
+            if preempted.contains(id) {
+                out.push(Action::EvictPod { pod: t.pod.clone() });
+            }
+            return;
+        }
+        _ => return,
+    };
+    let current = t
+        .pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"))
+        .and_then(|c| c.message.clone());
+    if current.as_deref() != Some(message.as_str()) {
+        out.push(Action::PodWaits { pod: t.pod.clone(), message });
+    }
 }
 
 /// The status of an admitted or running job from its pods.

@@ -263,3 +263,66 @@ async fn bad_manifests_are_refused_by_the_api_server_with_messages_that_name_the
     let err = env.create::<ComputePool>(two).await.unwrap_err();
     assert!(err.contains("spec.backend") && err.contains("exactly one"), "{err}");
 }
+
+fn plain_pod(name: &str, queue: Option<&str>, gpus: u32) -> serde_json::Value {
+    let mut labels = json!({});
+    if let Some(q) = queue {
+        labels["haiyun.io/queue"] = json!(q);
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": "default", "labels": labels,
+                      "annotations": { "haiyun.io/duration": "60s" } },
+        "spec": {
+            "schedulerName": "haiyun",
+            "containers": [{ "name": "main", "image": "example.invalid/x:1",
+                "resources": { "limits": { "nvidia.com/gpu": gpus.to_string() } } }]
+        }
+    })
+}
+
+#[tokio::test]
+async fn plain_pods_naming_haiyun_are_bound_with_their_gpus_and_told_why_when_they_wait() {
+    let Some(env) = Env::start("plain").await else { return };
+    env.nodes("a", 1, 8, "H100").await;
+    env.create::<ComputePool>(pool(&env, "plain-pool", "a", "public")).await.unwrap();
+    env.create::<Queue>(queue("plain-q", "nvidia.com/gpu:h100", 8)).await.unwrap();
+    let _op = env.operator("only", &[]);
+    type Pod = k8s_openapi::api::core::v1::Pod;
+    for i in 0..2 {
+        env.create::<Pod>(plain_pod(&format!("p{i}"), Some("plain-q"), 4)).await.unwrap();
+    }
+    let pods = kube::Api::<Pod>::namespaced(env.client.clone(), "default");
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..2 {
+        let p = wait_for("a plain pod bound", LONG, || async {
+            let p = pods.get(&format!("p{i}")).await.ok()?;
+            p.spec.as_ref()?.node_name.as_ref()?;
+            Some(p)
+        })
+        .await;
+        let gpus = p.metadata.annotations.unwrap()["haiyun.io/gpus"].clone();
+        assert_eq!(gpus.split(',').count(), 4, "{gpus}");
+        for g in gpus.split(',') {
+            assert!(seen.insert(g.to_string()), "GPU {g} given twice");
+        }
+    }
+    // Once both hold the queue's 8 GPUs, a third waits on quota; a pod without a queue says what it lacks.
+    env.create::<Pod>(plain_pod("over", Some("plain-q"), 4)).await.unwrap();
+    env.create::<Pod>(plain_pod("orphan", None, 1)).await.unwrap();
+    let why = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get(name).await.ok()?;
+            assert!(p.spec.as_ref()?.node_name.is_none(), "{name} was bound");
+            let c = p.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled")?;
+            (c.status == "False").then_some(c.message?)
+        }
+    };
+    let over = wait_for("the third pod to say why", LONG, || why("over")).await;
+    assert!(over.starts_with("quota: queue plain-q needs 4"), "{over}");
+    let orphan = wait_for("the pod without a queue to say why", LONG, || why("orphan")).await;
+    assert!(orphan.contains("haiyun.io/queue"), "{orphan}");
+    let log = env.decisions();
+    assert_eq!(log.iter().filter(|d| d["event"] == "place" && d["queue"] == "plain-q").count(), 2, "{log:?}");
+}

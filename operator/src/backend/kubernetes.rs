@@ -135,10 +135,46 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Bac
     Ok(bound)
 }
 
+/// Binds a plain pod; the Binding's annotation gives it its GPU indices (the API server copies it to the pod).
+pub async fn bind_plain(client: &Client, pod: &Pod, node: &str, gpus: &[u32]) -> Result<(), BackendError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+    let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
+    let annotations = [(GPUS_ANNOTATION.to_string(), list.join(","))].into_iter().collect();
+    bind_with(&pods, &pod.name_any(), node, Some(annotations)).await
+}
+
+/// Deletes a plain pod (preempted).
+pub async fn delete_plain(client: &Client, pod: &Pod) -> Result<(), BackendError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+    delete_pod(&pods, &pod.name_any()).await
+}
+
+/// Sets a waiting plain pod's PodScheduled condition to False with why, as kube-scheduler does.
+pub async fn mark_waiting(client: &Client, pod: &Pod, message: &str) -> Result<(), BackendError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+    let patch = json!({ "status": { "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+        "lastTransitionTime": crate::time::rfc3339(crate::time::now()),
+    }]}});
+    pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .map_err(api_err("write the status of pod", pod.name_any()))?;
+    Ok(())
+}
+
 /// Binds a pod to a node through the Binding subresource; a pod already bound there counts as done.
 async fn bind(pods: &Api<Pod>, pod: &str, node: &str) -> Result<(), BackendError> {
+    bind_with(pods, pod, node, None).await
+}
+
+async fn bind_with(
+    pods: &Api<Pod>,
+    pod: &str,
+    node: &str,
+    annotations: Option<std::collections::BTreeMap<String, String>>,
+) -> Result<(), BackendError> {
     let binding = Binding {
-        metadata: kube::api::ObjectMeta { name: Some(pod.into()), ..Default::default() },
+        metadata: kube::api::ObjectMeta { name: Some(pod.into()), annotations, ..Default::default() },
         target: ObjectReference { kind: Some("Node".into()), name: Some(node.into()), ..Default::default() },
     };
     match pods

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod job;
+pub mod pod;
 pub mod queue;
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,17 +56,25 @@ pub struct Overlay {
     pub assumed: HashMap<String, Assumed>,
     /// Jobs being evicted, by uid: they wait again even if their status still says otherwise.
     pub evicting: std::collections::HashSet<String>,
+    /// Plain pods being bound, by pod uid: node, GPU indices, when.
+    pub binding: HashMap<String, (String, Vec<u32>, Time)>,
 }
 
 impl Overlay {
     /// Drops what the watch cache now shows: admissions recorded in status, evictions no longer admitted.
-    pub fn settle(&mut self, jobs: &[Arc<ComputeJob>]) {
+    pub fn settle(&mut self, jobs: &[Arc<ComputeJob>], pods: &[Arc<Pod>]) {
         let by_uid: HashMap<String, &ComputeJob> =
             jobs.iter().map(|j| (j.uid().unwrap_or_default(), j.as_ref())).collect();
         self.assumed.retain(|uid, a| {
             by_uid.get(uid).is_some_and(|j| {
                 let st = j.status.as_ref();
                 !st.is_some_and(|s| s.placement.as_ref() == Some(&a.placement) || is_terminal(j))
+            })
+        });
+        self.binding.retain(|uid, _| {
+            pods.iter().any(|p| {
+                p.uid().as_deref() == Some(uid.as_str())
+                    && p.spec.as_ref().is_some_and(|s| s.node_name.is_none())
             })
         });
         self.evicting.retain(|uid| {
@@ -122,6 +131,24 @@ pub struct Tracked {
     pub pods: PodCounts,
 }
 
+/// A plain pod and where it stands.
+#[derive(Debug, Clone)]
+pub struct TrackedPod {
+    /// The pod.
+    pub pod: Arc<Pod>,
+    /// Where it stands (never `Ended` or `Lost`: those are left out).
+    pub state: JobState,
+}
+
+/// What a core job id stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// `World::jobs[i]`.
+    Job(usize),
+    /// `World::pods[i]`.
+    Pod(usize),
+}
+
 /// The federation, the quota book and every job, built into a scheduler ready for a cycle.
 #[derive(Debug)]
 pub struct World {
@@ -135,8 +162,10 @@ pub struct World {
     pub invalid_queues: BTreeMap<String, String>,
     /// Every ComputeJob.
     pub jobs: Vec<Tracked>,
-    /// Tracked index by core job id.
-    pub by_core: Vec<usize>,
+    /// Every plain pod Haiyun schedules that is not done.
+    pub pods: Vec<TrackedPod>,
+    /// What each core job id stands for.
+    pub by_core: Vec<Owner>,
 }
 
 /// Why the world could not be built.
@@ -289,9 +318,55 @@ pub fn build(
         };
         if let JobState::Waiting(id) | JobState::Placed(id) = state {
             debug_assert_eq!(id as usize, by_core.len());
-            by_core.push(tracked.len());
+            by_core.push(Owner::Job(tracked.len()));
         }
         tracked.push(Tracked { job: cj, state, pods });
+    }
+    let mut plain: Vec<&Arc<Pod>> = objects.pods.iter().filter(|p| pod::is_plain(p)).collect();
+    plain.sort_by(|a, b| {
+        pod::created(a).total_cmp(&pod::created(b)).then_with(|| pod::key(a).cmp(&pod::key(b)))
+    });
+    let mut pods = Vec::new();
+    for p in plain {
+        let place = match overlay.binding.get(&p.uid().unwrap_or_default()) {
+            Some((node, gpus, at)) => Some((node.clone(), gpus.clone(), *at)),
+            None => match pod::place(p) {
+                pod::PodPlace::Ended => continue,
+                pod::PodPlace::Bound(node, gpus) => Some((node, gpus, pod::created(p))),
+                pod::PodPlace::Unbound => None,
+            },
+        };
+        let state = match pod::core_job(p, &refs) {
+            Err(problem) => JobState::Problem(problem),
+            Ok(core) => match place {
+                None => match scheduler.submit(core) {
+                    Ok(id) => JobState::Waiting(id),
+                    Err(e) => {
+                        JobState::Problem(JobProblem::Field { field: "pod".into(), message: e.to_string() })
+                    }
+                },
+                Some((node, gpus, at)) => {
+                    let Some(node) = fed.node_ids.get(&node).copied() else { continue };
+                    let mask = gpus.iter().filter(|g| **g < 32).fold(0u32, |m, g| m | (1 << g));
+                    let spec = core.gang.tasks[0];
+                    let placement = Placement { tasks: vec![TaskPlacement { node, gpus: mask, spec }] };
+                    let n = &fed.cluster.nodes[node as usize];
+                    let model = n.gpus.first().map(|g| g.model).filter(|_| mask != 0);
+                    match scheduler.adopt(core, placement, n.pool, model, at, now) {
+                        Ok(id) => JobState::Placed(id),
+                        Err(e) => {
+                            tracing::warn!(pod = %pod::key(p), error = %e, "a bound pod does not fit its node");
+                            continue;
+                        }
+                    }
+                }
+            },
+        };
+        if let JobState::Waiting(id) | JobState::Placed(id) = state {
+            debug_assert_eq!(id as usize, by_core.len());
+            by_core.push(Owner::Pod(pods.len()));
+        }
+        pods.push(TrackedPod { pod: p.clone(), state });
     }
     Ok(World {
         scheduler,
@@ -299,6 +374,7 @@ pub fn build(
         queues: book.ids,
         invalid_queues: book.invalid,
         jobs: tracked,
+        pods,
         by_core,
     })
 }

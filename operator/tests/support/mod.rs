@@ -77,10 +77,9 @@ impl Env {
         delete_all::<Queue>(Api::all(self.client.clone())).await;
         delete_all::<ComputePool>(Api::all(self.client.clone())).await;
         delete_all::<Dataset>(Api::all(self.client.clone())).await;
-        let pods: Api<Pod> = Api::all(self.client.clone());
-        for p in pods.list(&ListParams::default().labels(haiyun_api::JOB_UID_LABEL)).await.unwrap() {
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), &p.namespace().unwrap());
-            let _ = api.delete(&p.name_any(), &DeleteParams::default().grace_period(0)).await;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), "default");
+        for p in pods.list(&ListParams::default()).await.unwrap() {
+            let _ = pods.delete(&p.name_any(), &DeleteParams::default().grace_period(0)).await;
         }
         let nodes: Api<Node> = Api::all(self.client.clone());
         for n in nodes.list(&ListParams::default().labels("haiyun.io/test")).await.unwrap() {
