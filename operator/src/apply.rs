@@ -27,6 +27,7 @@ pub struct Applier {
     locks: JobLocks,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    limiter: Arc<crate::limit::Limiter>,
 }
 
 impl std::fmt::Debug for Applier {
@@ -40,8 +41,15 @@ pub type Gate = Shared<BoxFuture<'static, ()>>;
 
 impl Applier {
     /// An applier running at most `concurrency` API operations at once.
-    pub fn new(client: Client, recorder: Recorder, concurrency: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        concurrency: usize,
+        metrics: Arc<Metrics>,
+        limiter: crate::limit::Limiter,
+    ) -> Self {
         Applier {
+            limiter: Arc::new(limiter),
             client,
             recorder,
             locks: Arc::default(),
@@ -96,6 +104,7 @@ impl Applier {
 
     async fn run(&self, action: Action) {
         let key = action.key();
+        self.limiter.take(requests(&action)).await;
         let result = match &action {
             Action::Admit { job, placement } => self.admit(job, placement).await,
             Action::Bind { job } => k8s::ensure_pods(&self.client, job).await.map(|n| {
@@ -193,6 +202,17 @@ impl Applier {
         if let Err(e) = self.recorder.publish(&ev, &reference).await {
             tracing::debug!(error = %e, "failed to publish an event");
         }
+    }
+}
+
+/// Writes an action makes (a creation and a binding per pod, a status write, a deletion).
+fn requests(a: &Action) -> u32 {
+    let tasks = |job: &ComputeJob| job.spec.task_groups.iter().map(|g| g.replicas).sum::<u32>();
+    match a {
+        Action::Admit { job, .. } => 1 + 2 * tasks(job),
+        Action::Bind { job } => 2 * tasks(job),
+        Action::Evict { job } => 1 + tasks(job),
+        Action::Status { .. } | Action::BindPod { .. } | Action::EvictPod { .. } | Action::PodWaits { .. } => 1,
     }
 }
 

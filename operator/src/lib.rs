@@ -7,6 +7,7 @@ pub mod engine;
 pub mod http;
 pub mod index;
 pub mod lease;
+pub mod limit;
 pub mod metrics;
 pub mod plan;
 pub mod report;
@@ -50,6 +51,12 @@ pub struct Settings {
     /// API operations in flight at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// Client-side limit on API writes per second (0: none), like kube-scheduler's --kube-api-qps.
+    #[arg(long, default_value_t = 0.0)]
+    pub kube_api_qps: f64,
+    /// Burst above the limit.
+    #[arg(long, default_value_t = 100)]
+    pub kube_api_burst: u32,
 }
 
 /// Why the operator stopped.
@@ -120,12 +127,9 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
     tracing::info!(lease = %settings.lease_name, "became the leader");
 
     let reporter = Reporter { controller: "haiyun-operator".into(), instance: Some(identity.clone()) };
-    let applier = apply::Applier::new(
-        client.clone(),
-        Recorder::new(client, reporter),
-        settings.concurrency,
-        metrics.clone(),
-    );
+    let limiter = limit::Limiter::new(settings.kube_api_qps, settings.kube_api_burst);
+    let recorder = Recorder::new(client.clone(), reporter);
+    let applier = apply::Applier::new(client, recorder, settings.concurrency, metrics.clone(), limiter);
     let config = engine::EngineConfig {
         scheduler: SchedulerConfig::default(),
         interval: Duration::from_millis(settings.interval_ms.max(10)),
