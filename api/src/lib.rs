@@ -26,6 +26,8 @@ pub const SCHEDULER_NAME: &str = "haiyun";
 pub const JOB_UID_LABEL: &str = "haiyun.io/job-uid";
 /// Label on a job's pods naming the job.
 pub const JOB_NAME_LABEL: &str = "haiyun.io/job";
+/// Label on a job's pod with its run (the job's preemption count when it was admitted).
+pub const RUN_LABEL: &str = "haiyun.io/run";
 /// Annotation on a pod listing the GPU indices it was given on its node.
 pub const GPUS_ANNOTATION: &str = "haiyun.io/gpus";
 /// Label on a plain pod (schedulerName haiyun, no ComputeJob) naming its Queue.

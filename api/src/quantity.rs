@@ -16,17 +16,20 @@ pub enum QuantityError {
     TooLarge(String),
 }
 
-const SUFFIXES: [(&str, f64); 10] = [
+const SUFFIXES: [(&str, f64); 13] = [
     ("Ki", 1024.0),
     ("Mi", 1024.0 * 1024.0),
     ("Gi", 1024.0 * 1024.0 * 1024.0),
     ("Ti", 1024.0 * 1024.0 * 1024.0 * 1024.0),
+    ("Pi", 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0),
+    ("Ei", 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0),
     ("m", 1e-3),
     ("k", 1e3),
     ("M", 1e6),
     ("G", 1e9),
     ("T", 1e12),
     ("P", 1e15),
+    ("E", 1e18),
 ];
 
 /// The quantity's value as a plain number (e.g. "500m" → 0.5, "1Ki" → 1024).
@@ -42,7 +45,7 @@ pub fn parse(s: &str) -> Result<f64, QuantityError> {
         return Err(QuantityError::Negative(s.into()));
     }
     let out = v * mult;
-    if out > 1e15 {
+    if out > 1e19 {
         return Err(QuantityError::TooLarge(s.into()));
     }
     Ok(out)
@@ -69,13 +72,14 @@ pub fn seconds(s: &str) -> Option<u64> {
         }
         let n: u64 = num.parse().ok()?;
         num.clear();
-        total += n * match c {
+        let unit = match c {
             's' => 1,
             'm' => 60,
             'h' => 3600,
             'd' => 86400,
             _ => return None,
         };
+        total = total.checked_add(n.checked_mul(unit)?)?;
     }
     if !num.is_empty() || total == 0 && s.trim().is_empty() {
         return None;
@@ -95,6 +99,7 @@ mod tests {
         assert_eq!(mib("16Gi"), Ok(16384));
         assert_eq!(mib("1G"), Ok(954));
         assert_eq!(mib("512Mi"), Ok(512));
+        assert_eq!(mib("1Pi"), Ok(1024 * 1024 * 1024));
     }
 
     #[test]
@@ -112,6 +117,7 @@ mod tests {
         assert_eq!(seconds("2d"), Some(172_800));
         assert_eq!(seconds("10"), None);
         assert_eq!(seconds("5w"), None);
+        assert_eq!(seconds("99999999999999999999d"), None, "overflow is refused, not wrapped");
         assert_eq!(seconds(""), None);
     }
 }

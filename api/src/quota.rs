@@ -55,19 +55,23 @@ pub struct QuotaRequestSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("queue is immutable"))]
     #[schemars(length(max = 253))]
     pub queue: String,
-    /// `cpu`, `memory` or `nvidia.com/gpu:<model>`.
+    /// `cpu`, `memory` or `nvidia.com/gpu:<model>` (immutable).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("flavor is immutable; create a new request"))]
     #[x_kube(validation = Rule::new("self == 'cpu' || self == 'memory' || (self.startsWith('nvidia.com/gpu:') && size(self) > 15)").message("flavor must be cpu, memory or nvidia.com/gpu:<model>, e.g. nvidia.com/gpu:h100"))]
     #[schemars(length(max = 100))]
     pub flavor: String,
-    /// How much (quantity, e.g. "8").
+    /// How much (quantity, e.g. "8"; immutable).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("amount is immutable; create a new request"))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$') && !self.matches('^0+(\\\\.0+)?[a-zA-Z]*$')").message("amount must be a positive quantity such as 8 or 64Gi"))]
     #[schemars(length(max = 100))]
     pub amount: String,
-    /// When the window opens (RFC 3339).
+    /// When the window opens (RFC 3339; immutable).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("start is immutable; create a new request"))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("start must be an RFC 3339 time such as 2026-11-26T09:00:00Z"))]
     #[schemars(length(max = 100))]
     pub start: String,
-    /// When it closes (RFC 3339).
+    /// When it closes (RFC 3339; immutable).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("end is immutable; create a new request"))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("end must be an RFC 3339 time such as 2026-11-26T17:00:00Z"))]
     #[schemars(length(max = 100))]
     pub end: String,

@@ -13,6 +13,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Semaphore;
 
 use crate::backend::kubernetes as k8s;
+use crate::index::{Outcome, StepKind};
 use crate::metrics::Metrics;
 use crate::plan::Action;
 
@@ -28,6 +29,7 @@ pub struct Applier {
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     limiter: Arc<crate::limit::Limiter>,
+    outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
 }
 
 impl std::fmt::Debug for Applier {
@@ -47,8 +49,10 @@ impl Applier {
         concurrency: usize,
         metrics: Arc<Metrics>,
         limiter: crate::limit::Limiter,
+        outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
     ) -> Self {
         Applier {
+            outcomes,
             limiter: Arc::new(limiter),
             client,
             recorder,
@@ -118,11 +122,26 @@ impl Applier {
             }
             Action::EvictPod { pod } => k8s::delete_plain(&self.client, pod).await,
             Action::PodWaits { pod, message } => k8s::mark_waiting(&self.client, pod, message).await,
+            Action::Collect { namespace, uid } => {
+                k8s::delete_pods(&self.client, namespace, uid).await.map(|n| {
+                    if n > 0 {
+                        tracing::info!(job_uid = %uid, pods = n, "deleted pods of a job without a placement");
+                    }
+                })
+            }
         };
-        if let Err(e) = result {
+        let kind = match &action {
+            Action::Admit { .. } => StepKind::Admit,
+            Action::Bind { .. } => StepKind::Bind,
+            Action::Evict { .. } => StepKind::Evict,
+            Action::BindPod { .. } => StepKind::BindPod,
+            _ => StepKind::Other,
+        };
+        if let Err(e) = &result {
             self.metrics.count_error();
             tracing::warn!(job = %key, error = %e, "action failed; the next cycle retries it");
         }
+        let _ = self.outcomes.send(Outcome { uid: action.uid(), kind, ok: result.is_ok() });
     }
 
     async fn admit(
@@ -212,7 +231,11 @@ fn requests(a: &Action) -> u32 {
         Action::Admit { job, .. } => 1 + 2 * tasks(job),
         Action::Bind { job } => 2 * tasks(job),
         Action::Evict { job } => 1 + tasks(job),
-        Action::Status { .. } | Action::BindPod { .. } | Action::EvictPod { .. } | Action::PodWaits { .. } => 1,
+        Action::Status { .. }
+        | Action::BindPod { .. }
+        | Action::EvictPod { .. }
+        | Action::PodWaits { .. }
+        | Action::Collect { .. } => 1,
     }
 }
 

@@ -50,6 +50,9 @@ pub struct Engine {
     /// Pool id of each node, and pool names, as of the last cycle.
     pools: std::collections::HashMap<String, u32>,
     pool_names: Vec<String>,
+    outcomes: tokio::sync::mpsc::UnboundedReceiver<crate::index::Outcome>,
+    /// Jobs whose finish is logged.
+    finished: HashSet<String>,
 }
 
 impl Engine {
@@ -60,6 +63,7 @@ impl Engine {
         config: EngineConfig,
         log: DecisionLog,
         metrics: Arc<Metrics>,
+        outcomes: tokio::sync::mpsc::UnboundedReceiver<crate::index::Outcome>,
     ) -> Self {
         Engine {
             stores,
@@ -71,6 +75,8 @@ impl Engine {
             rejected: BTreeMap::new(),
             pools: Default::default(),
             pool_names: Vec::new(),
+            outcomes,
+            finished: HashSet::new(),
         }
     }
 
@@ -90,7 +96,14 @@ impl Engine {
     /// One cycle: build the world, plan, log and hand out the actions.
     pub fn cycle_once(&mut self) {
         let objects = self.stores.objects();
+        while let Ok(o) = self.outcomes.try_recv() {
+            self.overlay.record(&o);
+        }
         self.overlay.settle(&objects.jobs, &objects.pods);
+        let live: HashSet<String> = objects.jobs.iter().filter_map(|j| j.uid()).collect();
+        let keys: HashSet<String> = objects.jobs.iter().map(|j| index::job::key(j)).collect();
+        self.finished.retain(|u| live.contains(u));
+        self.rejected.retain(|k, _| keys.contains(k));
         let t = now();
         let started = Instant::now();
         let mut world = match index::build(&objects, &self.overlay, self.config.scheduler, t) {
@@ -134,7 +147,7 @@ impl Engine {
                     self.log.write(&crate::decision::Decision::for_pod("preempt", pod, stamp.clone()));
                     evictions.push(self.applier.spawn(a, None));
                 }
-                Action::PodWaits { .. } => {
+                Action::PodWaits { .. } | Action::Collect { .. } => {
                     if !self.applier.busy(&uid) {
                         rest.push(a);
                     }
@@ -154,9 +167,8 @@ impl Engine {
                 Action::Status { job, status } => {
                     let key = index::job::key(job);
                     let old = job.status.as_ref().map(|s| s.phase);
-                    if matches!(status.phase, JobPhase::Succeeded | JobPhase::Failed)
-                        && old != Some(status.phase)
-                    {
+                    let ended = matches!(status.phase, JobPhase::Succeeded | JobPhase::Failed);
+                    if ended && old != Some(status.phase) && self.finished.insert(uid.clone()) {
                         let d = Decision::new("finish", job, status.placement.as_ref(), stamp.clone());
                         self.log.write(&d.detail(format!("{:?}", status.phase)));
                     }
@@ -183,12 +195,14 @@ impl Engine {
         }
         let gate = (!evictions.is_empty()).then(|| Applier::gate(evictions));
         for a in rest {
-            let g = matches!(a, Action::Admit { .. }).then(|| gate.clone()).flatten();
+            let g =
+                matches!(a, Action::Admit { .. } | Action::BindPod { .. }).then(|| gate.clone()).flatten();
             self.applier.spawn(a, g);
         }
     }
 
-    /// Deletes pods of jobs that are gone or hold no placement (left by an eviction or a deletion).
+    /// Deletes running pods of jobs that are gone, ended (a failed job's other pods) or hold no placement (left
+    /// by an eviction); ended pods stay for their logs.
     fn collect_garbage(&self, objects: &Objects) {
         let placed: HashSet<String> = objects
             .jobs
@@ -199,33 +213,19 @@ impl Engine {
             })
             .filter_map(|j| j.uid())
             .collect();
-        let terminal: HashSet<String> = objects
-            .jobs
-            .iter()
-            .filter(|j| {
-                j.status.as_ref().is_some_and(|s| matches!(s.phase, JobPhase::Succeeded | JobPhase::Failed))
-            })
-            .filter_map(|j| j.uid())
-            .collect();
         let mut orphans: BTreeMap<(String, String), ()> = BTreeMap::new();
         for p in &objects.pods {
             let Some(uid) = p.labels().get(JOB_UID_LABEL) else { continue };
-            if placed.contains(uid) || terminal.contains(uid) || p.metadata.deletion_timestamp.is_some() {
+            let holds = crate::index::cluster::holds_resources(p);
+            if placed.contains(uid) || !holds || p.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             orphans.insert((p.namespace().unwrap_or_default(), uid.clone()), ());
         }
         for (ns, uid) in orphans.into_keys() {
-            let client = self.applier.client().clone();
-            tokio::spawn(async move {
-                match crate::backend::kubernetes::delete_pods(&client, &ns, &uid).await {
-                    Ok(n) if n > 0 => {
-                        tracing::info!(job_uid = %uid, pods = n, "deleted pods of a job without a placement")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "failed to delete orphaned pods"),
-                }
-            });
+            if !self.applier.busy(&uid) {
+                self.applier.spawn(Action::Collect { namespace: ns, uid }, None);
+            }
         }
     }
 

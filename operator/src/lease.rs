@@ -22,13 +22,16 @@ pub enum LeaseError {
     },
 }
 
-/// A lease this replica competes for.
-#[derive(Debug, Clone)]
+/// A lease this replica competes for. Like client-go, it judges another holder's lease expired by its own
+/// monotonic clock: only when the lease has not changed for the lease duration since this replica saw it change,
+/// so clock skew between replicas cannot hand out a live lease.
+#[derive(Debug)]
 pub struct Elector {
     api: Api<Lease>,
     name: String,
     identity: String,
     duration: Duration,
+    observed: std::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
 impl Elector {
@@ -39,6 +42,7 @@ impl Elector {
             name: name.into(),
             identity: identity.into(),
             duration,
+            observed: std::sync::Mutex::new(None),
         }
     }
 
@@ -71,10 +75,17 @@ impl Elector {
         let spec = lease.spec.get_or_insert_with(Default::default);
         let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
         let held_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(secs).max(1) as u64);
-        let expired = spec.renew_time.as_ref().is_none_or(|t| {
-            let age = now.duration_since(t.0);
-            age.as_secs_f64() > held_for.as_secs_f64()
-        });
+        let version = lease.metadata.resource_version.clone().unwrap_or_default();
+        let expired = {
+            let mut seen = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+            match seen.as_ref() {
+                Some((v, at)) if *v == version => at.elapsed() > held_for,
+                _ => {
+                    *seen = Some((version, std::time::Instant::now()));
+                    spec.holder_identity.is_none()
+                }
+            }
+        };
         if !mine && !expired {
             return Ok(false);
         }

@@ -74,6 +74,9 @@ pub enum RunError {
     /// The decision log could not be opened.
     #[error(transparent)]
     Log(#[from] decision::DecisionLogError),
+    /// The scheduling loop stopped (a panic); exiting lets another replica lead.
+    #[error("the scheduling loop stopped: {0}")]
+    LoopEnded(String),
     /// The lease was lost; another replica leads now.
     #[error("lost the leader lease {0}; exiting so that no two replicas bind")]
     LostLease(String),
@@ -116,10 +119,11 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
     );
     let period = Duration::from_secs(settings.lease_seconds.max(3)) / 3;
     loop {
-        match elector.try_acquire().await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "leader election failed; retrying"),
+        match tokio::time::timeout(period, elector.try_acquire()).await {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "leader election failed; retrying"),
+            Err(_) => tracing::warn!("leader election timed out; retrying"),
         }
         tokio::time::sleep(period).await;
     }
@@ -129,24 +133,35 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
     let reporter = Reporter { controller: "haiyun-operator".into(), instance: Some(identity.clone()) };
     let limiter = limit::Limiter::new(settings.kube_api_qps, settings.kube_api_burst);
     let recorder = Recorder::new(client.clone(), reporter);
-    let applier = apply::Applier::new(client, recorder, settings.concurrency, metrics.clone(), limiter);
+    let (outcomes, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let applier =
+        apply::Applier::new(client, recorder, settings.concurrency, metrics.clone(), limiter, outcomes);
     let config = engine::EngineConfig {
         scheduler: SchedulerConfig::default(),
         interval: Duration::from_millis(settings.interval_ms.max(10)),
         debounce: Duration::from_millis(settings.debounce_ms),
     };
-    let engine = engine::Engine::new(stores, applier, config, log, metrics.clone());
-    let loop_task = tokio::spawn(engine.run());
+    let engine = engine::Engine::new(stores, applier, config, log, metrics.clone(), outcomes_rx);
+    let mut loop_task = tokio::spawn(engine.run());
     let mut last_renew = tokio::time::Instant::now();
     let deadline = Duration::from_secs(settings.lease_seconds.max(3)) * 2 / 3;
     loop {
-        tokio::time::sleep(period).await;
-        match elector.try_acquire().await {
-            Ok(true) => last_renew = tokio::time::Instant::now(),
-            Ok(false) => break,
-            Err(e) => tracing::warn!(error = %e, "failed to renew the lease"),
+        tokio::select! {
+            ended = &mut loop_task => {
+                metrics.set_leader(false);
+                return Err(RunError::LoopEnded(ended.err().map(|e| e.to_string()).unwrap_or_default()));
+            }
+            () = tokio::time::sleep(period) => {}
         }
-        if last_renew.elapsed() > deadline {
+        // A renewal that hangs must not outlive the lease: give up at the deadline.
+        let left = deadline.saturating_sub(last_renew.elapsed());
+        match tokio::time::timeout(left, elector.try_acquire()).await {
+            Ok(Ok(true)) => last_renew = tokio::time::Instant::now(),
+            Ok(Ok(false)) => break,
+            Ok(Err(e)) => tracing::warn!(error = %e, "failed to renew the lease"),
+            Err(_) => tracing::warn!("renewing the lease timed out"),
+        }
+        if last_renew.elapsed() >= deadline {
             break;
         }
     }

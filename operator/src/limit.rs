@@ -18,6 +18,8 @@ impl Limiter {
     /// `qps` requests per second (0: no limit), bursts of `burst`.
     pub fn new(qps: f64, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
+        // Anything but a positive finite rate means no limit.
+        let qps = if qps.is_finite() && qps > 0.0 { qps.max(1e-3) } else { 0.0 };
         Limiter { qps, burst, state: Mutex::new((burst, Instant::now())) }
     }
 

@@ -59,6 +59,13 @@ pub enum Action {
         /// The pod.
         pod: Arc<Pod>,
     },
+    /// Delete the pods of a job that is gone or holds no placement.
+    Collect {
+        /// Their namespace.
+        namespace: String,
+        /// The job's uid.
+        uid: String,
+    },
     /// Say on a plain pod why it waits (its PodScheduled condition).
     PodWaits {
         /// The pod.
@@ -79,6 +86,7 @@ impl Action {
             Action::BindPod { pod, .. } | Action::EvictPod { pod } | Action::PodWaits { pod, .. } => {
                 pod.uid().unwrap_or_default()
             }
+            Action::Collect { uid, .. } => uid.clone(),
         }
     }
 
@@ -92,6 +100,7 @@ impl Action {
             Action::BindPod { pod, .. } | Action::EvictPod { pod } | Action::PodWaits { pod, .. } => {
                 crate::index::pod::key(pod)
             }
+            Action::Collect { namespace, uid } => format!("{namespace}/pods-of-{uid}"),
         }
     }
 }
@@ -105,6 +114,16 @@ pub fn plan(world: &mut World, now: Time) -> Result<Vec<Action>, ScheduleError> 
         let old = t.job.status.clone().unwrap_or_default();
         match &t.state {
             JobState::Terminal => {}
+            JobState::Held(p) => {
+                // It runs on; say what is wrong without touching its place.
+                let mut st = old.clone();
+                st.pending_reasons = vec![ApiReason {
+                    phase: p.phase().into(),
+                    message: format!("running, but {p}"),
+                    ..Default::default()
+                }];
+                push_status(&mut out, t, st, now);
+            }
             JobState::Problem(p) => {
                 let mut st = old.clone();
                 st.phase = JobPhase::Pending;
@@ -211,7 +230,8 @@ fn placed(out: &mut Vec<Action>, t: &Tracked, old: &ComputeJobStatus, now: Time)
         let mut st = old.clone();
         st.phase = JobPhase::Running;
         push_status(out, t, st, now);
-    } else if old.phase == JobPhase::Admitted && (pods.bound < tasks || pods.total < tasks) {
+    } else if (pods.bound < tasks || pods.total < tasks) && !t.bound_here {
+        // Admitted and still binding (after a restart), or running and a pod went missing: make them again.
         out.push(Action::Bind { job: t.job.clone() });
     }
 }

@@ -148,6 +148,8 @@ pub fn requests(
     let mut out = BTreeMap::new();
     let stamp = rfc3339(now);
     let mut models = world.federation.cluster.models.clone();
+    // What this pass approved automatically, by cohort and flavor: later requests see that much less unlent.
+    let mut granted: BTreeMap<(String, Flavor), u64> = BTreeMap::new();
     for r in requests {
         let key = format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any());
         let old = r.status.clone().unwrap_or_default();
@@ -160,7 +162,7 @@ pub fn requests(
             (Some(Decision::Approved), _) => {
                 (in_window(window, now), "administrator".to_string(), String::new())
             }
-            (None, RequestState::Pending) => match auto_approval(world, r, &mut models, now) {
+            (None, RequestState::Pending) => match auto_approval(world, r, &mut models, &mut granted, now) {
                 Ok(()) => (in_window(window, now), "auto".to_string(), String::new()),
                 Err(why) => (RequestState::Pending, String::new(), why),
             },
@@ -201,26 +203,40 @@ fn in_window(w: (Option<Time>, Option<Time>), now: Time) -> RequestState {
     }
 }
 
-/// Whether the rest of the cohort has `amount` unlent now; otherwise why not.
+/// Whether the rest of the cohort has `amount` unlent now (less what this pass already granted); otherwise why
+/// not. The reason names no amounts, so the status does not change as usage moves.
 fn auto_approval(
     world: &World,
     r: &QuotaRequest,
     models: &mut haiyun_scheduler::model::GpuModels,
+    granted: &mut BTreeMap<(String, Flavor), u64>,
     now: Time,
 ) -> Result<(), String> {
     let q =
         *world.queues.get(&r.spec.queue).ok_or_else(|| format!("queue {:?} does not exist", r.spec.queue))?;
+    let quotas = world.scheduler.quotas();
+    let spec = quotas.spec(q).ok_or_else(|| format!("queue {:?} does not exist", r.spec.queue))?;
+    let ns = r.namespace().unwrap_or_default();
+    if world.queue_namespaces.get(&r.spec.queue).is_some_and(|a| !a.is_empty() && !a.contains(&ns)) {
+        return Err(format!(
+            "namespace {ns:?} may not use queue {:?} (see its spec.namespaces)",
+            r.spec.queue
+        ));
+    }
     let f = iq::flavor(models, &r.spec.flavor).map_err(|e| e.to_string())?;
     let amount = iq::amount(f, "spec.amount", &r.spec.amount).map_err(|e| e.to_string())?;
-    let unlent = world.scheduler.quotas().unlent(q, f, now);
+    let Some(cohort) = spec.cohort.clone() else {
+        return Err(
+            "the queue is in no cohort; an administrator must approve (spec.decision: Approved)".into()
+        );
+    };
+    let used = granted.entry((cohort, f)).or_default();
+    let unlent = quotas.unlent(q, f, now).saturating_sub(*used);
     if unlent >= amount {
+        *used += amount;
         Ok(())
     } else {
-        Err(format!(
-            "the cohort has {} of {} unlent, {} asked; an administrator must approve (spec.decision: Approved)",
-            quantity(f, unlent),
-            r.spec.flavor,
-            r.spec.amount
-        ))
+        Err("the cohort has too little unlent; an administrator must approve (spec.decision: Approved)"
+            .into())
     }
 }

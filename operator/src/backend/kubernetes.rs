@@ -17,8 +17,7 @@ use serde_json::json;
 
 use crate::index::cluster::GPU_RESOURCE;
 
-/// Label on a pod with the run (the job's preemption count when it was admitted).
-pub const RUN_LABEL: &str = "haiyun.io/run";
+pub use haiyun_api::RUN_LABEL;
 /// Field manager of every write.
 pub const MANAGER: &str = "haiyun-operator";
 /// Image of pods whose task group has no template.
@@ -40,6 +39,14 @@ pub enum BackendError {
     /// A pod exists, bound elsewhere (a previous run); it is being deleted.
     #[error("pod {0} from an earlier run is still terminating")]
     Stale(String),
+    /// The placement names more tasks than the job has.
+    #[error("placement task {index} (pod {pod}) has no task group in the job's spec")]
+    NoTask {
+        /// The pod.
+        pod: String,
+        /// The task.
+        index: usize,
+    },
     /// A task group has a template that is not a pod template.
     #[error("spec.taskGroups[{group}].template is not a pod template: {source}")]
     Template {
@@ -67,9 +74,11 @@ pub async fn write_status(
 ) -> Result<(), BackendError> {
     let ns = job.namespace().unwrap_or_default();
     let api: Api<ComputeJob> = Api::namespaced(client.clone(), &ns);
+    // The uid makes the write fail rather than land on a job of the same name made since.
     let patch = json!({
         "apiVersion": "haiyun.io/v1alpha1",
         "kind": "ComputeJob",
+        "metadata": { "uid": job.uid() },
         "status": status,
     });
     api.patch_status(&job.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
@@ -209,7 +218,16 @@ pub async fn delete_pods(client: &Client, namespace: &str, uid: &str) -> Result<
         .await
         .map_err(api_err("list pods of job", uid))?;
     for p in &list.items {
-        delete_pod(&pods, &p.name_any()).await?;
+        // Only this very pod: one of the same name made since (a new run) is not ours to delete.
+        let dp = DeleteParams {
+            preconditions: Some(kube::api::Preconditions { uid: p.uid(), resource_version: None }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(&p.name_any(), &dp).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
+            Err(e) => return Err(api_err("delete pod", p.name_any())(e)),
+        }
     }
     Ok(list.items.len())
 }
@@ -217,7 +235,9 @@ pub async fn delete_pods(client: &Client, namespace: &str, uid: &str) -> Result<
 /// The pod for task `index` of a job: its group's template (or a pause container), our scheduler, labels that
 /// tie it to the job and run, its GPUs in an annotation, and the group's requests on its first container.
 pub fn pod_for(job: &ComputeJob, index: usize, task: &TaskPlacement, run: &str) -> Result<Pod, BackendError> {
-    let (group, g) = group_of(job, index);
+    let Some((group, g)) = group_of(job, index) else {
+        return Err(BackendError::NoTask { pod: task.pod.clone(), index });
+    };
     let template = g.template.clone().unwrap_or_else(|| json!({}));
     let mut pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1",
@@ -229,6 +249,15 @@ pub fn pod_for(job: &ComputeJob, index: usize, task: &TaskPlacement, run: &str) 
     let meta = &mut pod.metadata;
     meta.name = Some(task.pod.clone());
     meta.namespace = job.namespace();
+    // Kubernetes' garbage collector deletes the pods with their job, even while no operator runs.
+    meta.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "haiyun.io/v1alpha1".into(),
+        kind: "ComputeJob".into(),
+        name: job.name_any(),
+        uid: job.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(false),
+    }]);
     let labels = meta.labels.get_or_insert_with(Default::default);
     labels.insert(JOB_UID_LABEL.into(), job.uid().unwrap_or_default());
     labels.insert(JOB_NAME_LABEL.into(), job.name_any());
@@ -248,11 +277,12 @@ pub fn pod_for(job: &ComputeJob, index: usize, task: &TaskPlacement, run: &str) 
     let res = spec.containers[0].resources.get_or_insert_with(Default::default);
     let requests = res.requests.get_or_insert_with(Default::default);
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    // The task group's requests are what the scheduler placed: they win over the template's.
     if let Some(c) = &g.cpu {
-        requests.entry("cpu".into()).or_insert_with(|| Quantity(c.clone()));
+        requests.insert("cpu".into(), Quantity(c.clone()));
     }
     if let Some(m) = &g.memory {
-        requests.entry("memory".into()).or_insert_with(|| Quantity(m.clone()));
+        requests.insert("memory".into(), Quantity(m.clone()));
     }
     if g.gpus > 0 && g.gpu_fraction.is_none() {
         let n = Quantity(g.gpus.to_string());
@@ -263,14 +293,13 @@ pub fn pod_for(job: &ComputeJob, index: usize, task: &TaskPlacement, run: &str) 
 }
 
 /// The task group of the job's `index`-th task, and its position.
-fn group_of(job: &ComputeJob, index: usize) -> (usize, &haiyun_api::TaskGroup) {
+fn group_of(job: &ComputeJob, index: usize) -> Option<(usize, &haiyun_api::TaskGroup)> {
     let mut left = index;
     for (i, g) in job.spec.task_groups.iter().enumerate() {
         if left < g.replicas as usize {
-            return (i, g);
+            return Some((i, g));
         }
         left -= g.replicas as usize;
     }
-    let last = job.spec.task_groups.len().saturating_sub(1);
-    (last, &job.spec.task_groups[last])
+    None
 }

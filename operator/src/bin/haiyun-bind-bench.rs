@@ -80,7 +80,8 @@ async fn bench(args: Args) -> Result<(), BenchError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let list = nodes.list(&ListParams::default().labels(haiyun_api::GPU_MODEL_LABEL)).await?;
     let model = list.items.first().and_then(|n| n.labels().get(haiyun_api::GPU_MODEL_LABEL).cloned());
-    let model = model.ok_or_else(|| BenchError::Setup("no GPU nodes: start testenv with --nodes N".into()))?;
+    let model =
+        model.ok_or_else(|| BenchError::Setup("no GPU nodes: start testenv with --nodes N".into()))?;
     let gpus: u64 = list
         .items
         .iter()
@@ -88,7 +89,9 @@ async fn bench(args: Args) -> Result<(), BenchError> {
         .sum();
     let need = args.pods.max(args.gangs * args.gang_size as usize) as u64;
     if gpus < need {
-        return Err(BenchError::Setup(format!("{gpus} GPUs on the nodes, {need} needed: add nodes or GPUs per node")));
+        return Err(BenchError::Setup(format!(
+            "{gpus} GPUs on the nodes, {need} needed: add nodes or GPUs per node"
+        )));
     }
     setup(&client, &model).await?;
     let say = |s: String| {
@@ -107,7 +110,10 @@ async fn bench(args: Args) -> Result<(), BenchError> {
     let ks_g = pods_run(&client, "bench-ks-gang", total, "default-scheduler", None).await?;
     say(format!("kube-scheduler: {total} pods (no gangs) in {:.1} s", ks_g.seconds));
     let (hy_g, partial) = gangs_run(&client, "bench-hy-gang", args.gangs, args.gang_size).await?;
-    say(format!("haiyun:         {} gangs of {} in {:.1} s, {partial} gangs left partly bound", args.gangs, args.gang_size, hy_g.seconds));
+    say(format!(
+        "haiyun:         {} gangs of {} in {:.1} s, {partial} gangs left partly bound",
+        args.gangs, args.gang_size, hy_g.seconds
+    ));
     let _ = op.kill();
     let _ = op.wait();
 
@@ -129,8 +135,9 @@ async fn bench(args: Args) -> Result<(), BenchError> {
 
 /// A pool over every GPU node, a queue with room for everything, and the bench namespaces.
 async fn setup(client: &Client, model: &str) -> Result<(), BenchError> {
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(client.clone());
     for crd in haiyun_api::crd::all() {
         crds.patch(&crd.name_any(), &PatchParams::apply("haiyun-bench").force(), &Patch::Apply(&crd)).await?;
     }
@@ -264,7 +271,13 @@ async fn wait_all(state: &Bound, n: usize) -> Result<Instant, BenchError> {
 }
 
 /// Creates `n` single-GPU pods for `scheduler` and times them until all are bound; then deletes them.
-async fn pods_run(client: &Client, ns: &str, n: usize, scheduler: &str, queue: Option<&str>) -> Result<Run, BenchError> {
+async fn pods_run(
+    client: &Client,
+    ns: &str,
+    n: usize,
+    scheduler: &str,
+    queue: Option<&str>,
+) -> Result<Run, BenchError> {
     let state = count_bound(client, ns);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);

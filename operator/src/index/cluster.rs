@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use haiyun_api::quantity;
-use haiyun_api::{ComputePool, GPU_MODEL_LABEL, SCHEDULER_NAME};
+use haiyun_api::{ComputePool, GPU_MODEL_LABEL, RUN_LABEL};
 use haiyun_scheduler::model::{
     Classification, Cluster, Gpu, GpuModels, Health, Node as CoreNode, Pool, PoolKind,
 };
@@ -91,9 +91,52 @@ pub fn classification(c: haiyun_api::Classification) -> Classification {
     }
 }
 
-/// Builds the federation: each usable Node joins the first pool (by name) whose selector its labels match; pods
-/// of other schedulers take their requests off their node (their GPUs drop off the end of its list).
-pub fn federation(pools: &[&ComputePool], nodes: &[&Node], pods: &[&Pod]) -> Federation {
+/// What this operator's own placements hold on each node, and which pods they cover.
+#[derive(Debug, Clone, Default)]
+pub struct Claims {
+    /// Node name → (GPU indices held, tasks).
+    pub nodes: HashMap<String, (u32, u32)>,
+    /// Pods the placements cover, by `namespace/name`, with the run they belong to (`None`: a plain pod).
+    pub pods: HashMap<String, Option<String>>,
+}
+
+impl Claims {
+    /// Records a task of ours on `node` holding `gpus`.
+    pub fn hold(&mut self, node: &str, gpus: &[u32], pod: String, run: Option<String>) {
+        let e = self.nodes.entry(node.to_string()).or_default();
+        e.0 |= gpus.iter().filter(|g| **g < 32).fold(0u32, |m, g| m | (1 << g));
+        e.1 += 1;
+        self.pods.insert(pod, run);
+    }
+
+    /// Whether a placement of ours covers this pod (same name, and same run for a job's pods).
+    fn covers(&self, pod: &Pod) -> bool {
+        let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+        match self.pods.get(&key) {
+            Some(None) => true,
+            Some(Some(run)) => pod.labels().get(RUN_LABEL) == Some(run),
+            None => false,
+        }
+    }
+}
+
+/// What pods no placement of ours covers hold on a node.
+#[derive(Debug, Clone, Copy, Default)]
+struct Foreign {
+    cpu: u64,
+    mem: u64,
+    tasks: u32,
+    /// GPUs held at unknown indices.
+    gpus: u32,
+    /// GPUs held at known indices (pods Haiyun bound once).
+    mask: u32,
+}
+
+/// Builds the federation: each Node joins the first pool (by name) whose selector its labels match. Pods no
+/// placement of ours covers (other schedulers' pods, and ours that are terminating or left over) take their
+/// requests off their node, and the GPUs they hold are never placed on. Cordoned or NotReady nodes stay in (so
+/// the jobs running there keep their place) but take nothing new.
+pub fn federation(pools: &[&ComputePool], nodes: &[&Node], pods: &[&Pod], claims: &Claims) -> Federation {
     let mut f = Federation::default();
     let mut selectors: Vec<(u32, &BTreeMap<String, String>)> = Vec::new();
     let mut sorted: Vec<&&ComputePool> = pools.iter().collect();
@@ -118,24 +161,31 @@ pub fn federation(pools: &[&ComputePool], nodes: &[&Node], pods: &[&Pod]) -> Fed
         f.pool_names.push(name);
         selectors.push((id, &k8s.node_selector));
     }
-    let mut foreign: HashMap<&str, (u64, u64, u32, u32)> = HashMap::new();
+    let mut foreign: HashMap<&str, Foreign> = HashMap::new();
     for pod in pods {
-        let spec = pod.spec.as_ref();
-        let (Some(node), Some(sched)) =
-            (spec.and_then(|s| s.node_name.as_deref()), spec.map(|s| &s.scheduler_name))
-        else {
-            continue;
-        };
-        if sched.as_deref() == Some(SCHEDULER_NAME) || !holds_resources(pod) {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else { continue };
+        if !holds_resources(pod) || claims.covers(pod) {
             continue;
         }
         let (c, m, g) = pod_requests(pod);
         let e = foreign.entry(node).or_default();
-        *e = (e.0 + c, e.1 + m, e.2 + g, e.3 + 1);
+        e.cpu += c;
+        e.mem += m;
+        e.tasks += 1;
+        let known: Vec<u32> = pod
+            .annotations()
+            .get(haiyun_api::GPUS_ANNOTATION)
+            .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).filter(|x| *x < 32).collect())
+            .unwrap_or_default();
+        if known.is_empty() {
+            e.gpus += g;
+        } else {
+            e.mask |= known.iter().fold(0u32, |m, x| m | (1 << x));
+        }
     }
     let mut domains: HashMap<String, u32> = HashMap::new();
     let mut racks: HashMap<String, u32> = HashMap::new();
-    let mut sorted_nodes: Vec<&&Node> = nodes.iter().filter(|n| usable(n)).collect();
+    let mut sorted_nodes: Vec<&&Node> = nodes.iter().collect();
     sorted_nodes.sort_by_key(|n| n.name_any());
     for node in sorted_nodes {
         let labels = node.labels();
@@ -145,15 +195,20 @@ pub fn federation(pools: &[&ComputePool], nodes: &[&Node], pods: &[&Pod]) -> Fed
             continue;
         };
         let name = node.name_any();
+        let open = usable(node);
+        let (ours_mask, ours_tasks) = claims.nodes.get(&name).copied().unwrap_or_default();
+        if !open && ours_tasks == 0 {
+            continue;
+        }
         let used = foreign.get(name.as_str()).copied().unwrap_or_default();
         let cpu = allocatable(node, "cpu").and_then(|q| quantity::milli(&q).ok()).unwrap_or(0);
         let mem = allocatable(node, "memory").and_then(|q| quantity::mib(&q).ok()).unwrap_or(0);
         let max_pods = allocatable(node, "pods").and_then(|q| q.parse::<u32>().ok()).unwrap_or(110);
-        let gpus = allocatable(node, GPU_RESOURCE).and_then(|q| q.parse::<u32>().ok()).unwrap_or(0);
-        let gpus = gpus.saturating_sub(used.2).min(haiyun_scheduler::model::MAX_GPUS_PER_NODE as u32);
+        let count = allocatable(node, GPU_RESOURCE).and_then(|q| q.parse::<u32>().ok()).unwrap_or(0);
+        let count = count.min(haiyun_scheduler::model::MAX_GPUS_PER_NODE as u32);
         let model_name = labels.get(GPU_MODEL_LABEL).or_else(|| labels.get(GFD_PRODUCT_LABEL));
         let model = match model_name {
-            Some(m) if gpus > 0 => f.cluster.models.intern(&m.to_lowercase()),
+            Some(m) if count > 0 => f.cluster.models.intern(&m.to_lowercase()),
             _ => None,
         };
         let memory_mib =
@@ -166,21 +221,39 @@ pub fn federation(pools: &[&ComputePool], nodes: &[&Node], pods: &[&Pod]) -> Fed
         let rack = *racks
             .entry(labels.get(RACK_LABEL).cloned().unwrap_or_else(|| format!("node:{name}")))
             .or_insert(next);
+        // GPUs held by others: the known ones, then as many unknown ones as they hold, from the top, never ones
+        // our placements hold.
+        let mut taken = used.mask;
+        let mut unknown = used.gpus;
+        for j in (0..count).rev() {
+            if unknown == 0 {
+                break;
+            }
+            if (ours_mask | taken) & (1 << j) == 0 {
+                taken |= 1 << j;
+                unknown -= 1;
+            }
+        }
         let gpus = match model {
-            Some(model) => (0..gpus)
-                .map(|_| Gpu { model, memory_mib, nvlink_domain: domain, health: Health::Healthy })
+            Some(model) => (0..count)
+                .map(|j| {
+                    let health =
+                        if open && taken & (1 << j) == 0 { Health::Healthy } else { Health::Unknown };
+                    Gpu { model, memory_mib, nvlink_domain: domain, health }
+                })
                 .collect(),
             None => Vec::new(),
         };
+        let max_tasks = if open { max_pods.saturating_sub(used.tasks) } else { ours_tasks };
         f.node_ids.insert(name.clone(), f.cluster.nodes.len() as u32);
         f.cluster.nodes.push(CoreNode {
             name,
             pool: *pool,
             rack,
-            cpu_milli: cpu.saturating_sub(used.0),
-            memory_mib: mem.saturating_sub(used.1),
+            cpu_milli: cpu.saturating_sub(used.cpu),
+            memory_mib: mem.saturating_sub(used.mem),
             gpus,
-            max_tasks: max_pods.saturating_sub(used.3),
+            max_tasks,
         });
     }
     f

@@ -6,7 +6,7 @@ pub mod job;
 pub mod pod;
 pub mod queue;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use haiyun_api::job::{JobPhase, Placement as ApiPlacement};
@@ -58,6 +58,8 @@ pub struct Overlay {
     pub evicting: std::collections::HashSet<String>,
     /// Plain pods being bound, by pod uid: node, GPU indices, when.
     pub binding: HashMap<String, (String, Vec<u32>, Time)>,
+    /// Jobs whose pods this operator made and bound, by uid, until the cache shows them all.
+    pub bound: HashSet<String>,
 }
 
 impl Overlay {
@@ -65,24 +67,90 @@ impl Overlay {
     pub fn settle(&mut self, jobs: &[Arc<ComputeJob>], pods: &[Arc<Pod>]) {
         let by_uid: HashMap<String, &ComputeJob> =
             jobs.iter().map(|j| (j.uid().unwrap_or_default(), j.as_ref())).collect();
+        let unbound: HashSet<String> = pods
+            .iter()
+            .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
+            .filter_map(|p| p.uid())
+            .collect();
+        let mut with_pods: HashMap<&str, usize> = HashMap::new();
+        let mut bound_pods: HashMap<&str, usize> = HashMap::new();
+        for p in pods {
+            if let Some(uid) = p.labels().get(JOB_UID_LABEL) {
+                *with_pods.entry(uid.as_str()).or_default() += 1;
+                if p.spec.as_ref().is_some_and(|s| s.node_name.is_some())
+                    && p.metadata.deletion_timestamp.is_none()
+                {
+                    *bound_pods.entry(uid.as_str()).or_default() += 1;
+                }
+            }
+        }
         self.assumed.retain(|uid, a| {
             by_uid.get(uid).is_some_and(|j| {
                 let st = j.status.as_ref();
                 !st.is_some_and(|s| s.placement.as_ref() == Some(&a.placement) || is_terminal(j))
             })
         });
-        self.binding.retain(|uid, _| {
-            pods.iter().any(|p| {
-                p.uid().as_deref() == Some(uid.as_str())
-                    && p.spec.as_ref().is_some_and(|s| s.node_name.is_none())
-            })
-        });
+        self.binding.retain(|uid, _| unbound.contains(uid));
+        // An eviction is over once the job is no longer admitted and its pods are gone.
         self.evicting.retain(|uid| {
-            by_uid.get(uid).is_some_and(|j| {
+            let admitted = by_uid.get(uid).is_some_and(|j| {
                 j.status.as_ref().is_some_and(|s| matches!(s.phase, JobPhase::Admitted | JobPhase::Running))
+            });
+            admitted || with_pods.contains_key(uid.as_str())
+        });
+        // Pods we bound are ours to trust until the cache shows all of them.
+        self.bound.retain(|uid| {
+            by_uid.get(uid).is_some_and(|j| {
+                let tasks = j.status.as_ref().and_then(|s| s.placement.as_ref()).map_or(0, |p| p.tasks.len());
+                !is_terminal(j) && bound_pods.get(uid.as_str()).copied().unwrap_or(0) < tasks
             })
         });
     }
+
+    /// Takes in what the applier reports: a failed step is forgotten so the next cycle plans it again.
+    pub fn record(&mut self, o: &Outcome) {
+        match (o.kind, o.ok) {
+            (StepKind::Admit | StepKind::Bind, true) => {
+                self.bound.insert(o.uid.clone());
+            }
+            (StepKind::Admit, false) => {
+                self.assumed.remove(&o.uid);
+            }
+            (StepKind::Evict, false) => {
+                self.evicting.remove(&o.uid);
+            }
+            (StepKind::BindPod, false) => {
+                self.binding.remove(&o.uid);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Which kind of step an outcome reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// Admission (status, pods, bindings).
+    Admit,
+    /// Resumed binding.
+    Bind,
+    /// Eviction.
+    Evict,
+    /// A plain pod's binding.
+    BindPod,
+    /// Anything else.
+    Other,
+}
+
+/// What became of a step the applier ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The object's uid.
+    pub uid: String,
+    /// The step.
+    pub kind: StepKind,
+    /// Whether it succeeded.
+    pub ok: bool,
 }
 
 /// What a job's pods say.
@@ -109,6 +177,8 @@ pub enum JobState {
     Placed(JobId),
     /// Not queued, with why.
     Problem(JobProblem),
+    /// Running, but it can no longer be read (e.g. its queue is gone): it keeps its place, outside the core.
+    Held(JobProblem),
     /// Done (Succeeded or Failed).
     Terminal,
     /// Its recorded placement no longer fits (a node left): its pods are on their own.
@@ -127,8 +197,10 @@ pub struct Tracked {
     pub job: Arc<ComputeJob>,
     /// Where it stands.
     pub state: JobState,
-    /// Its pods.
+    /// Its pods (of its current run).
     pub pods: PodCounts,
+    /// Whether this operator made and bound its pods and the cache has not caught up.
+    pub bound_here: bool,
 }
 
 /// A plain pod and where it stands.
@@ -160,6 +232,8 @@ pub struct World {
     pub queues: BTreeMap<String, u32>,
     /// Queues refused, with why.
     pub invalid_queues: BTreeMap<String, String>,
+    /// Namespaces allowed per queue (empty: all).
+    pub queue_namespaces: BTreeMap<String, Vec<String>>,
     /// Every ComputeJob.
     pub jobs: Vec<Tracked>,
     /// Every plain pod Haiyun schedules that is not done.
@@ -186,15 +260,16 @@ pub fn cluster_kind(k: PoolKind) -> &'static str {
     }
 }
 
-/// Counts each job's pods by phase, keyed by job uid.
-pub fn pod_counts(pods: &[Arc<Pod>]) -> HashMap<String, PodCounts> {
-    let mut out: HashMap<String, PodCounts> = HashMap::new();
+/// Counts each job's pods by phase, keyed by job uid and run.
+pub fn pod_counts(pods: &[Arc<Pod>]) -> HashMap<(String, String), PodCounts> {
+    let mut out: HashMap<(String, String), PodCounts> = HashMap::new();
     for p in pods {
         let Some(uid) = p.labels().get(JOB_UID_LABEL) else { continue };
         if p.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let c = out.entry(uid.clone()).or_default();
+        let run = p.labels().get(haiyun_api::RUN_LABEL).cloned().unwrap_or_default();
+        let c = out.entry((uid.clone(), run)).or_default();
         c.total += 1;
         if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
             c.bound += 1;
@@ -230,17 +305,67 @@ fn is_terminal(cj: &ComputeJob) -> bool {
     cj.status.as_ref().is_some_and(|s| matches!(s.phase, JobPhase::Succeeded | JobPhase::Failed))
 }
 
-/// Builds the world at `now` from what the operator sees plus what it assumed.
+/// What the placements of running jobs (but those in `held`) and bound plain pods hold.
+fn claims_of(objects: &Objects, overlay: &Overlay, held: &HashSet<String>) -> cluster::Claims {
+    let mut claims = cluster::Claims::default();
+    for cj in &objects.jobs {
+        let uid = cj.uid().unwrap_or_default();
+        if is_terminal(cj) || held.contains(&uid) {
+            continue;
+        }
+        let Some((p, _)) = placement_of(cj, overlay) else { continue };
+        let ns = cj.namespace().unwrap_or_default();
+        let run = cj.status.as_ref().map_or(0, |s| s.preemptions).to_string();
+        for t in &p.tasks {
+            claims.hold(&t.node, &t.gpus, format!("{ns}/{}", t.pod), Some(run.clone()));
+        }
+    }
+    for p in objects.pods.iter().filter(|p| pod::is_plain(p)) {
+        let place = match overlay.binding.get(&p.uid().unwrap_or_default()) {
+            Some((node, gpus, _)) => Some((node.clone(), gpus.clone())),
+            None => match pod::place(p) {
+                pod::PodPlace::Bound(node, gpus) => Some((node, gpus)),
+                _ => None,
+            },
+        };
+        if let Some((node, gpus)) = place {
+            claims.hold(&node, &gpus, pod::key(p), None);
+        }
+    }
+    claims
+}
+
+/// Builds the world at `now` from what the operator sees plus what it assumed. A running job that can no longer
+/// be read (its queue or a dataset is gone) is held where it runs: its pods count as used capacity and it keeps
+/// its place.
 pub fn build(
     objects: &Objects,
     overlay: &Overlay,
     config: SchedulerConfig,
     now: Time,
 ) -> Result<World, IndexError> {
+    let world = assemble(objects, overlay, &HashSet::new(), config, now)?;
+    let held: HashSet<String> = world
+        .jobs
+        .iter()
+        .filter(|t| matches!(t.state, JobState::Held(_)))
+        .filter_map(|t| t.job.uid())
+        .collect();
+    if held.is_empty() { Ok(world) } else { assemble(objects, overlay, &held, config, now) }
+}
+
+fn assemble(
+    objects: &Objects,
+    overlay: &Overlay,
+    held: &HashSet<String>,
+    config: SchedulerConfig,
+    now: Time,
+) -> Result<World, IndexError> {
     let pools: Vec<&ComputePool> = objects.pools.iter().map(|p| p.as_ref()).collect();
     let nodes: Vec<&Node> = objects.nodes.iter().map(|p| p.as_ref()).collect();
     let pods: Vec<&Pod> = objects.pods.iter().map(|p| p.as_ref()).collect();
-    let mut fed = cluster::federation(&pools, &nodes, &pods);
+    let claims = claims_of(objects, overlay, held);
+    let mut fed = cluster::federation(&pools, &nodes, &pods, &claims);
     let queues: Vec<&Queue> = objects.queues.iter().map(|p| p.as_ref()).collect();
     let requests: Vec<&QuotaRequest> = objects.requests.iter().map(|p| p.as_ref()).collect();
     let book = queue::book(&queues, &requests, &mut fed.cluster.models);
@@ -292,9 +417,11 @@ pub fn build(
     let mut tracked = Vec::with_capacity(converted.len());
     let mut by_core = Vec::new();
     for (cj, conv) in converted {
-        let pods = counts.get(&cj.uid().unwrap_or_default()).copied().unwrap_or_default();
+        let run = cj.status.as_ref().map_or(0, |s| s.preemptions).to_string();
+        let pods = counts.get(&(cj.uid().unwrap_or_default(), run)).copied().unwrap_or_default();
         let state = match conv {
             None => JobState::Terminal,
+            Some(Err(p)) if placement_of(&cj, overlay).is_some() => JobState::Held(p),
             Some(Err(p)) => JobState::Problem(p),
             Some(Ok(core)) => match placement_of(&cj, overlay) {
                 Some((p, _)) if ended(p, &pods).is_some() => JobState::Ended { failed: pods.failed > 0 },
@@ -320,7 +447,8 @@ pub fn build(
             debug_assert_eq!(id as usize, by_core.len());
             by_core.push(Owner::Job(tracked.len()));
         }
-        tracked.push(Tracked { job: cj, state, pods });
+        let bound_here = overlay.bound.contains(&cj.uid().unwrap_or_default());
+        tracked.push(Tracked { job: cj, state, pods, bound_here });
     }
     let mut plain: Vec<&Arc<Pod>> = objects.pods.iter().filter(|p| pod::is_plain(p)).collect();
     plain.sort_by(|a, b| {
@@ -373,6 +501,7 @@ pub fn build(
         federation: fed,
         queues: book.ids,
         invalid_queues: book.invalid,
+        queue_namespaces: namespaces,
         jobs: tracked,
         pods,
         by_core,

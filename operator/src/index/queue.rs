@@ -122,8 +122,10 @@ pub fn book(queues: &[&Queue], requests: &[&QuotaRequest], models: &mut GpuModel
             }
         }
     }
+    let namespaces: BTreeMap<String, Vec<String>> =
+        queues.iter().map(|q| (q.name_any(), q.spec.namespaces.clone())).collect();
     for r in requests {
-        if let Ok(Some(g)) = grant(r, &b.ids, models) {
+        if let Ok(Some(g)) = grant(r, &b.ids, &namespaces, models) {
             b.quotas.grant(g);
         }
     }
@@ -150,12 +152,17 @@ pub fn unix(t: &str) -> Option<Time> {
 pub fn grant(
     r: &QuotaRequest,
     ids: &BTreeMap<String, QueueId>,
+    namespaces: &BTreeMap<String, Vec<String>>,
     models: &mut GpuModels,
 ) -> Result<Option<Grant>, String> {
     if !approved(r) {
         return Ok(None);
     }
     let queue = *ids.get(&r.spec.queue).ok_or_else(|| format!("queue {:?} does not exist", r.spec.queue))?;
+    let ns = r.namespace().unwrap_or_default();
+    if namespaces.get(&r.spec.queue).is_some_and(|a| !a.is_empty() && !a.contains(&ns)) {
+        return Err(format!("namespace {ns:?} may not use queue {:?}", r.spec.queue));
+    }
     let f = flavor(models, &r.spec.flavor).map_err(|e| e.to_string())?;
     let amount = amount(f, "spec.amount", &r.spec.amount).map_err(|e| e.to_string())?;
     let start = unix(&r.spec.start).ok_or("spec.start is not an RFC 3339 time")?;
