@@ -95,6 +95,12 @@ impl Engine {
 
     /// One cycle: build the world, plan, log and hand out the actions.
     pub fn cycle_once(&mut self) {
+        let span = tracing::info_span!(
+            "scheduling_cycle",
+            jobs = tracing::field::Empty,
+            actions = tracing::field::Empty
+        );
+        let _entered = span.enter();
         let objects = self.stores.objects();
         while let Ok(o) = self.outcomes.try_recv() {
             self.overlay.record(&o);
@@ -121,6 +127,8 @@ impl Engine {
             }
         };
         self.metrics.observe_cycle(started.elapsed().as_secs_f64(), gauges(&world));
+        span.record("jobs", world.jobs.len() + world.pods.len());
+        span.record("actions", actions.len());
         self.pools = world.federation.cluster.nodes.iter().map(|n| (n.name.clone(), n.pool)).collect();
         self.pool_names.clone_from(&world.federation.pool_names);
         self.dispatch(actions, t);

@@ -11,6 +11,7 @@ pub mod limit;
 pub mod metrics;
 pub mod plan;
 pub mod report;
+pub mod telemetry;
 pub mod time;
 pub mod watch;
 
@@ -57,6 +58,9 @@ pub struct Settings {
     /// Burst above the limit.
     #[arg(long, default_value_t = 100)]
     pub kube_api_burst: u32,
+    /// Send OpenTelemetry traces of scheduling cycles to this OTLP/HTTP endpoint (e.g. http://collector:4318).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Why the operator stopped.
@@ -65,6 +69,9 @@ pub enum RunError {
     /// No Kubernetes configuration.
     #[error("failed to configure a Kubernetes client (set KUBECONFIG or run in a cluster): {0}")]
     Config(#[source] kube::Error),
+    /// Tracing could not be set up.
+    #[error(transparent)]
+    Telemetry(#[from] telemetry::TelemetryError),
     /// The async runtime could not start.
     #[error("failed to start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -84,13 +91,7 @@ pub enum RunError {
 
 /// Runs the operator until it fails or loses the lease.
 pub fn run(settings: Settings) -> Result<(), RunError> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
-        )
-        .init();
+    let _telemetry = telemetry::init(settings.otlp_endpoint.as_deref())?;
     let rt = tokio::runtime::Runtime::new().map_err(RunError::Runtime)?;
     rt.block_on(serve(settings))
 }

@@ -326,3 +326,48 @@ async fn plain_pods_naming_haiyun_are_bound_with_their_gpus_and_told_why_when_th
     let log = env.decisions();
     assert_eq!(log.iter().filter(|d| d["event"] == "place" && d["queue"] == "plain-q").count(), 2, "{log:?}");
 }
+
+/// A one-route OTLP/HTTP collector: it answers 200 to every POST and keeps the bodies.
+fn collector() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            keep.lock().unwrap().push(body);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, bodies)
+}
+
+#[tokio::test]
+async fn with_an_otlp_endpoint_every_scheduling_cycle_is_traced() {
+    let Some(env) = Env::start("otel").await else { return };
+    let (port, bodies) = collector();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let _op = env.operator("only", &["--otlp-endpoint", &endpoint]);
+    wait_for("a cycle span at the collector", LONG, || async {
+        let got = bodies.lock().unwrap();
+        got.iter().any(|b| b.windows(16).any(|w| w == b"scheduling_cycle")).then_some(())
+    })
+    .await;
+    let got = bodies.lock().unwrap();
+    assert!(got.iter().any(|b| b.windows(15).any(|w| w == b"haiyun-operator")), "the service is named");
+}

@@ -270,6 +270,27 @@ async fn wait_all(state: &Bound, n: usize) -> Result<Instant, BenchError> {
     }
 }
 
+/// Runs `f` until it succeeds, retrying errors of the connection or of an overloaded server (not refusals).
+async fn retry<T, F, Fut>(mut f: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut wait = Duration::from_millis(200);
+    for _ in 0..8 {
+        match f().await {
+            Err(kube::Error::Api(s)) if s.code < 429 => return Err(kube::Error::Api(s)),
+            Err(e) => {
+                eprintln!("retrying after: {e}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            ok => return ok,
+        }
+    }
+    f().await
+}
+
 /// Creates `n` single-GPU pods for `scheduler` and times them until all are bound; then deletes them.
 async fn pods_run(
     client: &Client,
@@ -286,7 +307,14 @@ async fn pods_run(
         .map(|i| {
             let api = api.clone();
             let p = pod(&format!("p{i:05}"), scheduler, queue);
-            async move { api.create(&PostParams::default(), &p).await.map(|_| ()) }
+            async move {
+                let pp = PostParams::default();
+                match retry(|| api.create(&pp, &p)).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
         })
         .buffer_unordered(32)
         .try_collect::<Vec<()>>()
@@ -314,7 +342,12 @@ async fn gangs_run(client: &Client, ns: &str, gangs: usize, size: u32) -> Result
             }));
             async move {
                 let job = job.map_err(|e| BenchError::Setup(e.to_string()))?;
-                api.create(&PostParams::default(), &job).await.map(|_| ()).map_err(BenchError::from)
+                let pp = PostParams::default();
+                match retry(|| api.create(&pp, &job)).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                    Err(e) => Err(BenchError::from(e)),
+                }
             }
         })
         .buffer_unordered(32)
@@ -327,7 +360,8 @@ async fn gangs_run(client: &Client, ns: &str, gangs: usize, size: u32) -> Result
         let g = state.lock().unwrap_or_else(|p| p.into_inner());
         g.2.values().filter(|pods| pods.len() != size as usize).count()
     };
-    let _ = api.delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
+    let (dp, lp) = (DeleteParams::default(), ListParams::default());
+    retry(|| api.delete_collection(&dp, &lp)).await?;
     clean(client, ns).await?;
     Ok((Run { pods: n, seconds, pods_per_s: n as f64 / seconds }, partial))
 }
@@ -335,9 +369,11 @@ async fn gangs_run(client: &Client, ns: &str, gangs: usize, size: u32) -> Result
 /// Deletes every pod of `ns` and waits until they are gone.
 async fn clean(client: &Client, ns: &str) -> Result<(), BenchError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let _ = api.delete_collection(&DeleteParams::default().grace_period(0), &ListParams::default()).await?;
+    let (dp, lp, one) =
+        (DeleteParams::default().grace_period(0), ListParams::default(), ListParams::default().limit(1));
+    retry(|| api.delete_collection(&dp, &lp)).await?;
     let start = Instant::now();
-    while !api.list(&ListParams::default().limit(1)).await?.items.is_empty() {
+    while !retry(|| api.list(&one)).await?.items.is_empty() {
         if start.elapsed() > Duration::from_secs(300) {
             return Err(BenchError::Setup(format!("pods of {ns} were not deleted within 5 min")));
         }

@@ -540,3 +540,6 @@ fn core_placement(
     }
     Ok((Placement { tasks }, pool as u32, model))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+//! The index without an API server: objects in, the core's world out, checked through what a cycle decides.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use haiyun_api::job::JobPhase;
+use haiyun_api::{ComputeJob, ComputePool, Queue};
+use haiyun_scheduler::model::Health;
+use haiyun_scheduler::schedule::SchedulerConfig;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use serde_json::json;
+
+use super::*;
+use crate::plan::{Action, plan};
+
+const NOW: f64 = 1_800_000_000.0;
+
+fn node(name: &str, gpus: u32, cordoned: bool) -> Arc<Node> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { "pool": "a", "haiyun.io/gpu-model": "H100" } },
+            "spec": { "unschedulable": cordoned },
+            "status": {
+                "allocatable": { "cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string() },
+                "conditions": [{ "type": "Ready", "status": "True" }]
+            }
+        }))
+        .unwrap(),
+    )
+}
+
+fn pool() -> Arc<ComputePool> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputePool", "metadata": { "name": "a" },
+            "spec": { "kind": "ai", "backend": { "kubernetes": { "nodeSelector": { "pool": "a" } } } }
+        }))
+        .unwrap(),
+    )
+}
+
+fn queue(name: &str) -> Arc<Queue> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "haiyun.io/v1alpha1", "kind": "Queue", "metadata": { "name": name },
+            "spec": { "resources": [{ "flavor": "nvidia.com/gpu:h100", "nominal": "64" }] }
+        }))
+        .unwrap(),
+    )
+}
+
+fn job(name: &str, queue: &str, gpus: u32, age_s: i64) -> ComputeJob {
+    let created = jiff::Timestamp::from_second(NOW as i64 - age_s).unwrap();
+    serde_json::from_value(json!({
+        "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputeJob",
+        "metadata": { "name": name, "namespace": "ns", "uid": format!("uid-{name}"), "generation": 1,
+                      "creationTimestamp": created.to_string() },
+        "spec": { "queue": queue, "taskGroups": [{ "name": "w", "replicas": 1, "gpus": gpus }] }
+    }))
+    .unwrap()
+}
+
+/// `job` running on `node` with GPUs `gpus`, and its pod.
+fn running(mut j: ComputeJob, node: &str, gpus: &[u32]) -> (Arc<ComputeJob>, Arc<Pod>) {
+    let pod_name = format!("{}-w-0", j.metadata.name.clone().unwrap());
+    j.status = Some(
+        serde_json::from_value(json!({
+            "phase": "Running",
+            "startTime": jiff::Timestamp::from_second(NOW as i64 - 60).unwrap().to_string(),
+            "placement": { "pool": "a", "gpuModel": "h100",
+                           "tasks": [{ "pod": pod_name, "node": node, "gpus": gpus, "gpuMilli": 1000 }] }
+        }))
+        .unwrap(),
+    );
+    let uid = j.metadata.uid.clone().unwrap();
+    let pod = pod(
+        &pod_name,
+        node,
+        Some(gpus),
+        "haiyun",
+        &[("haiyun.io/job-uid", &uid), ("haiyun.io/run", "0")],
+        false,
+    );
+    (Arc::new(j), pod)
+}
+
+fn pod(
+    name: &str,
+    node: &str,
+    gpus: Option<&[u32]>,
+    scheduler: &str,
+    labels: &[(&str, &str)],
+    deleting: bool,
+) -> Arc<Pod> {
+    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    let count = gpus.map_or(4, <[u32]>::len);
+    let mut v = json!({
+        "metadata": { "name": name, "namespace": "ns", "uid": format!("pod-{name}"), "labels": labels },
+        "spec": { "nodeName": node, "schedulerName": scheduler, "containers": [{ "name": "c",
+            "resources": { "limits": { "nvidia.com/gpu": count.to_string() } } }] },
+        "status": { "phase": "Running" }
+    });
+    if let Some(g) = gpus {
+        let list: Vec<String> = g.iter().map(u32::to_string).collect();
+        v["metadata"]["annotations"] = json!({ "haiyun.io/gpus": list.join(",") });
+    }
+    if deleting {
+        v["metadata"]["deletionTimestamp"] =
+            json!(jiff::Timestamp::from_second(NOW as i64).unwrap().to_string());
+    }
+    Arc::new(serde_json::from_value(v).unwrap())
+}
+
+fn admitted(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Admit { job, .. } => job.metadata.name.clone(),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cycle(objects: &Objects) -> (World, Vec<Action>) {
+    let mut world = build(objects, &Overlay::default(), SchedulerConfig::default(), NOW).unwrap();
+    let actions = plan(&mut world, NOW).unwrap();
+    (world, actions)
+}
+
+#[test]
+fn a_job_on_a_cordoned_node_keeps_its_place_and_the_node_takes_nothing_new() {
+    let (a, a_pod) = running(job("a", "q", 4, 100), "n0", &[0, 1, 2, 3]);
+    let b = Arc::new(job("b", "q", 1, 10));
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![a, b],
+        nodes: vec![node("n0", 8, true)],
+        pods: vec![a_pod],
+        ..Default::default()
+    };
+    let (world, actions) = cycle(&objects);
+    assert!(matches!(world.jobs[0].state, JobState::Placed(_)), "{:?}", world.jobs[0].state);
+    assert!(admitted(&actions).is_empty(), "nothing new on a cordoned node: {actions:?}");
+    let gpus = &world.scheduler.snapshot().cluster().nodes[0].gpus;
+    assert!(gpus.iter().all(|g| g.health == Health::Unknown));
+}
+
+#[test]
+fn a_terminating_pod_no_placement_covers_still_holds_its_gpus() {
+    let mut evicted = job("old", "q", 8, 100);
+    evicted.status = Some(serde_json::from_value(json!({ "phase": "Preempted", "preemptions": 1 })).unwrap());
+    let leftover = pod(
+        "old-w-0",
+        "n0",
+        Some(&[0, 1, 2, 3, 4, 5, 6, 7]),
+        "haiyun",
+        &[("haiyun.io/job-uid", "uid-old"), ("haiyun.io/run", "0")],
+        true,
+    );
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![Arc::new(evicted), Arc::new(job("new", "q", 8, 10))],
+        nodes: vec![node("n0", 8, false)],
+        pods: vec![leftover],
+        ..Default::default()
+    };
+    let (_, actions) = cycle(&objects);
+    assert!(admitted(&actions).is_empty(), "the GPUs are still held by a terminating pod: {actions:?}");
+    let objects = Objects { pods: Vec::new(), ..objects };
+    let (_, actions) = cycle(&objects);
+    assert_eq!(admitted(&actions), vec!["old".to_string()], "once it is gone the older job starts again");
+}
+
+#[test]
+fn a_running_job_whose_queue_is_gone_is_held_where_it_runs() {
+    let (a, a_pod) = running(job("a", "gone", 8, 100), "n0", &[0, 1, 2, 3, 4, 5, 6, 7]);
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![a, Arc::new(job("b", "q", 8, 10))],
+        nodes: vec![node("n0", 8, false)],
+        pods: vec![a_pod],
+        ..Default::default()
+    };
+    let (world, actions) = cycle(&objects);
+    assert!(matches!(world.jobs[0].state, JobState::Held(_)), "{:?}", world.jobs[0].state);
+    assert!(admitted(&actions).is_empty(), "its GPUs stay taken: {actions:?}");
+    let status = actions.iter().find_map(|a| match a {
+        Action::Status { job, status } if job.metadata.name.as_deref() == Some("a") => Some(status.clone()),
+        _ => None,
+    });
+    let status = status.expect("a status that says what is wrong");
+    assert_eq!(status.phase, JobPhase::Running);
+    assert!(status.placement.is_some());
+    assert!(
+        status.pending_reasons[0].message.contains("\"gone\" does not exist"),
+        "{:?}",
+        status.pending_reasons
+    );
+}
+
+#[test]
+fn another_schedulers_pod_takes_gpus_from_the_top_but_never_ones_ours_hold() {
+    let (a, a_pod) = running(job("a", "q", 4, 100), "n0", &[4, 5, 6, 7]);
+    let foreign = pod("theirs", "n0", None, "default-scheduler", &[], false);
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![a, Arc::new(job("b", "q", 1, 10))],
+        nodes: vec![node("n0", 8, false)],
+        pods: vec![a_pod, foreign],
+        ..Default::default()
+    };
+    let (world, actions) = cycle(&objects);
+    assert!(matches!(world.jobs[0].state, JobState::Placed(_)), "ours is adopted on GPUs 4-7");
+    let gpus = &world.scheduler.snapshot().cluster().nodes[0].gpus;
+    let unknown: Vec<usize> = (0..8).filter(|j| gpus[*j].health == Health::Unknown).collect();
+    assert_eq!(unknown, vec![0, 1, 2, 3], "the foreign pod's four GPUs are the ones ours do not hold");
+    assert!(admitted(&actions).is_empty(), "the node is full: {actions:?}");
+}
