@@ -89,7 +89,7 @@ mod tests {
     }
 
     fn on(node: u32, gpus: u32, j: &Job) -> Placement {
-        Placement { tasks: vec![TaskPlacement { node, gpus, spec: j.gang.tasks[0].clone() }] }
+        Placement { tasks: vec![TaskPlacement { node, gpus, spec: j.gang.tasks[0] }] }
     }
 
     #[test]
