@@ -1,1 +1,5 @@
-//! Haiyun's node agent: GPU probes, health and telemetry streaming to the operator.
+//! Haiyun's node agent: GPU probes, health, and (as issue 6 goes on) telemetry streaming to the operator.
+
+pub mod health;
+pub mod probe;
+pub mod report;

@@ -1,0 +1,84 @@
+//! GPU probes: what a node's GPUs are (inventory) and what they are doing (samples), from NVML or a fake machine.
+
+pub mod fake;
+
+use serde::Serialize;
+
+/// One GPU as it is installed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuInfo {
+    /// Index on the node.
+    pub index: u32,
+    /// Stable id (`GPU-…`).
+    pub uuid: String,
+    /// Product name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// Device memory in bytes.
+    pub memory_total_bytes: u64,
+    /// Whether MIG mode is on.
+    pub mig_enabled: bool,
+    /// Indices of the GPUs it reaches over NVLink.
+    pub nvlink_peers: Vec<u32>,
+    /// PCI bus id.
+    pub pci_bus_id: String,
+    /// NUMA node, when known.
+    pub numa_node: Option<u32>,
+}
+
+/// One reading of one GPU; a field the device could not give is `None`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct GpuSample {
+    /// Index on the node.
+    pub index: u32,
+    /// Memory in use, bytes.
+    pub memory_used_bytes: Option<u64>,
+    /// GPU utilisation, percent.
+    pub utilization_gpu_pct: Option<u32>,
+    /// Temperature, °C.
+    pub temperature_c: Option<u32>,
+    /// Power draw, milliwatts.
+    pub power_mw: Option<u32>,
+    /// SM clock, MHz.
+    pub sm_clock_mhz: Option<u32>,
+    /// Volatile double-bit ECC errors since boot.
+    pub ecc_double_bit: Option<u64>,
+    /// Whether a row remapping failed.
+    pub remap_failed: Option<bool>,
+    /// Throttle reasons (bit mask as NVML reports it).
+    pub throttle_reasons: Option<u64>,
+}
+
+/// An XID error the driver reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Xid {
+    /// The GPU.
+    pub index: u32,
+    /// The XID code.
+    pub code: u32,
+}
+
+/// Why a probe call failed as a whole (a single field failing is `None` in the sample, never an error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// The library could not be loaded or initialised.
+    #[error("failed to initialise {probe}: {reason}")]
+    Init {
+        /// Which probe.
+        probe: String,
+        /// Why.
+        reason: String,
+    },
+    /// An unknown fake profile.
+    #[error("failed to find fake profile {0:?}: use dgx-h100, dgx-a100, t4-edge or mixed")]
+    UnknownProfile(String),
+}
+
+/// A source of GPU facts; calls may block (NVML), so callers run them on a dedicated thread.
+pub trait GpuProbe: Send {
+    /// The GPUs present now.
+    fn inventory(&mut self) -> Result<Vec<GpuInfo>, ProbeError>;
+    /// One reading of every GPU present.
+    fn sample(&mut self) -> Result<Vec<GpuSample>, ProbeError>;
+    /// XID errors since the last call.
+    fn xids(&mut self) -> Vec<Xid>;
+}
