@@ -1,0 +1,100 @@
+//! The node's GPUs in the DCGM exporter's metric names and labels, so existing Grafana dashboards work unchanged.
+
+use std::fmt::Write;
+
+use crate::probe::{GpuInfo, GpuSample};
+
+/// One gauge: DCGM name, help, and how to read it from a sample (None: not exported for that GPU).
+type Field = (&'static str, &'static str, fn(&GpuInfo, &GpuSample, Option<u32>) -> Option<f64>);
+
+const FIELDS: [Field; 8] = [
+    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", |_, s, _| s.utilization_gpu_pct.map(f64::from)),
+    ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", |_, s, _| {
+        s.memory_used_bytes.map(|b| (b >> 20) as f64)
+    }),
+    ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", |g, s, _| {
+        s.memory_used_bytes.map(|b| (g.memory_total_bytes.saturating_sub(b) >> 20) as f64)
+    }),
+    ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", |_, s, _| s.temperature_c.map(f64::from)),
+    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", |_, s, _| s.power_mw.map(|p| f64::from(p) / 1000.0)),
+    ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", |_, s, _| s.sm_clock_mhz.map(f64::from)),
+    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "Total number of double-bit volatile ECC errors.", |_, s, _| {
+        s.ecc_double_bit.map(|e| e as f64)
+    }),
+    ("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered.", |_, _, x| {
+        Some(f64::from(x.unwrap_or(0)))
+    }),
+];
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// The Prometheus text exposition of every GPU; `last_xid` gives the last XID per GPU index.
+pub fn render(
+    host: &str,
+    inventory: &[GpuInfo],
+    samples: &[GpuSample],
+    last_xid: &dyn Fn(u32) -> Option<u32>,
+) -> String {
+    let mut out = String::new();
+    for (name, help, read) in FIELDS {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for g in inventory {
+            let Some(s) = samples.iter().find(|s| s.index == g.index) else { continue };
+            let Some(v) = read(g, s, last_xid(g.index)) else { continue };
+            let _ = writeln!(
+                out,
+                "{name}{{gpu=\"{}\",UUID=\"{}\",pci_bus_id=\"{}\",device=\"nvidia{}\",modelName=\"{}\",Hostname=\"{}\"}} {v}",
+                g.index,
+                esc(&g.uuid),
+                esc(&g.pci_bus_id),
+                g.index,
+                esc(&g.name),
+                esc(host)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::GpuProbe;
+    use crate::probe::fake::{FakeProbe, Fault};
+
+    #[test]
+    fn every_gpu_has_the_dcgm_names_and_labels_and_a_missing_field_is_left_out() {
+        let mut p = FakeProbe::profile("dgx-h100").unwrap();
+        p.inject(Fault::TemperatureUnsupported(1));
+        let inv = p.inventory().unwrap();
+        let s = p.sample().unwrap();
+        let text = render("node-a", &inv, &s, &|i| (i == 3).then_some(79));
+        let util = text.lines().filter(|l| l.starts_with("DCGM_FI_DEV_GPU_UTIL{")).count();
+        assert_eq!(util, 8);
+        assert!(text.contains(r#"DCGM_FI_DEV_XID_ERRORS{gpu="3",UUID="GPU-fake-h100-03""#), "{text}");
+        assert!(text.contains(r#"modelName="NVIDIA H100 80GB HBM3",Hostname="node-a"} 79"#));
+        let temps: Vec<&str> = text.lines().filter(|l| l.starts_with("DCGM_FI_DEV_GPU_TEMP{")).collect();
+        assert_eq!(temps.len(), 7, "GPU 1's temperature does not answer, so it is left out");
+        let used: f64 = text
+            .lines()
+            .find(|l| l.starts_with("DCGM_FI_DEV_FB_USED{gpu=\"0\""))
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let free: f64 = text
+            .lines()
+            .find(|l| l.starts_with("DCGM_FI_DEV_FB_FREE{gpu=\"0\""))
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((used + free - 81920.0).abs() <= 1.0, "used + free = 80 GiB in MiB: {used} + {free}");
+    }
+}
