@@ -229,22 +229,11 @@ impl Quotas {
             let n = self.nominal(q, f, now);
             let used = self.usage[q as usize].get(f);
             let left = n.saturating_sub(used);
-            let pool: u64 = cohort.iter().map(|p| self.lendable(*p, f, now)).sum();
-            let lent: u64 = cohort
-                .iter()
-                .map(|p| {
-                    let guaranteed = self.nominal(*p, f, now) - self.lendable(*p, f, now);
-                    self.usage[*p as usize].get(f).saturating_sub(guaranteed)
-                })
-                .sum();
-            let own_unused_lendable = left.min(self.lendable(q, f, now));
             let borrowed = used.saturating_sub(n);
             let can_lend = if solo {
                 0
             } else {
-                pool.saturating_sub(lent)
-                    .saturating_sub(own_unused_lendable)
-                    .min(self.borrow_limit(q, f).saturating_sub(borrowed))
+                self.unlent(q, f, now).min(self.borrow_limit(q, f).saturating_sub(borrowed))
             };
             let ok = if solo { used + need <= n } else { self.cohort_admits(q, f, need, now, &cohort) };
             if !ok {
