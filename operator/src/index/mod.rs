@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod job;
+pub mod overlay;
 pub mod pod;
 pub mod queue;
 
@@ -20,6 +21,7 @@ use kube::ResourceExt;
 
 pub use cluster::Federation;
 pub use job::JobProblem;
+pub use overlay::{Assumed, Outcome, Overlay, StepKind};
 
 /// Everything the operator watches, as last seen.
 #[derive(Debug, Clone, Default)]
@@ -38,119 +40,6 @@ pub struct Objects {
     pub nodes: Vec<Arc<Node>>,
     /// Pods.
     pub pods: Vec<Arc<Pod>>,
-}
-
-/// A placement this operator decided but may not yet see in its watch cache.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Assumed {
-    /// Where.
-    pub placement: ApiPlacement,
-    /// When it was decided (unix seconds).
-    pub started: Time,
-}
-
-/// What this operator decided but may not yet see in its watch cache.
-#[derive(Debug, Clone, Default)]
-pub struct Overlay {
-    /// Placements decided, by job uid.
-    pub assumed: HashMap<String, Assumed>,
-    /// Jobs being evicted, by uid: they wait again even if their status still says otherwise.
-    pub evicting: std::collections::HashSet<String>,
-    /// Plain pods being bound, by pod uid: node, GPU indices, when.
-    pub binding: HashMap<String, (String, Vec<u32>, Time)>,
-    /// Jobs whose pods this operator made and bound, by uid, until the cache shows them all.
-    pub bound: HashSet<String>,
-}
-
-impl Overlay {
-    /// Drops what the watch cache now shows: admissions recorded in status, evictions no longer admitted.
-    pub fn settle(&mut self, jobs: &[Arc<ComputeJob>], pods: &[Arc<Pod>]) {
-        let by_uid: HashMap<String, &ComputeJob> =
-            jobs.iter().map(|j| (j.uid().unwrap_or_default(), j.as_ref())).collect();
-        let unbound: HashSet<String> = pods
-            .iter()
-            .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
-            .filter_map(|p| p.uid())
-            .collect();
-        let mut with_pods: HashMap<&str, usize> = HashMap::new();
-        let mut bound_pods: HashMap<&str, usize> = HashMap::new();
-        for p in pods {
-            if let Some(uid) = p.labels().get(JOB_UID_LABEL) {
-                *with_pods.entry(uid.as_str()).or_default() += 1;
-                if p.spec.as_ref().is_some_and(|s| s.node_name.is_some())
-                    && p.metadata.deletion_timestamp.is_none()
-                {
-                    *bound_pods.entry(uid.as_str()).or_default() += 1;
-                }
-            }
-        }
-        self.assumed.retain(|uid, a| {
-            by_uid.get(uid).is_some_and(|j| {
-                let st = j.status.as_ref();
-                !st.is_some_and(|s| s.placement.as_ref() == Some(&a.placement) || is_terminal(j))
-            })
-        });
-        self.binding.retain(|uid, _| unbound.contains(uid));
-        // An eviction is over once the job is no longer admitted and its pods are gone.
-        self.evicting.retain(|uid| {
-            let admitted = by_uid.get(uid).is_some_and(|j| {
-                j.status.as_ref().is_some_and(|s| matches!(s.phase, JobPhase::Admitted | JobPhase::Running))
-            });
-            admitted || with_pods.contains_key(uid.as_str())
-        });
-        // Pods we bound are ours to trust until the cache shows all of them.
-        self.bound.retain(|uid| {
-            by_uid.get(uid).is_some_and(|j| {
-                let tasks = j.status.as_ref().and_then(|s| s.placement.as_ref()).map_or(0, |p| p.tasks.len());
-                !is_terminal(j) && bound_pods.get(uid.as_str()).copied().unwrap_or(0) < tasks
-            })
-        });
-    }
-
-    /// Takes in what the applier reports: a failed step is forgotten so the next cycle plans it again.
-    pub fn record(&mut self, o: &Outcome) {
-        match (o.kind, o.ok) {
-            (StepKind::Admit | StepKind::Bind, true) => {
-                self.bound.insert(o.uid.clone());
-            }
-            (StepKind::Admit, false) => {
-                self.assumed.remove(&o.uid);
-            }
-            (StepKind::Evict, false) => {
-                self.evicting.remove(&o.uid);
-            }
-            (StepKind::BindPod, false) => {
-                self.binding.remove(&o.uid);
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Which kind of step an outcome reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepKind {
-    /// Admission (status, pods, bindings).
-    Admit,
-    /// Resumed binding.
-    Bind,
-    /// Eviction.
-    Evict,
-    /// A plain pod's binding.
-    BindPod,
-    /// Anything else.
-    Other,
-}
-
-/// What became of a step the applier ran.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// The object's uid.
-    pub uid: String,
-    /// The step.
-    pub kind: StepKind,
-    /// Whether it succeeded.
-    pub ok: bool,
 }
 
 /// What a job's pods say.
@@ -301,7 +190,7 @@ pub fn placement_of<'a>(
     st.placement.as_ref().map(|p| (p, job::started(cj)))
 }
 
-fn is_terminal(cj: &ComputeJob) -> bool {
+pub(crate) fn is_terminal(cj: &ComputeJob) -> bool {
     cj.status.as_ref().is_some_and(|s| matches!(s.phase, JobPhase::Succeeded | JobPhase::Failed))
 }
 
