@@ -4,3 +4,4 @@ pub mod dcgm;
 pub mod health;
 pub mod probe;
 pub mod report;
+pub mod sampler;
