@@ -202,3 +202,100 @@ mod tests {
         assert_eq!(p.inventory().unwrap().len(), 8);
     }
 }
+
+/// Reads faults from a file on every round: one per line, `xid GPU CODE`, `ecc GPU COUNT`, `remap GPU`,
+/// `disappear GPU`, `no-temperature GPU` or `reset GPU`; lines already applied are skipped, so tests append.
+#[derive(Debug)]
+pub struct FaultFile {
+    path: std::path::PathBuf,
+    applied: usize,
+}
+
+impl FaultFile {
+    /// Faults from `path` (it need not exist yet).
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        FaultFile { path: path.into(), applied: 0 }
+    }
+
+    /// Applies the lines added since the last call; returns the ones it could not read, with why.
+    pub fn apply(&mut self, probe: &mut FakeProbe) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut bad = Vec::new();
+        for line in lines.iter().skip(self.applied) {
+            match parse_fault(line) {
+                Some(f) => probe.inject(f),
+                None if line.trim().is_empty() => {}
+                None => bad.push(format!(
+                    "{line:?}: write e.g. `xid 3 79`, `ecc 1 2`, `remap 4`, `disappear 6`, `reset 6`"
+                )),
+            }
+        }
+        self.applied = lines.len();
+        bad
+    }
+}
+
+fn parse_fault(line: &str) -> Option<Fault> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let n = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
+    let gpu = u32::try_from(n(1)?).ok()?;
+    Some(match *words.first()? {
+        "xid" => Fault::Xid(gpu, u32::try_from(n(2)?).ok()?),
+        "ecc" => Fault::DoubleBitEcc(gpu, n(2)?),
+        "remap" => Fault::RemapFailed(gpu),
+        "disappear" => Fault::Disappear(gpu),
+        "no-temperature" => Fault::TemperatureUnsupported(gpu),
+        "reset" => Fault::Reset(gpu),
+        _ => return None,
+    })
+}
+
+/// A fake machine that takes its faults from a file.
+#[derive(Debug)]
+pub struct FileFaultProbe {
+    /// The machine.
+    pub probe: FakeProbe,
+    /// Its fault file.
+    pub faults: FaultFile,
+}
+
+impl GpuProbe for FileFaultProbe {
+    fn inventory(&mut self) -> Result<Vec<GpuInfo>, ProbeError> {
+        for bad in self.faults.apply(&mut self.probe) {
+            eprintln!("warning: ignored fault line {bad}");
+        }
+        self.probe.inventory()
+    }
+
+    fn sample(&mut self) -> Result<Vec<GpuSample>, ProbeError> {
+        self.probe.sample()
+    }
+
+    fn xids(&mut self) -> Vec<Xid> {
+        self.probe.xids()
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn faults_appended_to_the_file_are_applied_once_and_bad_lines_are_named() {
+        let path = std::env::temp_dir().join(format!("haiyun-faults-{}", std::process::id()));
+        std::fs::write(&path, "xid 3 79\n").unwrap();
+        let mut p =
+            FileFaultProbe { probe: FakeProbe::profile("dgx-h100").unwrap(), faults: FaultFile::new(&path) };
+        p.inventory().unwrap();
+        assert_eq!(p.xids(), vec![Xid { index: 3, code: 79 }]);
+        p.inventory().unwrap();
+        assert!(p.xids().is_empty(), "a line is applied once");
+        std::fs::write(&path, "xid 3 79\ndisappear 5\nexplode 1\n").unwrap();
+        let bad = p.faults.apply(&mut p.probe);
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].contains("explode"));
+        assert_eq!(p.inventory().unwrap().len(), 7);
+        let _ = std::fs::remove_file(&path);
+    }
+}
