@@ -5,3 +5,4 @@ pub mod health;
 pub mod probe;
 pub mod report;
 pub mod sampler;
+pub mod serve;
