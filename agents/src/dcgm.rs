@@ -77,24 +77,10 @@ mod tests {
         assert!(text.contains(r#"modelName="NVIDIA H100 80GB HBM3",Hostname="node-a"} 79"#));
         let temps: Vec<&str> = text.lines().filter(|l| l.starts_with("DCGM_FI_DEV_GPU_TEMP{")).collect();
         assert_eq!(temps.len(), 7, "GPU 1's temperature does not answer, so it is left out");
-        let used: f64 = text
-            .lines()
-            .find(|l| l.starts_with("DCGM_FI_DEV_FB_USED{gpu=\"0\""))
-            .unwrap()
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let free: f64 = text
-            .lines()
-            .find(|l| l.starts_with("DCGM_FI_DEV_FB_FREE{gpu=\"0\""))
-            .unwrap()
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let value = |prefix: &str| -> f64 {
+            text.lines().find(|l| l.starts_with(prefix)).unwrap().rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        let (used, free) = (value("DCGM_FI_DEV_FB_USED{gpu=\"0\""), value("DCGM_FI_DEV_FB_FREE{gpu=\"0\""));
         assert!((used + free - 81920.0).abs() <= 1.0, "used + free = 80 GiB in MiB: {used} + {free}");
     }
 }

@@ -162,6 +162,20 @@ pub struct ComputeJobSpec {
     pub idempotency_key: Option<String>,
 }
 
+impl ComputeJobSpec {
+    /// The task group of the job's `index`-th task (groups' replicas in order) and the group's position.
+    pub fn group_of_task(&self, index: usize) -> Option<(usize, &TaskGroup)> {
+        let mut left = index;
+        for (i, g) in self.task_groups.iter().enumerate() {
+            if left < g.replicas as usize {
+                return Some((i, g));
+            }
+            left -= g.replicas as usize;
+        }
+        None
+    }
+}
+
 fn yes() -> bool {
     true
 }

@@ -117,7 +117,7 @@ impl Applier {
             }),
             Action::Evict { job } => self.evict(job).await,
             Action::Status { job, status } => self.status(job, status).await,
-            Action::BindPod { pod, node, gpus } => {
+            Action::BindPod { pod, node, gpus, .. } => {
                 k8s::bind_plain(&self.client, pod, node, gpus).await.map(|()| self.metrics.count_bound(1))
             }
             Action::EvictPod { pod } => k8s::delete_plain(&self.client, pod).await,

@@ -89,7 +89,7 @@ impl Decision {
                 .iter()
                 .enumerate()
                 .map(|(i, t)| {
-                    let g = group(job, i);
+                    let g = job.spec.group_of_task(i).map(|(_, g)| g);
                     TaskLine {
                         pod: t.pod.clone(),
                         node: t.node.clone(),
@@ -119,18 +119,6 @@ impl Decision {
         self.detail = d.into();
         self
     }
-}
-
-fn group(job: &ComputeJob, index: usize) -> Option<&haiyun_api::TaskGroup> {
-    let mut left = index;
-    job.spec.task_groups.iter().find(|g| {
-        if left < g.replicas as usize {
-            true
-        } else {
-            left -= g.replicas as usize;
-            false
-        }
-    })
 }
 
 /// Where lines go: a file (appended) or nowhere.

@@ -11,6 +11,7 @@ use haiyun_api::{
 };
 use haiyun_scheduler::schedule::SchedulerConfig;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::object::HasStatus;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -47,9 +48,6 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     /// Jobs whose last status we logged as rejected, with the message.
     rejected: BTreeMap<String, String>,
-    /// Pool id of each node, and pool names, as of the last cycle.
-    pools: std::collections::HashMap<String, u32>,
-    pool_names: Vec<String>,
     outcomes: tokio::sync::mpsc::UnboundedReceiver<crate::index::Outcome>,
     /// Jobs whose finish is logged.
     finished: HashSet<String>,
@@ -73,15 +71,9 @@ impl Engine {
             log,
             metrics,
             rejected: BTreeMap::new(),
-            pools: Default::default(),
-            pool_names: Vec::new(),
             outcomes,
             finished: HashSet::new(),
         }
-    }
-
-    fn pool_of(&self, node: &str) -> String {
-        self.pools.get(node).and_then(|p| self.pool_names.get(*p as usize)).cloned().unwrap_or_default()
     }
 
     /// Runs cycles until the process ends.
@@ -129,8 +121,6 @@ impl Engine {
         self.metrics.observe_cycle(started.elapsed().as_secs_f64(), gauges(&world));
         span.record("jobs", world.jobs.len() + world.pods.len());
         span.record("actions", actions.len());
-        self.pools = world.federation.cluster.nodes.iter().map(|n| (n.name.clone(), n.pool)).collect();
-        self.pool_names.clone_from(&world.federation.pool_names);
         self.dispatch(actions, t);
         self.collect_garbage(&objects);
         self.report(&world, &objects, t);
@@ -143,9 +133,9 @@ impl Engine {
         for a in actions {
             let uid = a.uid();
             match &a {
-                Action::BindPod { pod, node, gpus } => {
+                Action::BindPod { pod, pool, node, gpus } => {
                     let mut line = crate::decision::Decision::for_pod("place", pod, stamp.clone());
-                    line.pool = self.pool_of(node);
+                    line.pool.clone_from(pool);
                     line.tasks = vec![crate::decision::TaskLine::of_pod(pod, node, gpus)];
                     self.log.write(&line);
                     self.overlay.binding.insert(uid, (node.clone(), gpus.clone(), t));
@@ -242,39 +232,14 @@ impl Engine {
         let gens: BTreeMap<String, i64> =
             objects.queues.iter().map(|q| (q.name_any(), q.metadata.generation.unwrap_or(0))).collect();
         let client = self.applier.client().clone();
-        for (name, mut st) in report::queues(world, t, &gens) {
-            if let Some(q) = objects.queues.iter().find(|q| q.name_any() == name) {
-                let old = q.status.clone().unwrap_or_default();
-                keep_transitions(&old.conditions, &mut st.conditions);
-                if old != st {
-                    spawn_status::<Queue, QueueStatus>(Api::all(client.clone()), name, st);
-                }
-            }
-        }
-        for (name, mut st) in report::pools(world, t) {
-            if let Some(p) = objects.pools.iter().find(|p| p.name_any() == name) {
-                let old = p.status.clone().unwrap_or_default();
-                keep_transitions(&old.conditions, &mut st.conditions);
-                if old != st {
-                    spawn_status::<ComputePool, ComputePoolStatus>(Api::all(client.clone()), name, st);
-                }
-            }
-        }
-        for (key, mut st) in report::requests(world, &objects.requests, t) {
-            let Some(r) = objects
-                .requests
-                .iter()
-                .find(|r| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()) == key)
-            else {
-                continue;
-            };
-            let old = r.status.clone().unwrap_or_default();
-            keep_transitions(&old.conditions, &mut st.conditions);
-            if old != st {
-                let api = Api::namespaced(client.clone(), &r.namespace().unwrap_or_default());
-                spawn_status::<QuotaRequest, QuotaRequestStatus>(api, r.name_any(), st);
-            }
-        }
+        publish::<Queue>(&client, &objects.queues, report::queues(world, t, &gens), |c, _| {
+            Api::all(c.clone())
+        });
+        publish::<ComputePool>(&client, &objects.pools, report::pools(world, t), |c, _| Api::all(c.clone()));
+        let requests = report::requests(world, &objects.requests, t);
+        publish::<QuotaRequest>(&client, &objects.requests, requests, |c, r: &QuotaRequest| {
+            Api::namespaced(c.clone(), &r.namespace().unwrap_or_default())
+        });
     }
 }
 
@@ -286,6 +251,52 @@ fn keep_transitions(old: &[haiyun_api::Condition], new: &mut [haiyun_api::Condit
             if o.reason == c.reason && o.message == c.message {
                 c.observed_generation = c.observed_generation.max(o.observed_generation);
             }
+        }
+    }
+}
+
+/// Statuses that carry conditions.
+trait Conditions {
+    fn conditions(&self) -> &[haiyun_api::Condition];
+    fn conditions_mut(&mut self) -> &mut [haiyun_api::Condition];
+}
+
+macro_rules! conditions {
+    ($($t:ty),*) => {$(
+        impl Conditions for $t {
+            fn conditions(&self) -> &[haiyun_api::Condition] {
+                &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut [haiyun_api::Condition] {
+                &mut self.conditions
+            }
+        }
+    )*};
+}
+conditions!(QueueStatus, ComputePoolStatus, QuotaRequestStatus);
+
+/// Writes each new status (keyed `name`, or `namespace/name`) whose object's current status differs, keeping
+/// condition transition times.
+fn publish<K>(
+    client: &kube::Client,
+    objects: &[Arc<K>],
+    statuses: BTreeMap<String, K::Status>,
+    api: impl Fn(&kube::Client, &K) -> Api<K>,
+) where
+    K: HasStatus + Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::Status: Conditions + Clone + Default + PartialEq + Serialize + Send + 'static,
+{
+    let key = |o: &K| match o.namespace() {
+        Some(ns) => format!("{ns}/{}", o.name_any()),
+        None => o.name_any(),
+    };
+    let by_key: std::collections::HashMap<String, &Arc<K>> = objects.iter().map(|o| (key(o), o)).collect();
+    for (k, mut st) in statuses {
+        let Some(obj) = by_key.get(&k) else { continue };
+        let old = obj.status().cloned().unwrap_or_default();
+        keep_transitions(old.conditions(), st.conditions_mut());
+        if old != st {
+            spawn_status(api(client, obj), obj.name_any(), st);
         }
     }
 }

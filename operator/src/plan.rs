@@ -49,6 +49,8 @@ pub enum Action {
     BindPod {
         /// The pod.
         pod: Arc<Pod>,
+        /// The pool (for the decision log).
+        pool: String,
         /// The node.
         node: String,
         /// GPU indices on it.
@@ -190,11 +192,13 @@ fn pod_actions(
         JobState::Problem(p) => format!("{}: {p}", p.phase()),
         JobState::Waiting(id) => match s.status(*id).map(|x| x.phase) {
             Some(Phase::Running) => {
-                let Some((p, _, _)) = s.placement(*id) else { return };
+                let Some((p, pool, _)) = s.placement(*id) else { return };
                 let Some(task) = p.tasks.first() else { return };
-                let node = s.snapshot().cluster().nodes[task.node as usize].name.clone();
-                let gpus = (0..32u32).filter(|j| task.gpus & (1 << j) != 0).collect();
-                out.push(Action::BindPod { pod: t.pod.clone(), node, gpus });
+                let cluster = s.snapshot().cluster();
+                let node = cluster.nodes[task.node as usize].name.clone();
+                let pool = cluster.pools.get(pool as usize).map(|p| p.name.clone()).unwrap_or_default();
+                let gpus = crate::index::gpu_indices(task.gpus);
+                out.push(Action::BindPod { pod: t.pod.clone(), pool, node, gpus });
                 return;
             }
             _ => s.explain(*id).into_iter().next().unwrap_or_else(|| "waiting in its queue".into()),
@@ -333,7 +337,7 @@ fn api_placement(s: &Scheduler, id: JobId, job: &ComputeJob) -> ApiPlacement {
         .map(|(t, pod)| ApiTask {
             pod,
             node: cluster.nodes[t.node as usize].name.clone(),
-            gpus: (0..32u32).filter(|j| t.gpus & (1 << j) != 0).collect(),
+            gpus: crate::index::gpu_indices(t.gpus),
             gpu_milli: if t.spec.gpus == 0 { 0 } else { t.spec.gpu_milli },
         })
         .collect();

@@ -60,14 +60,6 @@ pub struct Xid {
 /// Why a probe call failed as a whole (a single field failing is `None` in the sample, never an error).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
-    /// The library could not be loaded or initialised.
-    #[error("failed to initialise {probe}: {reason}")]
-    Init {
-        /// Which probe.
-        probe: String,
-        /// Why.
-        reason: String,
-    },
     /// An unknown fake profile.
     #[error("failed to find fake profile {0:?}: use dgx-h100, dgx-a100, t4-edge or mixed")]
     UnknownProfile(String),

@@ -235,7 +235,7 @@ pub async fn delete_pods(client: &Client, namespace: &str, uid: &str) -> Result<
 /// The pod for task `index` of a job: its group's template (or a pause container), our scheduler, labels that
 /// tie it to the job and run, its GPUs in an annotation, and the group's requests on its first container.
 pub fn pod_for(job: &ComputeJob, index: usize, task: &TaskPlacement, run: &str) -> Result<Pod, BackendError> {
-    let Some((group, g)) = group_of(job, index) else {
+    let Some((group, g)) = job.spec.group_of_task(index) else {
         return Err(BackendError::NoTask { pod: task.pod.clone(), index });
     };
     let template = g.template.clone().unwrap_or_else(|| json!({}));
@@ -290,16 +290,4 @@ pub fn pod_for(job: &ComputeJob, index: usize, task: &TaskPlacement, run: &str) 
         res.limits.get_or_insert_with(Default::default).insert(GPU_RESOURCE.into(), n);
     }
     Ok(pod)
-}
-
-/// The task group of the job's `index`-th task, and its position.
-fn group_of(job: &ComputeJob, index: usize) -> Option<(usize, &haiyun_api::TaskGroup)> {
-    let mut left = index;
-    for (i, g) in job.spec.task_groups.iter().enumerate() {
-        if left < g.replicas as usize {
-            return Some((i, g));
-        }
-        left -= g.replicas as usize;
-    }
-    None
 }

@@ -72,7 +72,7 @@ pub fn holds_resources(pod: &Pod) -> bool {
     phase != "Succeeded" && phase != "Failed"
 }
 
-fn pool_kind(k: haiyun_api::PoolKind) -> PoolKind {
+pub fn pool_kind(k: haiyun_api::PoolKind) -> PoolKind {
     match k {
         haiyun_api::PoolKind::Hpc => PoolKind::Hpc,
         haiyun_api::PoolKind::Ai => PoolKind::Ai,
@@ -104,7 +104,7 @@ impl Claims {
     /// Records a task of ours on `node` holding `gpus`.
     pub fn hold(&mut self, node: &str, gpus: &[u32], pod: String, run: Option<String>) {
         let e = self.nodes.entry(node.to_string()).or_default();
-        e.0 |= gpus.iter().filter(|g| **g < 32).fold(0u32, |m, g| m | (1 << g));
+        e.0 |= super::gpu_mask(gpus);
         e.1 += 1;
         self.pods.insert(pod, run);
     }
@@ -172,15 +172,11 @@ pub fn federation(pools: &[&ComputePool], nodes: &[&Node], pods: &[&Pod], claims
         e.cpu += c;
         e.mem += m;
         e.tasks += 1;
-        let known: Vec<u32> = pod
-            .annotations()
-            .get(haiyun_api::GPUS_ANNOTATION)
-            .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).filter(|x| *x < 32).collect())
-            .unwrap_or_default();
+        let known = super::pod::gpus_of(pod);
         if known.is_empty() {
             e.gpus += g;
         } else {
-            e.mask |= known.iter().fold(0u32, |m, x| m | (1 << x));
+            e.mask |= super::gpu_mask(&known);
         }
     }
     let mut domains: HashMap<String, u32> = HashMap::new();

@@ -177,7 +177,7 @@ fn allowed_pools(cj: &ComputeJob, cluster: &Cluster) -> Result<Vec<PoolId>, JobP
     if s.pool_kinds.is_empty() && s.sites.is_empty() {
         return Ok(Vec::new());
     }
-    let kinds: Vec<&str> = s.pool_kinds.iter().map(|k| super::cluster_kind(*k)).collect();
+    let kinds: Vec<&str> = s.pool_kinds.iter().map(|k| super::cluster::pool_kind(*k).as_str()).collect();
     let pools: Vec<PoolId> = (0..cluster.pools.len() as PoolId)
         .filter(|p| {
             let pool = &cluster.pools[*p as usize];

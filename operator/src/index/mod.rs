@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use haiyun_api::job::{JobPhase, Placement as ApiPlacement};
-use haiyun_api::{ComputeJob, ComputePool, Dataset, JOB_UID_LABEL, PoolKind, Queue, QuotaRequest, quantity};
+use haiyun_api::{ComputeJob, ComputePool, Dataset, JOB_UID_LABEL, Queue, QuotaRequest, quantity};
 use haiyun_scheduler::Placement;
 use haiyun_scheduler::model::{Dataset as CoreDataset, JobId, Time};
 use haiyun_scheduler::schedule::{Scheduler, SchedulerConfig};
@@ -139,14 +139,17 @@ pub enum IndexError {
     Scheduler(#[from] haiyun_scheduler::schedule::ScheduleError),
 }
 
-/// Which pool kind name the core uses.
-pub fn cluster_kind(k: PoolKind) -> &'static str {
-    match k {
-        PoolKind::Hpc => "hpc",
-        PoolKind::Ai => "ai",
-        PoolKind::General => "general",
-        PoolKind::Edge => "edge",
-    }
+/// GPU indices on a node as the core's mask (indices past the node limit are ignored).
+pub fn gpu_mask(indices: &[u32]) -> u32 {
+    indices
+        .iter()
+        .filter(|g| (**g as usize) < haiyun_scheduler::model::MAX_GPUS_PER_NODE)
+        .fold(0, |m, g| m | (1 << g))
+}
+
+/// The GPU indices of a core mask.
+pub fn gpu_indices(mask: u32) -> Vec<u32> {
+    haiyun_scheduler::snapshot::mask_bits(mask).map(|j| j as u32).collect()
 }
 
 /// Counts each job's pods by phase, keyed by job uid and run.
@@ -364,7 +367,7 @@ fn assemble(
                 },
                 Some((node, gpus, at)) => {
                     let Some(node) = fed.node_ids.get(&node).copied() else { continue };
-                    let mask = gpus.iter().filter(|g| **g < 32).fold(0u32, |m, g| m | (1 << g));
+                    let mask = gpu_mask(&gpus);
                     let spec = core.gang.tasks[0];
                     let placement = Placement { tasks: vec![TaskPlacement { node, gpus: mask, spec }] };
                     let n = &fed.cluster.nodes[node as usize];
@@ -424,7 +427,7 @@ fn core_placement(
     for (t, spec) in p.tasks.iter().zip(&job.gang.tasks) {
         let node =
             *fed.node_ids.get(&t.node).ok_or_else(|| format!("node {} is gone or not usable", t.node))?;
-        let gpus = t.gpus.iter().filter(|g| **g < 32).fold(0u32, |m, g| m | (1 << g));
+        let gpus = gpu_mask(&t.gpus);
         tasks.push(TaskPlacement { node, gpus, spec: *spec });
     }
     Ok((Placement { tasks }, pool as u32, model))

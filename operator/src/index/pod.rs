@@ -36,14 +36,18 @@ pub fn place(pod: &Pod) -> PodPlace {
     match pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
         None => PodPlace::Unbound,
         Some(node) => {
-            let gpus = pod
-                .annotations()
-                .get(GPUS_ANNOTATION)
-                .map(|s| s.split(',').filter_map(|g| g.trim().parse().ok()).collect())
-                .unwrap_or_default();
+            let gpus = gpus_of(pod);
             PodPlace::Bound(node, gpus)
         }
     }
+}
+
+/// The GPU indices a pod holds, as Haiyun's binding annotated them (empty: none or unknown).
+pub fn gpus_of(pod: &Pod) -> Vec<u32> {
+    pod.annotations()
+        .get(GPUS_ANNOTATION)
+        .map(|s| s.split(',').filter_map(|g| g.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// `namespace/name` of a pod.
