@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::apply::Applier;
 use crate::backend::kubernetes::MANAGER;
 use crate::decision::{Decision, DecisionLog};
-use crate::index::{self, Assumed, JobState, Objects, Overlay, World};
+use crate::index::{self, Assumed, Objects, Overlay, World};
 use crate::metrics::{Gauges, Metrics};
 use crate::plan::{self, Action};
 use crate::report;
@@ -118,12 +118,14 @@ impl Engine {
                 return;
             }
         };
-        self.metrics.observe_cycle(started.elapsed().as_secs_f64(), gauges(&world));
+        let counts = report::job_counts(&world);
+        let pools = report::pools(&world, t);
+        self.metrics.observe_cycle(started.elapsed().as_secs_f64(), gauges(&counts, &pools));
         span.record("jobs", world.jobs.len() + world.pods.len());
         span.record("actions", actions.len());
         self.dispatch(actions, t);
         self.collect_garbage(&objects);
-        self.report(&world, &objects, t);
+        self.report(&world, &objects, &counts, pools, t);
     }
 
     fn dispatch(&mut self, actions: Vec<Action>, t: f64) {
@@ -228,14 +230,21 @@ impl Engine {
     }
 
     /// Writes the status of queues, pools and quota requests where it changed.
-    fn report(&self, world: &World, objects: &Objects, t: f64) {
+    fn report(
+        &self,
+        world: &World,
+        objects: &Objects,
+        counts: &report::JobCounts,
+        pools: BTreeMap<String, ComputePoolStatus>,
+        t: f64,
+    ) {
         let gens: BTreeMap<String, i64> =
             objects.queues.iter().map(|q| (q.name_any(), q.metadata.generation.unwrap_or(0))).collect();
         let client = self.applier.client().clone();
-        publish::<Queue>(&client, &objects.queues, report::queues(world, t, &gens), |c, _| {
+        publish::<Queue>(&client, &objects.queues, report::queues(world, counts, t, &gens), |c, _| {
             Api::all(c.clone())
         });
-        publish::<ComputePool>(&client, &objects.pools, report::pools(world, t), |c, _| Api::all(c.clone()));
+        publish::<ComputePool>(&client, &objects.pools, pools, |c, _| Api::all(c.clone()));
         let requests = report::requests(world, &objects.requests, t);
         publish::<QuotaRequest>(&client, &objects.requests, requests, |c, r: &QuotaRequest| {
             Api::namespaced(c.clone(), &r.namespace().unwrap_or_default())
@@ -320,33 +329,13 @@ where
     });
 }
 
-fn gauges(world: &World) -> Gauges {
-    let mut g = Gauges::default();
-    for t in &world.jobs {
-        let q = t.job.spec.queue.clone();
-        match t.state {
-            JobState::Waiting(_) | JobState::Problem(_) => *g.pending.entry(q).or_default() += 1,
-            JobState::Placed(_) => *g.admitted.entry(q).or_default() += 1,
-            _ => {}
-        }
-    }
-    for t in &world.pods {
-        let q = t.pod.labels().get(haiyun_api::QUEUE_LABEL).cloned().unwrap_or_default();
-        match t.state {
-            JobState::Waiting(_) | JobState::Problem(_) => *g.pending.entry(q).or_default() += 1,
-            JobState::Placed(_) => *g.admitted.entry(q).or_default() += 1,
-            _ => {}
-        }
-    }
-    let snap = world.scheduler.snapshot();
-    let c = snap.cluster();
-    for (id, node) in c.nodes.iter().enumerate() {
-        let pool = world.federation.pool_names.get(node.pool as usize).cloned().unwrap_or_default();
-        let alloc = snap.allocated(id as u32);
-        for (j, gpu) in node.gpus.iter().enumerate() {
-            let key = (pool.clone(), c.models.name(gpu.model).to_string());
-            *g.gpus.entry(key.clone()).or_default() += 1;
-            *g.allocated.entry(key).or_default() += f64::from(alloc.get(j).copied().unwrap_or(0)) / 1000.0;
+fn gauges(counts: &report::JobCounts, pools: &BTreeMap<String, ComputePoolStatus>) -> Gauges {
+    let mut g =
+        Gauges { pending: counts.pending.clone(), admitted: counts.admitted.clone(), ..Gauges::default() };
+    for (pool, st) in pools {
+        for m in &st.by_model {
+            g.gpus.insert((pool.clone(), m.model.clone()), m.total);
+            g.allocated.insert((pool.clone(), m.model.clone()), m.allocated);
         }
     }
     g

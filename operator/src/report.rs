@@ -14,21 +14,44 @@ use kube::ResourceExt;
 use crate::index::{JobState, World, queue as iq};
 use crate::time::rfc3339;
 
-/// Each valid or invalid queue's status, by name.
-pub fn queues(world: &World, now: Time, generation: &BTreeMap<String, i64>) -> BTreeMap<String, QueueStatus> {
-    let mut out = BTreeMap::new();
-    let q = world.scheduler.quotas();
-    let models = &world.scheduler.snapshot().cluster().models;
-    let mut pending: BTreeMap<&str, u32> = BTreeMap::new();
-    let mut admitted: BTreeMap<&str, u32> = BTreeMap::new();
-    for t in &world.jobs {
-        let name = t.job.spec.queue.as_str();
-        match t.state {
-            JobState::Waiting(_) | JobState::Problem(_) => *pending.entry(name).or_default() += 1,
-            JobState::Placed(_) => *admitted.entry(name).or_default() += 1,
+/// Jobs (ComputeJobs and plain pods) waiting and admitted, per queue name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobCounts {
+    /// Waiting (or not queued yet).
+    pub pending: BTreeMap<String, u32>,
+    /// Admitted or running.
+    pub admitted: BTreeMap<String, u32>,
+}
+
+/// Counts the world's jobs per queue.
+pub fn job_counts(world: &World) -> JobCounts {
+    let mut c = JobCounts::default();
+    let jobs = world.jobs.iter().map(|t| (t.job.spec.queue.clone(), &t.state));
+    let pods = world
+        .pods
+        .iter()
+        .map(|t| (t.pod.labels().get(haiyun_api::QUEUE_LABEL).cloned().unwrap_or_default(), &t.state));
+    for (queue, state) in jobs.chain(pods) {
+        match state {
+            JobState::Waiting(_) | JobState::Problem(_) => *c.pending.entry(queue).or_default() += 1,
+            JobState::Placed(_) => *c.admitted.entry(queue).or_default() += 1,
             _ => {}
         }
     }
+    c
+}
+
+/// Each valid or invalid queue's status, by name.
+pub fn queues(
+    world: &World,
+    counts: &JobCounts,
+    now: Time,
+    generation: &BTreeMap<String, i64>,
+) -> BTreeMap<String, QueueStatus> {
+    let mut out = BTreeMap::new();
+    let q = world.scheduler.quotas();
+    let models = &world.scheduler.snapshot().cluster().models;
+    let (pending, admitted) = (&counts.pending, &counts.admitted);
     let stamp = rfc3339(now);
     for (name, id) in &world.queues {
         let usage = q.usage(*id);
@@ -57,8 +80,8 @@ pub fn queues(world: &World, now: Time, generation: &BTreeMap<String, i64>) -> B
         out.insert(
             name.clone(),
             QueueStatus {
-                pending: pending.get(name.as_str()).copied().unwrap_or(0),
-                admitted: admitted.get(name.as_str()).copied().unwrap_or(0),
+                pending: pending.get(name).copied().unwrap_or(0),
+                admitted: admitted.get(name).copied().unwrap_or(0),
                 usage,
                 conditions: vec![condition::Condition::new("Ready", true, "Valid", "", generation_, &stamp)],
             },
@@ -69,7 +92,7 @@ pub fn queues(world: &World, now: Time, generation: &BTreeMap<String, i64>) -> B
         out.insert(
             name.clone(),
             QueueStatus {
-                pending: pending.get(name.as_str()).copied().unwrap_or(0),
+                pending: pending.get(name).copied().unwrap_or(0),
                 conditions: vec![condition::Condition::new(
                     "Ready",
                     false,
