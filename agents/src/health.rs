@@ -45,7 +45,14 @@ impl HealthBook {
         inventory: &[GpuInfo],
         samples: &[GpuSample],
         xids: &[Xid],
+        resets: &[u32],
     ) -> BTreeMap<u32, Health> {
+        for i in resets {
+            if let Some(t) = self.gpus.get_mut(i) {
+                t.xid = None;
+                t.ecc_base = None;
+            }
+        }
         for t in self.gpus.values_mut() {
             t.present = false;
         }
@@ -81,14 +88,6 @@ impl HealthBook {
         }
         out
     }
-
-    /// Clears a GPU's XID (after its reset was observed).
-    pub fn reset(&mut self, index: u32) {
-        if let Some(t) = self.gpus.get_mut(&index) {
-            t.xid = None;
-            t.ecc_base = None;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -101,7 +100,8 @@ mod tests {
         let inv = p.inventory().unwrap();
         let s = p.sample().unwrap();
         let x = p.xids();
-        book.update(&inv, &s, &x)
+        let r = p.resets();
+        book.update(&inv, &s, &x, &r)
     }
 
     #[test]
@@ -115,7 +115,7 @@ mod tests {
         assert_eq!(h[&3], Health::Unhealthy("XID 79".into()));
         assert_eq!(h[&5], Health::Healthy, "XID 13 is an application error");
         assert_eq!(round(&mut p, &mut book)[&3], Health::Unhealthy("XID 79".into()), "it stays until reset");
-        book.reset(3);
+        p.inject(Fault::Reset(3));
         assert_eq!(round(&mut p, &mut book)[&3], Health::Healthy);
     }
 
@@ -136,5 +136,7 @@ mod tests {
         let h = round(&mut p, &mut book);
         assert_eq!((h[&2].clone(), h[&6].clone()), (Health::Healthy, Health::Healthy), "causes cleared");
         assert_ne!(h[&1], Health::Healthy, "ECC errors stay counted until the GPU is reset");
+        p.inject(Fault::Reset(1));
+        assert_eq!(round(&mut p, &mut book)[&1], Health::Healthy, "a reset clears the ECC count");
     }
 }

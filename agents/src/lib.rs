@@ -1,8 +1,10 @@
-//! Haiyun's node agent: GPU probes, health, and (as issue 6 goes on) telemetry streaming to the operator.
+//! Haiyun's node agent: GPU probes, health, DCGM-named metrics, and the telemetry stream to the operator.
 
 pub mod dcgm;
 pub mod health;
+pub mod link;
 pub mod probe;
 pub mod report;
 pub mod sampler;
 pub mod serve;
+pub mod wire;

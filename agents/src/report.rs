@@ -3,31 +3,17 @@
 use serde::Serialize;
 
 use crate::health::{Health, HealthBook};
-use crate::probe::{GpuProbe, ProbeError};
+use crate::probe::{GpuInfo, GpuProbe, GpuSample, ProbeError};
 
-/// One GPU in the report.
+/// One GPU in the report: what it is, what it is doing, and whether it may take work.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GpuReport {
-    /// Index on the node.
-    pub index: u32,
-    /// Stable id.
-    pub uuid: String,
-    /// Product name.
-    pub name: String,
-    /// Device memory, bytes.
-    pub memory_total_bytes: u64,
-    /// Memory in use, bytes.
-    pub memory_used_bytes: Option<u64>,
-    /// Utilisation, percent.
-    pub utilization_gpu_pct: Option<u32>,
-    /// Temperature, °C.
-    pub temperature_c: Option<u32>,
-    /// Power, milliwatts.
-    pub power_mw: Option<u32>,
-    /// NVLink peers.
-    pub nvlink_peers: Vec<u32>,
-    /// PCI bus id.
-    pub pci_bus_id: String,
+    /// What it is.
+    #[serde(flatten)]
+    pub info: GpuInfo,
+    /// Its reading (a field the device could not give is `null`).
+    #[serde(flatten)]
+    pub sample: GpuSample,
     /// Health.
     pub health: Health,
 }
@@ -46,25 +32,34 @@ pub fn once(node: &str, probe: &mut dyn GpuProbe) -> Result<NodeReport, ProbeErr
     let inventory = probe.inventory()?;
     let samples = probe.sample()?;
     let xids = probe.xids();
-    let health = HealthBook::default().update(&inventory, &samples, &xids);
+    let health = HealthBook::default().update(&inventory, &samples, &xids, &[]);
     let gpus = inventory
         .into_iter()
-        .map(|g| {
-            let s = samples.iter().find(|s| s.index == g.index).cloned().unwrap_or_default();
-            GpuReport {
-                index: g.index,
-                health: health.get(&g.index).cloned().unwrap_or(Health::Unknown("no reading".into())),
-                uuid: g.uuid,
-                name: g.name,
-                memory_total_bytes: g.memory_total_bytes,
-                memory_used_bytes: s.memory_used_bytes,
-                utilization_gpu_pct: s.utilization_gpu_pct,
-                temperature_c: s.temperature_c,
-                power_mw: s.power_mw,
-                nvlink_peers: g.nvlink_peers,
-                pci_bus_id: g.pci_bus_id,
-            }
+        .map(|info| {
+            let sample = samples.iter().find(|s| s.index == info.index).cloned().unwrap_or_default();
+            let health = health.get(&info.index).cloned().unwrap_or(Health::Unknown("no reading".into()));
+            GpuReport { info, sample, health }
         })
         .collect();
     Ok(NodeReport { node: node.into(), gpus })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::fake::FakeProbe;
+
+    #[test]
+    fn the_report_carries_the_fields_nvml_check_reads() {
+        let mut p = FakeProbe::profile("dgx-h100").unwrap();
+        let r = serde_json::to_value(once("n", &mut p).unwrap()).unwrap();
+        let g = &r["gpus"][3];
+        for field in ["index", "uuid", "name", "memory_total_bytes", "memory_used_bytes", "utilization_gpu_pct"] {
+            assert!(!g[field].is_null(), "{field} in {g}");
+        }
+        assert_eq!(g["index"], 3);
+        assert_eq!(g["health"]["state"], "healthy");
+        assert_eq!(g["numa_node"], 0);
+        assert_eq!(r["node"], "n");
+    }
 }

@@ -10,7 +10,7 @@ use crate::health::{Health, HealthBook};
 use crate::probe::{GpuInfo, GpuProbe, GpuSample, ProbeError, Xid};
 
 /// One round of readings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Round {
     /// When it was taken (since the sampler started).
     pub at: Duration,
@@ -20,17 +20,35 @@ pub struct Round {
     pub samples: Vec<GpuSample>,
     /// XIDs since the last round.
     pub xids: Vec<Xid>,
+    /// GPUs reset since the last round.
+    pub resets: Vec<u32>,
+    /// Per field, reads that failed so far.
+    pub field_errors: BTreeMap<&'static str, u64>,
     /// Each GPU's health.
     pub health: BTreeMap<u32, Health>,
 }
 
-type Reading = Result<(Vec<GpuInfo>, Vec<GpuSample>, Vec<Xid>), ProbeError>;
+/// What one call of the probe gave.
+#[derive(Debug)]
+struct Reading {
+    inventory: Vec<GpuInfo>,
+    samples: Vec<GpuSample>,
+    xids: Vec<Xid>,
+    resets: Vec<u32>,
+    field_errors: BTreeMap<&'static str, u64>,
+}
+
+fn read_probe(probe: &mut dyn GpuProbe) -> Result<Reading, ProbeError> {
+    let inventory = probe.inventory()?;
+    let samples = probe.sample()?;
+    Ok(Reading { inventory, samples, xids: probe.xids(), resets: probe.resets(), field_errors: probe.field_errors() })
+}
 
 /// Reads a probe every `interval` on its own thread; [`Sampler::read`] returns the next round, or one where every
 /// known GPU is unknown when the probe is late by more than `deadline`.
 #[derive(Debug)]
 pub struct Sampler {
-    rx: mpsc::Receiver<Reading>,
+    rx: mpsc::Receiver<Result<Reading, ProbeError>>,
     book: HealthBook,
     known: Vec<u32>,
     deadline: Duration,
@@ -40,11 +58,10 @@ pub struct Sampler {
 impl Sampler {
     /// Starts reading `probe` every `interval`.
     pub fn spawn(mut probe: Box<dyn GpuProbe>, interval: Duration, deadline: Duration) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Reading>(1);
+        let (tx, rx) = mpsc::sync_channel(1);
         thread::spawn(move || {
             loop {
-                let reading = (|| Ok((probe.inventory()?, probe.sample()?, probe.xids())))();
-                if tx.send(reading).is_err() {
+                if tx.send(read_probe(probe.as_mut())).is_err() {
                     return;
                 }
                 thread::sleep(interval);
@@ -57,10 +74,11 @@ impl Sampler {
     pub fn read(&mut self) -> Round {
         let at = self.started.elapsed();
         match self.rx.recv_timeout(self.deadline) {
-            Ok(Ok((inventory, samples, xids))) => {
-                let health = self.book.update(&inventory, &samples, &xids);
+            Ok(Ok(r)) => {
+                let health = self.book.update(&r.inventory, &r.samples, &r.xids, &r.resets);
                 self.known = health.keys().copied().collect();
-                Round { at, inventory, samples, xids, health }
+                let Reading { inventory, samples, xids, resets, field_errors } = r;
+                Round { at, inventory, samples, xids, resets, field_errors, health }
             }
             Ok(Err(e)) => self.unknown(at, &format!("the probe failed: {e}")),
             Err(_) => self.unknown(at, &format!("the probe did not answer within {:?}", self.deadline)),
@@ -69,7 +87,7 @@ impl Sampler {
 
     fn unknown(&self, at: Duration, why: &str) -> Round {
         let health = self.known.iter().map(|i| (*i, Health::Unknown(why.into()))).collect();
-        Round { at, inventory: Vec::new(), samples: Vec::new(), xids: Vec::new(), health }
+        Round { at, health, ..Round::default() }
     }
 }
 

@@ -9,7 +9,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 
+use std::sync::atomic::Ordering;
+
 use crate::health::Health;
+use crate::link::{LinkConfig, LinkStats};
 use crate::probe::GpuProbe;
 use crate::sampler::Sampler;
 
@@ -33,16 +36,54 @@ struct Latest {
     health: BTreeMap<u32, Health>,
 }
 
-/// Samples `probe` every `interval` and serves `/metrics` on `addr` until the process ends; returns the bound address
-/// once listening.
+/// The agent's own figures, after the DCGM ones.
+fn render_own(out: &mut String, link: Option<&LinkStats>, field_errors: &BTreeMap<&'static str, u64>) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP haiyun_agent_field_errors_total Probe reads that failed or are not supported.");
+    let _ = writeln!(out, "# TYPE haiyun_agent_field_errors_total counter");
+    for (field, n) in field_errors {
+        let _ = writeln!(out, "haiyun_agent_field_errors_total{{field=\"{field}\"}} {n}");
+    }
+    let Some(l) = link else { return };
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    for (name, kind, help, v) in [
+        ("haiyun_agent_link_up", "gauge", "Whether the stream to the operator is open.", u64::from(l.up.load(Ordering::Relaxed))),
+        ("haiyun_agent_buffered_samples", "gauge", "Samples not yet acknowledged by the operator.", load(&l.buffered)),
+        ("haiyun_agent_dropped_samples_total", "counter", "Samples dropped because the buffer was full.", load(&l.dropped)),
+        ("haiyun_agent_connects_total", "counter", "Streams opened to the operator.", load(&l.connects)),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+}
+
+/// How the agent runs.
+#[derive(Debug)]
+pub struct Options {
+    /// The node.
+    pub node: String,
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Where `/metrics` and `/healthz` are served.
+    pub addr: SocketAddr,
+    /// The link to the operator, if any.
+    pub link: Option<LinkConfig>,
+}
+
+/// Samples `probe` every `interval`, streams the rounds to the operator when a link is configured, and serves
+/// `/metrics` on `addr` until the process ends; returns the bound address once listening.
 pub async fn run(
-    node: String,
     probe: Box<dyn GpuProbe>,
-    interval: Duration,
-    addr: SocketAddr,
+    opts: Options,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServeError> {
     let latest = Arc::new(Mutex::new(Latest::default()));
     let keep = latest.clone();
+    let stats = Arc::new(LinkStats::default());
+    let (rounds, rx) = tokio::sync::mpsc::channel(64);
+    let link_stats = opts.link.is_some().then(|| stats.clone());
+    if let Some(cfg) = opts.link {
+        tokio::spawn(crate::link::run(cfg, rx, stats));
+    }
+    let (node, interval) = (opts.node, opts.interval);
     std::thread::spawn(move || {
         let mut sampler = Sampler::spawn(probe, interval, interval * 5);
         let mut last_xid: BTreeMap<u32, u32> = BTreeMap::new();
@@ -51,11 +92,15 @@ pub async fn run(
             for x in &round.xids {
                 last_xid.insert(x.index, x.code);
             }
-            let text =
+            let mut text =
                 crate::dcgm::render(&node, &round.inventory, &round.samples, &|i| last_xid.get(&i).copied());
+            render_own(&mut text, link_stats.as_deref(), &round.field_errors);
+            let health = round.health.clone();
+            // A full channel means the link task is stuck; the round still reaches /metrics.
+            let _ = rounds.try_send(round);
             let mut l = keep.lock().unwrap_or_else(|p| p.into_inner());
             l.metrics = text;
-            l.health = round.health;
+            l.health = health;
         }
     });
     let app = Router::new()
@@ -73,6 +118,7 @@ pub async fn run(
             }),
         )
         .with_state(latest);
+    let addr = opts.addr;
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
@@ -99,10 +145,13 @@ mod tests {
     #[tokio::test]
     async fn the_running_agent_serves_dcgm_metrics_that_change_from_round_to_round() {
         let probe = Box::new(FakeProbe::profile("dgx-h100").unwrap());
-        let (addr, _task) =
-            run("node-a".into(), probe, Duration::from_millis(50), "127.0.0.1:0".parse().unwrap())
-                .await
-                .unwrap();
+        let opts = Options {
+            node: "node-a".into(),
+            interval: Duration::from_millis(50),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            link: None,
+        };
+        let (addr, _task) = run(probe, opts).await.unwrap();
         let util = |text: &str| {
             text.lines().find(|l| l.starts_with("DCGM_FI_DEV_GPU_UTIL{gpu=\"0\"")).map(str::to_string)
         };

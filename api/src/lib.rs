@@ -2,6 +2,8 @@
 // kube-derive's repeated `printcolumn(...)` arguments look like duplicated attributes to clippy.
 #![allow(clippy::duplicated_attributes)]
 
+#[cfg(feature = "grpc")]
+pub mod agent;
 pub mod condition;
 pub mod crd;
 pub mod dataset;

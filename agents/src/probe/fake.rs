@@ -36,6 +36,8 @@ struct FakeGpu {
 pub struct FakeProbe {
     gpus: Vec<FakeGpu>,
     pending: Vec<Xid>,
+    reset: Vec<u32>,
+    temperature_errors: u64,
     tick: u64,
 }
 
@@ -82,7 +84,7 @@ impl FakeProbe {
             ],
             other => return Err(ProbeError::UnknownProfile(other.into())),
         };
-        Ok(FakeProbe { gpus, pending: Vec::new(), tick: 0 })
+        Ok(FakeProbe { gpus, pending: Vec::new(), reset: Vec::new(), temperature_errors: 0, tick: 0 })
     }
 
     /// Injects a fault.
@@ -93,11 +95,15 @@ impl FakeProbe {
             Fault::RemapFailed(i) => self.with(i, |g| g.remap_failed = true),
             Fault::Disappear(i) => self.with(i, |g| g.present = false),
             Fault::TemperatureUnsupported(i) => self.with(i, |g| g.temperature = false),
-            Fault::Reset(i) => self.with(i, |g| {
-                g.present = true;
-                g.remap_failed = false;
-                g.temperature = true;
-            }),
+            Fault::Reset(i) => {
+                self.with(i, |g| {
+                    g.present = true;
+                    g.ecc = 0;
+                    g.remap_failed = false;
+                    g.temperature = true;
+                });
+                self.reset.push(i);
+            }
         }
     }
 
@@ -125,6 +131,7 @@ impl GpuProbe for FakeProbe {
     fn sample(&mut self) -> Result<Vec<GpuSample>, ProbeError> {
         self.tick += 1;
         let t = self.tick;
+        self.temperature_errors += self.gpus.iter().filter(|g| g.present && !g.temperature).count() as u64;
         Ok(self
             .gpus
             .iter()
@@ -150,6 +157,14 @@ impl GpuProbe for FakeProbe {
 
     fn xids(&mut self) -> Vec<Xid> {
         std::mem::take(&mut self.pending)
+    }
+
+    fn resets(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.reset)
+    }
+
+    fn field_errors(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        [("temperature", self.temperature_errors)].into_iter().filter(|(_, n)| *n > 0).collect()
     }
 }
 
@@ -183,6 +198,8 @@ mod tests {
         let c = p.sample().unwrap();
         assert_eq!(c[2].temperature_c, None);
         assert!(c[2].utilization_gpu_pct.is_some());
+        p.sample().unwrap();
+        assert_eq!(p.field_errors().get("temperature"), Some(&2), "each failed read is counted");
     }
 
     #[test]
@@ -274,6 +291,14 @@ impl GpuProbe for FileFaultProbe {
 
     fn xids(&mut self) -> Vec<Xid> {
         self.probe.xids()
+    }
+
+    fn resets(&mut self) -> Vec<u32> {
+        self.probe.resets()
+    }
+
+    fn field_errors(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.probe.field_errors()
     }
 }
 

@@ -1,6 +1,9 @@
 //! GPU probes: what a node's GPUs are (inventory) and what they are doing (samples), from NVML or a fake machine.
 
 pub mod fake;
+pub mod nvml;
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -29,6 +32,7 @@ pub struct GpuInfo {
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct GpuSample {
     /// Index on the node.
+    #[serde(skip_serializing)]
     pub index: u32,
     /// Memory in use, bytes.
     pub memory_used_bytes: Option<u64>,
@@ -63,6 +67,20 @@ pub enum ProbeError {
     /// An unknown fake profile.
     #[error("failed to find fake profile {0:?}: use dgx-h100, dgx-a100, t4-edge or mixed")]
     UnknownProfile(String),
+    /// NVML could not be loaded or initialised (no NVIDIA driver on this machine, or it is broken).
+    #[error(
+        "failed to start NVML ({0}): this machine needs the NVIDIA driver's libnvidia-ml.so.1; \
+         use --probe fake:<profile> to run without a GPU"
+    )]
+    NvmlUnavailable(String),
+    /// A call NVML must answer for the whole node failed.
+    #[error("NVML failed to {what}: {why}")]
+    Nvml {
+        /// The call.
+        what: &'static str,
+        /// NVML's error.
+        why: String,
+    },
 }
 
 /// A source of GPU facts; calls may block (NVML), so callers run them on a dedicated thread.
@@ -73,4 +91,12 @@ pub trait GpuProbe: Send {
     fn sample(&mut self) -> Result<Vec<GpuSample>, ProbeError>;
     /// XID errors since the last call.
     fn xids(&mut self) -> Vec<Xid>;
+    /// GPUs reset since the last call: their XID and ECC history starts again.
+    fn resets(&mut self) -> Vec<u32> {
+        Vec::new()
+    }
+    /// Per field, how many reads failed or were not supported so far (such a field is absent from the sample).
+    fn field_errors(&self) -> BTreeMap<&'static str, u64> {
+        BTreeMap::new()
+    }
 }
