@@ -24,7 +24,9 @@ pub enum LinkError {
     #[error("--operator {0:?} is not a URL: write e.g. http://haiyun-telemetry.haiyun-system:9090")]
     Endpoint(String),
     /// The token file could not be read.
-    #[error("failed to read the token file {path}: {source} (mount the projected token or pass --token-file)")]
+    #[error(
+        "failed to read the token file {path}: {source} (mount the projected token or pass --token-file)"
+    )]
     Token {
         /// The file.
         path: PathBuf,
@@ -176,9 +178,8 @@ async fn open(
     if let Some(path) = &cfg.token_file {
         let token = std::fs::read_to_string(path)
             .map_err(|source| LinkError::Token { path: path.clone(), source })?;
-        let value = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| LinkError::BadToken(path.clone()))?;
+        let value =
+            format!("Bearer {}", token.trim()).parse().map_err(|_| LinkError::BadToken(path.clone()))?;
         request.metadata_mut().insert("authorization", value);
     }
     let acks = TelemetryClient::new(channel).stream(request).await?.into_inner();
@@ -239,7 +240,8 @@ pub async fn run(cfg: LinkConfig, mut rounds: mpsc::Receiver<Round>, stats: Arc<
                     if !sent {
                         drop_stream(&mut stream, &stats, "the operator is not reading the stream".into());
                         attempt += 1;
-                        retry_at = Instant::now() + backoff(cfg.backoff_base, cfg.backoff_cap, attempt, rng.next());
+                        retry_at =
+                            Instant::now() + backoff(cfg.backoff_base, cfg.backoff_cap, attempt, rng.next());
                     }
                 }
             }
@@ -250,9 +252,12 @@ pub async fn run(cfg: LinkConfig, mut rounds: mpsc::Receiver<Round>, stats: Arc<
                     version: env!("CARGO_PKG_VERSION").into(),
                     dropped: buffer.dropped,
                 };
-                match tokio::time::timeout(Duration::from_secs(10), open(&cfg, hello, inventory.as_ref(), &buffer))
-                    .await
-                    .unwrap_or(Err(LinkError::Timeout))
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    open(&cfg, hello, inventory.as_ref(), &buffer),
+                )
+                .await
+                .unwrap_or(Err(LinkError::Timeout))
                 {
                     Ok(s) => {
                         stream = Some(s);
@@ -262,7 +267,8 @@ pub async fn run(cfg: LinkConfig, mut rounds: mpsc::Receiver<Round>, stats: Arc<
                     Err(e) => {
                         note(&stats, e.to_string());
                         attempt += 1;
-                        retry_at = Instant::now() + backoff(cfg.backoff_base, cfg.backoff_cap, attempt, rng.next());
+                        retry_at =
+                            Instant::now() + backoff(cfg.backoff_base, cfg.backoff_cap, attempt, rng.next());
                     }
                 }
             }
@@ -297,7 +303,11 @@ mod tests {
             let full = (base * (1 << (attempt - 1))).min(cap);
             for _ in 0..50 {
                 let d = backoff(base, cap, attempt, rng.next());
-                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} outside [{:?}, {full:?}]", full / 2);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "attempt {attempt}: {d:?} outside [{:?}, {full:?}]",
+                    full / 2
+                );
             }
         }
         let spread: std::collections::BTreeSet<_> =

@@ -51,7 +51,8 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let n: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a duration: write e.g. 1s or 500ms"))?;
+    let n: f64 =
+        num.trim().parse().map_err(|_| format!("{s:?} is not a duration: write e.g. 1s or 500ms"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,

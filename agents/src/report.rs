@@ -54,7 +54,9 @@ mod tests {
         let mut p = FakeProbe::profile("dgx-h100").unwrap();
         let r = serde_json::to_value(once("n", &mut p).unwrap()).unwrap();
         let g = &r["gpus"][3];
-        for field in ["index", "uuid", "name", "memory_total_bytes", "memory_used_bytes", "utilization_gpu_pct"] {
+        for field in
+            ["index", "uuid", "name", "memory_total_bytes", "memory_used_bytes", "utilization_gpu_pct"]
+        {
             assert!(!g[field].is_null(), "{field} in {g}");
         }
         assert_eq!(g["index"], 3);

@@ -41,7 +41,13 @@ struct Reading {
 fn read_probe(probe: &mut dyn GpuProbe) -> Result<Reading, ProbeError> {
     let inventory = probe.inventory()?;
     let samples = probe.sample()?;
-    Ok(Reading { inventory, samples, xids: probe.xids(), resets: probe.resets(), field_errors: probe.field_errors() })
+    Ok(Reading {
+        inventory,
+        samples,
+        xids: probe.xids(),
+        resets: probe.resets(),
+        field_errors: probe.field_errors(),
+    })
 }
 
 /// Reads a probe every `interval` on its own thread; [`Sampler::read`] returns the next round, or one where every

@@ -39,7 +39,8 @@ struct Latest {
 /// The agent's own figures, after the DCGM ones.
 fn render_own(out: &mut String, link: Option<&LinkStats>, field_errors: &BTreeMap<&'static str, u64>) {
     use std::fmt::Write;
-    let _ = writeln!(out, "# HELP haiyun_agent_field_errors_total Probe reads that failed or are not supported.");
+    let _ =
+        writeln!(out, "# HELP haiyun_agent_field_errors_total Probe reads that failed or are not supported.");
     let _ = writeln!(out, "# TYPE haiyun_agent_field_errors_total counter");
     for (field, n) in field_errors {
         let _ = writeln!(out, "haiyun_agent_field_errors_total{{field=\"{field}\"}} {n}");
@@ -47,9 +48,24 @@ fn render_own(out: &mut String, link: Option<&LinkStats>, field_errors: &BTreeMa
     let Some(l) = link else { return };
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     for (name, kind, help, v) in [
-        ("haiyun_agent_link_up", "gauge", "Whether the stream to the operator is open.", u64::from(l.up.load(Ordering::Relaxed))),
-        ("haiyun_agent_buffered_samples", "gauge", "Samples not yet acknowledged by the operator.", load(&l.buffered)),
-        ("haiyun_agent_dropped_samples_total", "counter", "Samples dropped because the buffer was full.", load(&l.dropped)),
+        (
+            "haiyun_agent_link_up",
+            "gauge",
+            "Whether the stream to the operator is open.",
+            u64::from(l.up.load(Ordering::Relaxed)),
+        ),
+        (
+            "haiyun_agent_buffered_samples",
+            "gauge",
+            "Samples not yet acknowledged by the operator.",
+            load(&l.buffered),
+        ),
+        (
+            "haiyun_agent_dropped_samples_total",
+            "counter",
+            "Samples dropped because the buffer was full.",
+            load(&l.dropped),
+        ),
         ("haiyun_agent_connects_total", "counter", "Streams opened to the operator.", load(&l.connects)),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");

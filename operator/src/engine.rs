@@ -51,6 +51,8 @@ pub struct Engine {
     outcomes: tokio::sync::mpsc::UnboundedReceiver<crate::index::Outcome>,
     /// Jobs whose finish is logged.
     finished: HashSet<String>,
+    /// What the node agents report, when the telemetry server runs.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl Engine {
@@ -73,7 +75,14 @@ impl Engine {
             rejected: BTreeMap::new(),
             outcomes,
             finished: HashSet::new(),
+            fleet: None,
         }
+    }
+
+    /// Takes GPU health from the node agents' reports.
+    pub fn with_fleet(mut self, fleet: Arc<crate::fleet::Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// Runs cycles until the process ends.
@@ -93,7 +102,10 @@ impl Engine {
             actions = tracing::field::Empty
         );
         let _entered = span.enter();
-        let objects = self.stores.objects();
+        let mut objects = self.stores.objects();
+        if let Some(f) = &self.fleet {
+            objects.fleet = Arc::new(f.view());
+        }
         while let Ok(o) = self.outcomes.try_recv() {
             self.overlay.record(&o);
         }

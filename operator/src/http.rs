@@ -26,7 +26,7 @@ pub enum HttpError {
 /// Serves the endpoints on `addr` until the process ends; returns once listening.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, HttpError> {
     let app = Router::new()
-        .route("/metrics", get(|State(m): State<Arc<Metrics>>| async move { m.render() }))
+        .route("/metrics", get(|State(m): State<Arc<Metrics>>| async move { m.render() + &m.render_fleet() }))
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",

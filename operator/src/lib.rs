@@ -4,6 +4,7 @@ pub mod apply;
 pub mod backend;
 pub mod decision;
 pub mod engine;
+pub mod fleet;
 pub mod http;
 pub mod index;
 pub mod lease;
@@ -61,7 +62,24 @@ pub struct Settings {
     /// Send OpenTelemetry traces of scheduling cycles to this OTLP/HTTP endpoint (e.g. http://collector:4318).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Where node agents stream GPU telemetry (gRPC); only the leader listens.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub telemetry_addr: SocketAddr,
+    /// How agents prove their node: `tokenreview` (projected ServiceAccount tokens checked by the API server) or
+    /// `file:<path>` (one `<node> <token>` per line, for agents outside a cluster).
+    #[arg(long, default_value = "tokenreview")]
+    pub agent_auth: String,
+    /// The agents' ServiceAccount as `<namespace>/<name>` (with `tokenreview`).
+    #[arg(long, default_value = "haiyun-system/haiyun-agent")]
+    pub agent_service_account: String,
+    /// Seconds a node's agent may be silent before the node is marked stale (its GPUs then take no new work;
+    /// running work is never evicted for it).
+    #[arg(long, default_value_t = 90)]
+    pub agent_grace_seconds: u64,
 }
+
+/// The label the leader puts on its own pod, so the telemetry Service reaches only the leader.
+pub const LEADER_LABEL: &str = "haiyun.io/leader";
 
 /// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +102,12 @@ pub enum RunError {
     /// The scheduling loop stopped (a panic); exiting lets another replica lead.
     #[error("the scheduling loop stopped: {0}")]
     LoopEnded(String),
+    /// The telemetry server could not start.
+    #[error(transparent)]
+    Fleet(#[from] fleet::server::ServerError),
+    /// The agent authentication settings are wrong.
+    #[error("--agent-auth: {0}")]
+    AgentAuth(String),
     /// The lease was lost; another replica leads now.
     #[error("lost the leader lease {0}; exiting so that no two replicas bind")]
     LostLease(String),
@@ -102,6 +126,11 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
+    let auth = agent_auth(&settings, &client)?;
+    let pod = std::env::var("POD_NAME").ok();
+    if let Some(pod) = &pod {
+        label_leader(&client, &settings.namespace, pod, false).await;
+    }
     let metrics = Arc::new(metrics::Metrics::default());
     let addr = http::serve(settings.metrics_addr, metrics.clone()).await?;
     tracing::info!(%addr, %identity, "serving /metrics, /healthz and /readyz");
@@ -135,14 +164,33 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
     let limiter = limit::Limiter::new(settings.kube_api_qps, settings.kube_api_burst);
     let recorder = Recorder::new(client.clone(), reporter);
     let (outcomes, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
-    let applier =
-        apply::Applier::new(client, recorder, settings.concurrency, metrics.clone(), limiter, outcomes);
+    let applier = apply::Applier::new(
+        client.clone(),
+        recorder,
+        settings.concurrency,
+        metrics.clone(),
+        limiter,
+        outcomes,
+    );
     let config = engine::EngineConfig {
         scheduler: SchedulerConfig::default(),
         interval: Duration::from_millis(settings.interval_ms.max(10)),
         debounce: Duration::from_millis(settings.debounce_ms),
     };
-    let engine = engine::Engine::new(stores, applier, config, log, metrics.clone(), outcomes_rx);
+    let fleet = Arc::new(fleet::Fleet::new(
+        Duration::from_secs(settings.agent_grace_seconds.max(1)),
+        stores.changed.clone(),
+    ));
+    metrics.add_fleet(fleet.clone());
+    let at = fleet::server::serve(settings.telemetry_addr, fleet::server::Service::new(fleet.clone(), auth))
+        .await?;
+    tracing::info!(addr = %at, "serving agent telemetry");
+    tokio::spawn(fleet::conditions::run(client.clone(), fleet.clone()));
+    if let Some(pod) = &pod {
+        label_leader(&client, &settings.namespace, pod, true).await;
+    }
+    let engine =
+        engine::Engine::new(stores, applier, config, log, metrics.clone(), outcomes_rx).with_fleet(fleet);
     let mut loop_task = tokio::spawn(engine.run());
     let mut last_renew = tokio::time::Instant::now();
     let deadline = Duration::from_secs(settings.lease_seconds.max(3)) * 2 / 3;
@@ -169,4 +217,37 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
     loop_task.abort();
     metrics.set_leader(false);
     Err(RunError::LostLease(settings.lease_name))
+}
+
+fn agent_auth(settings: &Settings, client: &kube::Client) -> Result<fleet::auth::Authenticator, RunError> {
+    if let Some(path) = settings.agent_auth.strip_prefix("file:") {
+        return fleet::auth::Authenticator::from_file(std::path::Path::new(path))
+            .map_err(|e| RunError::AgentAuth(e.to_string()));
+    }
+    if settings.agent_auth != "tokenreview" {
+        return Err(RunError::AgentAuth(format!(
+            "{:?} is not a method: use tokenreview or file:<path>",
+            settings.agent_auth
+        )));
+    }
+    let Some((ns, name)) = settings.agent_service_account.split_once('/') else {
+        return Err(RunError::AgentAuth(format!(
+            "--agent-service-account {:?} is not <namespace>/<name>",
+            settings.agent_service_account
+        )));
+    };
+    Ok(fleet::auth::Authenticator::TokenReview {
+        client: client.clone(),
+        service_account: format!("system:serviceaccount:{ns}:{name}"),
+    })
+}
+
+/// Marks this replica's pod as the leader (or not), so the telemetry Service selects only the leader.
+async fn label_leader(client: &kube::Client, namespace: &str, pod: &str, leader: bool) {
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: leader.to_string()}}});
+    let params = kube::api::PatchParams::default();
+    if let Err(e) = api.patch(pod, &params, &kube::api::Patch::Merge(&patch)).await {
+        tracing::warn!(%pod, error = %e, "failed to label this replica's pod; agents may not reach the leader");
+    }
 }

@@ -36,6 +36,7 @@ pub struct Metrics {
     errors: AtomicU64,
     leader: AtomicBool,
     ready: AtomicBool,
+    fleet: std::sync::OnceLock<std::sync::Arc<crate::fleet::Fleet>>,
 }
 
 impl Metrics {
@@ -50,6 +51,16 @@ impl Metrics {
         h.sum += seconds;
         h.count += 1;
         *self.gauges.lock().unwrap_or_else(|p| p.into_inner()) = gauges;
+    }
+
+    /// Adds the fleet's figures (agents, staleness, unhealthy GPUs, gaps) to the exposition.
+    pub fn add_fleet(&self, fleet: std::sync::Arc<crate::fleet::Fleet>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// The fleet's figures, when there is a fleet.
+    pub fn render_fleet(&self) -> String {
+        self.fleet.get().map(|f| f.render()).unwrap_or_default()
     }
 
     /// Counts pods bound.

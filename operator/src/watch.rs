@@ -96,6 +96,7 @@ impl Stores {
             datasets: self.datasets.state(),
             nodes: self.nodes.state(),
             pods: self.pods.state(),
+            fleet: Arc::default(),
         }
     }
 }

@@ -113,10 +113,11 @@ impl NvmlProbe {
 /// What a GPU is: the fields that do not change while it runs.
 fn describe(device: &Device<'static>, index: u32) -> Result<GpuInfo, ProbeError> {
     let pci = device.pci_info().map_err(nvml_error("read a GPU's PCI address"))?;
-    let numa = std::fs::read_to_string(format!("/sys/bus/pci/devices/{}/numa_node", sysfs_bus_id(&pci.bus_id)))
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-        .and_then(|n| u32::try_from(n).ok());
+    let numa =
+        std::fs::read_to_string(format!("/sys/bus/pci/devices/{}/numa_node", sysfs_bus_id(&pci.bus_id)))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .and_then(|n| u32::try_from(n).ok());
     Ok(GpuInfo {
         index,
         uuid: device.uuid().map_err(nvml_error("read a GPU's UUID"))?,

@@ -10,6 +10,8 @@ use haiyun_scheduler::model::{
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 
+use crate::fleet::{FleetView, GpuState, NodeView};
+
 /// GPU resource name on nodes and pods.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Node label naming the GPU model as NVIDIA's GPU feature discovery writes it.
@@ -44,6 +46,17 @@ fn usable(node: &Node) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
     ready && !cordoned
+}
+
+/// GPU `index`'s health as the node agent reports it.
+fn reported(agent: Option<&NodeView>, index: u32) -> Health {
+    let Some(v) = agent else { return Health::Healthy };
+    match v.gpus.get(&index).map(|g| g.state) {
+        _ if v.stale => Health::Unknown,
+        Some(GpuState::Healthy) => Health::Healthy,
+        Some(GpuState::Unhealthy) => Health::Unhealthy,
+        Some(GpuState::Unknown) | None => Health::Unknown,
+    }
 }
 
 fn allocatable(node: &Node, key: &str) -> Option<String> {
@@ -136,7 +149,15 @@ struct Foreign {
 /// placement of ours covers (other schedulers' pods, and ours that are terminating or left over) take their
 /// requests off their node, and the GPUs they hold are never placed on. Cordoned or NotReady nodes stay in (so
 /// the jobs running there keep their place) but take nothing new.
-pub fn federation(pools: &[&ComputePool], nodes: &[&Node], pods: &[&Pod], claims: &Claims) -> Federation {
+/// GPUs follow their node agent's report: unhealthy ones are never placed on, and a GPU the agent does not know, or
+/// any GPU of a node whose agent is stale, is unknown. Nodes without an agent take their GPUs as healthy.
+pub fn federation(
+    pools: &[&ComputePool],
+    nodes: &[&Node],
+    pods: &[&Pod],
+    claims: &Claims,
+    fleet: &FleetView,
+) -> Federation {
     let mut f = Federation::default();
     let mut selectors: Vec<(u32, &BTreeMap<String, String>)> = Vec::new();
     let mut sorted: Vec<&&ComputePool> = pools.iter().collect();
@@ -230,11 +251,12 @@ pub fn federation(pools: &[&ComputePool], nodes: &[&Node], pods: &[&Pod], claims
                 unknown -= 1;
             }
         }
+        let agent = fleet.get(&name);
         let gpus = match model {
             Some(model) => (0..count)
                 .map(|j| {
                     let health =
-                        if open && taken & (1 << j) == 0 { Health::Healthy } else { Health::Unknown };
+                        if open && taken & (1 << j) == 0 { reported(agent, j) } else { Health::Unknown };
                     Gpu { model, memory_mib, nvlink_domain: domain, health }
                 })
                 .collect(),

@@ -40,6 +40,8 @@ pub struct Objects {
     pub nodes: Vec<Arc<Node>>,
     /// Pods.
     pub pods: Vec<Arc<Pod>>,
+    /// What the node agents report.
+    pub fleet: Arc<crate::fleet::FleetView>,
 }
 
 /// What a job's pods say.
@@ -257,7 +259,7 @@ fn assemble(
     let nodes: Vec<&Node> = objects.nodes.iter().map(|p| p.as_ref()).collect();
     let pods: Vec<&Pod> = objects.pods.iter().map(|p| p.as_ref()).collect();
     let claims = claims_of(objects, overlay, held);
-    let mut fed = cluster::federation(&pools, &nodes, &pods, &claims);
+    let mut fed = cluster::federation(&pools, &nodes, &pods, &claims, &objects.fleet);
     let queues: Vec<&Queue> = objects.queues.iter().map(|p| p.as_ref()).collect();
     let requests: Vec<&QuotaRequest> = objects.requests.iter().map(|p| p.as_ref()).collect();
     let book = queue::book(&queues, &requests, &mut fed.cluster.models);
