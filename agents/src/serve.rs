@@ -95,7 +95,8 @@ pub async fn run(
     let keep = latest.clone();
     let stats = Arc::new(LinkStats::default());
     let (rounds, rx) = tokio::sync::mpsc::channel(64);
-    let link_stats = opts.link.is_some().then(|| stats.clone());
+    let linked = opts.link.is_some();
+    let link_stats = linked.then(|| stats.clone());
     if let Some(cfg) = opts.link {
         tokio::spawn(crate::link::run(cfg, rx, stats));
     }
@@ -104,6 +105,9 @@ pub async fn run(
         let mut sampler = Sampler::spawn(probe, interval, interval * 5);
         let mut last_xid: BTreeMap<u32, u32> = BTreeMap::new();
         loop {
+            if linked && rounds.is_closed() {
+                return; // the runtime that ran the link is gone
+            }
             let round = sampler.read();
             for x in &round.xids {
                 last_xid.insert(x.index, x.code);

@@ -239,11 +239,13 @@ pub struct OperatorProcess {
     pub child: Child,
     pub log: PathBuf,
     pub metrics_port: u16,
+    pub telemetry_port: u16,
 }
 
 impl OperatorProcess {
     fn spawn(env: &Env, label: &str, extra: &[&str]) -> Self {
         let port = free_port();
+        let telemetry_port = free_port();
         static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = env.dir.join(format!("operator-{label}-{n:02}.log"));
@@ -252,6 +254,7 @@ impl OperatorProcess {
             .args(["run", "--namespace", "default", "--lease-name", &env.lease(), "--lease-seconds", "3"])
             .args(["--interval-ms", "500", "--debounce-ms", "20", "--identity", label])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--telemetry-addr", &format!("127.0.0.1:{telemetry_port}")])
             .args(["--decision-log", env.decision_log().to_str().unwrap()])
             .args(extra)
             .env("KUBECONFIG", &env.kubeconfig)
@@ -260,7 +263,7 @@ impl OperatorProcess {
             .stderr(Stdio::from(out))
             .spawn()
             .expect("haiyun-operator starts");
-        OperatorProcess { child, log, metrics_port: port }
+        OperatorProcess { child, log, metrics_port: port, telemetry_port }
     }
 
     /// `/metrics` text, or empty when not serving.
