@@ -71,6 +71,16 @@ fn the_chart_lints_and_its_schema_refuses_bad_values() {
     assert!(ok, "{out}");
     assert!(out.contains("replicas: 2") && out.contains("- --lease-seconds=15"), "{out}");
     assert!(!out.contains("kind: ServiceMonitor"), "a ServiceMonitor without its CRD would not apply");
+    // The agent DaemonSet proves its node with a projected token for the agent audience; the telemetry Service
+    // reaches only the leader; the operator may review tokens and write node conditions.
+    assert!(out.contains("kind: DaemonSet") && out.contains("audience: haiyun.io/agent"), "{out}");
+    assert!(out.contains("haiyun.io/leader: \"true\""), "{out}");
+    assert!(out.contains("resources: [tokenreviews]") && out.contains("resources: [nodes/status]"), "{out}");
+    assert!(out.contains("- --agent-service-account=haiyun-system/haiyun-agent"), "{out}");
+    let (ok, out) = render(&helm, &["--set", "agent.probe=gpu"]);
+    assert!(!ok && out.contains("probe"), "a bad probe was accepted:\n{out}");
+    let (ok, out) = render(&helm, &["--set", "agent.enabled=false"]);
+    assert!(ok && !out.contains("kind: DaemonSet"), "{out}");
 }
 
 #[tokio::test]
