@@ -21,14 +21,14 @@ enum Command {
         out: String,
     },
     /// Runs the operator against the cluster of the current kubeconfig (or in-cluster config).
-    Run(haiyun_operator::Settings),
+    Run(Box<haiyun_operator::Settings>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crdgen { out } => crdgen(&out),
-        Command::Run(settings) => haiyun_operator::run(settings).map_err(anyhow::Error::from),
+        Command::Run(settings) => haiyun_operator::run(*settings).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

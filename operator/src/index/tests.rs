@@ -220,3 +220,47 @@ fn another_schedulers_pod_takes_gpus_from_the_top_but_never_ones_ours_hold() {
     assert_eq!(unknown, vec![0, 1, 2, 3], "the foreign pod's four GPUs are the ones ours do not hold");
     assert!(admitted(&actions).is_empty(), "the node is full: {actions:?}");
 }
+
+fn agent_view(unhealthy: &[u32], stale: bool) -> crate::fleet::NodeView {
+    use crate::fleet::{GpuState, GpuView};
+    let gpus = (0..8)
+        .map(|i| {
+            let bad = unhealthy.contains(&i);
+            let state = if bad { GpuState::Unhealthy } else { GpuState::Healthy };
+            (
+                i,
+                GpuView {
+                    state,
+                    reason: if bad { "XID 79".into() } else { String::new() },
+                    uuid: String::new(),
+                },
+            )
+        })
+        .collect();
+    crate::fleet::NodeView { stale, silent_seconds: 0.0, gpus, last_gap_seconds: 0.0, lost: 0, replayed: 0 }
+}
+
+#[test]
+fn gpus_follow_their_agent_a_failed_gpu_takes_no_work_and_the_job_on_it_keeps_its_place() {
+    let (a, a_pod) = running(job("a", "q", 2, 100), "n0", &[0, 1]);
+    let b = Arc::new(job("b", "q", 8, 10));
+    let c = Arc::new(job("c", "q", 6, 5));
+    let fleet = [("n0".to_string(), agent_view(&[1, 5], false)), ("n1".to_string(), agent_view(&[], true))];
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![a, b, c],
+        nodes: vec![node("n0", 8, false), node("n1", 8, false)],
+        pods: vec![a_pod],
+        fleet: Arc::new(fleet.into_iter().collect()),
+        ..Default::default()
+    };
+    let (world, actions) = cycle(&objects);
+    assert!(matches!(world.jobs[0].state, JobState::Placed(_)), "the job on the failed GPU stays");
+    let nodes = &world.scheduler.snapshot().cluster().nodes;
+    assert_eq!(nodes[0].gpus[5].health, Health::Unhealthy);
+    assert_eq!(nodes[0].gpus[2].health, Health::Healthy);
+    assert!(nodes[1].gpus.iter().all(|g| g.health == Health::Unknown), "a stale node's GPUs are unknown");
+    // n0 has 5 healthy free GPUs (2, 3, 4, 6, 7) and n1 none that may take work: neither b (8) nor c (6) fits.
+    assert!(admitted(&actions).is_empty(), "{actions:?}");
+}
