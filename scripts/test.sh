@@ -21,14 +21,25 @@ cargo run --release --quiet -p haiyun-benches --bin haiyun-bench -- fgd --policy
 
 echo "== test control plane (testenv: etcd, kube-apiserver, kwok with 4 fake 8-GPU nodes)"
 testenv_dir=$(mktemp -d)
+slurm_dir=$(mktemp -d)
 log=$(mktemp)
 cleanup() {
   testenv/testenv down --dir "$testenv_dir" --purge >/dev/null 2>&1 || true
-  rm -rf "$testenv_dir" "$log"
+  testenv/slurm/slurm-down.sh "$slurm_dir/cluster" --purge >/dev/null 2>&1 || true
+  rm -rf "$testenv_dir" "$slurm_dir" "$log"
 }
 trap cleanup EXIT
 testenv/testenv up --dir "$testenv_dir" --nodes 4 --gpus-per-node 8 --gpu-model H100
 export HAIYUN_TEST_KUBECONFIG="$testenv_dir/kubeconfig" HAIYUN_REQUIRE_TESTENV=1
+
+echo "== Slurm 22.05 on loopback (munge, slurmctld, 4 slurmd with 8 fake H100 each, slurmrestd with JWT)"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  chmod 755 "$slurm_dir"   # slurmrestd runs unprivileged and must reach its config
+  testenv/slurm/slurm-up.sh "$slurm_dir/cluster"
+  export HAIYUN_TEST_SLURM="$slurm_dir/cluster/slurm-env.sh" HAIYUN_REQUIRE_SLURM=1
+else
+  echo "skipped: starting Slurm needs root and Debian's packages; the Slurm tests will be skipped"
+fi
 
 echo "== tests"
 status=0
