@@ -41,10 +41,14 @@ pub struct SlurmBackend {
     pub endpoint: String,
     /// The partition jobs go to.
     pub partition: String,
-    /// Secret (in the operator's namespace) holding the JWT under key `token`.
+    /// Secret (in the operator's namespace) holding a JWT under key `token`, or the cluster's JWT signing key under
+    /// `jwt_key` (the operator then mints short-lived tokens for `user`).
     pub token_secret: String,
     /// The Unix user jobs run as.
     pub user: String,
+    /// Where jobs start and write their output (default `/tmp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
 }
 
 /// A pool of simulated nodes (demo and tests).

@@ -117,6 +117,9 @@ pub struct QueueStatus {
     /// Usage per flavor.
     #[serde(default)]
     pub usage: Vec<FlavorUsage>,
+    /// GPU-hours of the queue's jobs that finished, wherever they ran (Kubernetes or Slurm pools).
+    #[serde(default)]
+    pub gpu_hours: f64,
     /// Conditions (`Ready`).
     #[serde(default)]
     pub conditions: Vec<Condition>,

@@ -13,6 +13,8 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Semaphore;
 
 use crate::backend::kubernetes as k8s;
+use crate::backend::slurm::submission::{SubmissionError, submission};
+use crate::backend::slurm::{SlurmError, SlurmPools};
 use crate::index::{Outcome, StepKind};
 use crate::metrics::Metrics;
 use crate::plan::Action;
@@ -30,6 +32,29 @@ pub struct Applier {
     metrics: Arc<Metrics>,
     limiter: Arc<crate::limit::Limiter>,
     outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
+    slurm: SlurmPools,
+    /// Jobs whose Slurm submission was refused: when to try again, and how many refusals so far.
+    refused: Arc<Mutex<HashMap<String, (std::time::Instant, u32)>>>,
+}
+
+/// Why an action failed (the next cycle plans it again).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A Kubernetes call failed.
+    #[error(transparent)]
+    Kubernetes(#[from] k8s::BackendError),
+    /// A Slurm call failed.
+    #[error(transparent)]
+    Slurm(#[from] SlurmError),
+    /// The job cannot be submitted to Slurm as it is.
+    #[error(transparent)]
+    Submission(#[from] SubmissionError),
+    /// The Slurm pool has not been reached yet.
+    #[error("Slurm pool {0} has not been reached yet")]
+    NoSlurm(String),
+    /// Slurm refused this job's submission recently; it is tried again later.
+    #[error("Slurm refused the submission {0} times; trying again in a while")]
+    Backoff(u32),
 }
 
 impl std::fmt::Debug for Applier {
@@ -59,7 +84,15 @@ impl Applier {
             locks: Arc::default(),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             metrics,
+            slurm: SlurmPools::default(),
+            refused: Arc::default(),
         }
+    }
+
+    /// Dispatches jobs placed in Slurm pools through these clients.
+    pub fn with_slurm(mut self, slurm: SlurmPools) -> Self {
+        self.slurm = slurm;
+        self
     }
 
     /// The client.
@@ -111,24 +144,30 @@ impl Applier {
         self.limiter.take(requests(&action)).await;
         let result = match &action {
             Action::Admit { job, placement } => self.admit(job, placement).await,
-            Action::Bind { job } => k8s::ensure_pods(&self.client, job).await.map(|n| {
-                tracing::info!(job = %key, pods = n, "resumed binding an admitted job");
-                self.metrics.count_bound(n);
-            }),
+            Action::Bind { job } => self.bind(job).await,
             Action::Evict { job } => self.evict(job).await,
             Action::Status { job, status } => self.status(job, status).await,
-            Action::BindPod { pod, node, gpus, .. } => {
-                k8s::bind_plain(&self.client, pod, node, gpus).await.map(|()| self.metrics.count_bound(1))
+            Action::BindPod { pod, node, gpus, .. } => k8s::bind_plain(&self.client, pod, node, gpus)
+                .await
+                .map(|()| self.metrics.count_bound(1))
+                .map_err(ApplyError::from),
+            Action::EvictPod { pod } => k8s::delete_plain(&self.client, pod).await.map_err(ApplyError::from),
+            Action::PodWaits { pod, message } => {
+                k8s::mark_waiting(&self.client, pod, message).await.map_err(ApplyError::from)
             }
-            Action::EvictPod { pod } => k8s::delete_plain(&self.client, pod).await,
-            Action::PodWaits { pod, message } => k8s::mark_waiting(&self.client, pod, message).await,
             Action::Collect { namespace, uid } => {
-                k8s::delete_pods(&self.client, namespace, uid).await.map(|n| {
+                k8s::delete_pods(&self.client, namespace, uid).await.map_err(ApplyError::from).map(|n| {
                     if n > 0 {
                         tracing::info!(job_uid = %uid, pods = n, "deleted pods of a job without a placement");
                     }
                 })
             }
+            Action::CancelSlurm { pool, id, key } => match self.slurm.client(pool) {
+                Some(c) => c.cancel(*id).await.map_err(ApplyError::from).map(|()| {
+                    tracing::info!(%pool, slurm_job = id, %key, "cancelled a Slurm job whose run is over");
+                }),
+                None => Err(ApplyError::NoSlurm(pool.clone())),
+            },
         };
         let kind = match &action {
             Action::Admit { .. } => StepKind::Admit,
@@ -148,7 +187,7 @@ impl Applier {
         &self,
         job: &ComputeJob,
         placement: &haiyun_api::job::Placement,
-    ) -> Result<(), k8s::BackendError> {
+    ) -> Result<(), ApplyError> {
         let now = crate::time::now();
         let status = k8s::admitted_status(job, placement, now);
         k8s::write_status(&self.client, job, &status).await?;
@@ -157,12 +196,46 @@ impl Applier {
         self.event(job, EventType::Normal, "Admitted", &note).await;
         let mut admitted = job.clone();
         admitted.status = Some(status);
-        let bound = k8s::ensure_pods(&self.client, &admitted).await?;
-        self.metrics.count_bound(bound);
+        self.bind(&admitted).await
+    }
+
+    /// Makes the admitted job's work exist where its status places it: pods bound to their nodes, or one Slurm
+    /// job (submitted once per run, whatever the retries).
+    async fn bind(&self, job: &ComputeJob) -> Result<(), ApplyError> {
+        let placement = job.status.as_ref().and_then(|s| s.placement.as_ref());
+        let Some(p) = placement.filter(|p| self.slurm.is_slurm(&p.pool)) else {
+            let n = k8s::ensure_pods(&self.client, job).await?;
+            self.metrics.count_bound(n);
+            return Ok(());
+        };
+        let uid = job.uid().unwrap_or_default();
+        if let Some((at, n)) = self.refused.lock().unwrap_or_else(|p| p.into_inner()).get(&uid).copied() {
+            if std::time::Instant::now() < at {
+                return Err(ApplyError::Backoff(n));
+            }
+        }
+        let (client, spec, gpu_type) =
+            self.slurm.target(&p.pool).ok_or_else(|| ApplyError::NoSlurm(p.pool.clone()))?;
+        let sub = submission(job, p, &spec, gpu_type)?;
+        let id = match client.submit_once(&sub, 3).await {
+            Ok(id) => id,
+            Err(e) => {
+                // A refusal is not retried at the cycle's pace: 2 s, doubling to a minute.
+                let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+                let n = refused.get(&uid).map_or(0, |r| r.1) + 1;
+                let wait =
+                    std::time::Duration::from_secs(1 << n.min(6)).min(std::time::Duration::from_secs(60));
+                refused.insert(uid, (std::time::Instant::now() + wait, n));
+                return Err(e.into());
+            }
+        };
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+        tracing::info!(job = %crate::index::job::key(job), slurm_job = id, key = %sub.key, "submitted to Slurm");
+        self.metrics.count_bound(p.tasks.len());
         Ok(())
     }
 
-    async fn evict(&self, job: &ComputeJob) -> Result<(), k8s::BackendError> {
+    async fn evict(&self, job: &ComputeJob) -> Result<(), ApplyError> {
         let mut st = job.status.clone().unwrap_or_default();
         st.phase = JobPhase::Preempted;
         st.placement = None;
@@ -170,6 +243,23 @@ impl Applier {
         st.start_time = None;
         st.derive_conditions(job.metadata.generation.unwrap_or(0), &crate::time::rfc3339(crate::time::now()));
         k8s::write_status(&self.client, job, &st).await?;
+        let old = job.status.as_ref().and_then(|s| s.placement.as_ref()).map(|p| p.pool.clone());
+        if let Some(pool) = old.filter(|p| self.slurm.is_slurm(p)) {
+            let client = self.slurm.client(&pool).ok_or_else(|| ApplyError::NoSlurm(pool.clone()))?;
+            let run = job.status.as_ref().map_or(0, |s| s.preemptions);
+            let key = crate::backend::slurm::watch::key(&job.uid().unwrap_or_default(), run);
+            if let Some(j) = client.find(&key).await? {
+                client.cancel(j.id).await?;
+            }
+            self.event(
+                job,
+                EventType::Warning,
+                "Preempted",
+                "preempted; its Slurm job is cancelled; it waits again",
+            )
+            .await;
+            return Ok(());
+        }
         let n = k8s::delete_pods(
             &self.client,
             &job.namespace().unwrap_or_default(),
@@ -186,7 +276,7 @@ impl Applier {
         Ok(())
     }
 
-    async fn status(&self, job: &ComputeJob, st: &ComputeJobStatus) -> Result<(), k8s::BackendError> {
+    async fn status(&self, job: &ComputeJob, st: &ComputeJobStatus) -> Result<(), ApplyError> {
         k8s::write_status(&self.client, job, st).await?;
         let old = job.status.as_ref().map(|s| s.phase);
         if old != Some(st.phase) || old.is_none() {
@@ -235,7 +325,8 @@ fn requests(a: &Action) -> u32 {
         | Action::BindPod { .. }
         | Action::EvictPod { .. }
         | Action::PodWaits { .. }
-        | Action::Collect { .. } => 1,
+        | Action::Collect { .. }
+        | Action::CancelSlurm { .. } => 1,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The scheduling loop: owns the core's inputs and the overlay of its own decisions, runs a cycle on every
 //! change and on a timer, and hands actions to the applier. It never waits on the API server.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 
 use crate::apply::Applier;
 use crate::backend::kubernetes::MANAGER;
+use crate::backend::slurm::SlurmPools;
 use crate::decision::{Decision, DecisionLog};
 use crate::index::{self, Assumed, Objects, Overlay, World};
 use crate::metrics::{Gauges, Metrics};
@@ -53,6 +54,8 @@ pub struct Engine {
     finished: HashSet<String>,
     /// What the node agents report, when the telemetry server runs.
     fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// The Slurm pools.
+    slurm: SlurmPools,
 }
 
 impl Engine {
@@ -76,7 +79,14 @@ impl Engine {
             outcomes,
             finished: HashSet::new(),
             fleet: None,
+            slurm: SlurmPools::default(),
         }
+    }
+
+    /// Reads Slurm pools from these clients.
+    pub fn with_slurm(mut self, slurm: SlurmPools) -> Self {
+        self.slurm = slurm;
+        self
     }
 
     /// Takes GPU health from the node agents' reports.
@@ -106,6 +116,7 @@ impl Engine {
         if let Some(f) = &self.fleet {
             objects.fleet = Arc::new(f.view());
         }
+        objects.slurm = Arc::new(self.slurm.views());
         while let Ok(o) = self.outcomes.try_recv() {
             self.overlay.record(&o);
         }
@@ -159,7 +170,7 @@ impl Engine {
                     self.log.write(&crate::decision::Decision::for_pod("preempt", pod, stamp.clone()));
                     evictions.push(self.applier.spawn(a, None));
                 }
-                Action::PodWaits { .. } | Action::Collect { .. } => {
+                Action::PodWaits { .. } | Action::Collect { .. } | Action::CancelSlurm { .. } => {
                     if !self.applier.busy(&uid) {
                         rest.push(a);
                     }
@@ -237,6 +248,31 @@ impl Engine {
         for (ns, uid) in orphans.into_keys() {
             if !self.applier.busy(&uid) {
                 self.applier.spawn(Action::Collect { namespace: ns, uid }, None);
+            }
+        }
+        self.collect_slurm(objects, &placed);
+    }
+
+    /// Cancels Slurm jobs of ours whose ComputeJob is gone or holds no placement, or that belong to an earlier run.
+    /// A key for a later run than the cache shows is our own fresh submission: it is left alone.
+    fn collect_slurm(&self, objects: &Objects, placed: &HashSet<String>) {
+        let runs: HashMap<String, u32> = objects
+            .jobs
+            .iter()
+            .filter_map(|j| Some((j.uid()?, j.status.as_ref().map_or(0, |s| s.preemptions))))
+            .collect();
+        for (pool, view) in objects.slurm.iter() {
+            for (key, job) in &view.jobs {
+                let Some((uid, run)) = crate::backend::slurm::watch::parse_key(key) else { continue };
+                if !crate::index::slurm::active(job) || self.applier.busy(uid) {
+                    continue;
+                }
+                let current = runs.get(uid).copied();
+                let keep = placed.contains(uid) && current.is_some_and(|c| run >= c);
+                if !keep {
+                    let action = Action::CancelSlurm { pool: pool.clone(), id: job.id, key: key.clone() };
+                    self.applier.spawn(action, None);
+                }
             }
         }
     }

@@ -76,6 +76,9 @@ pub struct Settings {
     /// running work is never evicted for it).
     #[arg(long, default_value_t = 90)]
     pub agent_grace_seconds: u64,
+    /// Milliseconds between polls of each Slurm pool (nodes, and jobs changed since the last poll).
+    #[arg(long, default_value_t = 1000)]
+    pub slurm_poll_ms: u64,
 }
 
 /// The label the leader puts on its own pod, so the telemetry Service reaches only the leader.
@@ -164,6 +167,14 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
     let limiter = limit::Limiter::new(settings.kube_api_qps, settings.kube_api_burst);
     let recorder = Recorder::new(client.clone(), reporter);
     let (outcomes, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let slurm = backend::slurm::SlurmPools::default();
+    tokio::spawn(slurm.clone().run(
+        client.clone(),
+        settings.namespace.clone(),
+        stores.pools(),
+        stores.changed.clone(),
+        Duration::from_millis(settings.slurm_poll_ms.max(100)),
+    ));
     let applier = apply::Applier::new(
         client.clone(),
         recorder,
@@ -171,7 +182,8 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
         metrics.clone(),
         limiter,
         outcomes,
-    );
+    )
+    .with_slurm(slurm.clone());
     let config = engine::EngineConfig {
         scheduler: SchedulerConfig::default(),
         interval: Duration::from_millis(settings.interval_ms.max(10)),
@@ -189,8 +201,9 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
     if let Some(pod) = &pod {
         label_leader(&client, &settings.namespace, pod, true).await;
     }
-    let engine =
-        engine::Engine::new(stores, applier, config, log, metrics.clone(), outcomes_rx).with_fleet(fleet);
+    let engine = engine::Engine::new(stores, applier, config, log, metrics.clone(), outcomes_rx)
+        .with_fleet(fleet)
+        .with_slurm(slurm);
     let mut loop_task = tokio::spawn(engine.run());
     let mut last_renew = tokio::time::Instant::now();
     let deadline = Duration::from_secs(settings.lease_seconds.max(3)) * 2 / 3;

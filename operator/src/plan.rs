@@ -68,6 +68,15 @@ pub enum Action {
         /// The job's uid.
         uid: String,
     },
+    /// Cancel a Slurm job of ours whose ComputeJob is gone, or whose run was preempted.
+    CancelSlurm {
+        /// The pool.
+        pool: String,
+        /// Slurm's job id.
+        id: u32,
+        /// The job's key (`haiyun:<uid>:<run>`).
+        key: String,
+    },
     /// Say on a plain pod why it waits (its PodScheduled condition).
     PodWaits {
         /// The pod.
@@ -89,6 +98,9 @@ impl Action {
                 pod.uid().unwrap_or_default()
             }
             Action::Collect { uid, .. } => uid.clone(),
+            Action::CancelSlurm { key, .. } => {
+                crate::backend::slurm::watch::parse_key(key).map(|(u, _)| u.to_string()).unwrap_or_default()
+            }
         }
     }
 
@@ -103,6 +115,7 @@ impl Action {
                 crate::index::pod::key(pod)
             }
             Action::Collect { namespace, uid } => format!("{namespace}/pods-of-{uid}"),
+            Action::CancelSlurm { pool, id, .. } => format!("{pool}/slurm-job-{id}"),
         }
     }
 }
@@ -141,7 +154,14 @@ pub fn plan(world: &mut World, now: Time) -> Result<Vec<Action>, ScheduleError> 
                     continue; // the cache has not caught up with our own admission yet
                 }
                 st.phase = if *failed { JobPhase::Failed } else { JobPhase::Succeeded };
-                finish(&mut st, now);
+                match t.times {
+                    // The backend (Slurm) knows when the job really ran.
+                    Some((start, end)) if end >= start => {
+                        st.start_time = Some(rfc3339(start));
+                        finish(&mut st, end);
+                    }
+                    _ => finish(&mut st, now),
+                }
                 push_status(&mut out, t, st, now);
             }
             JobState::Lost(why) => {

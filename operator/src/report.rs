@@ -53,6 +53,12 @@ pub fn queues(
     let models = &world.scheduler.snapshot().cluster().models;
     let (pending, admitted) = (&counts.pending, &counts.admitted);
     let stamp = rfc3339(now);
+    let mut gpu_hours: BTreeMap<&str, f64> = BTreeMap::new();
+    for t in &world.jobs {
+        if let Some(st) = t.job.status.as_ref().filter(|s| s.completion_time.is_some()) {
+            *gpu_hours.entry(t.job.spec.queue.as_str()).or_default() += st.gpu_hours;
+        }
+    }
     for (name, id) in &world.queues {
         let usage = q.usage(*id);
         let mut flavors: Vec<Flavor> =
@@ -83,6 +89,7 @@ pub fn queues(
                 pending: pending.get(name).copied().unwrap_or(0),
                 admitted: admitted.get(name).copied().unwrap_or(0),
                 usage,
+                gpu_hours: gpu_hours.get(name.as_str()).copied().unwrap_or(0.0),
                 conditions: vec![condition::Condition::new("Ready", true, "Valid", "", generation_, &stamp)],
             },
         );

@@ -73,6 +73,11 @@ impl Stores {
         }
     }
 
+    /// The ComputePool store (the Slurm poller reads it).
+    pub fn pools(&self) -> Store<ComputePool> {
+        self.pools.clone()
+    }
+
     /// Waits until every store has listed once.
     pub async fn ready(&self) {
         let _ = futures::join!(
@@ -97,6 +102,7 @@ impl Stores {
             nodes: self.nodes.state(),
             pods: self.pods.state(),
             fleet: Arc::default(),
+            slurm: Arc::default(),
         }
     }
 }

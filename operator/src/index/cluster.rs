@@ -10,6 +10,7 @@ use haiyun_scheduler::model::{
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 
+use crate::backend::slurm::SlurmViews;
 use crate::fleet::{FleetView, GpuState, NodeView};
 
 /// GPU resource name on nodes and pods.
@@ -35,6 +36,8 @@ pub struct Federation {
     pub unavailable: BTreeMap<String, String>,
     /// Node id by name.
     pub node_ids: HashMap<String, u32>,
+    /// Pools that are Slurm clusters (their jobs need a script; their nodes are `<pool>/<node>`).
+    pub slurm: std::collections::BTreeSet<u32>,
 }
 
 /// Whether the node is Ready and schedulable.
@@ -46,6 +49,22 @@ fn usable(node: &Node) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
     ready && !cordoned
+}
+
+/// GPUs held by others: the known ones (`known`), then as many unknown ones as they hold (`unknown`), from the top,
+/// never ones our placements hold (`ours`).
+pub(super) fn taken(count: u32, ours: u32, known: u32, mut unknown: u32) -> u32 {
+    let mut taken = known;
+    for j in (0..count).rev() {
+        if unknown == 0 {
+            break;
+        }
+        if (ours | taken) & (1 << j) == 0 {
+            taken |= 1 << j;
+            unknown -= 1;
+        }
+    }
+    taken
 }
 
 /// GPU `index`'s health as the node agent reports it.
@@ -157,28 +176,48 @@ pub fn federation(
     pods: &[&Pod],
     claims: &Claims,
     fleet: &FleetView,
+    slurm: &SlurmViews,
 ) -> Federation {
     let mut f = Federation::default();
     let mut selectors: Vec<(u32, &BTreeMap<String, String>)> = Vec::new();
+    let mut slurm_pools: Vec<(u32, String)> = Vec::new();
     let mut sorted: Vec<&&ComputePool> = pools.iter().collect();
     sorted.sort_by_key(|p| p.name_any());
     for p in sorted {
         let name = p.name_any();
-        let Some(k8s) = p.spec.backend.kubernetes.as_ref() else {
-            let which = if p.spec.backend.slurm.is_some() { "slurm" } else { "simulated" };
-            f.unavailable.insert(
-                name,
-                format!("the {which} backend is not served by this operator; use backend.kubernetes"),
-            );
-            continue;
-        };
-        let id = f.cluster.pools.len() as u32;
-        f.cluster.pools.push(Pool {
+        let pool = Pool {
             name: name.clone(),
             kind: pool_kind(p.spec.kind),
             site: p.spec.site.clone(),
             clearance: classification(p.spec.clearance),
-        });
+        };
+        if p.spec.backend.slurm.is_some() {
+            match slurm.get(&name).map(|v| &v.available) {
+                Some(Ok(())) => slurm_pools.push((f.cluster.pools.len() as u32, name.clone())),
+                Some(Err(why)) => {
+                    f.unavailable.insert(name, format!("its Slurm cluster does not answer: {why}"));
+                    continue;
+                }
+                None => {
+                    f.unavailable.insert(name, "its Slurm cluster has not been reached yet".into());
+                    continue;
+                }
+            }
+            f.slurm.insert(f.cluster.pools.len() as u32);
+            f.cluster.pools.push(pool);
+            f.pool_names.push(name);
+            continue;
+        }
+        let Some(k8s) = p.spec.backend.kubernetes.as_ref() else {
+            f.unavailable.insert(
+                name,
+                "the simulated backend is not served by this operator; use backend.kubernetes or backend.slurm"
+                    .into(),
+            );
+            continue;
+        };
+        let id = f.cluster.pools.len() as u32;
+        f.cluster.pools.push(pool);
         f.pool_names.push(name);
         selectors.push((id, &k8s.node_selector));
     }
@@ -238,19 +277,7 @@ pub fn federation(
         let rack = *racks
             .entry(labels.get(RACK_LABEL).cloned().unwrap_or_else(|| format!("node:{name}")))
             .or_insert(next);
-        // GPUs held by others: the known ones, then as many unknown ones as they hold, from the top, never ones
-        // our placements hold.
-        let mut taken = used.mask;
-        let mut unknown = used.gpus;
-        for j in (0..count).rev() {
-            if unknown == 0 {
-                break;
-            }
-            if (ours_mask | taken) & (1 << j) == 0 {
-                taken |= 1 << j;
-                unknown -= 1;
-            }
-        }
+        let taken = taken(count, ours_mask, used.mask, used.gpus);
         let agent = fleet.get(&name);
         let gpus = match model {
             Some(model) => (0..count)
@@ -273,6 +300,11 @@ pub fn federation(
             gpus,
             max_tasks,
         });
+    }
+    for (id, name) in slurm_pools {
+        if let Some(view) = slurm.get(&name) {
+            super::slurm::add_nodes(&mut f, id, &name, view, claims);
+        }
     }
     f
 }

@@ -78,6 +78,8 @@ pub struct Refs<'a> {
     pub namespaces: &'a BTreeMap<String, Vec<String>>,
     /// Dataset ids by name.
     pub datasets: &'a BTreeMap<String, DatasetId>,
+    /// Pools that are Slurm clusters.
+    pub slurm: &'a std::collections::BTreeSet<PoolId>,
 }
 
 fn field(field: &str, message: impl ToString) -> JobProblem {
@@ -150,7 +152,7 @@ pub fn core_job(cj: &ComputeJob, refs: &Refs<'_>, cluster: &mut Cluster) -> Resu
         .iter()
         .map(|d| refs.datasets.get(d).copied().ok_or_else(|| JobProblem::NoDataset(d.clone())))
         .collect::<Result<Vec<_>, _>>()?;
-    let pools = allowed_pools(cj, cluster)?;
+    let pools = allowed_pools(cj, cluster, refs.slurm)?;
     let runtime = match &s.runtime_estimate {
         Some(r) => quantity::seconds(r)
             .ok_or_else(|| field("spec.runtimeEstimate", "write a duration such as 90m or 1h30m"))?
@@ -171,10 +173,19 @@ pub fn core_job(cj: &ComputeJob, refs: &Refs<'_>, cluster: &mut Cluster) -> Resu
     })
 }
 
-/// Pools matching the job's kinds and sites (empty: any).
-fn allowed_pools(cj: &ComputeJob, cluster: &Cluster) -> Result<Vec<PoolId>, JobProblem> {
+/// Pools matching the job's kinds and sites that can run it (empty: any). A Slurm pool runs a job of one task
+/// group with a batch script; a Kubernetes pool runs any job whose groups are not scripts alone.
+fn allowed_pools(
+    cj: &ComputeJob,
+    cluster: &Cluster,
+    slurm: &std::collections::BTreeSet<PoolId>,
+) -> Result<Vec<PoolId>, JobProblem> {
     let s = &cj.spec;
-    if s.pool_kinds.is_empty() && s.sites.is_empty() {
+    let scripted = s.task_groups.iter().all(|g| g.script.is_some());
+    let on_slurm = scripted && s.task_groups.len() == 1;
+    let on_kubernetes = !scripted || s.task_groups.iter().all(|g| g.template.is_some());
+    let runs = |p: &PoolId| if slurm.contains(p) { on_slurm } else { on_kubernetes };
+    if s.pool_kinds.is_empty() && s.sites.is_empty() && (0..cluster.pools.len() as PoolId).all(|p| runs(&p)) {
         return Ok(Vec::new());
     }
     let kinds: Vec<&str> = s.pool_kinds.iter().map(|k| super::cluster::pool_kind(*k).as_str()).collect();
@@ -183,8 +194,19 @@ fn allowed_pools(cj: &ComputeJob, cluster: &Cluster) -> Result<Vec<PoolId>, JobP
             let pool = &cluster.pools[*p as usize];
             (kinds.is_empty() || kinds.contains(&pool.kind.as_str()))
                 && (s.sites.is_empty() || s.sites.contains(&pool.site))
+                && runs(p)
         })
         .collect();
+    if pools.is_empty() && s.pool_kinds.is_empty() && s.sites.is_empty() {
+        let what = if on_slurm {
+            "no available pool runs batch scripts: a Slurm pool must be reachable (see the ComputePools' status)"
+        } else if scripted {
+            "a job of several script groups runs nowhere: a Slurm pool takes one group, a Kubernetes pool needs templates"
+        } else {
+            "no available pool runs pod templates"
+        };
+        return Err(field("spec.taskGroups", what));
+    }
     if pools.is_empty() {
         return Err(JobProblem::NoPool {
             kinds: kinds.iter().map(|k| k.to_string()).collect(),

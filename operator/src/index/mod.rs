@@ -6,6 +6,7 @@ pub mod job;
 pub mod overlay;
 pub mod pod;
 pub mod queue;
+pub mod slurm;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct Objects {
     pub pods: Vec<Arc<Pod>>,
     /// What the node agents report.
     pub fleet: Arc<crate::fleet::FleetView>,
+    /// What the Slurm pools report.
+    pub slurm: Arc<crate::backend::slurm::SlurmViews>,
 }
 
 /// What a job's pods say.
@@ -92,6 +95,8 @@ pub struct Tracked {
     pub pods: PodCounts,
     /// Whether this operator made and bound its pods and the cache has not caught up.
     pub bound_here: bool,
+    /// Start and end (Unix seconds) as the backend recorded them (Slurm), when it did.
+    pub times: Option<(Time, Time)>,
 }
 
 /// A plain pod and where it stands.
@@ -259,7 +264,7 @@ fn assemble(
     let nodes: Vec<&Node> = objects.nodes.iter().map(|p| p.as_ref()).collect();
     let pods: Vec<&Pod> = objects.pods.iter().map(|p| p.as_ref()).collect();
     let claims = claims_of(objects, overlay, held);
-    let mut fed = cluster::federation(&pools, &nodes, &pods, &claims, &objects.fleet);
+    let mut fed = cluster::federation(&pools, &nodes, &pods, &claims, &objects.fleet, &objects.slurm);
     let queues: Vec<&Queue> = objects.queues.iter().map(|p| p.as_ref()).collect();
     let requests: Vec<&QuotaRequest> = objects.requests.iter().map(|p| p.as_ref()).collect();
     let book = queue::book(&queues, &requests, &mut fed.cluster.models);
@@ -291,6 +296,7 @@ fn assemble(
         invalid_queues: &book.invalid,
         namespaces: &namespaces,
         datasets: &dataset_ids,
+        slurm: &fed.slurm,
     };
     let counts = pod_counts(&objects.pods);
     let mut sorted_jobs: Vec<&Arc<ComputeJob>> = objects.jobs.iter().collect();
@@ -311,8 +317,19 @@ fn assemble(
     let mut tracked = Vec::with_capacity(converted.len());
     let mut by_core = Vec::new();
     for (cj, conv) in converted {
-        let run = cj.status.as_ref().map_or(0, |s| s.preemptions).to_string();
-        let pods = counts.get(&(cj.uid().unwrap_or_default(), run)).copied().unwrap_or_default();
+        let run = cj.status.as_ref().map_or(0, |s| s.preemptions);
+        let uid = cj.uid().unwrap_or_default();
+        let in_slurm = placement_of(&cj, overlay)
+            .and_then(|(p, _)| objects.slurm.get(&p.pool).map(|v| (v, p.tasks.len())))
+            .map(|(v, n)| (v.jobs.get(&crate::backend::slurm::watch::key(&uid, run)), n));
+        let (pods, times) = match in_slurm {
+            Some((j, n)) => {
+                let times =
+                    j.filter(|j| j.start_time > 0).map(|j| (j.start_time as Time, j.end_time as Time));
+                (slurm::counts(j, n), times)
+            }
+            None => (counts.get(&(uid, run.to_string())).copied().unwrap_or_default(), None),
+        };
         let state = match conv {
             None => JobState::Terminal,
             Some(Err(p)) if placement_of(&cj, overlay).is_some() => JobState::Held(p),
@@ -342,7 +359,7 @@ fn assemble(
             by_core.push(Owner::Job(tracked.len()));
         }
         let bound_here = overlay.bound.contains(&cj.uid().unwrap_or_default());
-        tracked.push(Tracked { job: cj, state, pods, bound_here });
+        tracked.push(Tracked { job: cj, state, pods, bound_here, times });
     }
     let mut plain: Vec<&Arc<Pod>> = objects.pods.iter().filter(|p| pod::is_plain(p)).collect();
     plain.sort_by(|a, b| {

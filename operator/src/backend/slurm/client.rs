@@ -418,7 +418,8 @@ impl SlurmClient {
             job["gpus_per_node"] = json!(gpus);
         }
         if !s.node_list.is_empty() {
-            job["required_nodes"] = json!(s.node_list);
+            // v0.0.38 disables `required_nodes`; `nodelist` takes Slurm's comma-separated list.
+            job["nodelist"] = json!(s.node_list.join(","));
         }
         let v = self
             .call(reqwest::Method::POST, "/job/submit", Some(&json!({"script": s.script, "job": job})))

@@ -1,0 +1,240 @@
+//! What each Slurm pool looks like, polled from slurmrestd: its nodes, the jobs it lists (by our idempotency key),
+//! and whether it answers. A pool that does not answer is unavailable; it comes back by itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use haiyun_api::ComputePool;
+use haiyun_api::pool::SlurmBackend;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use tokio::sync::Notify;
+
+use super::{Credential, SlurmClient, SlurmJob, SlurmNode};
+
+/// A pool as last polled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlurmView {
+    /// `Err(why)` when the pool cannot be used now.
+    pub available: Result<(), String>,
+    /// Its nodes (in its partition).
+    pub nodes: Vec<SlurmNode>,
+    /// Jobs Slurm lists, by the key in their comment (only ours carry one).
+    pub jobs: HashMap<String, SlurmJob>,
+}
+
+/// Every Slurm pool's view, by pool name.
+pub type SlurmViews = BTreeMap<String, SlurmView>;
+
+/// The idempotency key of a job's run: `haiyun:<uid>:<run>`.
+pub fn key(uid: &str, run: u32) -> String {
+    format!("haiyun:{uid}:{run}")
+}
+
+/// The job uid and run a key names.
+pub fn parse_key(key: &str) -> Option<(&str, u32)> {
+    let rest = key.strip_prefix("haiyun:")?;
+    let (uid, run) = rest.rsplit_once(':')?;
+    Some((uid, run.parse().ok()?))
+}
+
+struct Pool {
+    spec: SlurmBackend,
+    client: SlurmClient,
+    jobs: HashMap<u32, SlurmJob>,
+    last_update: i64,
+    polls: u64,
+}
+
+/// The Slurm pools: clients and views, shared by the poller, the index and the applier.
+#[derive(Clone)]
+pub struct SlurmPools {
+    views: Arc<Mutex<SlurmViews>>,
+    clients: Arc<Mutex<HashMap<String, (SlurmClient, SlurmBackend)>>>,
+}
+
+impl std::fmt::Debug for SlurmPools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlurmPools").finish_non_exhaustive()
+    }
+}
+
+impl Default for SlurmPools {
+    fn default() -> Self {
+        SlurmPools { views: Arc::default(), clients: Arc::default() }
+    }
+}
+
+/// Why a pool's client could not be made.
+async fn credential(secrets: &Api<Secret>, spec: &SlurmBackend) -> Result<Credential, String> {
+    let s = secrets.get(&spec.token_secret).await.map_err(|e| {
+        format!(
+            "failed to read Secret {:?} for the Slurm token: {e} (create it with key token or jwt_key)",
+            spec.token_secret
+        )
+    })?;
+    let data = s.data.unwrap_or_default();
+    if let Some(k) = data.get("jwt_key") {
+        return Ok(Credential::Key(k.0.clone()));
+    }
+    match data.get("token") {
+        Some(t) => Ok(Credential::Token(String::from_utf8_lossy(&t.0).trim().to_string())),
+        None => Err(format!("Secret {:?} has neither key token nor jwt_key", spec.token_secret)),
+    }
+}
+
+impl SlurmPools {
+    /// Every pool's view now.
+    pub fn views(&self) -> SlurmViews {
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The client of a pool, once it has been reached.
+    pub fn client(&self, pool: &str) -> Option<SlurmClient> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).get(pool).map(|c| c.0.clone())
+    }
+
+    /// Whether `pool` is a Slurm pool this operator polls.
+    pub fn is_slurm(&self, pool: &str) -> bool {
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).contains_key(pool)
+    }
+
+    /// What a submission to `pool` needs: its client, its spec, and its GRES GPU type as Slurm spells it.
+    pub fn target(&self, pool: &str) -> Option<(SlurmClient, SlurmBackend, Option<String>)> {
+        let (client, spec) = self.clients.lock().unwrap_or_else(|p| p.into_inner()).get(pool).cloned()?;
+        let gpu_type = self
+            .views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(pool)
+            .and_then(|v| v.nodes.iter().find_map(|n| n.gpu_type.clone()));
+        Some((client, spec, gpu_type))
+    }
+
+    /// Polls every Slurm pool every `interval`; wakes `changed` when a view changes.
+    pub async fn run(
+        self,
+        client: kube::Client,
+        namespace: String,
+        pools: kube::runtime::reflector::Store<ComputePool>,
+        changed: Arc<Notify>,
+        interval: Duration,
+    ) {
+        let secrets: Api<Secret> = Api::namespaced(client, &namespace);
+        let mut state: HashMap<String, Pool> = HashMap::new();
+        loop {
+            let mut views = SlurmViews::new();
+            let before = self.views();
+            for p in pools.state() {
+                let Some(spec) = p.spec.backend.slurm.clone() else { continue };
+                let name = p.name_any();
+                let view = self.poll(&secrets, &mut state, &name, spec).await;
+                let was = before.get(&name).map(|v| v.available.is_ok());
+                match (&view.available, was) {
+                    (Ok(()), Some(false) | None) => {
+                        tracing::info!(pool = %name, nodes = view.nodes.len(), "Slurm pool available")
+                    }
+                    (Err(why), Some(true) | None) => tracing::warn!(pool = %name, %why, "Slurm pool unavailable"),
+                    _ => {}
+                }
+                views.insert(name, view);
+            }
+            state.retain(|name, _| views.contains_key(name));
+            let differs = {
+                let mut v = self.views.lock().unwrap_or_else(|p| p.into_inner());
+                let differs = *v != views;
+                *v = views;
+                differs
+            };
+            if differs {
+                changed.notify_one();
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    async fn poll(
+        &self,
+        secrets: &Api<Secret>,
+        state: &mut HashMap<String, Pool>,
+        name: &str,
+        spec: SlurmBackend,
+    ) -> SlurmView {
+        let unavailable =
+            |why: String| SlurmView { available: Err(why), nodes: Vec::new(), jobs: HashMap::new() };
+        if state.get(name).is_none_or(|p| p.spec != spec) {
+            let cred = match credential(secrets, &spec).await {
+                Ok(c) => c,
+                Err(why) => return unavailable(why),
+            };
+            let client = match SlurmClient::new(&spec.endpoint, &spec.user, cred) {
+                Ok(c) => c.with_timeout(Duration::from_secs(10)),
+                Err(e) => return unavailable(e.to_string()),
+            };
+            self.clients
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_string(), (client.clone(), spec.clone()));
+            state.insert(
+                name.into(),
+                Pool { spec: spec.clone(), client, jobs: HashMap::new(), last_update: 0, polls: 0 },
+            );
+        }
+        let Some(pool) = state.get_mut(name) else { return unavailable("no client".into()) };
+        let nodes = match pool.client.nodes().await {
+            Ok(n) => n,
+            Err(e) => return unavailable(e.to_string()),
+        };
+        // Jobs changed since the last poll; every 30th poll lists all, so jobs Slurm forgot are dropped.
+        let full = pool.polls % 30 == 0;
+        let since = (!full).then_some(pool.last_update - 5);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        match pool.client.jobs(since).await {
+            Ok(jobs) => {
+                if full {
+                    pool.jobs.clear();
+                }
+                for j in jobs {
+                    pool.jobs.insert(j.id, j);
+                }
+                pool.last_update = now;
+                pool.polls += 1;
+            }
+            Err(e) => return unavailable(e.to_string()),
+        }
+        let nodes: Vec<SlurmNode> =
+            nodes.into_iter().filter(|n| n.partitions.iter().any(|p| *p == spec.partition)).collect();
+        if nodes.is_empty() {
+            return unavailable(format!("partition {:?} has no nodes", spec.partition));
+        }
+        let mut jobs: HashMap<String, SlurmJob> = HashMap::new();
+        for j in pool.jobs.values().filter(|j| parse_key(&j.comment).is_some()) {
+            // A key Slurm lists twice (it reused an id after a crash): the newest job speaks for it.
+            match jobs.get(&j.comment) {
+                Some(old) if old.id >= j.id => {}
+                _ => {
+                    jobs.insert(j.comment.clone(), j.clone());
+                }
+            }
+        }
+        SlurmView { available: Ok(()), nodes, jobs }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_the_job_and_its_run() {
+        let k = key("0b6c-uid", 2);
+        assert_eq!(k, "haiyun:0b6c-uid:2");
+        assert_eq!(parse_key(&k), Some(("0b6c-uid", 2)));
+        assert_eq!(parse_key("someone else's comment"), None);
+        assert_eq!(parse_key("haiyun:x:y"), None);
+    }
+}

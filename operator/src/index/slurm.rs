@@ -1,0 +1,155 @@
+//! Slurm pools in the core's federation: each node of the pool's partition as `<pool>/<node>`, its GRES GPUs typed
+//! by model; GPUs Slurm allocates to jobs we did not submit are held, and a job's run reads its state from Slurm.
+
+use haiyun_scheduler::model::{Gpu, Health, Node as CoreNode};
+
+use super::PodCounts;
+use super::cluster::{Claims, Federation};
+use crate::backend::slurm::{SlurmJob, SlurmView};
+
+/// Memory per GPU assumed when Slurm does not say (MiB).
+const GPU_MEMORY_MIB: u32 = 81_920;
+
+/// The core node name of a Slurm node.
+pub fn node_name(pool: &str, node: &str) -> String {
+    format!("{pool}/{node}")
+}
+
+/// Adds the nodes of a reachable Slurm pool.
+pub fn add_nodes(f: &mut Federation, pool: u32, name: &str, view: &SlurmView, claims: &Claims) {
+    let mut nodes: Vec<_> = view.nodes.iter().collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    for n in nodes {
+        let core_name = node_name(name, &n.name);
+        let (ours, ours_tasks) = claims.nodes.get(&core_name).copied().unwrap_or_default();
+        let open = n.usable();
+        if !open && ours_tasks == 0 {
+            continue;
+        }
+        let count = n.gpus.min(haiyun_scheduler::model::MAX_GPUS_PER_NODE as u32);
+        let model = n.gpu_type.as_deref().or(if count > 0 { Some("gpu") } else { None });
+        let model = model.and_then(|m| f.cluster.models.intern(&m.to_lowercase()));
+        let foreign = n.gpus_used.saturating_sub(ours.count_ones());
+        let taken = super::cluster::taken(count, ours, 0, foreign);
+        let rack = f.cluster.nodes.len() as u32;
+        let gpus = match model {
+            Some(model) => (0..count)
+                .map(|j| {
+                    let free = open && taken & (1 << j) == 0;
+                    let health = if free { Health::Healthy } else { Health::Unknown };
+                    Gpu { model, memory_mib: GPU_MEMORY_MIB, nvlink_domain: rack, health }
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        f.node_ids.insert(core_name.clone(), f.cluster.nodes.len() as u32);
+        f.cluster.nodes.push(CoreNode {
+            name: core_name,
+            pool,
+            rack,
+            cpu_milli: u64::from(n.cpus) * 1000,
+            memory_mib: n.memory_mib,
+            gpus,
+            max_tasks: if open { n.cpus.max(1) } else { ours_tasks },
+        });
+    }
+}
+
+/// What a Slurm job's state says, in the terms the operator uses for pods: `tasks` tasks, all pending, running,
+/// succeeded or failed. A job Slurm does not list yet is not submitted (total 0).
+pub fn counts(job: Option<&SlurmJob>, tasks: usize) -> PodCounts {
+    let Some(j) = job else { return PodCounts::default() };
+    let all =
+        |running, succeeded, failed| PodCounts { total: tasks, bound: tasks, running, succeeded, failed };
+    match j.state.as_str() {
+        "PENDING" | "CONFIGURING" | "SUSPENDED" | "REQUEUED" | "RESIZING" => all(0, 0, 0),
+        "RUNNING" | "COMPLETING" | "STAGE_OUT" | "SIGNALING" => all(tasks, 0, 0),
+        "COMPLETED" => all(0, tasks, 0),
+        _ => all(0, 0, tasks.max(1)), // FAILED, CANCELLED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, …
+    }
+}
+
+/// Whether Slurm still holds resources for the job (or may).
+pub fn active(job: &SlurmJob) -> bool {
+    matches!(
+        job.state.as_str(),
+        "PENDING"
+            | "CONFIGURING"
+            | "SUSPENDED"
+            | "REQUEUED"
+            | "RESIZING"
+            | "RUNNING"
+            | "COMPLETING"
+            | "STAGE_OUT"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::slurm::SlurmNode;
+    use std::collections::HashMap;
+
+    fn slurm_node(name: &str, state: &str, used: u32) -> SlurmNode {
+        SlurmNode {
+            name: name.into(),
+            state: state.into(),
+            cpus: 8,
+            alloc_cpus: 0,
+            memory_mib: 16_000,
+            alloc_memory_mib: 0,
+            gpu_type: Some("H100".into()),
+            gpus: 8,
+            gpus_used: used,
+            partitions: vec!["batch".into()],
+        }
+    }
+
+    #[test]
+    fn slurm_nodes_join_their_pool_and_gpus_others_hold_are_not_free() {
+        let view = SlurmView {
+            available: Ok(()),
+            nodes: vec![
+                slurm_node("n2", "mixed", 3),
+                slurm_node("n1", "idle", 0),
+                slurm_node("n3", "down", 0),
+            ],
+            jobs: HashMap::new(),
+        };
+        let mut claims = Claims::default();
+        claims.hold("hpc/n2", &[0], "ns/x".into(), Some("0".into()));
+        let mut f = Federation::default();
+        add_nodes(&mut f, 0, "hpc", &view, &claims);
+        let names: Vec<&str> = f.cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, vec!["hpc/n1", "hpc/n2"], "the down node takes nothing and holds nothing of ours");
+        let n2 = &f.cluster.nodes[1];
+        let free = n2.gpus.iter().filter(|g| g.health == Health::Healthy).count();
+        // 3 used in Slurm, 1 of them ours (GPU 0, held by our claim, not here): 2 foreign from the top.
+        assert_eq!(free, 6);
+        assert_eq!(n2.gpus[7].health, Health::Unknown);
+        assert_eq!(f.cluster.models.lookup("h100"), Some(n2.gpus[0].model));
+    }
+
+    #[test]
+    fn slurm_states_read_as_task_counts() {
+        let job = |state: &str| SlurmJob {
+            id: 1,
+            name: String::new(),
+            state: state.into(),
+            reason: String::new(),
+            comment: String::new(),
+            partition: String::new(),
+            nodes: String::new(),
+            start_time: 0,
+            end_time: 0,
+            update_time: 0,
+            gpus: 0,
+        };
+        assert_eq!(counts(None, 2).total, 0);
+        assert_eq!(counts(Some(&job("PENDING")), 2), PodCounts { total: 2, bound: 2, ..Default::default() });
+        assert_eq!(counts(Some(&job("RUNNING")), 2).running, 2);
+        assert_eq!(counts(Some(&job("COMPLETED")), 2).succeeded, 2);
+        assert_eq!(counts(Some(&job("TIMEOUT")), 2).failed, 2);
+        assert!(active(&job("PENDING")) && !active(&job("CANCELLED")));
+    }
+}
