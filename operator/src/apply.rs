@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::backend::kubernetes as k8s;
 use crate::backend::slurm::submission::{SubmissionError, submission};
-use crate::backend::slurm::{SlurmError, SlurmPools};
+use crate::backend::slurm::{FINALIZER, SlurmError, SlurmPools};
 use crate::index::{Outcome, StepKind};
 use crate::metrics::Metrics;
 use crate::plan::Action;
@@ -162,6 +162,7 @@ impl Applier {
                     }
                 })
             }
+            Action::Release { job } => self.release(job).await,
             Action::CancelSlurm { pool, id, key } => match self.slurm.client(pool) {
                 Some(c) => c.cancel(*id).await.map_err(ApplyError::from).map(|()| {
                     tracing::info!(%pool, slurm_job = id, %key, "cancelled a Slurm job whose run is over");
@@ -217,6 +218,7 @@ impl Applier {
         let (client, spec, gpu_type) =
             self.slurm.target(&p.pool).ok_or_else(|| ApplyError::NoSlurm(p.pool.clone()))?;
         let sub = submission(job, p, &spec, gpu_type)?;
+        k8s::set_finalizer(&self.client, job, FINALIZER, true).await?;
         let id = match client.submit_once(&sub, 3).await {
             Ok(id) => id,
             Err(e) => {
@@ -232,6 +234,23 @@ impl Applier {
         self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
         tracing::info!(job = %crate::index::job::key(job), slurm_job = id, key = %sub.key, "submitted to Slurm");
         self.metrics.count_bound(p.tasks.len());
+        Ok(())
+    }
+
+    /// Cancels every Slurm job of a ComputeJob being deleted, then removes the finalizer.
+    async fn release(&self, job: &ComputeJob) -> Result<(), ApplyError> {
+        let uid = job.uid().unwrap_or_default();
+        for (pool, view) in self.slurm.views() {
+            for (key, j) in &view.jobs {
+                let mine = crate::backend::slurm::watch::parse_key(key).is_some_and(|(u, _)| u == uid);
+                if mine && crate::index::slurm::active(j) {
+                    let client = self.slurm.client(&pool).ok_or_else(|| ApplyError::NoSlurm(pool.clone()))?;
+                    client.cancel(j.id).await?;
+                    tracing::info!(job = %crate::index::job::key(job), slurm_job = j.id, "cancelled: the job is deleted");
+                }
+            }
+        }
+        k8s::set_finalizer(&self.client, job, FINALIZER, false).await?;
         Ok(())
     }
 
@@ -326,7 +345,8 @@ fn requests(a: &Action) -> u32 {
         | Action::EvictPod { .. }
         | Action::PodWaits { .. }
         | Action::Collect { .. }
-        | Action::CancelSlurm { .. } => 1,
+        | Action::CancelSlurm { .. }
+        | Action::Release { .. } => 1,
     }
 }
 

@@ -170,7 +170,10 @@ impl Engine {
                     self.log.write(&crate::decision::Decision::for_pod("preempt", pod, stamp.clone()));
                     evictions.push(self.applier.spawn(a, None));
                 }
-                Action::PodWaits { .. } | Action::Collect { .. } | Action::CancelSlurm { .. } => {
+                Action::PodWaits { .. }
+                | Action::Collect { .. }
+                | Action::CancelSlurm { .. }
+                | Action::Release { .. } => {
                     if !self.applier.busy(&uid) {
                         rest.push(a);
                     }
@@ -251,6 +254,15 @@ impl Engine {
             }
         }
         self.collect_slurm(objects, &placed);
+        for j in &objects.jobs {
+            let ours = j.finalizers().iter().any(|f| f == crate::backend::slurm::FINALIZER);
+            if ours
+                && j.metadata.deletion_timestamp.is_some()
+                && !self.applier.busy(&j.uid().unwrap_or_default())
+            {
+                self.applier.spawn(Action::Release { job: j.clone() }, None);
+            }
+        }
     }
 
     /// Cancels Slurm jobs of ours whose ComputeJob is gone or holds no placement, or that belong to an earlier run.

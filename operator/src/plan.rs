@@ -68,6 +68,11 @@ pub enum Action {
         /// The job's uid.
         uid: String,
     },
+    /// A ComputeJob being deleted: cancel its Slurm jobs, then let it go (remove the finalizer).
+    Release {
+        /// The job.
+        job: Arc<ComputeJob>,
+    },
     /// Cancel a Slurm job of ours whose ComputeJob is gone, or whose run was preempted.
     CancelSlurm {
         /// The pool.
@@ -93,6 +98,7 @@ impl Action {
             Action::Admit { job, .. }
             | Action::Bind { job }
             | Action::Evict { job }
+            | Action::Release { job }
             | Action::Status { job, .. } => job.uid().unwrap_or_default(),
             Action::BindPod { pod, .. } | Action::EvictPod { pod } | Action::PodWaits { pod, .. } => {
                 pod.uid().unwrap_or_default()
@@ -110,6 +116,7 @@ impl Action {
             Action::Admit { job, .. }
             | Action::Bind { job }
             | Action::Evict { job }
+            | Action::Release { job }
             | Action::Status { job, .. } => crate::index::job::key(job),
             Action::BindPod { pod, .. } | Action::EvictPod { pod } | Action::PodWaits { pod, .. } => {
                 crate::index::pod::key(pod)
@@ -181,6 +188,7 @@ pub fn plan(world: &mut World, now: Time) -> Result<Vec<Action>, ScheduleError> 
             JobState::Waiting(id) => {
                 let s = &world.scheduler;
                 match s.status(*id).map(|x| x.phase) {
+                    Some(Phase::Running) if t.job.metadata.deletion_timestamp.is_some() => {} // going away
                     Some(Phase::Running) => out
                         .push(Action::Admit { job: t.job.clone(), placement: api_placement(s, *id, &t.job) }),
                     _ => push_status(&mut out, t, waiting_status(s, *id, &old), now),

@@ -183,12 +183,17 @@ async fn preempting_or_deleting_a_slurm_placed_job_cancels_it_in_slurm() {
     // Deleting a running job cancels its Slurm job.
     env.create::<ComputeJob>(batch("doomed", "other", 8, "#!/bin/bash\nsleep 300\n", 0)).await.unwrap();
     let doomed = env.wait_phase("default", "doomed", "Running", LONG).await;
+    assert!(
+        doomed.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|f| f == "haiyun.io/slurm-job"))
+    );
     s.wait_slurm_state(&doomed, 0, "RUNNING").await;
-    Api::<ComputeJob>::namespaced(env.client.clone(), "default")
-        .delete("doomed", &DeleteParams::default())
-        .await
-        .unwrap();
+    let jobs: Api<ComputeJob> = Api::namespaced(env.client.clone(), "default");
+    jobs.delete("doomed", &DeleteParams::default()).await.unwrap();
     s.wait_slurm_state(&doomed, 0, "CANCELLED").await;
+    wait_for("the deleted job gone once its Slurm job is cancelled", LONG, || async {
+        jobs.get_opt("doomed").await.unwrap().is_none().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

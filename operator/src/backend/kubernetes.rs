@@ -87,6 +87,32 @@ pub async fn write_status(
     Ok(())
 }
 
+/// Adds (`on`) or removes this operator's finalizer `name` on the job. Server-side apply owns just that entry of
+/// the finalizer set, so other controllers' finalizers are untouched.
+pub async fn set_finalizer(
+    client: &Client,
+    job: &ComputeJob,
+    name: &str,
+    on: bool,
+) -> Result<(), BackendError> {
+    let has = job.finalizers().iter().any(|f| f == name);
+    if has == on {
+        return Ok(());
+    }
+    let api: Api<ComputeJob> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
+    let finalizers: Vec<&str> = if on { vec![name] } else { Vec::new() };
+    let patch = json!({
+        "apiVersion": "haiyun.io/v1alpha1",
+        "kind": "ComputeJob",
+        "metadata": { "uid": job.uid(), "finalizers": finalizers },
+    });
+    let manager = format!("{MANAGER}-finalizer");
+    match api.patch(&job.name_any(), &PatchParams::apply(&manager).force(), &Patch::Apply(&patch)).await {
+        Err(kube::Error::Api(e)) if e.code == 404 && !on => Ok(()),
+        r => r.map(|_| ()).map_err(api_err("set the finalizer of", crate::index::job::key(job))),
+    }
+}
+
 /// The status of a job just admitted with `placement` at `now`.
 pub fn admitted_status(job: &ComputeJob, placement: &ApiPlacement, now: f64) -> ComputeJobStatus {
     let mut st = job.status.clone().unwrap_or_default();

@@ -72,6 +72,14 @@ impl Env {
 
     /// Deletes every Haiyun object, the pods of jobs and the nodes tests made.
     pub async fn clean(&self) {
+        // No operator runs now to release jobs holding the Slurm finalizer: drop it.
+        let jobs: Api<ComputeJob> = Api::namespaced(self.client.clone(), "default");
+        for j in jobs.list(&ListParams::default()).await.unwrap() {
+            if j.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
+                let patch = json!({"metadata": {"finalizers": null}});
+                let _ = jobs.patch(&j.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await;
+            }
+        }
         delete_all::<ComputeJob>(Api::namespaced(self.client.clone(), "default")).await;
         delete_all::<QuotaRequest>(Api::namespaced(self.client.clone(), "default")).await;
         delete_all::<Queue>(Api::all(self.client.clone())).await;

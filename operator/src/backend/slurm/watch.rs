@@ -135,7 +135,9 @@ impl SlurmPools {
                     (Ok(()), Some(false) | None) => {
                         tracing::info!(pool = %name, nodes = view.nodes.len(), "Slurm pool available")
                     }
-                    (Err(why), Some(true) | None) => tracing::warn!(pool = %name, %why, "Slurm pool unavailable"),
+                    (Err(why), Some(true) | None) => {
+                        tracing::warn!(pool = %name, %why, "Slurm pool unavailable")
+                    }
                     _ => {}
                 }
                 views.insert(name, view);
