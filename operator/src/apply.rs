@@ -35,6 +35,8 @@ pub struct Applier {
     slurm: SlurmPools,
     /// Jobs whose Slurm submission was refused: when to try again, and how many refusals so far.
     refused: Arc<Mutex<HashMap<String, (std::time::Instant, u32)>>>,
+    /// Slurm jobs this process submitted, by key (a run is submitted once).
+    submitted: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 /// Why an action failed (the next cycle plans it again).
@@ -86,6 +88,7 @@ impl Applier {
             metrics,
             slurm: SlurmPools::default(),
             refused: Arc::default(),
+            submitted: Arc::default(),
         }
     }
 
@@ -197,12 +200,18 @@ impl Applier {
         self.event(job, EventType::Normal, "Admitted", &note).await;
         let mut admitted = job.clone();
         admitted.status = Some(status);
-        self.bind(&admitted).await
+        self.dispatch(&admitted, true).await
+    }
+
+    /// Resumes an admitted job's work (after a restart, or when it went missing).
+    async fn bind(&self, job: &ComputeJob) -> Result<(), ApplyError> {
+        self.dispatch(job, false).await
     }
 
     /// Makes the admitted job's work exist where its status places it: pods bound to their nodes, or one Slurm
-    /// job (submitted once per run, whatever the retries).
-    async fn bind(&self, job: &ComputeJob) -> Result<(), ApplyError> {
+    /// job (submitted once per run, whatever the retries). `fresh`: this process has just admitted the run, so no
+    /// earlier submission of it can exist.
+    async fn dispatch(&self, job: &ComputeJob, fresh: bool) -> Result<(), ApplyError> {
         let placement = job.status.as_ref().and_then(|s| s.placement.as_ref());
         let Some(p) = placement.filter(|p| self.slurm.is_slurm(&p.pool)) else {
             let n = k8s::ensure_pods(&self.client, job).await?;
@@ -210,6 +219,12 @@ impl Applier {
             return Ok(());
         };
         let uid = job.uid().unwrap_or_default();
+        let run = job.status.as_ref().map_or(0, |s| s.preemptions);
+        let key = crate::backend::slurm::watch::key(&uid, run);
+        let seen = self.slurm.views().get(&p.pool).is_some_and(|v| v.jobs.contains_key(&key));
+        if seen || self.submitted.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&key) {
+            return Ok(());
+        }
         if let Some((at, n)) = self.refused.lock().unwrap_or_else(|p| p.into_inner()).get(&uid).copied() {
             if std::time::Instant::now() < at {
                 return Err(ApplyError::Backoff(n));
@@ -219,7 +234,14 @@ impl Applier {
             self.slurm.target(&p.pool).ok_or_else(|| ApplyError::NoSlurm(p.pool.clone()))?;
         let sub = submission(job, p, &spec, gpu_type)?;
         k8s::set_finalizer(&self.client, job, FINALIZER, true).await?;
-        let id = match client.submit_once(&sub, 3).await {
+        // Any job with this run's key was submitted after the run was admitted.
+        let since = job
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_deref())
+            .and_then(crate::index::queue::unix)
+            .map(|t| t as i64 - 60);
+        let id = match client.submit_once(&sub, 3, since, !fresh).await {
             Ok(id) => id,
             Err(e) => {
                 // A refusal is not retried at the cycle's pace: 2 s, doubling to a minute.
@@ -232,6 +254,11 @@ impl Applier {
             }
         };
         self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+        let mut submitted = self.submitted.lock().unwrap_or_else(|p| p.into_inner());
+        if submitted.len() >= 100_000 {
+            submitted.clear(); // the poller's view and the lookup still guard against a second submission
+        }
+        submitted.insert(sub.key.clone(), id);
         tracing::info!(job = %crate::index::job::key(job), slurm_job = id, key = %sub.key, "submitted to Slurm");
         self.metrics.count_bound(p.tasks.len());
         Ok(())

@@ -96,16 +96,16 @@ async fn nodes_jobs_submit_and_cancel_work_against_a_real_slurm_with_a_minted_to
     assert!(nodes.iter().all(|n| n.partitions == vec!["batch".to_string()]));
 
     let sub = job(&s, "lifecycle", "#!/bin/bash\necho gpus=$CUDA_VISIBLE_DEVICES\nsleep 2\n", 2);
-    let id = c.submit_once(&sub, 3).await.unwrap();
+    let id = c.submit_once(&sub, 3, None, true).await.unwrap();
     let trail = wait_state(&c, id, "COMPLETED", Duration::from_secs(60)).await;
     assert!(trail.contains(&"RUNNING".to_string()), "{trail:?}");
     let out = std::fs::read_to_string(format!("{}/slurm-{id}.out", s.jobs_dir)).unwrap_or_default();
     assert!(out.contains("gpus=0,1"), "the job saw its 2 GPUs: {out:?}");
     assert_eq!(c.find(&sub.key).await.unwrap().map(|j| j.id), Some(id), "found by its key");
-    assert_eq!(c.submit_once(&sub, 3).await.unwrap(), id, "the same key never submits twice");
+    assert_eq!(c.submit_once(&sub, 3, None, true).await.unwrap(), id, "the same key never submits twice");
 
     let long = job(&s, "to-cancel", "#!/bin/bash\nsleep 300\n", 1);
-    let id = c.submit_once(&long, 3).await.unwrap();
+    let id = c.submit_once(&long, 3, None, true).await.unwrap();
     wait_state(&c, id, "RUNNING", Duration::from_secs(30)).await;
     c.cancel(id).await.unwrap();
     wait_state(&c, id, "CANCELLED", Duration::from_secs(30)).await;
@@ -187,7 +187,9 @@ async fn a_submission_answered_500_or_timed_out_is_retried_without_a_duplicate()
             .unwrap()
             .with_timeout(Duration::from_secs(3));
         let sub = job(&s, name, "#!/bin/bash\nsleep 1\n", 1);
-        let id = c.submit_once(&sub, 3).await.unwrap();
+        let since =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 60;
+        let id = c.submit_once(&sub, 3, Some(since), false).await.unwrap();
         let same: Vec<u32> = direct
             .jobs(None)
             .await
@@ -206,7 +208,7 @@ async fn a_job_survives_slurmctld_restarted_with_sigterm() {
     let _serial = SERIAL.lock().await;
     let c = SlurmClient::new(&s.url, &s.user, Credential::Token(s.token.clone())).unwrap();
     let sub = job(&s, "survivor", "#!/bin/bash\nfor i in $(seq 8); do sleep 1; done\necho survived\n", 1);
-    let id = c.submit_once(&sub, 3).await.unwrap();
+    let id = c.submit_once(&sub, 3, None, true).await.unwrap();
     wait_state(&c, id, "RUNNING", Duration::from_secs(30)).await;
     let pid = std::fs::read_to_string(format!("{}/run/slurmctld.pid", s.dir)).unwrap();
     let pid = pid.trim().to_string();

@@ -209,6 +209,10 @@ async fn a_pool_whose_slurmrestd_is_down_takes_nothing_and_recovers_by_itself() 
     })
     .await;
 
+    env.create::<ComputeJob>(batch("runner", "q", 8, "#!/bin/bash\nsleep 8\n", 0)).await.unwrap();
+    let runner = env.wait_phase("default", "runner", "Running", LONG).await;
+    s.wait_slurm_state(&runner, 0, "RUNNING").await;
+
     let pidfile = format!("{}/run/slurmrestd.pid", s.dir);
     let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
     assert!(std::process::Command::new("kill").arg(&pid).status().unwrap().success());
@@ -221,6 +225,14 @@ async fn a_pool_whose_slurmrestd_is_down_takes_nothing_and_recovers_by_itself() 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let j = env.job("default", "waits").await;
     assert!(pool_of(&j).is_empty(), "nothing is dispatched to a pool that does not answer: {:?}", j.status);
+    let r = env.job("default", "runner").await;
+    assert_eq!(
+        pool_of(&r),
+        "hpc",
+        "the running job keeps its place while its pool does not answer: {:?}",
+        r.status
+    );
+    assert!(!matches!(r.status.as_ref().map(|s| s.phase), Some(haiyun_api::JobPhase::Failed)));
 
     // slurmrestd comes back: the pool recovers and the job runs there.
     let start = format!("{}/bin/start-slurmrestd.sh", s.dir);
@@ -239,4 +251,5 @@ async fn a_pool_whose_slurmrestd_is_down_takes_nothing_and_recovers_by_itself() 
     .await;
     let j = env.wait_phase("default", "waits", "Succeeded", LONG).await;
     assert_eq!(pool_of(&j), "hpc");
+    env.wait_phase("default", "runner", "Succeeded", LONG).await;
 }

@@ -192,17 +192,18 @@ pub fn federation(
             clearance: classification(p.spec.clearance),
         };
         if p.spec.backend.slurm.is_some() {
+            // A pool that does not answer stays, with its last known nodes taking nothing new, so the jobs running
+            // there keep their place.
             match slurm.get(&name).map(|v| &v.available) {
-                Some(Ok(())) => slurm_pools.push((f.cluster.pools.len() as u32, name.clone())),
+                Some(Ok(())) => {}
                 Some(Err(why)) => {
-                    f.unavailable.insert(name, format!("its Slurm cluster does not answer: {why}"));
-                    continue;
+                    f.unavailable.insert(name.clone(), format!("its Slurm cluster does not answer: {why}"));
                 }
                 None => {
-                    f.unavailable.insert(name, "its Slurm cluster has not been reached yet".into());
-                    continue;
+                    f.unavailable.insert(name.clone(), "its Slurm cluster has not been reached yet".into());
                 }
             }
+            slurm_pools.push((f.cluster.pools.len() as u32, name.clone()));
             f.slurm.insert(f.cluster.pools.len() as u32);
             f.cluster.pools.push(pool);
             f.pool_names.push(name);
@@ -303,7 +304,7 @@ pub fn federation(
     }
     for (id, name) in slurm_pools {
         if let Some(view) = slurm.get(&name) {
-            super::slurm::add_nodes(&mut f, id, &name, view, claims);
+            super::slurm::add_nodes(&mut f, id, &name, view, claims, view.available.is_ok());
         }
     }
     f

@@ -344,6 +344,10 @@ fn assemble(
                             Err(e) => JobState::Lost(e.to_string()),
                         }
                     }
+                    // Its pool does not answer and its nodes are not known yet: it runs on where it is.
+                    Err(e) if fed.unavailable.contains_key(&p.pool) => {
+                        JobState::Held(JobProblem::Field { field: "status.placement".into(), message: e })
+                    }
                     Err(e) => JobState::Lost(e),
                 },
                 None => match scheduler.submit(core) {

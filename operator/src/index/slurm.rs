@@ -15,14 +15,21 @@ pub fn node_name(pool: &str, node: &str) -> String {
     format!("{pool}/{node}")
 }
 
-/// Adds the nodes of a reachable Slurm pool.
-pub fn add_nodes(f: &mut Federation, pool: u32, name: &str, view: &SlurmView, claims: &Claims) {
+/// Adds the nodes of a Slurm pool; those of a pool that does not answer (`reachable` false) take nothing new.
+pub fn add_nodes(
+    f: &mut Federation,
+    pool: u32,
+    name: &str,
+    view: &SlurmView,
+    claims: &Claims,
+    reachable: bool,
+) {
     let mut nodes: Vec<_> = view.nodes.iter().collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     for n in nodes {
         let core_name = node_name(name, &n.name);
         let (ours, ours_tasks) = claims.nodes.get(&core_name).copied().unwrap_or_default();
-        let open = n.usable();
+        let open = reachable && n.usable();
         if !open && ours_tasks == 0 {
             continue;
         }
@@ -119,7 +126,7 @@ mod tests {
         let mut claims = Claims::default();
         claims.hold("hpc/n2", &[0], "ns/x".into(), Some("0".into()));
         let mut f = Federation::default();
-        add_nodes(&mut f, 0, "hpc", &view, &claims);
+        add_nodes(&mut f, 0, "hpc", &view, &claims, true);
         let names: Vec<&str> = f.cluster.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, vec!["hpc/n1", "hpc/n2"], "the down node takes nothing and holds nothing of ours");
         let n2 = &f.cluster.nodes[1];

@@ -432,14 +432,30 @@ impl SlurmClient {
 
     /// The job carrying `key`, if Slurm lists one.
     pub async fn find(&self, key: &str) -> Result<Option<SlurmJob>, SlurmError> {
-        Ok(self.jobs(None).await?.into_iter().filter(|j| j.comment == key).max_by_key(|j| j.id))
+        self.find_since(key, None).await
     }
 
-    /// Submits unless a job with the key exists; after a transient failure it looks for the key again before
-    /// retrying, so a submission Slurm made but did not confirm is never made twice.
-    pub async fn submit_once(&self, s: &Submission, attempts: u32) -> Result<u32, SlurmError> {
-        if let Some(j) = self.find(&s.key).await? {
-            return Ok(j.id);
+    /// The job carrying `key` among jobs changed since `since` (Unix seconds; `None`: all jobs).
+    pub async fn find_since(&self, key: &str, since: Option<i64>) -> Result<Option<SlurmJob>, SlurmError> {
+        Ok(self.jobs(since).await?.into_iter().filter(|j| j.comment == key).max_by_key(|j| j.id))
+    }
+
+    /// Submits unless a job with the key exists (looked up first when `look_first`: skip it only when no earlier
+    /// attempt can have been made, e.g. right after this process admitted the run); after a transient failure it
+    /// looks for the key again before retrying, so a submission Slurm made but did not confirm is never made twice.
+    /// `since` bounds each lookup to jobs changed since then (a job with the key was submitted after the run was
+    /// admitted).
+    pub async fn submit_once(
+        &self,
+        s: &Submission,
+        attempts: u32,
+        since: Option<i64>,
+        look_first: bool,
+    ) -> Result<u32, SlurmError> {
+        if look_first {
+            if let Some(j) = self.find_since(&s.key, since).await? {
+                return Ok(j.id);
+            }
         }
         let mut last = None;
         for attempt in 0..attempts.max(1) {
@@ -448,7 +464,7 @@ impl SlurmClient {
                 Err(e) if e.is_transient() => {
                     tracing::warn!(key = %s.key, attempt, error = %e, "submission not confirmed; checking for it");
                     tokio::time::sleep(Duration::from_millis(500 << attempt.min(4))).await;
-                    if let Ok(Some(j)) = self.find(&s.key).await {
+                    if let Ok(Some(j)) = self.find_since(&s.key, since).await {
                         return Ok(j.id);
                     }
                     last = Some(e);

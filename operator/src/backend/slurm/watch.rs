@@ -42,6 +42,8 @@ pub fn parse_key(key: &str) -> Option<(&str, u32)> {
 struct Pool {
     spec: SlurmBackend,
     client: SlurmClient,
+    /// The view of the last poll that worked: kept while the pool does not answer, so running jobs keep their place.
+    last: Option<SlurmView>,
     jobs: HashMap<u32, SlurmJob>,
     last_update: i64,
     polls: u64,
@@ -180,13 +182,24 @@ impl SlurmPools {
                 .insert(name.to_string(), (client.clone(), spec.clone()));
             state.insert(
                 name.into(),
-                Pool { spec: spec.clone(), client, jobs: HashMap::new(), last_update: 0, polls: 0 },
+                Pool {
+                    spec: spec.clone(),
+                    client,
+                    last: None,
+                    jobs: HashMap::new(),
+                    last_update: 0,
+                    polls: 0,
+                },
             );
         }
         let Some(pool) = state.get_mut(name) else { return unavailable("no client".into()) };
+        let stale = |pool: &Pool, why: String| match &pool.last {
+            Some(last) => SlurmView { available: Err(why), ..last.clone() },
+            None => unavailable(why),
+        };
         let nodes = match pool.client.nodes().await {
             Ok(n) => n,
-            Err(e) => return unavailable(e.to_string()),
+            Err(e) => return stale(pool, e.to_string()),
         };
         // Jobs changed since the last poll; every 30th poll lists all, so jobs Slurm forgot are dropped.
         let full = pool.polls % 30 == 0;
@@ -206,7 +219,7 @@ impl SlurmPools {
                 pool.last_update = now;
                 pool.polls += 1;
             }
-            Err(e) => return unavailable(e.to_string()),
+            Err(e) => return stale(pool, e.to_string()),
         }
         let nodes: Vec<SlurmNode> =
             nodes.into_iter().filter(|n| n.partitions.iter().any(|p| *p == spec.partition)).collect();
@@ -223,7 +236,9 @@ impl SlurmPools {
                 }
             }
         }
-        SlurmView { available: Ok(()), nodes, jobs }
+        let view = SlurmView { available: Ok(()), nodes, jobs };
+        pool.last = Some(view.clone());
+        view
     }
 }
 
