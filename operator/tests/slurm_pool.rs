@@ -253,3 +253,34 @@ async fn a_pool_whose_slurmrestd_is_down_takes_nothing_and_recovers_by_itself() 
     assert_eq!(pool_of(&j), "hpc");
     env.wait_phase("default", "runner", "Succeeded", LONG).await;
 }
+
+#[tokio::test]
+async fn a_job_running_when_slurmctld_restarts_is_not_lost_and_not_submitted_twice() {
+    let Some(s) = slurm() else { return };
+    let Some(env) = Env::start("ctld").await else { return };
+    slurm_pool(&env, &s, "hpc").await;
+    env.create::<Queue>(queue("q", "nvidia.com/gpu:h100", 32)).await.unwrap();
+    let _op = env.operator("only", &["--slurm-poll-ms", "300"]);
+    env.create::<ComputeJob>(batch("steady", "q", 8, "#!/bin/bash\nsleep 10\necho done\n", 0)).await.unwrap();
+    let steady = env.wait_phase("default", "steady", "Running", LONG).await;
+    s.wait_slurm_state(&steady, 0, "RUNNING").await;
+
+    let pid = std::fs::read_to_string(format!("{}/run/slurmctld.pid", s.dir)).unwrap().trim().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|st| !st.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        std::process::Command::new(format!("{}/bin/start-slurmctld.sh", s.dir)).status().unwrap().success()
+    );
+
+    let done = env.wait_phase("default", "steady", "Succeeded", LONG).await;
+    assert_eq!(pool_of(&done), "hpc");
+    let key = haiyun_operator::backend::slurm::watch::key(steady.metadata.uid.as_deref().unwrap(), 0);
+    let same: Vec<u32> =
+        s.client().jobs(None).await.unwrap().into_iter().filter(|j| j.comment == key).map(|j| j.id).collect();
+    assert_eq!(same.len(), 1, "one Slurm job for the run: {same:?}");
+}

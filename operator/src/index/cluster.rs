@@ -38,6 +38,8 @@ pub struct Federation {
     pub node_ids: HashMap<String, u32>,
     /// Pools that are Slurm clusters (their jobs need a script; their nodes are `<pool>/<node>`).
     pub slurm: std::collections::BTreeSet<u32>,
+    /// The longest time limit a pool allows, minutes (Slurm partitions that set one).
+    pub time_limits: BTreeMap<u32, u32>,
 }
 
 /// Whether the node is Ready and schedulable.
@@ -202,6 +204,9 @@ pub fn federation(
                 None => {
                     f.unavailable.insert(name.clone(), "its Slurm cluster has not been reached yet".into());
                 }
+            }
+            if let Some(limit) = slurm.get(&name).and_then(|v| v.time_limit_min) {
+                f.time_limits.insert(f.cluster.pools.len() as u32, limit);
             }
             slurm_pools.push((f.cluster.pools.len() as u32, name.clone()));
             f.slurm.insert(f.cluster.pools.len() as u32);

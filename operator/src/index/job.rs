@@ -80,6 +80,8 @@ pub struct Refs<'a> {
     pub datasets: &'a BTreeMap<String, DatasetId>,
     /// Pools that are Slurm clusters.
     pub slurm: &'a std::collections::BTreeSet<PoolId>,
+    /// The longest time limit per pool, minutes, where one is set.
+    pub time_limits: &'a BTreeMap<PoolId, u32>,
 }
 
 fn field(field: &str, message: impl ToString) -> JobProblem {
@@ -152,7 +154,7 @@ pub fn core_job(cj: &ComputeJob, refs: &Refs<'_>, cluster: &mut Cluster) -> Resu
         .iter()
         .map(|d| refs.datasets.get(d).copied().ok_or_else(|| JobProblem::NoDataset(d.clone())))
         .collect::<Result<Vec<_>, _>>()?;
-    let pools = allowed_pools(cj, cluster, refs.slurm)?;
+    let pools = allowed_pools(cj, cluster, refs)?;
     let runtime = match &s.runtime_estimate {
         Some(r) => quantity::seconds(r)
             .ok_or_else(|| field("spec.runtimeEstimate", "write a duration such as 90m or 1h30m"))?
@@ -175,16 +177,14 @@ pub fn core_job(cj: &ComputeJob, refs: &Refs<'_>, cluster: &mut Cluster) -> Resu
 
 /// Pools matching the job's kinds and sites that can run it (empty: any). A Slurm pool runs a job of one task
 /// group with a batch script; a Kubernetes pool runs any job whose groups are not scripts alone.
-fn allowed_pools(
-    cj: &ComputeJob,
-    cluster: &Cluster,
-    slurm: &std::collections::BTreeSet<PoolId>,
-) -> Result<Vec<PoolId>, JobProblem> {
+fn allowed_pools(cj: &ComputeJob, cluster: &Cluster, refs: &Refs) -> Result<Vec<PoolId>, JobProblem> {
     let s = &cj.spec;
     let scripted = s.task_groups.iter().all(|g| g.script.is_some());
     let on_slurm = scripted && s.task_groups.len() == 1;
     let on_kubernetes = !scripted || s.task_groups.iter().all(|g| g.template.is_some());
-    let runs = |p: &PoolId| if slurm.contains(p) { on_slurm } else { on_kubernetes };
+    let limit = crate::backend::slurm::submission::time_limit_min(cj);
+    let fits = |p: &PoolId| refs.time_limits.get(p).is_none_or(|max| limit <= *max);
+    let runs = |p: &PoolId| if refs.slurm.contains(p) { on_slurm && fits(p) } else { on_kubernetes };
     if s.pool_kinds.is_empty() && s.sites.is_empty() && (0..cluster.pools.len() as PoolId).all(|p| runs(&p)) {
         return Ok(Vec::new());
     }
@@ -198,8 +198,10 @@ fn allowed_pools(
         })
         .collect();
     if pools.is_empty() && s.pool_kinds.is_empty() && s.sites.is_empty() {
-        let what = if on_slurm {
-            "no available pool runs batch scripts: a Slurm pool must be reachable (see the ComputePools' status)"
+        let what = if on_slurm && !refs.slurm.is_empty() {
+            "no Slurm pool allows its time limit (twice spec.runtimeEstimate): shorten the estimate"
+        } else if on_slurm {
+            "no pool runs batch scripts: add a ComputePool with backend.slurm"
         } else if scripted {
             "a job of several script groups runs nowhere: a Slurm pool takes one group, a Kubernetes pool needs templates"
         } else {

@@ -297,6 +297,7 @@ fn assemble(
         namespaces: &namespaces,
         datasets: &dataset_ids,
         slurm: &fed.slurm,
+        time_limits: &fed.time_limits,
     };
     let counts = pod_counts(&objects.pods);
     let mut sorted_jobs: Vec<&Arc<ComputeJob>> = objects.jobs.iter().collect();

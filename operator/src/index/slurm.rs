@@ -122,6 +122,7 @@ mod tests {
                 slurm_node("n3", "down", 0),
             ],
             jobs: HashMap::new(),
+            time_limit_min: None,
         };
         let mut claims = Claims::default();
         claims.hold("hpc/n2", &[0], "ns/x".into(), Some("0".into()));

@@ -264,3 +264,96 @@ fn gpus_follow_their_agent_a_failed_gpu_takes_no_work_and_the_job_on_it_keeps_it
     // n0 has 5 healthy free GPUs (2, 3, 4, 6, 7) and n1 none that may take work: neither b (8) nor c (6) fits.
     assert!(admitted(&actions).is_empty(), "{actions:?}");
 }
+
+fn slurm_view(time_limit_min: Option<u32>) -> crate::backend::slurm::SlurmView {
+    let node = |name: &str| crate::backend::slurm::SlurmNode {
+        name: name.into(),
+        state: "idle".into(),
+        cpus: 8,
+        alloc_cpus: 0,
+        memory_mib: 16_000,
+        alloc_memory_mib: 0,
+        gpu_type: Some("h100".into()),
+        gpus: 8,
+        gpus_used: 0,
+        partitions: vec!["batch".into()],
+    };
+    crate::backend::slurm::SlurmView {
+        available: Ok(()),
+        nodes: vec![node("n1"), node("n2")],
+        jobs: Default::default(),
+        time_limit_min,
+    }
+}
+
+fn slurm_pool() -> Arc<ComputePool> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputePool", "metadata": { "name": "hpc" },
+            "spec": { "kind": "hpc", "backend": { "slurm": { "endpoint": "http://slurm", "partition": "batch",
+                                                             "tokenSecret": "t", "user": "u" } } }
+        }))
+        .unwrap(),
+    )
+}
+
+fn batch(name: &str, runtime: &str, age_s: i64) -> Arc<ComputeJob> {
+    let mut j = job(name, "q", 8, age_s);
+    j.spec.runtime_estimate = Some(runtime.into());
+    j.spec.task_groups[0].script = Some("#!/bin/bash\ntrue\n".into());
+    Arc::new(j)
+}
+
+#[test]
+fn batch_jobs_go_to_slurm_pools_that_allow_their_time_and_pod_jobs_never_do() {
+    let objects = Objects {
+        pools: vec![pool(), slurm_pool()],
+        queues: vec![queue("q")],
+        jobs: vec![Arc::new(job("pods", "q", 8, 30)), batch("short", "10m", 20), batch("long", "2h", 10)],
+        nodes: vec![],
+        slurm: Arc::new([("hpc".to_string(), slurm_view(Some(60)))].into_iter().collect()),
+        ..Default::default()
+    };
+    let (world, actions) = cycle(&objects);
+    let admitted: Vec<(String, String)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Admit { job, placement } => Some((job.name_any(), placement.tasks[0].node.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(admitted.len(), 1, "{actions:?}");
+    assert_eq!(admitted[0].0, "short");
+    assert!(admitted[0].1.starts_with("hpc/n"), "{admitted:?}");
+    let problem = |name: &str| match &world.jobs.iter().find(|t| t.job.name_any() == name).unwrap().state {
+        JobState::Problem(p) => p.to_string(),
+        other => format!("{other:?}"),
+    };
+    // The pool "a" has no nodes here, so the pod job waits there; it is never offered the Slurm pool.
+    assert!(!problem("pods").contains("hpc"));
+    assert!(problem("long").contains("time limit"), "{}", problem("long"));
+}
+
+#[test]
+fn a_running_slurm_job_is_held_while_its_pool_has_not_been_reached() {
+    let mut j = (*batch("running", "10m", 10)).clone();
+    j.status = Some(serde_json::from_value(json!({
+        "phase": "Running",
+        "placement": { "pool": "hpc", "gpuModel": "h100",
+                       "tasks": [{ "pod": "", "node": "hpc/n1", "gpus": [0,1,2,3,4,5,6,7], "gpuMilli": 1000 }] }
+    }))
+    .unwrap());
+    let objects = Objects {
+        pools: vec![slurm_pool()],
+        queues: vec![queue("q")],
+        jobs: vec![Arc::new(j)],
+        ..Default::default()
+    };
+    let (world, actions) = cycle(&objects);
+    assert!(matches!(world.jobs[0].state, JobState::Held(_)), "{:?}", world.jobs[0].state);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Evict { .. })), "{actions:?}");
+    let failed = actions.iter().any(
+        |a| matches!(a, Action::Status { status, .. } if status.phase == haiyun_api::job::JobPhase::Failed),
+    );
+    assert!(!failed, "never failed for a pool that does not answer: {actions:?}");
+}

@@ -368,6 +368,22 @@ impl SlurmClient {
             .collect())
     }
 
+    /// The longest time limit of `partition` in minutes (`None`: unlimited).
+    pub async fn time_limit(&self, partition: &str) -> Result<Option<u32>, SlurmError> {
+        let v = self.call(reqwest::Method::GET, "/partitions", None).await?;
+        let part = v
+            .get("partitions")
+            .and_then(Value::as_array)
+            .and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str) == Some(partition)))
+            .ok_or_else(|| SlurmError::Refused {
+                call: "GET /partitions".into(),
+                status: 404,
+                errors: vec![(0, format!("partition {partition:?} does not exist"))],
+            })?;
+        let limit = part.get("max_time_limit").and_then(Value::as_i64).unwrap_or(-1);
+        Ok(u32::try_from(limit).ok())
+    }
+
     /// Jobs changed since `since` (Unix seconds), or every job Slurm still lists.
     pub async fn jobs(&self, since: Option<i64>) -> Result<Vec<SlurmJob>, SlurmError> {
         let path = match since {

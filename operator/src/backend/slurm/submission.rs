@@ -27,6 +27,15 @@ pub enum SubmissionError {
     ForeignNode(String, String),
 }
 
+/// The time limit a job gets in Slurm: twice its runtime estimate, in minutes (an hour without one).
+pub fn time_limit_min(job: &ComputeJob) -> u32 {
+    job.spec
+        .runtime_estimate
+        .as_deref()
+        .and_then(quantity::seconds)
+        .map_or(DEFAULT_LIMIT_MIN, |s| u32::try_from((s * 2).div_ceil(60)).unwrap_or(u32::MAX).max(1))
+}
+
 /// The submission for `job`'s current run placed as `placement` in the Slurm pool `spec`; `gpu_type` is the pool's
 /// GRES type as Slurm spells it.
 pub fn submission(
@@ -57,12 +66,7 @@ pub fn submission(
     let gpus_per_node = per_node.values().map(|v| v.1).max().unwrap_or(0);
     let cpu_milli = group.cpu.as_deref().and_then(|c| quantity::milli(c).ok()).unwrap_or(1000);
     let memory = group.memory.as_deref().and_then(|m| quantity::mib(m).ok()).unwrap_or(DEFAULT_MEMORY_MIB);
-    let limit = job
-        .spec
-        .runtime_estimate
-        .as_deref()
-        .and_then(quantity::seconds)
-        .map_or(DEFAULT_LIMIT_MIN, |s| u32::try_from((s * 2).div_ceil(60)).unwrap_or(u32::MAX).max(1));
+    let limit = time_limit_min(job);
     let run = job.status.as_ref().map_or(0, |s| s.preemptions);
     let environment = BTreeMap::from([
         ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()),

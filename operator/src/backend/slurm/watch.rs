@@ -22,6 +22,8 @@ pub struct SlurmView {
     pub nodes: Vec<SlurmNode>,
     /// Jobs Slurm lists, by the key in their comment (only ours carry one).
     pub jobs: HashMap<String, SlurmJob>,
+    /// The partition's longest time limit, minutes (`None`: unlimited).
+    pub time_limit_min: Option<u32>,
 }
 
 /// Every Slurm pool's view, by pool name.
@@ -165,8 +167,12 @@ impl SlurmPools {
         name: &str,
         spec: SlurmBackend,
     ) -> SlurmView {
-        let unavailable =
-            |why: String| SlurmView { available: Err(why), nodes: Vec::new(), jobs: HashMap::new() };
+        let unavailable = |why: String| SlurmView {
+            available: Err(why),
+            nodes: Vec::new(),
+            jobs: HashMap::new(),
+            time_limit_min: None,
+        };
         if state.get(name).is_none_or(|p| p.spec != spec) {
             let cred = match credential(secrets, &spec).await {
                 Ok(c) => c,
@@ -199,6 +205,10 @@ impl SlurmPools {
         };
         let nodes = match pool.client.nodes().await {
             Ok(n) => n,
+            Err(e) => return stale(pool, e.to_string()),
+        };
+        let time_limit_min = match pool.client.time_limit(&spec.partition).await {
+            Ok(t) => t,
             Err(e) => return stale(pool, e.to_string()),
         };
         // Jobs changed since the last poll; every 30th poll lists all, so jobs Slurm forgot are dropped.
@@ -236,7 +246,7 @@ impl SlurmPools {
                 }
             }
         }
-        let view = SlurmView { available: Ok(()), nodes, jobs };
+        let view = SlurmView { available: Ok(()), nodes, jobs, time_limit_min };
         pool.last = Some(view.clone());
         view
     }
