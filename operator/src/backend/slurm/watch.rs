@@ -52,7 +52,7 @@ struct Pool {
 }
 
 /// The Slurm pools: clients and views, shared by the poller, the index and the applier.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct SlurmPools {
     views: Arc<Mutex<SlurmViews>>,
     clients: Arc<Mutex<HashMap<String, (SlurmClient, SlurmBackend)>>>,
@@ -61,12 +61,6 @@ pub struct SlurmPools {
 impl std::fmt::Debug for SlurmPools {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SlurmPools").finish_non_exhaustive()
-    }
-}
-
-impl Default for SlurmPools {
-    fn default() -> Self {
-        SlurmPools { views: Arc::default(), clients: Arc::default() }
     }
 }
 
@@ -232,7 +226,7 @@ impl SlurmPools {
             Err(e) => return stale(pool, e.to_string()),
         }
         let nodes: Vec<SlurmNode> =
-            nodes.into_iter().filter(|n| n.partitions.iter().any(|p| *p == spec.partition)).collect();
+            nodes.into_iter().filter(|n| n.partitions.contains(&spec.partition)).collect();
         if nodes.is_empty() {
             return unavailable(format!("partition {:?} has no nodes", spec.partition));
         }
