@@ -35,9 +35,12 @@ pub struct Applier {
     slurm: SlurmPools,
     /// Jobs whose Slurm submission was refused: when to try again, and how many refusals so far.
     refused: Arc<Mutex<HashMap<String, (std::time::Instant, u32)>>>,
-    /// Slurm jobs this process submitted, by key (a run is submitted once).
-    submitted: Arc<Mutex<HashMap<String, u32>>>,
+    /// Slurm jobs this process submitted, by key, with when (a run is submitted once).
+    submitted: Arc<Mutex<HashMap<String, (u32, std::time::Instant)>>>,
 }
+
+/// A submission not listed by Slurm this long after it was accepted is looked for again (and made again if lost).
+const LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why an action failed (the next cycle plans it again).
 #[derive(Debug, thiserror::Error)]
@@ -222,9 +225,14 @@ impl Applier {
         let run = job.status.as_ref().map_or(0, |s| s.preemptions);
         let key = crate::backend::slurm::watch::key(&uid, run);
         let seen = self.slurm.views().get(&p.pool).is_some_and(|v| v.jobs.contains_key(&key));
-        if seen || self.submitted.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&key) {
+        let recent =
+            self.submitted.lock().unwrap_or_else(|p| p.into_inner()).get(&key).map(|s| s.1.elapsed());
+        if seen || recent.is_some_and(|age| age < LOST_AFTER) {
             return Ok(());
         }
+        // Submitted long ago and still not listed: Slurm may have lost it (slurmctld killed right after the
+        // submission). Look for the key, then submit again if it is not there.
+        let fresh = fresh && recent.is_none();
         if let Some((at, n)) = self.refused.lock().unwrap_or_else(|p| p.into_inner()).get(&uid).copied() {
             if std::time::Instant::now() < at {
                 return Err(ApplyError::Backoff(n));
@@ -258,7 +266,7 @@ impl Applier {
         if submitted.len() >= 100_000 {
             submitted.clear(); // the poller's view and the lookup still guard against a second submission
         }
-        submitted.insert(sub.key.clone(), id);
+        submitted.insert(sub.key.clone(), (id, std::time::Instant::now()));
         tracing::info!(job = %crate::index::job::key(job), slurm_job = id, key = %sub.key, "submitted to Slurm");
         self.metrics.count_bound(p.tasks.len());
         Ok(())

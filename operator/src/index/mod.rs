@@ -322,9 +322,15 @@ fn assemble(
         let uid = cj.uid().unwrap_or_default();
         let in_slurm = placement_of(&cj, overlay)
             .and_then(|(p, _)| objects.slurm.get(&p.pool).map(|v| (v, p.tasks.len())))
-            .map(|(v, n)| (v.jobs.get(&crate::backend::slurm::watch::key(&uid, run)), n));
+            .map(|(v, n)| {
+                (v.jobs.get(&crate::backend::slurm::watch::key(&uid, run)), n, v.available.is_ok())
+            });
+        // Running, yet its reachable Slurm no longer lists it: it ended while the operator could not see it (Slurm
+        // forgets finished jobs after MinJobAge). Running it again could do the work twice: it is lost instead.
+        let forgotten = matches!(in_slurm, Some((None, _, true)))
+            && cj.status.as_ref().is_some_and(|s| s.phase == haiyun_api::job::JobPhase::Running);
         let (pods, times) = match in_slurm {
-            Some((j, n)) => {
+            Some((j, n, _)) => {
                 let times =
                     j.filter(|j| j.start_time > 0).map(|j| (j.start_time as Time, j.end_time as Time));
                 (slurm::counts(j, n), times)
@@ -336,6 +342,9 @@ fn assemble(
             Some(Err(p)) if placement_of(&cj, overlay).is_some() => JobState::Held(p),
             Some(Err(p)) => JobState::Problem(p),
             Some(Ok(core)) => match placement_of(&cj, overlay) {
+                Some(_) if forgotten => JobState::Lost(
+                    "its Slurm job ended while the operator could not see it; its outcome is unknown".into(),
+                ),
                 Some((p, _)) if ended(p, &pods).is_some() => JobState::Ended { failed: pods.failed > 0 },
                 Some((p, started)) => match core_placement(p, &fed, &core) {
                     Ok((placement, pool, model)) => {

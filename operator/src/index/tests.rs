@@ -357,3 +357,24 @@ fn a_running_slurm_job_is_held_while_its_pool_has_not_been_reached() {
     );
     assert!(!failed, "never failed for a pool that does not answer: {actions:?}");
 }
+
+#[test]
+fn a_running_slurm_job_its_reachable_slurm_no_longer_lists_is_lost_not_run_twice() {
+    let mut j = (*batch("gone", "10m", 10)).clone();
+    j.status = Some(serde_json::from_value(json!({
+        "phase": "Running",
+        "placement": { "pool": "hpc", "gpuModel": "h100",
+                       "tasks": [{ "pod": "", "node": "hpc/n1", "gpus": [0,1,2,3,4,5,6,7], "gpuMilli": 1000 }] }
+    }))
+    .unwrap());
+    let objects = Objects {
+        pools: vec![slurm_pool()],
+        queues: vec![queue("q")],
+        jobs: vec![Arc::new(j)],
+        slurm: Arc::new([("hpc".to_string(), slurm_view(None))].into_iter().collect()),
+        ..Default::default()
+    };
+    let (world, actions) = cycle(&objects);
+    assert!(matches!(world.jobs[0].state, JobState::Lost(_)), "{:?}", world.jobs[0].state);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Bind { .. })), "never submitted again: {actions:?}");
+}
