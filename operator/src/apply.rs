@@ -238,8 +238,10 @@ impl Applier {
                 return Err(ApplyError::Backoff(n));
             }
         }
+        let first =
+            p.tasks.first().and_then(|t| t.node.strip_prefix(&format!("{}/", p.pool))).unwrap_or_default();
         let (client, spec, gpu_type) =
-            self.slurm.target(&p.pool).ok_or_else(|| ApplyError::NoSlurm(p.pool.clone()))?;
+            self.slurm.target(&p.pool, first).ok_or_else(|| ApplyError::NoSlurm(p.pool.clone()))?;
         let sub = submission(job, p, &spec, gpu_type)?;
         k8s::set_finalizer(&self.client, job, FINALIZER, true).await?;
         // Any job with this run's key was submitted after the run was admitted.
@@ -253,11 +255,17 @@ impl Applier {
             Ok(id) => id,
             Err(e) => {
                 // A refusal is not retried at the cycle's pace: 2 s, doubling to a minute.
-                let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-                let n = refused.get(&uid).map_or(0, |r| r.1) + 1;
-                let wait =
-                    std::time::Duration::from_secs(1 << n.min(6)).min(std::time::Duration::from_secs(60));
-                refused.insert(uid, (std::time::Instant::now() + wait, n));
+                let n = {
+                    let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = refused.get(&uid).map_or(0, |r| r.1) + 1;
+                    let wait =
+                        std::time::Duration::from_secs(1 << n.min(6)).min(std::time::Duration::from_secs(60));
+                    refused.insert(uid, (std::time::Instant::now() + wait, n));
+                    n
+                };
+                if !e.is_transient() && n.is_power_of_two() {
+                    self.event(job, EventType::Warning, "SlurmRefused", &e.to_string()).await;
+                }
                 return Err(e.into());
             }
         };
@@ -286,6 +294,7 @@ impl Applier {
             }
         }
         k8s::set_finalizer(&self.client, job, FINALIZER, false).await?;
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
         Ok(())
     }
 

@@ -274,6 +274,10 @@ impl Engine {
             .filter_map(|j| Some((j.uid()?, j.status.as_ref().map_or(0, |s| s.preemptions))))
             .collect();
         for (pool, view) in objects.slurm.iter() {
+            for j in view.extra.iter().filter(|j| crate::index::slurm::active(j)) {
+                let action = Action::CancelSlurm { pool: pool.clone(), id: j.id, key: j.comment.clone() };
+                self.applier.spawn(action, None);
+            }
             for (key, job) in &view.jobs {
                 let Some((uid, run)) = crate::backend::slurm::watch::parse_key(key) else { continue };
                 if !crate::index::slurm::active(job) || self.applier.busy(uid) {

@@ -29,7 +29,8 @@ struct Handle {
 /// A probe over the real GPUs of this machine.
 pub struct NvmlProbe {
     gpus: Vec<Handle>,
-    events: Option<EventSet<'static>>,
+    /// One XID event set per GPU that supports them (a failed registration frees its set, so sets are not shared).
+    events: Vec<EventSet<'static>>,
     resets: Vec<u32>,
     errors: BTreeMap<&'static str, u64>,
 }
@@ -52,10 +53,17 @@ impl NvmlProbe {
         let nvml: &'static Nvml = Box::leak(Box::new(nvml));
         let count = nvml.device_count().map_err(nvml_error("count the GPUs"))?;
         let mut gpus = Vec::new();
+        let mut errors = BTreeMap::new();
         for index in 0..count {
-            let device = nvml.device_by_index(index).map_err(nvml_error("open a GPU"))?;
-            let info = describe(&device, index)?;
-            gpus.push(Handle { device, info, present: true });
+            // A GPU already lost is left out (the operator sees it as unknown), rather than failing the whole node.
+            let opened = nvml.device_by_index(index).map_err(nvml_error("open a GPU"));
+            match opened.and_then(|device| describe(&device, index).map(|info| (device, info))) {
+                Ok((device, info)) => gpus.push(Handle { device, info, present: true }),
+                Err(e) => {
+                    eprintln!("warning: GPU {index} left out: {e}");
+                    *errors.entry("open").or_insert(0) += 1;
+                }
+            }
         }
         let by_bus: BTreeMap<String, u32> =
             gpus.iter().map(|g| (g.info.pci_bus_id.to_lowercase(), g.info.index)).collect();
@@ -73,17 +81,14 @@ impl NvmlProbe {
             }
             g.info.nvlink_peers = peers.into_iter().collect();
         }
-        let mut errors = BTreeMap::new();
-        let mut events = nvml.create_event_set().ok();
+        let mut events = Vec::new();
         for g in &gpus {
-            if let Some(set) = events.take() {
-                match g.device.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
-                    Ok(set) => events = Some(set),
-                    Err(_) => {
-                        *errors.entry("xid_events").or_insert(0) += 1;
-                        events = nvml.create_event_set().ok();
-                    }
-                }
+            let supported =
+                g.device.supported_event_types().is_ok_and(|t| t.contains(EventTypes::CRITICAL_XID_ERROR));
+            let set = nvml.create_event_set().ok().filter(|_| supported);
+            match set.map(|s| g.device.register_events(EventTypes::CRITICAL_XID_ERROR, s)) {
+                Some(Ok(set)) => events.push(set),
+                _ => *errors.entry("xid_events").or_insert(0) += 1,
             }
         }
         Ok(NvmlProbe { gpus, events, resets: Vec::new(), errors })
@@ -200,24 +205,25 @@ impl GpuProbe for NvmlProbe {
 
     fn xids(&mut self) -> Vec<Xid> {
         let mut out = Vec::new();
-        let Some(set) = &self.events else { return out };
-        // Drain what is queued without blocking.
-        for _ in 0..1024 {
-            match set.wait(0) {
-                Ok(e) => {
-                    let code = match e.event_data {
-                        Some(XidError::Value(v)) => u32::try_from(v).unwrap_or(u32::MAX),
-                        _ => continue,
-                    };
-                    match e.device.index() {
-                        Ok(index) => out.push(Xid { index, code }),
-                        Err(_) => *self.errors.entry("xid_events").or_insert(0) += 1,
+        for set in &self.events {
+            // Drain what is queued without blocking.
+            for _ in 0..1024 {
+                match set.wait(0) {
+                    Ok(e) => {
+                        let code = match e.event_data {
+                            Some(XidError::Value(v)) => u32::try_from(v).unwrap_or(u32::MAX),
+                            _ => continue,
+                        };
+                        match e.device.index() {
+                            Ok(index) => out.push(Xid { index, code }),
+                            Err(_) => *self.errors.entry("xid_events").or_insert(0) += 1,
+                        }
                     }
-                }
-                Err(NvmlError::Timeout) => break,
-                Err(_) => {
-                    *self.errors.entry("xid_events").or_insert(0) += 1;
-                    break;
+                    Err(NvmlError::Timeout) => break,
+                    Err(_) => {
+                        *self.errors.entry("xid_events").or_insert(0) += 1;
+                        break;
+                    }
                 }
             }
         }

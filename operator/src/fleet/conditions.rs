@@ -110,6 +110,10 @@ pub async fn run(client: kube::Client, fleet: Arc<Fleet>) {
                 Ok(_) => {
                     written.insert(node, (want, since));
                 }
+                // An agent outside the cluster (token-file auth) has no Node object to write to.
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    written.insert(node, (want, since));
+                }
                 Err(e) => {
                     tracing::warn!(%node, error = %e, "failed to write the node's GPU conditions; retrying")
                 }

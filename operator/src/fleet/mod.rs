@@ -59,6 +59,9 @@ pub type FleetView = HashMap<String, NodeView>;
 struct Entry {
     boot: u64,
     last_seq: u64,
+    /// No sample of this boot has arrived yet: the first one sets where the sequence stands (after an operator
+    /// restart the agent's earlier samples went to the previous leader, and are not lost).
+    fresh: bool,
     last_seen: Instant,
     /// The stream that speaks for the node now (a newer stream replaces an older one).
     stream: u64,
@@ -111,6 +114,7 @@ impl Fleet {
         let e = nodes.entry(node.to_string()).or_insert_with(|| Entry {
             boot: h.boot,
             last_seq: 0,
+            fresh: true,
             last_seen: now,
             stream: id,
             connected: true,
@@ -126,6 +130,7 @@ impl Fleet {
         if e.boot != h.boot {
             e.boot = h.boot;
             e.last_seq = 0;
+            e.fresh = true;
         } else if e.stream != id {
             e.last_gap = now.saturating_duration_since(e.last_seen);
             if e.last_gap > Duration::from_secs(5) {
@@ -156,6 +161,10 @@ impl Fleet {
         e.last_seen = Instant::now();
         if s.seq <= e.last_seq {
             return Some(e.last_seq); // already here (replayed twice)
+        }
+        if e.fresh {
+            e.fresh = false;
+            e.last_seq = s.seq - 1;
         }
         e.lost += s.seq - e.last_seq - 1;
         e.last_seq = s.seq;
@@ -300,8 +309,13 @@ mod tests {
         assert_eq!((v.replayed, v.lost), (4, 1), "3, 4, 5, 7 replayed; 6 lost; 2 was a duplicate");
         assert_eq!(v.gpus[&3].state, GpuState::Healthy);
         // A restarted agent (new boot) counts from 1 again.
-        let s3 = fleet.hello("a", &pb::Hello { boot: 8, ..hello }, 10_000);
+        let s3 = fleet.hello("a", &pb::Hello { boot: 8, ..hello.clone() }, 10_000);
         assert_eq!(fleet.sample("a", s3, &sample(1, 10_000, None)), Some(1));
+        // A new operator hears an agent mid-way (its earlier samples went to the previous leader): nothing is lost.
+        let other = Fleet::new(Duration::from_secs(60), Arc::new(Notify::new()));
+        let s = other.hello("a", &hello, 20_000);
+        assert_eq!(other.sample("a", s, &sample(500, 20_000, None)), Some(500));
+        assert_eq!(other.view()["a"].lost, 0);
     }
 
     #[test]

@@ -372,7 +372,8 @@ fn assemble(
             debug_assert_eq!(id as usize, by_core.len());
             by_core.push(Owner::Job(tracked.len()));
         }
-        let bound_here = overlay.bound.contains(&cj.uid().unwrap_or_default());
+        // Slurm jobs have no pods to wait for: their submission is checked against Slurm's listing instead.
+        let bound_here = overlay.bound.contains(&cj.uid().unwrap_or_default()) && in_slurm.is_none();
         tracked.push(Tracked { job: cj, state, pods, bound_here, times });
     }
     let mut plain: Vec<&Arc<Pod>> = objects.pods.iter().filter(|p| pod::is_plain(p)).collect();

@@ -69,26 +69,31 @@ pub fn counts(job: Option<&SlurmJob>, tasks: usize) -> PodCounts {
     let all =
         |running, succeeded, failed| PodCounts { total: tasks, bound: tasks, running, succeeded, failed };
     match j.state.as_str() {
-        "PENDING" | "CONFIGURING" | "SUSPENDED" | "REQUEUED" | "RESIZING" => all(0, 0, 0),
-        "RUNNING" | "COMPLETING" | "STAGE_OUT" | "SIGNALING" => all(tasks, 0, 0),
+        s if WAITING.contains(&s) => all(0, 0, 0),
+        s if HOLDING.contains(&s) => all(tasks, 0, 0),
         "COMPLETED" => all(0, tasks, 0),
-        _ => all(0, 0, tasks.max(1)), // FAILED, CANCELLED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, …
+        _ => all(0, 0, tasks.max(1)), // FAILED, CANCELLED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, PREEMPTED, …
     }
 }
 
-/// Whether Slurm still holds resources for the job (or may).
+/// States of a job that waits in Slurm (held ones included: they may still start).
+const WAITING: [&str; 9] = [
+    "PENDING",
+    "CONFIGURING",
+    "SUSPENDED",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "SPECIAL_EXIT",
+    "RESV_DEL_HOLD",
+    "RESIZING",
+];
+/// States of a job that holds its nodes.
+const HOLDING: [&str; 5] = ["RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "STOPPED"];
+
+/// Whether Slurm still holds resources for the job, or may start it.
 pub fn active(job: &SlurmJob) -> bool {
-    matches!(
-        job.state.as_str(),
-        "PENDING"
-            | "CONFIGURING"
-            | "SUSPENDED"
-            | "REQUEUED"
-            | "RESIZING"
-            | "RUNNING"
-            | "COMPLETING"
-            | "STAGE_OUT"
-    )
+    WAITING.contains(&job.state.as_str()) || HOLDING.contains(&job.state.as_str())
 }
 
 #[cfg(test)]
@@ -109,6 +114,7 @@ mod tests {
             gpus: 8,
             gpus_used: used,
             partitions: vec!["batch".into()],
+            flags: Vec::new(),
         }
     }
 
@@ -122,6 +128,7 @@ mod tests {
                 slurm_node("n3", "down", 0),
             ],
             jobs: HashMap::new(),
+            extra: Vec::new(),
             time_limit_min: None,
         };
         let mut claims = Claims::default();
@@ -152,6 +159,7 @@ mod tests {
             end_time: 0,
             update_time: 0,
             gpus: 0,
+            user: String::new(),
         };
         assert_eq!(counts(None, 2).total, 0);
         assert_eq!(counts(Some(&job("PENDING")), 2), PodCounts { total: 2, bound: 2, ..Default::default() });
@@ -159,5 +167,8 @@ mod tests {
         assert_eq!(counts(Some(&job("COMPLETED")), 2).succeeded, 2);
         assert_eq!(counts(Some(&job("TIMEOUT")), 2).failed, 2);
         assert!(active(&job("PENDING")) && !active(&job("CANCELLED")));
+        assert_eq!(counts(Some(&job("STOPPED")), 2).running, 2, "a stopped job holds its nodes");
+        assert_eq!(counts(Some(&job("REQUEUE_HOLD")), 2).failed, 0, "a held job may still start");
+        assert!(active(&job("STOPPED")) && active(&job("SPECIAL_EXIT")));
     }
 }

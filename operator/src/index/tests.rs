@@ -277,11 +277,13 @@ fn slurm_view(time_limit_min: Option<u32>) -> crate::backend::slurm::SlurmView {
         gpus: 8,
         gpus_used: 0,
         partitions: vec!["batch".into()],
+        flags: Vec::new(),
     };
     crate::backend::slurm::SlurmView {
         available: Ok(()),
         nodes: vec![node("n1"), node("n2")],
         jobs: Default::default(),
+        extra: Vec::new(),
         time_limit_min,
     }
 }

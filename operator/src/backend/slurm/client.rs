@@ -99,13 +99,18 @@ pub struct SlurmNode {
     pub gpus_used: u32,
     /// Partitions.
     pub partitions: Vec<String>,
+    /// State flags (`DRAIN`, `MAINTENANCE`, …).
+    pub flags: Vec<String>,
 }
 
 impl SlurmNode {
-    /// Whether Slurm would start new work on it.
+    /// Whether Slurm would start new work on it: up, and neither draining nor held for maintenance or reboot.
     pub fn usable(&self) -> bool {
         let s = self.state.to_lowercase();
-        ["idle", "mixed", "allocated"].iter().any(|ok| s == *ok)
+        let up = ["idle", "mixed", "allocated"].iter().any(|ok| s == *ok);
+        let held =
+            ["DRAIN", "DRAINING", "DRAINED", "MAINTENANCE", "REBOOT_REQUESTED", "REBOOT_ISSUED", "FAIL"];
+        up && !self.flags.iter().any(|f| held.contains(&f.to_uppercase().as_str()))
     }
 }
 
@@ -134,6 +139,8 @@ pub struct SlurmJob {
     pub update_time: i64,
     /// GPUs per node it holds, from its GRES detail.
     pub gpus: u32,
+    /// The user it runs as.
+    pub user: String,
 }
 
 /// What to submit.
@@ -234,6 +241,8 @@ struct RawNode {
     gres_used: String,
     #[serde(default)]
     partitions: Vec<String>,
+    #[serde(default)]
+    state_flags: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -259,6 +268,8 @@ struct RawJob {
     last_sched_evaluation: i64,
     #[serde(default)]
     gres_detail: Vec<String>,
+    #[serde(default)]
+    user_name: String,
 }
 
 impl SlurmClient {
@@ -363,6 +374,7 @@ impl SlurmClient {
                     gpus,
                     gpus_used: gres_gpus(&n.gres_used).1,
                     partitions: n.partitions,
+                    flags: n.state_flags,
                 }
             })
             .collect())
@@ -407,6 +419,7 @@ impl SlurmClient {
                 end_time: j.end_time,
                 update_time: j.last_sched_evaluation,
                 gpus: j.gres_detail.first().map_or(0, |g| gres_gpus(g).1),
+                user: j.user_name,
             })
             .collect())
     }
@@ -480,7 +493,8 @@ impl SlurmClient {
                 Err(e) if e.is_transient() => {
                     tracing::warn!(key = %s.key, attempt, error = %e, "submission not confirmed; checking for it");
                     tokio::time::sleep(Duration::from_millis(500 << attempt.min(4))).await;
-                    if let Ok(Some(j)) = self.find_since(&s.key, since).await {
+                    // Post again only when a lookup worked and found nothing: a failed lookup could hide the job.
+                    if let Some(j) = self.find_since(&s.key, since).await? {
                         return Ok(j.id);
                     }
                     last = Some(e);
@@ -557,6 +571,26 @@ mod tests {
         assert_eq!(gres_gpus("gpu:4"), (None, 4));
         assert_eq!(gres_gpus("tmpfs:1,gpu:a100:8(S:0-1)"), (Some("a100".into()), 8));
         assert_eq!(gres_gpus("(null)"), (None, 0));
+    }
+
+    #[test]
+    fn a_draining_or_down_node_takes_no_new_work() {
+        let node = |state: &str, flags: &[&str]| SlurmNode {
+            name: "n1".into(),
+            state: state.into(),
+            cpus: 8,
+            alloc_cpus: 0,
+            memory_mib: 1,
+            alloc_memory_mib: 0,
+            gpu_type: None,
+            gpus: 0,
+            gpus_used: 0,
+            partitions: Vec::new(),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+        };
+        assert!(node("idle", &[]).usable() && node("mixed", &[]).usable());
+        assert!(!node("idle", &["DRAIN"]).usable());
+        assert!(!node("down", &[]).usable());
     }
 
     #[test]

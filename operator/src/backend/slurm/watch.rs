@@ -22,6 +22,8 @@ pub struct SlurmView {
     pub nodes: Vec<SlurmNode>,
     /// Jobs Slurm lists, by the key in their comment (only ours carry one).
     pub jobs: HashMap<String, SlurmJob>,
+    /// Older jobs carrying a key a newer job carries too (a submission made twice): they are cancelled.
+    pub extra: Vec<SlurmJob>,
     /// The partition's longest time limit, minutes (`None`: unlimited).
     pub time_limit_min: Option<u32>,
 }
@@ -98,15 +100,16 @@ impl SlurmPools {
         self.views.lock().unwrap_or_else(|p| p.into_inner()).contains_key(pool)
     }
 
-    /// What a submission to `pool` needs: its client, its spec, and its GRES GPU type as Slurm spells it.
-    pub fn target(&self, pool: &str) -> Option<(SlurmClient, SlurmBackend, Option<String>)> {
+    /// What a submission to `pool` on `node` needs: its client, its spec, and the node's GRES GPU type as Slurm
+    /// spells it.
+    pub fn target(&self, pool: &str, node: &str) -> Option<(SlurmClient, SlurmBackend, Option<String>)> {
         let (client, spec) = self.clients.lock().unwrap_or_else(|p| p.into_inner()).get(pool).cloned()?;
         let gpu_type = self
             .views
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(pool)
-            .and_then(|v| v.nodes.iter().find_map(|n| n.gpu_type.clone()));
+            .and_then(|v| v.nodes.iter().find(|n| n.name == node).and_then(|n| n.gpu_type.clone()));
         Some((client, spec, gpu_type))
     }
 
@@ -165,6 +168,7 @@ impl SlurmPools {
             available: Err(why),
             nodes: Vec::new(),
             jobs: HashMap::new(),
+            extra: Vec::new(),
             time_limit_min: None,
         };
         if state.get(name).is_none_or(|p| p.spec != spec) {
@@ -199,11 +203,23 @@ impl SlurmPools {
         };
         let nodes = match pool.client.nodes().await {
             Ok(n) => n,
-            Err(e) => return stale(pool, e.to_string()),
+            Err(e) => {
+                let view = stale(pool, e.to_string());
+                if matches!(e, super::SlurmError::Unauthorized { .. }) {
+                    state.remove(name); // read the Secret again: the token may have been rotated
+                }
+                return view;
+            }
         };
         let time_limit_min = match pool.client.time_limit(&spec.partition).await {
             Ok(t) => t,
-            Err(e) => return stale(pool, e.to_string()),
+            Err(e) => {
+                let view = stale(pool, e.to_string());
+                if matches!(e, super::SlurmError::Unauthorized { .. }) {
+                    state.remove(name); // read the Secret again: the token may have been rotated
+                }
+                return view;
+            }
         };
         // Jobs changed since the last poll; every 30th poll lists all, so jobs Slurm forgot are dropped.
         let full = pool.polls % 30 == 0;
@@ -223,24 +239,38 @@ impl SlurmPools {
                 pool.last_update = now;
                 pool.polls += 1;
             }
-            Err(e) => return stale(pool, e.to_string()),
+            Err(e) => {
+                let view = stale(pool, e.to_string());
+                if matches!(e, super::SlurmError::Unauthorized { .. }) {
+                    state.remove(name); // read the Secret again: the token may have been rotated
+                }
+                return view;
+            }
         }
         let nodes: Vec<SlurmNode> =
             nodes.into_iter().filter(|n| n.partitions.contains(&spec.partition)).collect();
         if nodes.is_empty() {
             return unavailable(format!("partition {:?} has no nodes", spec.partition));
         }
+        // Ours: a key in the comment, in this pool's partition, run as this pool's user.
+        let mut ours: Vec<&SlurmJob> = pool
+            .jobs
+            .values()
+            .filter(|j| parse_key(&j.comment).is_some())
+            .filter(|j| j.partition == spec.partition && (j.user.is_empty() || j.user == spec.user))
+            .collect();
+        ours.sort_by_key(|j| std::cmp::Reverse(j.id));
         let mut jobs: HashMap<String, SlurmJob> = HashMap::new();
-        for j in pool.jobs.values().filter(|j| parse_key(&j.comment).is_some()) {
-            // A key Slurm lists twice (it reused an id after a crash): the newest job speaks for it.
-            match jobs.get(&j.comment) {
-                Some(old) if old.id >= j.id => {}
-                _ => {
-                    jobs.insert(j.comment.clone(), j.clone());
-                }
+        let mut extra = Vec::new();
+        for j in ours {
+            // A key Slurm lists twice: the newest job speaks for it; an older copy still running is cancelled.
+            if jobs.contains_key(&j.comment) {
+                extra.push(j.clone());
+            } else {
+                jobs.insert(j.comment.clone(), j.clone());
             }
         }
-        let view = SlurmView { available: Ok(()), nodes, jobs, time_limit_min };
+        let view = SlurmView { available: Ok(()), nodes, jobs, extra, time_limit_min };
         pool.last = Some(view.clone());
         view
     }
