@@ -1,1 +1,7 @@
-//! The `haiyun` command line (submit, explain, quota, top, simulate, demo); its binary arrives with issue 8.
+//! The `haiyun` command line: get, explain, submit, quota and top against a cluster running Haiyun's operator.
+
+pub mod app;
+pub mod cluster;
+pub mod quota;
+pub mod submission;
+pub mod view;

@@ -26,6 +26,9 @@ use kube::runtime::events::{Recorder, Reporter};
 /// How the operator runs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
+    /// The kubeconfig (default: $KUBECONFIG, else ~/.kube/config, else the in-cluster config).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
     /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else `haiyun-system`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "haiyun-system")]
     pub namespace: String,
@@ -124,7 +127,17 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
 }
 
 async fn serve(settings: Settings) -> Result<(), RunError> {
-    let client = kube::Client::try_default().await.map_err(RunError::Config)?;
+    let client = match &settings.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| RunError::Config(e.into()))?;
+            let options = kube::config::KubeConfigOptions::default();
+            let config = kube::Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .map_err(|e| RunError::Config(e.into()))?;
+            kube::Client::try_from(config).map_err(RunError::Config)?
+        }
+        None => kube::Client::try_default().await.map_err(RunError::Config)?,
+    };
     let identity = settings.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())

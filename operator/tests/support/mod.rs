@@ -258,7 +258,13 @@ impl OperatorProcess {
         let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = env.dir.join(format!("operator-{label}-{n:02}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_haiyun-operator"))
+        // Other crates' tests share these fixtures but run the operator in their own way.
+        let Some(bin) = option_env!("CARGO_BIN_EXE_haiyun-operator") else {
+            panic!(
+                "only the operator's own tests spawn its binary; others run haiyun_operator::run in-process"
+            )
+        };
+        let child = Command::new(bin)
             .args(["run", "--namespace", "default", "--lease-name", &env.lease(), "--lease-seconds", "3"])
             .args(["--interval-ms", "500", "--debounce-ms", "20", "--identity", label])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
