@@ -41,6 +41,18 @@ else
   echo "skipped: starting Slurm needs root and Debian's packages; the Slurm tests will be skipped"
 fi
 
+echo "== browser (headless Chromium from Debian, playwright-core from npm) for the dashboard's test"
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+fi
+if [ -x /usr/bin/chromium ] && command -v npm >/dev/null 2>&1; then
+  (cd browser && npm ci --no-audit --no-fund --silent)
+  export HAIYUN_REQUIRE_BROWSER=1
+else
+  echo "skipped: the dashboard's browser check needs Debian's chromium and npm"
+fi
+
 echo "== tests"
 status=0
 cargo test --workspace --lib --bins --tests 2>&1 | tee "$log" || status=$?

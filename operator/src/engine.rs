@@ -56,6 +56,8 @@ pub struct Engine {
     fleet: Option<Arc<crate::fleet::Fleet>>,
     /// The Slurm pools.
     slurm: SlurmPools,
+    /// Where each cycle's dashboard snapshot goes.
+    board: Option<crate::dashboard::Board>,
 }
 
 impl Engine {
@@ -80,7 +82,14 @@ impl Engine {
             finished: HashSet::new(),
             fleet: None,
             slurm: SlurmPools::default(),
+            board: None,
         }
+    }
+
+    /// Publishes each cycle's dashboard snapshot to `board`.
+    pub fn with_board(mut self, board: crate::dashboard::Board) -> Self {
+        self.board = Some(board);
+        self
     }
 
     /// Reads Slurm pools from these clients.
@@ -305,11 +314,22 @@ impl Engine {
         let gens: BTreeMap<String, i64> =
             objects.queues.iter().map(|q| (q.name_any(), q.metadata.generation.unwrap_or(0))).collect();
         let client = self.applier.client().clone();
-        publish::<Queue>(&client, &objects.queues, report::queues(world, counts, t, &gens), |c, _| {
-            Api::all(c.clone())
-        });
-        publish::<ComputePool>(&client, &objects.pools, pools, |c, _| Api::all(c.clone()));
+        let queues = report::queues(world, counts, t, &gens);
         let requests = report::requests(world, &objects.requests, t);
+        if let Some(board) = &self.board {
+            let snap = crate::dashboard::snapshot(
+                world,
+                objects,
+                &pools,
+                &queues,
+                &requests,
+                &objects.fleet,
+                rfc3339(t),
+            );
+            board.send_replace(Arc::new(snap));
+        }
+        publish::<Queue>(&client, &objects.queues, queues, |c, _| Api::all(c.clone()));
+        publish::<ComputePool>(&client, &objects.pools, pools, |c, _| Api::all(c.clone()));
         publish::<QuotaRequest>(&client, &objects.requests, requests, |c, r: &QuotaRequest| {
             Api::namespaced(c.clone(), &r.namespace().unwrap_or_default())
         });

@@ -6,9 +6,27 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
+use std::convert::Infallible;
 
+use crate::dashboard::Snapshot;
 use crate::metrics::Metrics;
+
+type Board = tokio::sync::watch::Receiver<Arc<Snapshot>>;
+
+/// Each new snapshot as a server-sent event `snapshot`, the current one first.
+async fn events(State(board): State<Board>) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures::stream::unfold((board, true), |(mut b, first)| async move {
+        if !first && b.changed().await.is_err() {
+            return None; // the operator is stopping
+        }
+        let snap = b.borrow_and_update().clone();
+        let event = Event::default().event("snapshot").data(serde_json::to_string(&*snap).ok()?);
+        Some((Ok(event), (b, false)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +41,28 @@ pub enum HttpError {
     },
 }
 
-/// Serves the endpoints on `addr` until the process ends; returns once listening.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, HttpError> {
+/// The dashboard page: one file, no external assets (machines may have no internet).
+const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+
+/// Serves the endpoints on `addr` until the process ends; returns once listening. The dashboard (`/`), its JSON
+/// (`/api/v1/snapshot`) and its live stream (`/api/v1/events`, server-sent events) read `board`.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    board: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+) -> Result<SocketAddr, HttpError> {
+    let dashboard = Router::new()
+        .route("/", get(|| async { axum::response::Html(DASHBOARD) }))
+        .route(
+            "/api/v1/snapshot",
+            get(|State(b): State<Board>| async move {
+                let snap = b.borrow().clone();
+                let json = serde_json::to_string(&*snap).unwrap_or_default();
+                ([(axum::http::header::CONTENT_TYPE, "application/json")], json)
+            }),
+        )
+        .route("/api/v1/events", get(events))
+        .with_state(board);
     let app = Router::new()
         .route("/metrics", get(|State(m): State<Arc<Metrics>>| async move { m.render() + &m.render_fleet() }))
         .route("/healthz", get(|| async { "ok" }))
@@ -38,7 +76,8 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr
                 }
             }),
         )
-        .with_state(metrics);
+        .with_state(metrics)
+        .merge(dashboard);
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(|source| HttpError::Bind { addr, source })?;

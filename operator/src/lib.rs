@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod backend;
+pub mod dashboard;
 pub mod decision;
 pub mod engine;
 pub mod fleet;
@@ -148,8 +149,9 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
         label_leader(&client, &settings.namespace, pod, false).await;
     }
     let metrics = Arc::new(metrics::Metrics::default());
-    let addr = http::serve(settings.metrics_addr, metrics.clone()).await?;
-    tracing::info!(%addr, %identity, "serving /metrics, /healthz and /readyz");
+    let (board, board_rx) = tokio::sync::watch::channel(Arc::new(dashboard::Snapshot::default()));
+    let addr = http::serve(settings.metrics_addr, metrics.clone(), board_rx).await?;
+    tracing::info!(%addr, %identity, "serving the dashboard, /metrics, /healthz and /readyz");
     let log = decision::DecisionLog::open(settings.decision_log.as_deref())?;
     let stores = watch::Stores::start(&client);
     stores.ready().await;
@@ -216,7 +218,8 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
     }
     let engine = engine::Engine::new(stores, applier, config, log, metrics.clone(), outcomes_rx)
         .with_fleet(fleet)
-        .with_slurm(slurm);
+        .with_slurm(slurm)
+        .with_board(board);
     let mut loop_task = tokio::spawn(engine.run());
     let mut last_renew = tokio::time::Instant::now();
     let deadline = Duration::from_secs(settings.lease_seconds.max(3)) * 2 / 3;

@@ -129,7 +129,12 @@ mod tests {
 
     #[test]
     fn the_conditions_name_the_failed_gpu_and_a_silent_agent() {
-        let gpu = |state, reason: &str| GpuView { state, reason: reason.into(), uuid: "GPU-x".into() };
+        let gpu = |state, reason: &str| GpuView {
+            state,
+            reason: reason.into(),
+            uuid: "GPU-x".into(),
+            utilization: None,
+        };
         let mut v = NodeView {
             stale: false,
             silent_seconds: 0.0,

@@ -33,6 +33,8 @@ pub struct GpuView {
     pub reason: String,
     /// Its UUID, when the inventory named it.
     pub uuid: String,
+    /// Utilisation in the last sample, percent.
+    pub utilization: Option<u32>,
 }
 
 /// What the scheduler and the node conditions need of one node.
@@ -70,6 +72,7 @@ struct Entry {
     opened_unix_ms: i64,
     uuids: BTreeMap<u32, String>,
     health: BTreeMap<u32, (GpuState, String)>,
+    utilization: BTreeMap<u32, u32>,
     samples: u64,
     replayed: u64,
     lost: u64,
@@ -121,6 +124,7 @@ impl Fleet {
             opened_unix_ms: now_unix_ms,
             uuids: BTreeMap::new(),
             health: BTreeMap::new(),
+            utilization: BTreeMap::new(),
             samples: 0,
             replayed: 0,
             lost: 0,
@@ -176,6 +180,7 @@ impl Fleet {
             s.gpus.iter().map(|r| (r.index, (state(r.health()), r.health_reason.clone()))).collect();
         let changed = health != e.health;
         e.health = health;
+        e.utilization = s.gpus.iter().filter_map(|r| Some((r.index, r.utilization_gpu_pct?))).collect();
         drop(nodes);
         if changed {
             self.changed.notify_one();
@@ -202,7 +207,8 @@ impl Fleet {
                     .iter()
                     .map(|(i, (state, reason))| {
                         let uuid = e.uuids.get(i).cloned().unwrap_or_default();
-                        (*i, GpuView { state: *state, reason: reason.clone(), uuid })
+                        let utilization = e.utilization.get(i).copied();
+                        (*i, GpuView { state: *state, reason: reason.clone(), uuid, utilization })
                     })
                     .collect();
                 let v = NodeView {

@@ -233,6 +233,7 @@ fn agent_view(unhealthy: &[u32], stale: bool) -> crate::fleet::NodeView {
                     state,
                     reason: if bad { "XID 79".into() } else { String::new() },
                     uuid: String::new(),
+                    utilization: None,
                 },
             )
         })

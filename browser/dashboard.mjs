@@ -1,0 +1,36 @@
+// Loads Haiyun's dashboard in headless Chromium and checks what a person would: every pool and queue is listed, the
+// numbers change live, and a pending job's explanation opens. Usage: node dashboard.mjs URL POOLS QUEUES JOB SHOT.
+// Exits non-zero with a one-line reason when a check fails; writes a screenshot to SHOT either way.
+import { chromium } from "playwright-core";
+
+const [url, pools, queues, job, shot] = process.argv.slice(2);
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+const browser = await chromium.launch({ executablePath, args: ["--no-sandbox"] });
+const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+let failure = null;
+try {
+  await page.goto(url);
+  await page.waitForFunction(() => document.querySelectorAll("#pools tr").length > 1, null, { timeout: 30000 });
+  const text = async (sel) => (await page.locator(sel).innerText());
+  for (const p of pools.split(",")) {
+    if (!(await text("#pools")).includes(p)) throw new Error(`pool ${p} is not on the dashboard`);
+  }
+  for (const q of queues.split(",")) {
+    if (!(await text("#queues")).includes(q)) throw new Error(`queue ${q} is not on the dashboard`);
+  }
+  const first = await text("#status");
+  await page.waitForFunction((old) => document.querySelector("#status").textContent !== old, first, { timeout: 30000 });
+  await page.getByText(job, { exact: true }).click();
+  const why = await text("#explain");
+  if (!why.includes("Blocked at") || !why.includes("Estimated start")) throw new Error(`no explanation for ${job}: ${why}`);
+} catch (e) {
+  failure = e;
+} finally {
+  await page.screenshot({ path: shot, fullPage: true });
+  await browser.close();
+}
+if (failure) {
+  console.error(String(failure.message || failure).split("\n")[0]);
+  process.exit(1);
+}
+console.log("dashboard ok: pools, queues, live updates and an explanation; screenshot at " + shot);

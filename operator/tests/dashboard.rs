@@ -1,0 +1,125 @@
+//! The capacity dashboard served by the operator on testenv: the page, its JSON snapshot (pools, GPU heat map,
+//! queues, pending jobs with reasons, quota requests), and its live stream of server-sent events.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::time::Duration;
+
+use haiyun_api::{ComputeJob, ComputePool, Queue};
+use serde_json::Value;
+use support::{Env, job, pool, queue, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+/// Runs `browser/dashboard.mjs` against `url`; skipped (saying so) when the browser tooling is not installed,
+/// unless `HAIYUN_REQUIRE_BROWSER` is set.
+fn browse(url: &str, pools: &str, queues: &str, job: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join("browser/dashboard.mjs");
+    let ready = root.join("browser/node_modules/playwright-core").exists()
+        && std::path::Path::new(&std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()))
+            .exists();
+    if !ready {
+        assert!(
+            std::env::var_os("HAIYUN_REQUIRE_BROWSER").is_none(),
+            "HAIYUN_REQUIRE_BROWSER is set but Chromium or browser/node_modules is missing"
+        );
+        eprintln!("skipped the browser check: install Debian's chromium and run npm ci in browser/");
+        return;
+    }
+    let artifacts = root.join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("dashboard.png");
+    let out = std::process::Command::new("node")
+        .arg(&script)
+        .args([url, pools, queues, job, shot.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let say = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    assert!(out.status.success(), "browser check failed: {} {}", say(&out.stderr), say(&out.stdout));
+    assert!(shot.exists(), "a screenshot at {}", shot.display());
+    eprintln!("{}", say(&out.stdout));
+}
+
+/// The first `n` `snapshot` events of the live stream.
+fn events(port: u16, n: usize) -> Vec<Value> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    let mut lines = BufReader::new(s).lines();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let line = lines.next().expect("the stream stays open").unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            out.push(serde_json::from_str(data).unwrap());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_pools_gpus_queues_and_pending_jobs_with_reasons_and_updates_live() {
+    let Some(env) = Env::start("dash").await else { return };
+    env.nodes("g", 2, 8, "H100").await;
+    env.create::<ComputePool>(pool(&env, "dash-pool", "g", "public")).await.unwrap();
+    env.create::<Queue>(queue("dash-q", "nvidia.com/gpu:h100", 8)).await.unwrap();
+    let op = env.operator("only", &[]);
+    env.create::<ComputeJob>(job("running", "dash-q", 1, 8, "10m")).await.unwrap();
+    env.wait_phase("default", "running", "Running", LONG).await;
+    env.create::<ComputeJob>(job("waiting", "dash-q", 1, 8, "10m")).await.unwrap();
+
+    let port = op.metrics_port;
+    let page = get(port, "/");
+    assert!(page.contains("Haiyun — federation capacity") && page.contains("api/v1/events"), "{page}");
+    assert!(!page.contains("http://") && !page.contains("https://"), "no external assets");
+
+    let snap: Value = wait_for("a snapshot with the waiting job", LONG, || async {
+        let v: Value = serde_json::from_str(&get(port, "/api/v1/snapshot")).ok()?;
+        let has_reasons = |j: &Value| j["reasons"].as_array().is_some_and(|r| !r.is_empty());
+        let waits = v["pending"].as_array()?.iter().any(|j| j["job"] == "default/waiting" && has_reasons(j));
+        waits.then_some(v)
+    })
+    .await;
+    let pool = snap["pools"].as_array().unwrap().iter().find(|p| p["name"] == "dash-pool").unwrap();
+    assert_eq!((pool["kind"].as_str(), pool["backend"].as_str()), (Some("ai"), Some("kubernetes")));
+    assert_eq!(pool["status"]["gpus"], 16);
+    let nodes: Vec<&Value> =
+        snap["nodes"].as_array().unwrap().iter().filter(|n| n["pool"] == "dash-pool").collect();
+    assert_eq!(nodes.len(), 2);
+    let allocated: f64 = nodes
+        .iter()
+        .flat_map(|n| n["gpus"].as_array().unwrap())
+        .map(|g| g["allocated"].as_f64().unwrap())
+        .sum();
+    assert_eq!(allocated, 8.0, "the running job's 8 GPUs are allocated in the heat map");
+    assert_eq!(snap["queues"]["dash-q"]["pending"], 1);
+    let waiting = snap["pending"].as_array().unwrap().iter().find(|j| j["job"] == "default/waiting").unwrap();
+    assert_eq!(waiting["reasons"][0]["phase"], "quota", "{waiting}");
+
+    // In a real browser (headless Chromium from Debian, driven by playwright-core): every pool and queue, live
+    // numbers, and the waiting job's explanation; the screenshot is kept as a test artifact.
+    browse(&format!("http://127.0.0.1:{port}/"), "dash-pool", "dash-q", "default/waiting");
+
+    // Live: two events arrive on the stream, each a full snapshot, and the second is newer.
+    let evs = events(port, 2);
+    assert!(evs[0]["pools"].as_array().is_some_and(|p| !p.is_empty()));
+    env.create::<ComputeJob>(job("third", "dash-q", 1, 1, "10m")).await.unwrap();
+    let later = wait_for("the stream to show the new job", LONG, || async {
+        events(port, 2)
+            .into_iter()
+            .find(|e| e["pending"].as_array().is_some_and(|p| p.iter().any(|j| j["job"] == "default/third")))
+    })
+    .await;
+    assert_eq!(later["queues"]["dash-q"]["pending"], 2);
+}
