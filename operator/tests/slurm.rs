@@ -11,43 +11,11 @@ use std::time::{Duration, Instant};
 
 use haiyun_operator::backend::slurm::{Credential, SlurmClient, SlurmError, Submission};
 
+mod support;
+
+use support::slurm::{Slurm, slurm};
+
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The test cluster from `slurm-env.sh` (`HAIYUN_TEST_SLURM`), or `None` (skipped).
-struct Slurm {
-    url: String,
-    user: String,
-    token: String,
-    key: Vec<u8>,
-    dir: String,
-    jobs_dir: String,
-}
-
-fn slurm() -> Option<Slurm> {
-    let Some(path) = std::env::var_os("HAIYUN_TEST_SLURM") else {
-        assert!(
-            std::env::var_os("HAIYUN_REQUIRE_SLURM").is_none(),
-            "HAIYUN_REQUIRE_SLURM is set but HAIYUN_TEST_SLURM is not: Slurm did not start"
-        );
-        eprintln!("skipped: HAIYUN_TEST_SLURM is not set (scripts/test.sh starts Slurm and sets it)");
-        return None;
-    };
-    let text = std::fs::read_to_string(path).unwrap();
-    let var = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-            .map(|v| v.trim_matches('"').to_string())
-            .unwrap_or_default()
-    };
-    Some(Slurm {
-        url: var("SLURM_LB_REST_URL"),
-        user: var("SLURM_LB_USER"),
-        token: var("SLURM_LB_TOKEN"),
-        key: std::fs::read(var("SLURM_LB_JWT_KEY")).unwrap(),
-        dir: var("SLURM_LB_DIR"),
-        jobs_dir: var("SLURM_LB_JOBS_DIR"),
-    })
-}
 
 fn job(s: &Slurm, name: &str, script: &str, gpus: u32) -> Submission {
     Submission {

@@ -13,45 +13,19 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
+use support::slurm::{Slurm, slurm};
 use support::{Env, job, pool, queue, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
 
-/// The test Slurm from `slurm-env.sh` (`HAIYUN_TEST_SLURM`).
-struct Slurm {
-    url: String,
-    user: String,
-    key: Vec<u8>,
-    dir: String,
-    jobs_dir: String,
+/// What these tests ask of the test Slurm.
+trait SlurmJobs {
+    fn client(&self) -> SlurmClient;
+    async fn job_of(&self, cj: &ComputeJob, run: u32) -> Option<haiyun_operator::backend::slurm::SlurmJob>;
+    async fn wait_slurm_state(&self, cj: &ComputeJob, run: u32, want: &str);
 }
 
-fn slurm() -> Option<Slurm> {
-    let Some(path) = std::env::var_os("HAIYUN_TEST_SLURM") else {
-        assert!(
-            std::env::var_os("HAIYUN_REQUIRE_SLURM").is_none(),
-            "HAIYUN_REQUIRE_SLURM is set but Slurm is not"
-        );
-        eprintln!("skipped: HAIYUN_TEST_SLURM is not set (scripts/test.sh starts Slurm and sets it)");
-        return None;
-    };
-    let text = std::fs::read_to_string(path).unwrap();
-    let var = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-            .map(|v| v.trim_matches('"').to_string())
-            .unwrap_or_default()
-    };
-    Some(Slurm {
-        url: var("SLURM_LB_REST_URL"),
-        user: var("SLURM_LB_USER"),
-        key: std::fs::read(var("SLURM_LB_JWT_KEY")).unwrap(),
-        dir: var("SLURM_LB_DIR"),
-        jobs_dir: var("SLURM_LB_JOBS_DIR"),
-    })
-}
-
-impl Slurm {
+impl SlurmJobs for Slurm {
     fn client(&self) -> SlurmClient {
         SlurmClient::new(&self.url, &self.user, Credential::Key(self.key.clone())).unwrap()
     }

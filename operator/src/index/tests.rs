@@ -337,15 +337,23 @@ fn batch_jobs_go_to_slurm_pools_that_allow_their_time_and_pod_jobs_never_do() {
     assert!(problem("long").contains("time limit"), "{}", problem("long"));
 }
 
+/// A batch job running on `hpc/n1` with all 8 GPUs, as its status records it.
+fn running_in_slurm(name: &str) -> ComputeJob {
+    let mut j = (*batch(name, "10m", 10)).clone();
+    j.status = Some(
+        serde_json::from_value(json!({
+            "phase": "Running",
+            "placement": { "pool": "hpc", "gpuModel": "h100",
+                           "tasks": [{ "pod": "", "node": "hpc/n1", "gpus": [0,1,2,3,4,5,6,7], "gpuMilli": 1000 }] }
+        }))
+        .unwrap(),
+    );
+    j
+}
+
 #[test]
 fn a_running_slurm_job_is_held_while_its_pool_has_not_been_reached() {
-    let mut j = (*batch("running", "10m", 10)).clone();
-    j.status = Some(serde_json::from_value(json!({
-        "phase": "Running",
-        "placement": { "pool": "hpc", "gpuModel": "h100",
-                       "tasks": [{ "pod": "", "node": "hpc/n1", "gpus": [0,1,2,3,4,5,6,7], "gpuMilli": 1000 }] }
-    }))
-    .unwrap());
+    let j = running_in_slurm("running");
     let objects = Objects {
         pools: vec![slurm_pool()],
         queues: vec![queue("q")],
@@ -363,13 +371,7 @@ fn a_running_slurm_job_is_held_while_its_pool_has_not_been_reached() {
 
 #[test]
 fn a_running_slurm_job_its_reachable_slurm_no_longer_lists_is_lost_not_run_twice() {
-    let mut j = (*batch("gone", "10m", 10)).clone();
-    j.status = Some(serde_json::from_value(json!({
-        "phase": "Running",
-        "placement": { "pool": "hpc", "gpuModel": "h100",
-                       "tasks": [{ "pod": "", "node": "hpc/n1", "gpus": [0,1,2,3,4,5,6,7], "gpuMilli": 1000 }] }
-    }))
-    .unwrap());
+    let j = running_in_slurm("gone");
     let objects = Objects {
         pools: vec![slurm_pool()],
         queues: vec![queue("q")],

@@ -2,6 +2,8 @@
 //! process, and polling helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod slurm;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
