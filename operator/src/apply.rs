@@ -106,6 +106,11 @@ impl Applier {
         &self.client
     }
 
+    /// Forgets refusals of jobs that are gone.
+    pub fn forget_gone(&self, live: &std::collections::HashSet<String>) {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).retain(|uid, _| live.contains(uid));
+    }
+
     /// Whether work for the job `uid` is queued or running.
     pub fn busy(&self, uid: &str) -> bool {
         self.locks.lock().map(|m| m.contains_key(uid)).unwrap_or(false)

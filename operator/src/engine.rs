@@ -133,6 +133,7 @@ impl Engine {
         let live: HashSet<String> = objects.jobs.iter().filter_map(|j| j.uid()).collect();
         let keys: HashSet<String> = objects.jobs.iter().map(|j| index::job::key(j)).collect();
         self.finished.retain(|u| live.contains(u));
+        self.applier.forget_gone(&live);
         self.rejected.retain(|k, _| keys.contains(k));
         let t = now();
         let started = Instant::now();

@@ -144,6 +144,7 @@ impl SlurmPools {
                 views.insert(name, view);
             }
             state.retain(|name, _| views.contains_key(name));
+            self.clients.lock().unwrap_or_else(|p| p.into_inner()).retain(|name, _| views.contains_key(name));
             let differs = {
                 let mut v = self.views.lock().unwrap_or_else(|p| p.into_inner());
                 let differs = *v != views;
