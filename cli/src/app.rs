@@ -62,6 +62,25 @@ enum Command {
     },
     /// Capacity and allocation by pool and GPU model, and queue usage.
     Top,
+    /// Replays a job list (Gavel's CSV format) on a federation of GPU types and prints JCT, waits and utilisation;
+    /// needs no cluster.
+    Simulate {
+        /// The job list.
+        #[arg(long)]
+        jobs: PathBuf,
+        /// The federation: GPUs per type, e.g. `v100=12,p100=12,k80=12`.
+        #[arg(long, default_value = "v100=12,p100=12,k80=12")]
+        federation: String,
+        /// Throughput per job type and GPU type (Gavel's table).
+        #[arg(long, default_value = "data/gavel/isolated_throughputs.csv")]
+        throughputs: PathBuf,
+        /// `haiyun` (shortest first, backfill, heterogeneity-aware) or `fifo`.
+        #[arg(long, default_value = "haiyun")]
+        policy: String,
+        /// Write the decision log (JSON lines) here.
+        #[arg(long)]
+        decisions: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,6 +134,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Submit { file: None, flags } => Some(submission::from_flags(flags, &cli.namespace)?),
         _ => None,
     };
+    if let Command::Simulate { jobs, federation, throughputs, policy, decisions } = &cli.command {
+        return simulate(cli.output, jobs, federation, throughputs, policy, decisions.as_deref());
+    }
     let now = jiff::Timestamp::now().as_second();
     let request = match &cli.command {
         Command::Quota { action: QuotaAction::Request(f) } => Some(quota::request(f, &cli.namespace, now)?),
@@ -167,12 +189,54 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let r = cluster.decide(&name, "Denied").await?;
             print(f, &r, || format!("quotarequest/{name} denied\n"))
         }
+        Command::Simulate { .. } => Ok(()), // handled above: it needs no cluster
         Command::Top => {
             let (pools, queues) = (cluster.pools().await?, cluster.queues().await?);
             let both = serde_json::json!({"pools": pools, "queues": queues});
             print(f, &both, || view::top(&pools, &queues))
         }
     }
+}
+
+/// `haiyun simulate`: the discrete-event replay of the JCT benchmark on the given inputs.
+fn simulate(
+    f: Format,
+    jobs: &std::path::Path,
+    federation: &str,
+    throughputs: &std::path::Path,
+    policy: &str,
+    decisions: Option<&std::path::Path>,
+) -> Result<(), CliError> {
+    for (flag, path) in [("--jobs", jobs), ("--throughputs", throughputs)] {
+        if !path.is_file() {
+            return Err(CliError::Input(format!("{flag} {}: no such file", path.display())));
+        }
+    }
+    let (report, run) = haiyun_benches::jct::run(jobs, throughputs, federation, policy)
+        .map_err(|e| CliError::Input(e.to_string().replace("--cluster", "--federation")))?;
+    if let Some(path) = decisions {
+        let lines: Vec<String> = run.decisions.iter().filter_map(|d| serde_json::to_string(d).ok()).collect();
+        std::fs::write(path, lines.join("\n") + "\n")
+            .map_err(|e| CliError::Input(format!("--decisions {}: {e}", path.display())))?;
+    }
+    print(f, &report, || {
+        let r = &report;
+        let rows = vec![
+            vec!["jobs completed".into(), format!("{} of {}", r.completed, r.jobs)],
+            vec!["average JCT".into(), format!("{:.2} h", r.avg_jct_h)],
+            vec!["median / p99 JCT".into(), format!("{:.2} h / {:.2} h", r.median_jct_h, r.p99_jct_h)],
+            vec!["makespan".into(), format!("{:.1} h", r.makespan_h)],
+            vec!["GPU utilisation".into(), format!("{:.1} %", r.gpu_util_pct)],
+            vec!["jobs that waited".into(), r.jobs_that_waited.to_string()],
+            vec!["longest wait".into(), format!("{:.2} h", r.max_wait_h)],
+            vec!["preemptions".into(), r.preemptions.to_string()],
+            vec![
+                "start estimate error (median)".into(),
+                format!("{:.2} h", r.start_estimate_median_abs_err_h),
+            ],
+        ];
+        format!("{} under {}:\n{}", r.workload, r.policy, view::table(&["MEASURE", "VALUE"], &rows))
+    })
 }
 
 /// Runs the command line and returns its exit code.

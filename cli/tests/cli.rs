@@ -142,3 +142,35 @@ async fn the_cli_lists_explains_requests_and_approves_quota_and_refuses_bad_inpu
     assert_eq!((code, one_line(&err)), (4, true), "{err}");
     assert!(err.contains("cannot reach the cluster"), "{err}");
 }
+
+#[test]
+fn simulate_replays_a_job_list_without_a_cluster_and_refuses_bad_input_in_one_line() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_haiyun")).args(args).current_dir(&root).output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    };
+    let jobs = "data/gavel/jobs/W2_singlegpu_seed0_n150_lam900.csv";
+    let log = std::env::temp_dir().join(format!("haiyun-simulate-{}.jsonl", std::process::id()));
+    let (code, out, err) =
+        run(&["simulate", "--jobs", jobs, "--decisions", log.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((r["jobs"].as_u64(), r["completed"].as_u64()), (Some(150), Some(150)));
+    assert!(r["avg_jct_h"].as_f64().unwrap() > 0.0 && r["gpu_util_pct"].as_f64().unwrap() > 0.0);
+    assert!(std::fs::read_to_string(&log).unwrap().lines().count() >= 150, "a decision per job at least");
+    let (code, out, _) = run(&["simulate", "--jobs", jobs, "--policy", "fifo"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("under fifo") && out.contains("average JCT"), "{out}");
+    for (args, says) in [
+        (vec!["simulate", "--jobs", "nope.csv"], "--jobs nope.csv: no such file"),
+        (vec!["simulate", "--jobs", jobs, "--federation", "v100"], "--federation"),
+        (vec!["simulate", "--jobs", jobs, "--policy", "best"], "fifo or haiyun"),
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.trim().lines().count() == 1 && err.contains(says), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_file(&log);
+}
