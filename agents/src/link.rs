@@ -194,13 +194,12 @@ pub async fn run(cfg: LinkConfig, mut rounds: mpsc::Receiver<Round>, stats: Arc<
     let mut seq = 0u64;
     let mut inventory: Option<pb::Inventory> = None;
     let mut stream: Option<Stream> = None;
-    let mut attempt = 0u32;
-    let mut retry_at = Instant::now();
+    let mut retry = Retry { attempt: 0, at: Instant::now() };
     loop {
         let next = match &mut stream {
             None => tokio::select! {
                 r = rounds.recv() => Some(r),
-                () = tokio::time::sleep_until(retry_at) => None,
+                () = tokio::time::sleep_until(retry.at) => None,
             },
             Some(s) => tokio::select! {
                 r = rounds.recv() => Some(r),
@@ -208,14 +207,13 @@ pub async fn run(cfg: LinkConfig, mut rounds: mpsc::Receiver<Round>, stats: Arc<
                     match ack {
                         Ok(Some(m)) => {
                             stats.acked.fetch_add(buffer.ack(m.acked_seq), Ordering::Relaxed);
-                            attempt = 0;
+                            retry.attempt = 0;
                         }
                         Ok(None) => drop_stream(&mut stream, &stats, "the operator closed the stream".into()),
                         Err(e) => drop_stream(&mut stream, &stats, format!("the stream failed: {e}")),
                     }
                     if stream.is_none() {
-                        attempt += 1;
-                        retry_at = Instant::now() + backoff(cfg.backoff_base, cfg.backoff_cap, attempt, rng.next());
+                        retry.fail(&cfg, &mut rng);
                     }
                     stats.buffered.store(buffer.samples.len() as u64, Ordering::Relaxed);
                     continue;
@@ -239,9 +237,7 @@ pub async fn run(cfg: LinkConfig, mut rounds: mpsc::Receiver<Round>, stats: Arc<
                         && s.tx.try_send(message(Body::Sample(sample))).is_ok();
                     if !sent {
                         drop_stream(&mut stream, &stats, "the operator is not reading the stream".into());
-                        attempt += 1;
-                        retry_at =
-                            Instant::now() + backoff(cfg.backoff_base, cfg.backoff_cap, attempt, rng.next());
+                        retry.fail(&cfg, &mut rng);
                     }
                 }
             }
@@ -266,14 +262,28 @@ pub async fn run(cfg: LinkConfig, mut rounds: mpsc::Receiver<Round>, stats: Arc<
                     }
                     Err(e) => {
                         note(&stats, e.to_string());
-                        attempt += 1;
-                        retry_at =
-                            Instant::now() + backoff(cfg.backoff_base, cfg.backoff_cap, attempt, rng.next());
+                        retry.fail(&cfg, &mut rng);
                     }
                 }
             }
         }
         stats.buffered.store(buffer.samples.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// When to try to connect again.
+struct Retry {
+    /// Failures since the last acknowledgement.
+    attempt: u32,
+    /// The next try.
+    at: Instant,
+}
+
+impl Retry {
+    /// Counts a failure and schedules the next try after a jittered backoff.
+    fn fail(&mut self, cfg: &LinkConfig, rng: &mut Rng) {
+        self.attempt += 1;
+        self.at = Instant::now() + backoff(cfg.backoff_base, cfg.backoff_cap, self.attempt, rng.next());
     }
 }
 

@@ -94,6 +94,19 @@ pub struct Backend {
     pub simulated: Option<SimulatedBackend>,
 }
 
+impl Backend {
+    /// `kubernetes`, `slurm` or `simulated`.
+    pub fn name(&self) -> &'static str {
+        if self.kubernetes.is_some() {
+            "kubernetes"
+        } else if self.slurm.is_some() {
+            "slurm"
+        } else {
+            "simulated"
+        }
+    }
+}
+
 /// What a pool costs.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

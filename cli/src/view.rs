@@ -59,17 +59,10 @@ pub fn pools(pools: &[ComputePool]) -> String {
         .map(|p| {
             let st = p.status.clone().unwrap_or_default();
             let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
-            let backend = if p.spec.backend.slurm.is_some() {
-                "slurm"
-            } else if p.spec.backend.kubernetes.is_some() {
-                "kubernetes"
-            } else {
-                "simulated"
-            };
             vec![
                 p.name_any(),
                 format!("{:?}", p.spec.kind).to_lowercase(),
-                backend.into(),
+                p.spec.backend.name().into(),
                 p.spec.site.clone(),
                 st.nodes.to_string(),
                 st.gpus.to_string(),

@@ -229,7 +229,7 @@ impl Applier {
         let uid = job.uid().unwrap_or_default();
         let run = job.status.as_ref().map_or(0, |s| s.preemptions);
         let key = crate::backend::slurm::watch::key(&uid, run);
-        let seen = self.slurm.views().get(&p.pool).is_some_and(|v| v.jobs.contains_key(&key));
+        let seen = self.slurm.lists(&p.pool, &key);
         let recent =
             self.submitted.lock().unwrap_or_else(|p| p.into_inner()).get(&key).map(|s| s.1.elapsed());
         if seen || recent.is_some_and(|age| age < LOST_AFTER) {

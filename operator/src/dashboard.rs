@@ -108,23 +108,13 @@ pub fn snapshot(
     let pool_views = objects
         .pools
         .iter()
-        .map(|p| {
-            let b = &p.spec.backend;
-            let backend = if b.kubernetes.is_some() {
-                "kubernetes"
-            } else if b.slurm.is_some() {
-                "slurm"
-            } else {
-                "simulated"
-            };
-            PoolView {
-                name: p.name_any(),
-                kind: crate::index::cluster::pool_kind(p.spec.kind).as_str().to_string(),
-                site: p.spec.site.clone(),
-                backend: backend.into(),
-                unavailable: world.federation.unavailable.get(&p.name_any()).cloned(),
-                status: pools.get(&p.name_any()).cloned().unwrap_or_default(),
-            }
+        .map(|p| PoolView {
+            name: p.name_any(),
+            kind: crate::index::cluster::pool_kind(p.spec.kind).as_str().to_string(),
+            site: p.spec.site.clone(),
+            backend: p.spec.backend.name().into(),
+            unavailable: world.federation.unavailable.get(&p.name_any()).cloned(),
+            status: pools.get(&p.name_any()).cloned().unwrap_or_default(),
         })
         .collect();
     let snap = world.scheduler.snapshot();

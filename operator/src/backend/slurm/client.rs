@@ -215,6 +215,15 @@ fn gres_gpus(gres: &str) -> (Option<String>, u32) {
     (None, 0)
 }
 
+/// An HTTP client whose calls give up after `timeout` (connecting after at most 5 s).
+fn http(timeout: Duration) -> Result<reqwest::Client, SlurmError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| SlurmError::Unreachable { call: "setup".into(), why: e.to_string() })
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -275,11 +284,7 @@ struct RawJob {
 impl SlurmClient {
     /// A client for slurmrestd at `endpoint` (e.g. `http://slurm:6820`), calling as `user`.
     pub fn new(endpoint: &str, user: &str, credential: Credential) -> Result<Self, SlurmError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| SlurmError::Unreachable { call: "setup".into(), why: e.to_string() })?;
+        let http = http(Duration::from_secs(30))?;
         Ok(SlurmClient {
             http,
             base: format!("{}{API}", endpoint.trim_end_matches('/')),
@@ -290,11 +295,7 @@ impl SlurmClient {
 
     /// Sets the per-call timeout.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        if let Ok(http) = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .build()
-        {
+        if let Ok(http) = http(timeout) {
             self.http = http;
         }
         self

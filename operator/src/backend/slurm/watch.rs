@@ -95,6 +95,15 @@ impl SlurmPools {
         self.clients.lock().unwrap_or_else(|p| p.into_inner()).get(pool).map(|c| c.0.clone())
     }
 
+    /// Whether the last poll of `pool` listed a job carrying `key`.
+    pub fn lists(&self, pool: &str, key: &str) -> bool {
+        self.views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(pool)
+            .is_some_and(|v| v.jobs.contains_key(key))
+    }
+
     /// Whether `pool` is a Slurm pool this operator polls.
     pub fn is_slurm(&self, pool: &str) -> bool {
         self.views.lock().unwrap_or_else(|p| p.into_inner()).contains_key(pool)
@@ -126,12 +135,19 @@ impl SlurmPools {
         let mut state: HashMap<String, Pool> = HashMap::new();
         loop {
             let mut views = SlurmViews::new();
-            let before = self.views();
+            // Whether each pool answered last time, to log only changes.
+            let before: HashMap<String, bool> = self
+                .views
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(n, v)| (n.clone(), v.available.is_ok()))
+                .collect();
             for p in pools.state() {
                 let Some(spec) = p.spec.backend.slurm.clone() else { continue };
                 let name = p.name_any();
                 let view = self.poll(&secrets, &mut state, &name, spec).await;
-                let was = before.get(&name).map(|v| v.available.is_ok());
+                let was = before.get(&name).copied();
                 match (&view.available, was) {
                     (Ok(()), Some(false) | None) => {
                         tracing::info!(pool = %name, nodes = view.nodes.len(), "Slurm pool available")
