@@ -103,6 +103,7 @@ impl Stores {
             pods: self.pods.state(),
             fleet: Arc::default(),
             slurm: Arc::default(),
+            simulated: false,
         }
     }
 }

@@ -70,7 +70,7 @@ pub(super) fn taken(count: u32, ours: u32, known: u32, mut unknown: u32) -> u32 
 }
 
 /// GPU `index`'s health as the node agent reports it.
-fn reported(agent: Option<&NodeView>, index: u32) -> Health {
+pub(super) fn reported(agent: Option<&NodeView>, index: u32) -> Health {
     let Some(v) = agent else { return Health::Healthy };
     match v.gpus.get(&index).map(|g| g.state) {
         _ if v.stale => Health::Unknown,
@@ -179,6 +179,7 @@ pub fn federation(
     claims: &Claims,
     fleet: &FleetView,
     slurm: &SlurmViews,
+    simulated: bool,
 ) -> Federation {
     let mut f = Federation::default();
     let mut selectors: Vec<(u32, &BTreeMap<String, String>)> = Vec::new();
@@ -215,11 +216,18 @@ pub fn federation(
             continue;
         }
         let Some(k8s) = p.spec.backend.kubernetes.as_ref() else {
-            f.unavailable.insert(
-                name,
-                "the simulated backend is not served by this operator; use backend.kubernetes or backend.slurm"
-                    .into(),
-            );
+            if simulated {
+                let id = f.cluster.pools.len() as u32;
+                f.cluster.pools.push(pool);
+                f.pool_names.push(name);
+                super::simulated::add_nodes(&mut f, id, p, claims, fleet);
+            } else {
+                f.unavailable.insert(
+                    name,
+                    "simulated pools are served only by `haiyun demo`; use backend.kubernetes or backend.slurm"
+                        .into(),
+                );
+            }
             continue;
         };
         let id = f.cluster.pools.len() as u32;

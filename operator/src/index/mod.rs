@@ -6,6 +6,7 @@ pub mod job;
 pub mod overlay;
 pub mod pod;
 pub mod queue;
+pub mod simulated;
 pub mod slurm;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -45,6 +46,8 @@ pub struct Objects {
     pub fleet: Arc<crate::fleet::FleetView>,
     /// What the Slurm pools report.
     pub slurm: Arc<crate::backend::slurm::SlurmViews>,
+    /// Whether this process serves simulated pools (`haiyun demo`); the operator does not.
+    pub simulated: bool,
 }
 
 /// What a job's pods say.
@@ -264,7 +267,15 @@ fn assemble(
     let nodes: Vec<&Node> = objects.nodes.iter().map(|p| p.as_ref()).collect();
     let pods: Vec<&Pod> = objects.pods.iter().map(|p| p.as_ref()).collect();
     let claims = claims_of(objects, overlay, held);
-    let mut fed = cluster::federation(&pools, &nodes, &pods, &claims, &objects.fleet, &objects.slurm);
+    let mut fed = cluster::federation(
+        &pools,
+        &nodes,
+        &pods,
+        &claims,
+        &objects.fleet,
+        &objects.slurm,
+        objects.simulated,
+    );
     let queues: Vec<&Queue> = objects.queues.iter().map(|p| p.as_ref()).collect();
     let requests: Vec<&QuotaRequest> = objects.requests.iter().map(|p| p.as_ref()).collect();
     let book = queue::book(&queues, &requests, &mut fed.cluster.models);
