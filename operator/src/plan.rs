@@ -309,8 +309,19 @@ fn waiting_status(s: &Scheduler, id: JobId, old: &ComputeJobStatus) -> ComputeJo
     }
     st.placement = None;
     let Some(core) = s.status(id) else { return st };
-    st.pending_reasons = core.reasons.iter().map(|r| reason(s, r)).collect();
-    st.hints = core.hints.iter().map(|h| s.hint_line(h)).collect();
+    // The same reason can come from several pools of one model (one quota for both): it is said once.
+    st.pending_reasons = Vec::new();
+    for r in core.reasons.iter().map(|r| reason(s, r)) {
+        if !st.pending_reasons.contains(&r) {
+            st.pending_reasons.push(r);
+        }
+    }
+    st.hints = Vec::new();
+    for h in core.hints.iter().map(|h| s.hint_line(h)) {
+        if !st.hints.contains(&h) {
+            st.hints.push(h);
+        }
+    }
     st.estimated_start = core.estimated_start.filter(|t| t.is_finite()).map(rfc3339);
     st
 }

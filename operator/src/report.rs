@@ -115,14 +115,18 @@ pub fn queues(
     out
 }
 
-/// A core amount as a Kubernetes quantity: cores ("500m"), memory ("16Gi" or "512Mi"), GPUs ("8" or "0.5").
+/// A core amount as a Kubernetes quantity people can read: cores ("500m" below one, else "239.97"), memory ("16Gi",
+/// "861.4Gi" or "512Mi"), GPUs ("8" or "0.5").
 pub fn quantity(f: Flavor, v: u64) -> String {
+    let trim = |s: String| s.trim_end_matches('0').trim_end_matches('.').to_string();
     match f {
         Flavor::Cpu | Flavor::Gpu(_) if v % 1000 == 0 => (v / 1000).to_string(),
-        Flavor::Cpu => format!("{v}m"),
+        Flavor::Cpu if v < 1000 => format!("{v}m"),
+        Flavor::Cpu => trim(format!("{:.2}", v as f64 / 1000.0)),
         Flavor::Gpu(_) => format!("{}", v as f64 / 1000.0),
         Flavor::Memory if v % 1024 == 0 => format!("{}Gi", v / 1024),
-        Flavor::Memory => format!("{v}Mi"),
+        Flavor::Memory if v < 1024 => format!("{v}Mi"),
+        Flavor::Memory => trim(format!("{:.1}", v as f64 / 1024.0)) + "Gi",
     }
 }
 
