@@ -62,6 +62,8 @@ pub struct LinkConfig {
     pub backoff_base: Duration,
     /// Longest reconnect delay.
     pub backoff_cap: Duration,
+    /// Keep link errors off stderr (they still reach `/metrics`); for many agents in one process (the demo).
+    pub quiet: bool,
 }
 
 /// What the link has done, for `/metrics` and tests.
@@ -69,6 +71,8 @@ pub struct LinkConfig {
 pub struct LinkStats {
     /// Whether a stream is open.
     pub up: AtomicBool,
+    /// Whether link errors stay off stderr (from [`LinkConfig::quiet`]).
+    pub quiet: AtomicBool,
     /// Samples waiting for an acknowledgement.
     pub buffered: AtomicU64,
     /// Samples dropped because the buffer was full.
@@ -188,6 +192,7 @@ async fn open(
 
 /// Streams every round from `rounds` to the operator until `rounds` closes.
 pub async fn run(cfg: LinkConfig, mut rounds: mpsc::Receiver<Round>, stats: Arc<LinkStats>) {
+    stats.quiet.store(cfg.quiet, Ordering::Relaxed);
     let mut rng = Rng::new();
     let boot = rng.next();
     let mut buffer = Buffer { samples: VecDeque::new(), cap: cfg.buffer.max(1), dropped: 0 };
@@ -289,7 +294,7 @@ impl Retry {
 
 fn note(stats: &LinkStats, why: String) {
     let mut last = stats.last_error.lock().unwrap_or_else(|p| p.into_inner());
-    if *last != why {
+    if *last != why && !stats.quiet.load(Ordering::Relaxed) {
         eprintln!("warning: {why}; retrying with backoff");
     }
     *last = why;

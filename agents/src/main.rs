@@ -141,6 +141,7 @@ fn run(cli: Cli, node: String, probe: Box<dyn GpuProbe>) -> ExitCode {
         buffer: cli.buffer,
         backoff_base: Duration::from_millis(500),
         backoff_cap: Duration::from_secs(30),
+        quiet: false,
     });
     // One worker thread is plenty: the agent's work is a round a second.
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {

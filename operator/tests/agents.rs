@@ -45,6 +45,7 @@ impl Agent {
             buffer: 600,
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(2),
+            quiet: false,
         };
         let opts = Options {
             node: node.into(),
