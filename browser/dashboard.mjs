@@ -1,9 +1,10 @@
 // Loads Haiyun's dashboard in headless Chromium and checks what a person would: every pool and queue is listed, the
-// numbers change live, and a pending job's explanation opens. Usage: node dashboard.mjs URL POOLS QUEUES JOB SHOT.
+// numbers change live, and a pending job's explanation opens. Usage: node dashboard.mjs URL POOLS QUEUES JOB SHOT
+// [churn]; with `churn` the pools' figures must change too, not only the time of the last update.
 // Exits non-zero with a one-line reason when a check fails; writes a screenshot to SHOT either way.
 import { chromium } from "playwright-core";
 
-const [url, pools, queues, job, shot] = process.argv.slice(2);
+const [url, pools, queues, job, shot, churn] = process.argv.slice(2);
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const browser = await chromium.launch({ executablePath, args: ["--no-sandbox"] });
 const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
@@ -20,6 +21,11 @@ try {
   }
   const first = await text("#status");
   await page.waitForFunction((old) => document.querySelector("#status").textContent !== old, first, { timeout: 30000 });
+  if (churn === "churn") {
+    const before = await text("#pools");
+    await page.waitForFunction((old) => document.querySelector("#pools").innerText !== old, before, { timeout: 60000 })
+      .catch(() => { throw new Error("the pools' figures did not change within 60 s"); });
+  }
   await page.getByText(job, { exact: true }).click();
   const why = await text("#explain");
   if (!why.includes("Blocked at") || !why.includes("Estimated start")) throw new Error(`no explanation for ${job}: ${why}`);

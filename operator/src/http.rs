@@ -51,6 +51,16 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     board: tokio::sync::watch::Receiver<Arc<Snapshot>>,
 ) -> Result<SocketAddr, HttpError> {
+    serve_with(addr, metrics, board, Router::new()).await
+}
+
+/// As [`serve`], with `extra` routes beside them (the demo's API).
+pub async fn serve_with(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    board: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    extra: Router,
+) -> Result<SocketAddr, HttpError> {
     let dashboard = Router::new()
         .route("/", get(|| async { axum::response::Html(DASHBOARD) }))
         .route(
@@ -77,7 +87,8 @@ pub async fn serve(
             }),
         )
         .with_state(metrics)
-        .merge(dashboard);
+        .merge(dashboard)
+        .merge(extra);
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(|source| HttpError::Bind { addr, source })?;

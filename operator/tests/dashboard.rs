@@ -4,53 +4,15 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
 use haiyun_api::{ComputeJob, ComputePool, Queue};
 use serde_json::Value;
+use support::browser::{browse, get};
 use support::{Env, job, pool, queue, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
-}
-
-/// Runs `browser/dashboard.mjs` against `url`; skipped (saying so) when the browser tooling is not installed,
-/// unless `HAIYUN_REQUIRE_BROWSER` is set.
-fn browse(url: &str, pools: &str, queues: &str, job: &str) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let script = root.join("browser/dashboard.mjs");
-    let ready = root.join("browser/node_modules/playwright-core").exists()
-        && std::path::Path::new(&std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()))
-            .exists();
-    if !ready {
-        assert!(
-            std::env::var_os("HAIYUN_REQUIRE_BROWSER").is_none(),
-            "HAIYUN_REQUIRE_BROWSER is set but Chromium or browser/node_modules is missing"
-        );
-        eprintln!("skipped the browser check: install Debian's chromium and run npm ci in browser/");
-        return;
-    }
-    let artifacts = root.join("target/test-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let shot = artifacts.join("dashboard.png");
-    let out = std::process::Command::new("node")
-        .arg(&script)
-        .args([url, pools, queues, job, shot.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let say = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
-    assert!(out.status.success(), "browser check failed: {} {}", say(&out.stderr), say(&out.stdout));
-    assert!(shot.exists(), "a screenshot at {}", shot.display());
-    eprintln!("{}", say(&out.stdout));
-}
 
 /// The first `n` `snapshot` events of the live stream.
 fn events(port: u16, n: usize) -> Vec<Value> {
@@ -109,7 +71,14 @@ async fn the_dashboard_shows_pools_gpus_queues_and_pending_jobs_with_reasons_and
 
     // In a real browser (headless Chromium from Debian, driven by playwright-core): every pool and queue, live
     // numbers, and the waiting job's explanation; the screenshot is kept as a test artifact.
-    browse(&format!("http://127.0.0.1:{port}/"), "dash-pool", "dash-q", "default/waiting");
+    browse(
+        &format!("http://127.0.0.1:{port}/"),
+        "dash-pool",
+        "dash-q",
+        "default/waiting",
+        "dashboard.png",
+        false,
+    );
 
     // Live: two events arrive on the stream, each a full snapshot, and the second is newer.
     let evs = events(port, 2);

@@ -2,6 +2,7 @@
 //! process, and polling helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod browser;
 pub mod slurm;
 
 use std::path::PathBuf;
