@@ -81,6 +81,9 @@ enum Command {
         #[arg(long)]
         decisions: Option<PathBuf>,
     },
+    /// Runs a whole federation in this process, without Kubernetes: simulated pools, node agents streaming over
+    /// gRPC, five teams' queues and a stream of jobs; serves the dashboard and an API this CLI can use.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -189,7 +192,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let r = cluster.decide(&name, "Denied").await?;
             print(f, &r, || format!("quotarequest/{name} denied\n"))
         }
-        Command::Simulate { .. } => Ok(()), // handled above: it needs no cluster
+        Command::Simulate { .. } | Command::Demo(_) => Ok(()), // handled before: they need no cluster
         Command::Top => {
             let (pools, queues) = (cluster.pools().await?, cluster.queues().await?);
             let both = serde_json::json!({"pools": pools, "queues": queues});
@@ -252,6 +255,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Demo(args) = cli.command {
+        return match crate::demo::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.code())
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,0 +1,70 @@
+//! What goes wrong in the demo, on a fixed schedule of real seconds: edge links drop for a while each minute, and
+//! now and then a datacentre GPU raises XID 79 (fallen off the bus) and is reset half a minute later.
+
+use std::collections::BTreeMap;
+
+use haiyun_agent::probe::fake::Fault;
+use haiyun_scheduler::rng::SplitMix64;
+
+use super::agents::Agents;
+
+/// The real second of the first GPU fault.
+const FIRST_FAULT_S: u64 = 20;
+/// Real seconds between GPU faults.
+const FAULT_EVERY_S: u64 = 45;
+/// Real seconds a faulty GPU waits for its reset.
+const RESET_AFTER_S: u64 = 30;
+/// Each edge link's minute: up this many seconds, then down for the rest.
+const EDGE_UP_S: u64 = 35;
+
+/// The schedule's state.
+#[derive(Debug)]
+pub struct Chaos {
+    rng: SplitMix64,
+    /// Faulty GPUs by the real second of their reset.
+    resets: BTreeMap<u64, (String, u32)>,
+    next_fault: u64,
+}
+
+impl Chaos {
+    /// A schedule from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Chaos { rng: SplitMix64::new(seed ^ 0xC4A0_5EED), resets: BTreeMap::new(), next_fault: FIRST_FAULT_S }
+    }
+
+    /// Applies what is due at `real` seconds; returns what changed, for the progress lines.
+    pub fn tick(&mut self, real: u64, agents: &Agents) -> Vec<String> {
+        let mut said = Vec::new();
+        // Edge sites take turns: each pool's minute is offset by its position.
+        for (i, (pool, relay)) in agents.relays.iter().enumerate() {
+            let down = (real + 30 * i as u64) % 60 >= EDGE_UP_S;
+            if down != relay.is_down() {
+                relay.set_down(down);
+                said.push(format!("{pool}: link {}", if down { "down" } else { "back" }));
+            }
+        }
+        let mut faults: Vec<(String, Fault)> = Vec::new();
+        let due: Vec<u64> = self.resets.range(..=real).map(|(t, _)| *t).collect();
+        for t in due {
+            if let Some((node, gpu)) = self.resets.remove(&t) {
+                said.push(format!("{node}: GPU {gpu} reset"));
+                faults.push((node, Fault::Reset(gpu)));
+            }
+        }
+        let big: Vec<(&String, &u32)> = agents.nodes.iter().filter(|(_, g)| **g >= 8).collect();
+        if real >= self.next_fault && !big.is_empty() {
+            self.next_fault = real + FAULT_EVERY_S;
+            let (node, gpus) = big[self.rng.below(big.len() as u64) as usize];
+            let gpu = self.rng.below(u64::from(*gpus)) as u32;
+            said.push(format!("{node}: GPU {gpu} raised XID 79"));
+            faults.push((node.clone(), Fault::Xid(gpu, 79)));
+            self.resets.insert(real + RESET_AFTER_S, (node.clone(), gpu));
+        }
+        if let Ok(mut m) = agents.machines.lock() {
+            for (node, f) in faults {
+                m.faults.entry(node).or_default().push(f);
+            }
+        }
+        said
+    }
+}

@@ -1,0 +1,281 @@
+//! `haiyun demo` end to end, as a newcomer meets it: the federation on the dashboard and its JSON, agents' telemetry
+//! (utilisation, an XID, an edge link that drops), `haiyun explain` and `quota request`/`approve`/`top` against the
+//! demo, data that stays in cleared pools (the decision log), bad input, and the dashboard in a real browser.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../operator/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::browser::{browse, get};
+
+const POOLS: &str = "hpc-tianjin,ai-shanghai,public-data-base,general-guangzhou,edge-shenzhen,edge-chengdu";
+const QUEUES: &str = "llm,vision,analytics,public-data,edge";
+
+/// The demo in a child process; killed on drop.
+struct Demo {
+    child: Child,
+    port: u16,
+    kubeconfig: PathBuf,
+    decisions: PathBuf,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("haiyun-demo-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Demo {
+    fn start(dir: &Path) -> Demo {
+        let kubeconfig = dir.join("kubeconfig");
+        let decisions = dir.join("decisions.jsonl");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_haiyun"))
+            .args(["demo", "--addr", "127.0.0.1:0", "--speed", "120", "--duration", "10m"])
+            .args(["--kubeconfig-out", kubeconfig.to_str().unwrap()])
+            .args(["--decision-log", decisions.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut port = None;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut line = String::new();
+        while port.is_none() && out.read_line(&mut line).unwrap() > 0 {
+            // "  dashboard:  http://127.0.0.1:PORT/"
+            port = line.trim().strip_prefix("dashboard:").and_then(|u| {
+                u.trim().trim_end_matches('/').rsplit(':').next().and_then(|p| p.parse::<u16>().ok())
+            });
+            lines.lock().unwrap().push(std::mem::take(&mut line));
+        }
+        let keep = lines.clone();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                keep.lock().unwrap().push(l);
+            }
+        });
+        let port = port.expect("the demo prints its dashboard URL");
+        Demo { child, port, kubeconfig, decisions, lines }
+    }
+
+    fn snapshot(&self) -> Value {
+        serde_json::from_str(&get(self.port, "/api/v1/snapshot")).unwrap_or(Value::Null)
+    }
+
+    /// Polls the snapshot until `f` finds something.
+    fn until<T>(&self, what: &str, limit: Duration, mut f: impl FnMut(&Value) -> Option<T>) -> T {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(v) = f(&self.snapshot()) {
+                return v;
+            }
+            assert!(Instant::now() < end, "timed out waiting for {what}; the demo said:\n{}", self.said());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn said(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Runs `haiyun ARGS` against the demo; returns (exit code, stdout, stderr).
+    fn haiyun(&self, args: &[&str]) -> (i32, String, String) {
+        run(&[&["--kubeconfig", self.kubeconfig.to_str().unwrap()], args].concat())
+    }
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_haiyun")).args(args).env_remove("KUBECONFIG").output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+fn gpus(s: &Value) -> impl Iterator<Item = &Value> {
+    s["nodes"].as_array().into_iter().flatten().flat_map(|n| n["gpus"].as_array().into_iter().flatten())
+}
+
+#[test]
+fn the_demo_runs_a_federation_that_the_cli_and_a_browser_can_use() {
+    let dir = scratch("main");
+    let demo = Demo::start(&dir);
+
+    // Every pool and queue, GPUs with utilisation from their agents, and jobs both running and waiting.
+    let s = demo.until("utilisation from the agents and waiting jobs", Duration::from_secs(60), |s| {
+        let util = gpus(s).filter(|g| g["utilization"].is_u64()).count();
+        (util > 100 && !s["pending"].as_array()?.is_empty()).then(|| s.clone())
+    });
+    let names: Vec<&str> =
+        s["pools"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for p in POOLS.split(',') {
+        assert!(names.contains(&p), "pool {p} missing from {names:?}");
+    }
+    for q in QUEUES.split(',') {
+        assert!(s["queues"].get(q).is_some(), "queue {q} missing");
+    }
+    let kinds: std::collections::BTreeSet<&str> =
+        s["pools"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["ai", "edge", "general", "hpc"]);
+    assert!(s["pools"].as_array().unwrap().iter().all(|p| p["backend"] == "simulated"));
+    // Busy GPUs report high utilisation, idle ones low: the agents read what the scheduler placed (a second or two
+    // late, so the medians are compared).
+    demo.until("utilisation that follows allocation", Duration::from_secs(30), |s| {
+        let median = |full: bool| {
+            let mut u: Vec<u64> = gpus(s)
+                .filter(|g| g["allocated"].as_f64() == Some(if full { 1.0 } else { 0.0 }))
+                .filter_map(|g| g["utilization"].as_u64())
+                .collect();
+            u.sort_unstable();
+            u.get(u.len() / 2).copied()
+        };
+        (median(true)? > 60 && median(false).is_none_or(|m| m < 10)).then_some(())
+    });
+
+    // `haiyun explain` on a job that waits names the phase, the shortfall and the estimated start. The job that
+    // should wait longest is asked about; should it start in between, another is.
+    let mut explained = None;
+    for _ in 0..5 {
+        let job = latest_waiting(&demo);
+        let (ns, name) = job.split_once('/').unwrap();
+        let (code, out, err) = demo.haiyun(&["-n", ns, "explain", name]);
+        assert_eq!(code, 0, "{err}");
+        if out.contains("Blocked at") {
+            explained = Some(out);
+            break;
+        }
+    }
+    let out = explained.expect("an explanation of a waiting job");
+    assert!(
+        out.contains("Estimated start: 20") && out.contains("shortfall") || out.contains("placement"),
+        "{out}"
+    );
+    let (code, out, _) = demo.haiyun(&["-n", "llm", "get", "jobs"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("pretrain-") && out.contains("Running"), "{out}");
+
+    // A quota request, approved, raises the queue's quota as `top` shows.
+    let quota = |out: &str| {
+        let line = out.lines().find(|l| l.starts_with("public-data ")).unwrap_or_default().to_string();
+        line.contains("nvidia.com/gpu:h100") && line.contains("/40")
+    };
+    let (code, out, _) = demo.haiyun(&["top"]);
+    assert_eq!(code, 0);
+    assert!(!quota(&out), "the quota is already raised:\n{out}");
+    let request = ["quota", "request", "--queue", "public-data", "--flavor", "nvidia.com/gpu:h100"];
+    let (code, _, err) = demo.haiyun(
+        &[&["-n", "public-data"], &request[..], &["--amount", "8", "--hours", "24", "--name", "more"]]
+            .concat(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = demo.haiyun(&["-n", "public-data", "quota", "approve", "more"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("approved"), "{out}");
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = demo.haiyun(&["top"]);
+        if quota(&out) {
+            break;
+        }
+        assert!(Instant::now() < end, "top never showed the raised quota:\n{out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Bad input: one line, the documented exit code, never a backtrace.
+    let bad_yaml = dir.join("bad.yaml");
+    std::fs::write(&bad_yaml, "kind: ComputeJob\nspec: [unclosed\n").unwrap();
+    let unreachable = dir.join("unreachable");
+    std::fs::write(&unreachable, support_kubeconfig("http://127.0.0.1:1")).unwrap();
+    let bad_federation = dir.join("federation.yaml");
+    std::fs::write(&bad_federation, "kind: Node\n").unwrap();
+    for (args, code, says) in [
+        (vec!["-n", "llm", "explain", "no-such-job"], 3, "not found"),
+        (vec!["-n", "llm", "submit", "-f", bad_yaml.to_str().unwrap()], 2, "bad.yaml"),
+        (vec!["-n", "llm", "submit", "--name", "x", "--queue", "llm", "--gpus", "-1"], 2, "--gpus"),
+        (vec!["-n", "llm", "quota", "approve", "no-such-request"], 3, "not found"),
+    ] {
+        let (c, _, err) = demo.haiyun(&args);
+        assert_eq!(c, code, "{args:?}: {err}");
+        assert!(err.contains(says) && err.trim().lines().count() == 1, "{args:?}: {err}");
+    }
+    for (args, code, says) in [
+        (vec!["--kubeconfig", unreachable.to_str().unwrap(), "get", "jobs"], 4, "cannot reach"),
+        (vec!["demo", "--speed", "0"], 2, "--speed"),
+        (vec!["demo", "--duration", "soon"], 2, "--duration"),
+        (vec!["demo", "--federation", bad_federation.to_str().unwrap()], 2, "Node"),
+    ] {
+        let (c, _, err) = run(&args);
+        assert_eq!(c, code, "{args:?}: {err}");
+        assert!(err.contains(says) && err.trim().lines().count() == 1, "{args:?}: {err}");
+    }
+
+    // GPU health drives capacity: an XID makes a GPU unhealthy, a dropped edge link makes its GPUs unknown.
+    demo.until("an unhealthy GPU (XID 79)", Duration::from_secs(60), |s| {
+        gpus(s).any(|g| g["health"] == "unhealthy").then_some(())
+    });
+    demo.until("an edge GPU gone unknown while its link is down", Duration::from_secs(90), |s| {
+        let edge = s["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["pool"].as_str().is_some_and(|p| p.starts_with("edge-")));
+        edge.flat_map(|n| n["gpus"].as_array().into_iter().flatten())
+            .any(|g| g["health"] == "unknown")
+            .then_some(())
+    });
+
+    // The audit trail: jobs that read sensitive public data were placed only in the pool cleared for it.
+    let log = std::fs::read_to_string(&demo.decisions).unwrap();
+    let places: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|d| d["event"] == "place")
+        .collect();
+    assert!(places.len() > 20, "{} placements", places.len());
+    let sensitive: Vec<&Value> = places
+        .iter()
+        .filter(|d| {
+            d["datasets"].as_array().is_some_and(|ds| {
+                ds.iter().any(|x| x == "census-2025-microdata" || x == "medical-imaging-open")
+            })
+        })
+        .collect();
+    assert!(!sensitive.is_empty(), "no job read sensitive data");
+    assert!(sensitive.iter().all(|d| d["pool"] == "public-data-base"), "{sensitive:?}");
+
+    // In a real browser: every pool and queue, figures that change live, and a waiting job's explanation.
+    let job = latest_waiting(&demo);
+    browse(&format!("http://127.0.0.1:{}/", demo.port), POOLS, QUEUES, &job, "demo-dashboard.png", true);
+}
+
+/// The waiting job whose estimated start is furthest away (`namespace/name`).
+fn latest_waiting(demo: &Demo) -> String {
+    demo.until("a waiting job with an estimated start", Duration::from_secs(60), |s| {
+        let p = s["pending"].as_array()?;
+        let latest = p
+            .iter()
+            .filter(|j| j["estimatedStart"].is_string())
+            .max_by_key(|j| j["estimatedStart"].as_str().map(str::to_string))?;
+        latest["job"].as_str().map(str::to_string)
+    })
+}
+
+/// A kubeconfig for `server`, without credentials.
+fn support_kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\ncontexts:\n- name: c\n  \
+         context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
+    )
+}
