@@ -16,7 +16,10 @@ cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-echo "== main job (one seed of the placement benchmark)"
+echo "== main job (the README's command, for 20 seconds on a free port)"
+cargo run --release --quiet -p haiyun-cli -- demo --duration 20s --addr 127.0.0.1:0
+
+echo "== placement benchmark (one seed)"
 cargo run --release --quiet -p haiyun-benches --bin haiyun-bench -- fgd --policy haiyun --seeds 42
 
 echo "== test control plane (testenv: etcd, kube-apiserver, kwok with 4 fake 8-GPU nodes)"
