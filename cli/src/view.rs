@@ -156,7 +156,8 @@ pub fn explain(j: &ComputeJob) -> String {
             detail.push(format!("needs {n}"));
         }
         if let Some(l) = &r.left {
-            detail.push(format!("{l} left"));
+            // Quota has some left; a reserved pool has some free now that jobs ahead will take.
+            detail.push(format!("{l} {}", if r.phase == "reservation" { "free now" } else { "left" }));
         }
         if let Some(c) = &r.cohort_can_lend {
             detail.push(format!("cohort can lend {c}"));

@@ -159,10 +159,11 @@ fn the_demo_runs_a_federation_that_the_cli_and_a_browser_can_use() {
         }
     }
     let out = explained.expect("an explanation of a waiting job");
-    assert!(
-        out.contains("Estimated start: 20") && out.contains("shortfall") || out.contains("placement"),
-        "{out}"
-    );
+    let phase = ["quota", "reservation", "placement", "waiting for"]
+        .iter()
+        .any(|p| out.contains(&format!("Blocked at {p}")));
+    assert!(phase && out.contains("Estimated start: 20"), "{out}");
+    assert!(out.contains("shortfall: flavor") || out.contains("Blocked at placement"), "{out}");
     let (code, out, _) = demo.haiyun(&["-n", "llm", "get", "jobs"]);
     assert_eq!(code, 0);
     assert!(out.contains("pretrain-") && out.contains("Running"), "{out}");

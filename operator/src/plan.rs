@@ -338,7 +338,12 @@ fn reason(s: &Scheduler, r: &PendingReason) -> ApiReason {
             out.cohort_can_lend = Some(q.flavor.amount(q.cohort_can_lend));
             "quota"
         }
-        PendingReason::Reservation { .. } => "reservation",
+        PendingReason::Reservation { flavor, needed, free_now, .. } => {
+            out.flavor = Some(flavor.describe(models));
+            out.needed = Some(flavor.amount(*needed));
+            out.left = Some(flavor.amount(*free_now));
+            "reservation"
+        }
         PendingReason::Placement { rejection, .. } => match rejection.code {
             RejectionCode::Unschedulable => "placement",
             RejectionCode::Unresolvable => "placement-unresolvable",

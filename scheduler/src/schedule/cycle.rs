@@ -206,7 +206,15 @@ impl Scheduler {
             }
             if let Some(start) = tl.earliest(o.pool, &o.req, now, o.duration) {
                 if start > now {
-                    reasons.push(PendingReason::Reservation { pool: o.pool, model: o.model });
+                    let flavor = o.model.map_or(Flavor::Cpu, Flavor::Gpu);
+                    reasons.push(PendingReason::Reservation {
+                        pool: o.pool,
+                        model: o.model,
+                        flavor,
+                        needed: o.req.get(flavor),
+                        free_now: tl.free_now(o.pool, flavor),
+                        wait_s: start - now,
+                    });
                 }
                 outlooks.push(Outlook { index, start, finish: start + o.duration });
             }

@@ -28,10 +28,14 @@ impl Scheduler {
                 s.flavor.amount(s.left),
                 s.flavor.amount(s.cohort_can_lend),
             ),
-            PendingReason::Reservation { pool, model } => format!(
-                "reservation: {} capacity in pool {} is held for jobs ahead of it",
-                self.model_name(*model),
-                self.pool_name(*pool)
+            PendingReason::Reservation { pool, flavor, needed, free_now, wait_s, .. } => format!(
+                "reservation: needs {} {} in pool {}, {} free now{}; it may start in ~{}",
+                flavor.amount(*needed),
+                flavor.describe(models),
+                self.pool_name(*pool),
+                flavor.amount(*free_now),
+                if free_now >= needed { " but held for jobs ahead of it" } else { "" },
+                duration(*wait_s)
             ),
             PendingReason::Placement { pool, rejection, .. } => {
                 format!("placement: in pool {}: {}", self.pool_name(*pool), rejection.message(models))

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Classification, ModelId, PoolId, Time};
 use crate::placer::Rejection;
-use crate::queue::QuotaShortfall;
+use crate::queue::{Flavor, QuotaShortfall};
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -35,6 +35,14 @@ pub enum PendingReason {
         pool: PoolId,
         /// The GPU model option.
         model: Option<ModelId>,
+        /// The flavor it waits for (the model's GPUs, or CPU).
+        flavor: Flavor,
+        /// How much of it the job needs.
+        needed: u64,
+        /// How much of it is free in the pool now (reservations of jobs ahead not counted).
+        free_now: u64,
+        /// Seconds until it may start.
+        wait_s: f64,
     },
     /// No node can hold it now.
     Placement {

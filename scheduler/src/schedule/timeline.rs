@@ -52,6 +52,11 @@ impl Timeline {
         self.capacity.get(&(pool, f)).copied().unwrap_or(0)
     }
 
+    /// What of `f` is free in `pool` now (capacity less what runs now; later reservations not counted).
+    pub fn free_now(&self, pool: PoolId, f: Flavor) -> u64 {
+        (self.capacity(pool, f) as i64 - self.base.get(&(pool, f)).copied().unwrap_or(0)).max(0) as u64
+    }
+
     /// Marks `req` used in `pool` over `[start, end)`.
     pub fn add(&mut self, pool: PoolId, req: &Resources, start: Time, end: Time) {
         self.change(pool, req, start, end, 1);
