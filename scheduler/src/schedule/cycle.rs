@@ -220,9 +220,20 @@ impl Scheduler {
             }
         }
         outlooks.sort_by(|a, b| a.finish.total_cmp(&b.finish).then(a.start.total_cmp(&b.start)));
+        let fastest = outlooks.first().copied();
         self.prefer_starting_now(&mut outlooks, now);
         // Start now with the option that finishes first, if that option can start now.
         if let Some(best) = outlooks.first().copied() {
+            // Before settling for a slower option, make room on the one that finishes first if jobs the order
+            // puts well behind hold it and are near their checkpoints.
+            let slower = fastest.filter(|f| f.index != best.index && f.start > now);
+            if let Some(f) =
+                slower.filter(|_| may_start && self.config.preemption && self.config.preempt_for_speed)
+            {
+                if self.try_preempt(id, std::slice::from_ref(&options[f.index]), now, tl, out)? {
+                    return Ok(Some(now));
+                }
+            }
             if best.start <= now && may_start {
                 let o = &options[best.index];
                 match self.try_start(id, o, now, true)? {

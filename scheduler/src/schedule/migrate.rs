@@ -1,4 +1,5 @@
-//! Upgrades: a running job moves to faster free GPUs when it finishes sooner despite the work it loses.
+//! Upgrades: a running job moves to faster GPUs (free ones, or held by jobs its queue's order puts well behind)
+//! when it finishes sooner despite the work it loses.
 
 use super::cycle::Cycle;
 use super::options::RunOption;
@@ -28,6 +29,60 @@ impl Scheduler {
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         for (_, id) in candidates {
             self.try_upgrade(id, now, tl, out)?;
+        }
+        if self.config.upgrade_by_preemption && self.config.preemption {
+            let moved: std::collections::HashSet<JobId> = out.started.iter().map(|s| s.job).collect();
+            let running: Vec<JobId> = self.running().filter(|id| !moved.contains(id)).collect();
+            for id in running {
+                if self.jobs[id as usize].run.is_some() {
+                    self.upgrade_over(id, now, tl, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a running job to a faster option by evicting jobs its queue's order puts well behind there, when that
+    /// ends it sooner despite the work it loses.
+    fn upgrade_over(
+        &mut self,
+        id: JobId,
+        now: Time,
+        tl: &mut Timeline,
+        out: &mut Cycle,
+    ) -> Result<(), ScheduleError> {
+        let e = &self.jobs[id as usize];
+        let Some(r) = e.run.as_ref() else { return Ok(()) };
+        if !e.job.preemptible || r.started >= now || e.job.checkpoint_s.is_none() {
+            return Ok(());
+        }
+        let rate = e.job.work.rate(r.model);
+        let mut moved = e.clone();
+        moved.remaining = (e.remaining - saved_work(&e.job, rate, r.working_from, now)).max(0.0);
+        moved.status.preemptions += 1;
+        let Ok(mut options) = self.options(&moved, now) else { return Ok(()) };
+        let left = (r.est_end - now).max(0.0);
+        let enough = MIN_GAIN_S.max(MIN_GAIN_SHARE * left);
+        let here = (r.pool, r.model);
+        options.retain(|o| (o.pool, o.model) != here && left - o.duration >= enough);
+        options.sort_by(|a, b| a.duration.total_cmp(&b.duration));
+        for o in options {
+            if self.victims_for(id, &o, now, false).is_empty() {
+                continue;
+            }
+            let saved = self.jobs[id as usize].clone();
+            let (pool, charged, end) = (r.pool, r.charged.clone(), r.est_end.max(now + 1.0));
+            self.evict(id)?;
+            self.requeue(id, now, tl);
+            out.preempted.push(id);
+            if self.try_preempt(id, std::slice::from_ref(&o), now, tl, out)? {
+                return Ok(());
+            }
+            out.preempted.pop();
+            self.jobs[id as usize] = saved;
+            self.restore(id)?;
+            tl.add(pool, &charged, now, end);
+            return Ok(());
         }
         Ok(())
     }

@@ -39,6 +39,12 @@ pub struct SchedulerConfig {
     /// With upgrades, start now on a slower option that finishes within `1 + slack` times the best option's
     /// time from now, rather than wait for the faster one.
     pub start_now_slack: f64,
+    /// Upgrades may also evict jobs the queue's order puts well behind (near their checkpoints) from faster GPUs,
+    /// not only take free ones.
+    pub upgrade_by_preemption: bool,
+    /// Before a job starts on a slower option, it may evict jobs the queue's order puts well behind (near their
+    /// checkpoints) from the option that finishes first.
+    pub preempt_for_speed: bool,
     /// Seconds a preempted job needs to restart.
     pub restart_s: f64,
     /// Transfer bandwidth between pools, MiB/s, for data a pool lacks.
@@ -57,6 +63,8 @@ impl Default for SchedulerConfig {
             backfill: true,
             upgrades: true,
             start_now_slack: 1.0,
+            upgrade_by_preemption: true,
+            preempt_for_speed: true,
             restart_s: 60.0,
             bandwidth_mib_s: 1000.0,
             seed: 1,
@@ -282,9 +290,14 @@ impl Scheduler {
     }
 }
 
+/// A checkpoint that falls within this many seconds of `now` is not counted: the caller's clock arithmetic (and an
+/// independent replay of it) may put it a hair either side, and claiming work that was not saved is worse than
+/// redoing a second of it.
+pub const CHECKPOINT_SLACK_S: f64 = 1e-3;
+
 /// Work a running job has saved by `now`: all of it up to the last checkpoint (or none without checkpoints).
 pub fn saved_work(job: &Job, rate: f64, working_from: Time, now: Time) -> f64 {
-    let ran = (now - working_from).max(0.0);
+    let ran = (now - working_from - CHECKPOINT_SLACK_S).max(0.0);
     match job.checkpoint_s {
         Some(c) if c > 0.0 => (ran / c).floor() * c * rate,
         _ => 0.0,

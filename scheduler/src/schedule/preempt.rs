@@ -17,7 +17,7 @@ const ORDER_MAX_LOSS_S: f64 = 300.0;
 impl Scheduler {
     /// Running jobs that `id` may evict to run as option `o`, cheapest first. With `any_loss`, jobs that would
     /// lose too much work now count too (to find when the next chance comes).
-    fn victims_for(&self, id: JobId, o: &RunOption, now: Time, any_loss: bool) -> Vec<JobId> {
+    pub(crate) fn victims_for(&self, id: JobId, o: &RunOption, now: Time, any_loss: bool) -> Vec<JobId> {
         let job = &self.jobs[id as usize].job;
         let reclaim = self.quotas.within_nominal(job.queue, &o.req, now);
         let cohort = self.quotas.spec(job.queue).and_then(|s| s.cohort.clone());
@@ -125,7 +125,8 @@ impl Scheduler {
                 let e = &self.jobs[v as usize];
                 let (r, c) = (e.run.as_ref()?, e.job.checkpoint_s?);
                 let ran = (now - r.working_from).max(0.0);
-                Some(r.working_from + ((ran / c).floor() + 1.0) * c)
+                // A second after the checkpoint, so that it surely counts.
+                Some(r.working_from + ((ran / c).floor() + 1.0) * c + 1.0)
             })
             .filter(|t| *t > now)
             .min_by(|a, b| a.total_cmp(b))
