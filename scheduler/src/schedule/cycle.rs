@@ -221,7 +221,7 @@ impl Scheduler {
         }
         outlooks.sort_by(|a, b| a.finish.total_cmp(&b.finish).then(a.start.total_cmp(&b.start)));
         let fastest = outlooks.first().copied();
-        self.prefer_starting_now(&mut outlooks, now);
+        self.prefer_starting_now(&mut outlooks, now, self.jobs[id as usize].status.preemptions > 0);
         // Start now with the option that finishes first, if that option can start now.
         if let Some(best) = outlooks.first().copied() {
             // Before settling for a slower option, make room on the one that finishes first if jobs the order
@@ -285,13 +285,17 @@ impl Scheduler {
     }
 
     /// With upgrades on, an option that can start now goes first when it finishes within `1 + start_now_slack`
-    /// times the best option's time from now: the job starts at once and moves up when faster capacity frees.
-    fn prefer_starting_now(&self, outlooks: &mut Vec<Outlook>, now: Time) {
+    /// times the best option's time from now (for a job that was `evicted`, whenever it can start now): the job
+    /// starts at once and moves up when faster capacity frees.
+    fn prefer_starting_now(&self, outlooks: &mut Vec<Outlook>, now: Time, evicted: bool) {
         let Some(best) = outlooks.first().copied() else { return };
         if !self.config.upgrades || best.start <= now {
             return;
         }
-        let limit = (best.finish - now) * (1.0 + self.config.start_now_slack);
+        // An evicted job ranks behind the jobs that evicted it, so its wait for the faster option is the least
+        // reliable of estimates: it resumes on whatever is free, and an upgrade brings it back.
+        let limit =
+            if evicted { f64::INFINITY } else { (best.finish - now) * (1.0 + self.config.start_now_slack) };
         if let Some(i) = outlooks.iter().position(|x| x.start <= now && x.finish - now <= limit) {
             let x = outlooks.remove(i);
             outlooks.insert(0, x);
