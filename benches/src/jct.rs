@@ -197,6 +197,18 @@ pub fn run(
         parse_jobs(&read(jobs_csv)?).map_err(|source| JctError::Trace { path: jobs_csv.into(), source })?;
     let thr = parse_throughputs(&read(thr_csv)?)
         .map_err(|source| JctError::Trace { path: thr_csv.into(), source })?;
+    let workload = jobs_csv.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    run_list(&workload, &list, &thr, cluster_spec, policy)
+}
+
+/// Runs one policy on a parsed job list named `workload`.
+pub fn run_list(
+    workload: &str,
+    list: &[GavelJob],
+    thr: &Throughputs,
+    cluster_spec: &str,
+    policy: &str,
+) -> Result<(JctReport, SimRun), JctError> {
     let c = cluster(&parse_cluster(cluster_spec)?)?;
     let (ordering, backfill) = match policy {
         "fifo" => (Ordering::Fifo, false),
@@ -217,12 +229,12 @@ pub fn run(
     quotas.add(spec).map_err(ScheduleError::from)?;
     let config = SchedulerConfig { backfill, restart_s: RESTART_S, ..SchedulerConfig::default() };
     let sched = Scheduler::new(c.clone(), quotas, config, None)?;
-    let sim = simulate(sched, jobs(&list, &thr, &c))?;
-    check_log(&sim.decisions, &list, &thr)?;
-    Ok((report(jobs_csv, policy, &sim, c.gpu_count()), sim))
+    let sim = simulate(sched, jobs(list, thr, &c))?;
+    check_log(&sim.decisions, list, thr)?;
+    Ok((report(workload, policy, &sim, c.gpu_count()), sim))
 }
 
-fn report(jobs_csv: &Path, policy: &str, sim: &SimRun, gpus: usize) -> JctReport {
+fn report(workload: &str, policy: &str, sim: &SimRun, gpus: usize) -> JctReport {
     let h = 3600.0;
     let mut jct: Vec<f64> = sim.jobs.iter().filter_map(|j| j.completion.map(|c| c - j.arrival)).collect();
     jct.sort_by(f64::total_cmp);
@@ -239,7 +251,7 @@ fn report(jobs_csv: &Path, policy: &str, sim: &SimRun, gpus: usize) -> JctReport
         .collect();
     waited.sort_by(f64::total_cmp);
     JctReport {
-        workload: jobs_csv.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        workload: workload.to_string(),
         policy: policy.into(),
         jobs: sim.jobs.len(),
         completed: jct.len(),

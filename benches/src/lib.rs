@@ -6,4 +6,5 @@ pub mod fgd;
 pub mod jct;
 pub mod progress;
 pub mod scale;
+pub mod study;
 pub mod table;

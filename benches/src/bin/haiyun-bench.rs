@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use haiyun_benches::{fgd, jct, scale, table};
+use haiyun_benches::{fgd, jct, scale, study, table};
 use haiyun_scheduler::plugin::PolicyName;
 use haiyun_scheduler::plugin::score::HaiyunParams;
 
@@ -64,6 +64,22 @@ enum Command {
         #[arg(long)]
         decisions: Option<PathBuf>,
         /// Print one JSON object instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generalisation: new job lists of the kind Gavel's generator makes (W1- and W2-like), each under fifo and
+    /// haiyun with its decision log checked; means against the lower bound and fifo.
+    JctStudy {
+        /// Lists of each kind (seeds 1..=N); about 9 s per list of each kind on one core.
+        #[arg(long, default_value_t = 10)]
+        seeds: u64,
+        /// Throughput table CSV.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/gavel/isolated_throughputs.csv"))]
+        throughputs: PathBuf,
+        /// GPU types and counts.
+        #[arg(long, default_value = "v100=12,p100=12,k80=12")]
+        cluster: String,
+        /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -189,6 +205,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     r.jobs,
                     r.preemptions
                 );
+            }
+        }
+        Command::JctStudy { seeds, throughputs, cluster, json } => {
+            let text = std::fs::read_to_string(&throughputs)
+                .with_context(|| format!("failed to read {}", throughputs.display()))?;
+            let thr = haiyun_scheduler::trace::parse_throughputs(&text)?;
+            let quiet = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let r = study::run(&thr, &study::job_types(&text), &cluster, seeds, |what| {
+                if !quiet {
+                    eprint!("\r{what:<40}");
+                }
+            })
+            .context("jct study failed")?;
+            if !quiet {
+                eprintln!();
+            }
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "kind          lists  lower bound  fifo avg JCT  haiyun avg JCT  haiyun/bound (worst)  haiyun/fifo"
+                );
+                for (kind, k) in &r {
+                    let m = |p: &str| k.mean_avg_jct_h.get(p).copied().unwrap_or(f64::NAN);
+                    println!(
+                        "{kind:<13} {:>5}  {:>9.2} h  {:>10.2} h  {:>12.2} h  {:>10.3} ({:.3})  {:>11.3}",
+                        k.lists,
+                        k.mean_lower_bound_h,
+                        m("fifo"),
+                        m("haiyun"),
+                        k.mean_haiyun_over_bound,
+                        k.worst_haiyun_over_bound,
+                        k.mean_haiyun_over_fifo
+                    );
+                }
             }
         }
         Command::FgdTable { seeds, json } => {
