@@ -278,3 +278,59 @@ fn submitting_to_a_missing_queue_or_dataset_is_an_error_that_names_it() {
     j.datasets = vec![3];
     assert!(s.submit(j).unwrap_err().to_string().contains("dataset #3 is not registered"));
 }
+
+/// A job of 8 GPUs that runs twice as fast on H100 (pool 0) as on A100 (pool 1), checkpointing every 600 s.
+fn heterogeneous(name: &str, work: f64, at: f64) -> Job {
+    let mut j = job(name, 0, 8, work, at);
+    j.work = Work { total: work, throughput: vec![(0, 2.0), (1, 1.0)], default: 0.0 };
+    j
+}
+
+fn shortest_first(cluster: Cluster) -> Scheduler {
+    let mut spec = QueueSpec::new("q", big_quota());
+    spec.ordering = Ordering::ShortestFirst;
+    spec.within_queue = WithinQueue::LowerOrLaterInOrder;
+    let mut quotas = Quotas::default();
+    quotas.add(spec).unwrap();
+    let config =
+        SchedulerConfig { policy: PolicyName::Bestfit, restart_s: 60.0, ..SchedulerConfig::default() };
+    Scheduler::new(cluster, quotas, config, None).unwrap()
+}
+
+#[test]
+fn a_short_job_takes_the_fast_gpus_from_a_long_one_at_its_checkpoint_and_the_long_one_resumes_on_the_slow_ones()
+ {
+    let mut s = shortest_first(federation(1, 1));
+    let long = s.submit(heterogeneous("long", 100_000.0, 0.0)).unwrap();
+    s.cycle(0.0).unwrap();
+    assert_eq!(s.placement(long).unwrap().1, 0, "the long job starts on the H100s");
+    // The short job starts at once on the A100s: waiting for the H100s would finish it far later.
+    let short = s.submit(heterogeneous("short", 2_000.0, 1_000.0)).unwrap();
+    s.cycle(1_000.0).unwrap();
+    assert_eq!(s.placement(short).unwrap().1, 1);
+    // 500 s past its last checkpoint, the long job would lose too much: nobody moves.
+    let c = s.cycle(1_100.0).unwrap();
+    assert!(c.preempted.is_empty(), "{c:?}");
+    assert_eq!((s.placement(long).unwrap().1, s.placement(short).unwrap().1), (0, 1));
+    // A second after its checkpoint at 1200 s, the short job upgrades over it and the long job resumes at once on
+    // the A100s the short one left, keeping the work up to its checkpoint.
+    let c = s.cycle(1_201.0).unwrap();
+    assert!(c.preempted.contains(&long) && c.preempted.contains(&short), "{c:?}");
+    assert_eq!(s.placement(short).unwrap().1, 0);
+    assert_eq!(s.placement(long).unwrap().1, 1);
+    assert_eq!(s.status(long).unwrap().preemptions, 1);
+    assert!((s.remaining(long).unwrap() - (100_000.0 - 2.0 * 1_200.0)).abs() < 1.0);
+}
+
+#[test]
+fn a_long_job_is_not_moved_for_a_job_that_is_not_much_shorter() {
+    let mut s = shortest_first(federation(1, 1));
+    let long = s.submit(heterogeneous("long", 30_000.0, 0.0)).unwrap();
+    s.cycle(0.0).unwrap();
+    // 15 000 s left on H100 against 10 000 s for the newcomer: less than twice, so it keeps its GPUs.
+    let other = s.submit(heterogeneous("other", 20_000.0, 1_000.0)).unwrap();
+    s.cycle(1_000.0).unwrap();
+    let c = s.cycle(1_201.0).unwrap();
+    assert!(c.preempted.is_empty(), "{c:?}");
+    assert_eq!((s.placement(long).unwrap().1, s.placement(other).unwrap().1), (0, 1));
+}

@@ -84,7 +84,15 @@ impl Scheduler {
             }
         }
         if self.config.upgrades && self.config.backfill {
+            let before = out.preempted.len();
             self.upgrade(now, &mut tl, &mut out)?;
+            // Jobs an upgrade evicted get their turn now, after everyone else, rather than at the next event.
+            let evicted: Vec<JobId> = out.preempted[before..].to_vec();
+            for id in evicted {
+                if self.jobs[id as usize].status.phase == Phase::Pending {
+                    self.consider(id, now, true, &mut tl, &mut out)?;
+                }
+            }
         }
         Ok(out)
     }

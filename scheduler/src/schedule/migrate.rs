@@ -67,7 +67,9 @@ impl Scheduler {
         options.retain(|o| (o.pool, o.model) != here && left - o.duration >= enough);
         options.sort_by(|a, b| a.duration.total_cmp(&b.duration));
         for o in options {
-            if self.victims_for(id, &o, now, false).is_empty() {
+            // Only victims near their checkpoints: an upgrade is not worth anyone's lost work.
+            let victims = self.victims_for(id, &o, now, false);
+            if victims.is_empty() || victims.iter().any(|v| !self.near_checkpoint(*v, now)) {
                 continue;
             }
             let saved = self.jobs[id as usize].clone();

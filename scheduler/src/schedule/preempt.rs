@@ -116,6 +116,15 @@ impl Scheduler {
         Ok(false)
     }
 
+    /// Whether a running job would lose at most `ORDER_MAX_LOSS_S` of run time if evicted now.
+    pub(crate) fn near_checkpoint(&self, v: JobId, now: Time) -> bool {
+        let e = &self.jobs[v as usize];
+        let Some(r) = e.run.as_ref() else { return false };
+        let rate = e.job.work.rate(r.model);
+        let done = (now - r.working_from).max(0.0) * rate;
+        done - saved_work(&e.job, rate, r.working_from, now) <= ORDER_MAX_LOSS_S * rate
+    }
+
     /// The next time one of the job's possible victims reaches a checkpoint (and so could be evicted cheaply).
     pub(crate) fn next_preemption_chance(&self, id: JobId, options: &[RunOption], now: Time) -> Option<Time> {
         options
