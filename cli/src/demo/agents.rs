@@ -174,11 +174,10 @@ pub async fn start(pools: &[ComputePool], dir: &Path, grace: Duration) -> Result
     for (pool, node, profile, gpus) in wanted {
         let target = if pool.spec.kind == haiyun_api::PoolKind::Edge {
             let name = pool.metadata.name.clone().unwrap_or_default();
-            let relay = match relays.get(&name) {
-                Some(r) => r,
-                None => relays.entry(name).or_insert(Relay::start(at).await?),
-            };
-            relay.addr
+            if !relays.contains_key(&name) {
+                relays.insert(name.clone(), Relay::start(at).await?);
+            }
+            relays[&name].addr
         } else {
             at
         };

@@ -201,11 +201,13 @@ async fn serve(args: DemoArgs, limit: Option<Duration>) -> Result<(), CliError> 
         }
         let now = clock.now();
         let mut c = cluster.lock().unwrap_or_else(|p| p.into_inner());
-        while backlog > 0 || next <= now {
+        loop {
             if backlog > 0 {
                 backlog -= 1;
-            } else {
+            } else if args.jobs_per_hour > 0.0 && next <= now {
                 next += stream.gap(args.jobs_per_hour);
+            } else {
+                break;
             }
             match stream.next_job() {
                 Ok(a) => {
@@ -214,9 +216,6 @@ async fn serve(args: DemoArgs, limit: Option<Duration>) -> Result<(), CliError> 
                     }
                 }
                 Err(e) => eprintln!("warning: the demo made a job it cannot read: {e}"),
-            }
-            if args.jobs_per_hour == 0.0 && backlog == 0 {
-                next = f64::INFINITY;
             }
         }
         for line in chaos.tick(clock.real() as u64, &agents) {
