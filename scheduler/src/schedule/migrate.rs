@@ -42,56 +42,10 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Moves a running job to a faster option by evicting jobs its queue's order puts well behind there, when that
-    /// ends it sooner despite the work it loses.
-    fn upgrade_over(
-        &mut self,
-        id: JobId,
-        now: Time,
-        tl: &mut Timeline,
-        out: &mut Cycle,
-    ) -> Result<(), ScheduleError> {
-        let e = &self.jobs[id as usize];
-        let Some(r) = e.run.as_ref() else { return Ok(()) };
-        if !e.job.preemptible || r.started >= now || e.job.checkpoint_s.is_none() {
-            return Ok(());
-        }
-        let rate = e.job.work.rate(r.model);
-        let mut moved = e.clone();
-        moved.remaining = (e.remaining - saved_work(&e.job, rate, r.working_from, now)).max(0.0);
-        moved.status.preemptions += 1;
-        let Ok(mut options) = self.options(&moved, now) else { return Ok(()) };
-        let left = (r.est_end - now).max(0.0);
-        let enough = MIN_GAIN_S.max(MIN_GAIN_SHARE * left);
-        let here = (r.pool, r.model);
-        options.retain(|o| (o.pool, o.model) != here && left - o.duration >= enough);
-        options.sort_by(|a, b| a.duration.total_cmp(&b.duration));
-        for o in options {
-            // Only victims near their checkpoints: an upgrade is not worth anyone's lost work.
-            let victims = self.victims_for(id, &o, now, false);
-            if victims.is_empty() || victims.iter().any(|v| !self.near_checkpoint(*v, now)) {
-                continue;
-            }
-            let saved = self.jobs[id as usize].clone();
-            let (pool, charged, end) = (r.pool, r.charged.clone(), r.est_end.max(now + 1.0));
-            self.evict(id)?;
-            self.requeue(id, now, tl);
-            out.preempted.push(id);
-            if self.try_preempt(id, std::slice::from_ref(&o), now, tl, out)? {
-                return Ok(());
-            }
-            out.preempted.pop();
-            self.jobs[id as usize] = saved;
-            self.restore(id)?;
-            tl.add(pool, &charged, now, end);
-            return Ok(());
-        }
-        Ok(())
-    }
-
-    /// The fastest other option that is free now for the job's remaining work (after losing what it did since its
-    /// last checkpoint and paying a restart) and gains enough, with the gain in seconds.
-    fn upgrade_target(&self, id: JobId, now: Time, tl: &Timeline) -> Option<(RunOption, f64)> {
+    /// The other options a running job could move to for its remaining work (after losing what it did since its
+    /// last checkpoint and paying a restart) that end it enough sooner, fastest first, with the time it has left
+    /// where it runs; `None` for a job that may not move.
+    fn faster_options(&self, id: JobId, now: Time) -> Option<(Vec<RunOption>, f64)> {
         let e = &self.jobs[id as usize];
         let r = e.run.as_ref()?;
         if !e.job.preemptible || r.started >= now || e.job.checkpoint_s.is_none() {
@@ -101,18 +55,51 @@ impl Scheduler {
         let mut moved = e.clone();
         moved.remaining = (e.remaining - saved_work(&e.job, rate, r.working_from, now)).max(0.0);
         moved.status.preemptions += 1;
-        let options = self.options(&moved, now).ok()?;
+        let mut options = self.options(&moved, now).ok()?;
         let left = (r.est_end - now).max(0.0);
         let enough = MIN_GAIN_S.max(MIN_GAIN_SHARE * left);
-        options
-            .into_iter()
-            .filter(|o| (o.pool, o.model) != (r.pool, r.model))
-            .filter(|o| left - o.duration >= enough && tl.fits(o.pool, &o.req, now, o.duration))
-            .min_by(|a, b| a.duration.total_cmp(&b.duration))
-            .map(|o| {
-                let gain = left - o.duration;
-                (o, gain)
-            })
+        options.retain(|o| (o.pool, o.model) != (r.pool, r.model) && left - o.duration >= enough);
+        options.sort_by(|a, b| a.duration.total_cmp(&b.duration));
+        Some((options, left))
+    }
+
+    /// Moves a running job to the fastest option whose GPUs are held by jobs its queue's order puts well behind,
+    /// all near their checkpoints (an upgrade is not worth anyone's lost work), by evicting them.
+    fn upgrade_over(
+        &mut self,
+        id: JobId,
+        now: Time,
+        tl: &mut Timeline,
+        out: &mut Cycle,
+    ) -> Result<(), ScheduleError> {
+        let Some((options, _)) = self.faster_options(id, now) else { return Ok(()) };
+        let Some(o) = options.into_iter().find(|o| {
+            let victims = self.victims_for(id, o, now, false);
+            !victims.is_empty() && victims.iter().all(|v| self.near_checkpoint(*v, now))
+        }) else {
+            return Ok(());
+        };
+        let saved = self.jobs[id as usize].clone();
+        let Some(r) = saved.run.as_ref() else { return Ok(()) };
+        let (pool, charged, end) = (r.pool, r.charged.clone(), r.est_end.max(now + 1.0));
+        self.evict(id)?;
+        self.requeue(id, now, tl);
+        out.preempted.push(id);
+        if !self.try_preempt(id, std::slice::from_ref(&o), now, tl, out)? {
+            out.preempted.pop();
+            self.jobs[id as usize] = saved;
+            self.restore(id)?;
+            tl.add(pool, &charged, now, end);
+        }
+        Ok(())
+    }
+
+    /// The fastest other option that is free now and gains enough, with the gain in seconds.
+    fn upgrade_target(&self, id: JobId, now: Time, tl: &Timeline) -> Option<(RunOption, f64)> {
+        let (options, left) = self.faster_options(id, now)?;
+        let o = options.into_iter().find(|o| tl.fits(o.pool, &o.req, now, o.duration))?;
+        let gain = left - o.duration;
+        Some((o, gain))
     }
 
     /// Evicts the job and places it on its upgrade target if its queue's quota (without its current charge) and
