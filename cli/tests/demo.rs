@@ -199,7 +199,8 @@ fn the_demo_runs_a_federation_that_the_cli_and_a_browser_can_use() {
     let bad_yaml = dir.join("bad.yaml");
     std::fs::write(&bad_yaml, "kind: ComputeJob\nspec: [unclosed\n").unwrap();
     let unreachable = dir.join("unreachable");
-    std::fs::write(&unreachable, support_kubeconfig("http://127.0.0.1:1")).unwrap();
+    std::fs::write(&unreachable, haiyun_cli::demo::api::kubeconfig(([127, 0, 0, 1], 1).into(), "llm"))
+        .unwrap();
     let bad_federation = dir.join("federation.yaml");
     std::fs::write(&bad_federation, "kind: Node\n").unwrap();
     for (args, code, says) in [
@@ -271,12 +272,4 @@ fn latest_waiting(demo: &Demo) -> String {
             .max_by_key(|j| j["estimatedStart"].as_str().map(str::to_string))?;
         latest["job"].as_str().map(str::to_string)
     })
-}
-
-/// A kubeconfig for `server`, without credentials.
-fn support_kubeconfig(server: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\ncontexts:\n- name: c\n  \
-         context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
-    )
 }

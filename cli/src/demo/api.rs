@@ -95,16 +95,29 @@ async fn job(State(s): State<Shared>, Path((ns, name)): Path<(String, String)>) 
     }
 }
 
-async fn create_job(State(s): State<Shared>, Path(ns): Path<String>, body: Bytes) -> Response {
-    let j: ComputeJob = match posted(&ns, &body) {
-        Ok(j) => j,
+/// Stores a posted object of the path's namespace with `add`, answering 201 with it as stored.
+fn create<K>(
+    s: &Shared,
+    ns: &str,
+    body: &[u8],
+    add: impl FnOnce(&mut SimulatedCluster, K, f64) -> Result<K, SimulatedError>,
+) -> Response
+where
+    K: serde::de::DeserializeOwned + kube::Resource + Serialize,
+{
+    let o: K = match posted(ns, body) {
+        Ok(o) => o,
         Err((c, r, m)) => return status(c, r, m),
     };
     let now = s.clock.now();
-    match lock(&s).submit(j, None, now) {
-        Ok(j) => (StatusCode::CREATED, ok(&j)).into_response(),
+    match add(&mut lock(s), o, now) {
+        Ok(o) => (StatusCode::CREATED, ok(&o)).into_response(),
         Err(e) => refused(e),
     }
+}
+
+async fn create_job(State(s): State<Shared>, Path(ns): Path<String>, body: Bytes) -> Response {
+    create(&s, &ns, &body, |c, j: ComputeJob, now| c.submit(j, None, now))
 }
 
 async fn requests(State(s): State<Shared>, Path(ns): Path<String>) -> Response {
@@ -123,15 +136,7 @@ async fn request(State(s): State<Shared>, Path((ns, name)): Path<(String, String
 }
 
 async fn create_request(State(s): State<Shared>, Path(ns): Path<String>, body: Bytes) -> Response {
-    let r: QuotaRequest = match posted(&ns, &body) {
-        Ok(r) => r,
-        Err((c, r, m)) => return status(c, r, m),
-    };
-    let now = s.clock.now();
-    match lock(&s).add_request(r, now) {
-        Ok(r) => (StatusCode::CREATED, ok(&r)).into_response(),
-        Err(e) => refused(e),
-    }
+    create(&s, &ns, &body, |c, r: QuotaRequest, now| c.add_request(r, now))
 }
 
 /// A merge patch of `spec.decision`, the one change an administrator makes to a QuotaRequest.

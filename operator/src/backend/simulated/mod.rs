@@ -413,7 +413,7 @@ impl SimulatedCluster {
         let uid = job.uid().unwrap_or_default();
         self.work.get(&uid).copied().unwrap_or_else(|| {
             let est = job.spec.runtime_estimate.as_deref().and_then(haiyun_api::quantity::seconds);
-            est.unwrap_or(3600) as f64
+            est.map_or(index::job::DEFAULT_RUNTIME_S, |s| s as f64)
         })
     }
 
