@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Build caches outside the clone (a fresh clone on the same machine reuses them).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/haiyun/target}"
+export TESTENV_BIN="${TESTENV_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/haiyun/testenv-bin}"
 
 echo "== haiyun-scheduler stays pure (no tokio, kube, tonic, nvml-wrapper, axum, hyper)"
 bad=$(cargo tree -p haiyun-scheduler -e normal --prefix none | grep -E '^(tokio|kube|kube-runtime|kube-client|tonic|nvml-wrapper|axum|hyper) ' || true)

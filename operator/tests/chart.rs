@@ -14,15 +14,27 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Where testenv keeps its binaries: `$TESTENV_BIN`, else `$XDG_CACHE_HOME/haiyun/testenv-bin`, else
+/// `~/.cache/haiyun/testenv-bin` (as `testenv/testenv` decides).
+fn testenv_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TESTENV_BIN") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+    cache.join("haiyun/testenv-bin")
+}
+
 /// helm from testenv's build, or `$HELM`; `None` (skip) when absent and testenv is not required.
 fn helm() -> Option<PathBuf> {
-    let path = std::env::var_os("HELM").map(PathBuf::from).unwrap_or_else(|| root().join("testenv/bin/helm"));
+    let path = std::env::var_os("HELM").map(PathBuf::from).unwrap_or_else(|| testenv_bin().join("helm"));
     if path.exists() {
         return Some(path);
     }
     assert!(
         std::env::var_os("HAIYUN_REQUIRE_TESTENV").is_none(),
-        "helm is required: `testenv/testenv build` builds it into testenv/bin/helm"
+        "helm is required: `testenv/testenv build` builds it into $TESTENV_BIN (default ~/.cache/haiyun/testenv-bin)"
     );
     eprintln!("skipped: no helm at {} (testenv/testenv build makes it)", path.display());
     None
