@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use haiyun_scheduler::sim::Decision;
 use haiyun_scheduler::trace::{GavelJob, Throughputs};
 
-use crate::jct::{CHECKPOINT_S, RESTART_S};
+use crate::protocol::{CHECKPOINT_S, RESTART_S};
 
 /// A rule the log broke.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -13,10 +13,7 @@ use serde::Serialize;
 
 use crate::check::{CheckError, check_log};
 
-/// Seconds of run time between checkpoints, and the cost of a restart (the protocol's).
-pub const CHECKPOINT_S: f64 = 1800.0;
-/// Seconds a preempted job pays to restart.
-pub const RESTART_S: f64 = 60.0;
+use crate::protocol::{CHECKPOINT_S, RESTART_S};
 
 /// Why the benchmark could not run.
 #[derive(Debug, thiserror::Error)]

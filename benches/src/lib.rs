@@ -5,6 +5,7 @@ pub mod cycle;
 pub mod fgd;
 pub mod jct;
 pub mod progress;
+pub mod protocol;
 pub mod scale;
 pub mod study;
 pub mod table;
