@@ -202,7 +202,39 @@ impl Scheduler {
             }
         };
         let mut reasons = Vec::new();
-        let mut outlooks: Vec<Outlook> = Vec::new();
+        let mut outlooks = self.outlooks(id, &options, now, tl, &mut reasons);
+        outlooks.sort_by(|a, b| a.finish.total_cmp(&b.finish).then(a.start.total_cmp(&b.start)));
+        let fastest = outlooks.first().copied();
+        self.prefer_starting_now(&mut outlooks, now, self.jobs[id as usize].status.preemptions > 0);
+        if may_start && self.start_now(id, &options, &outlooks, fastest, now, tl, out, &mut reasons)? {
+            return Ok(Some(now));
+        }
+        if !may_start {
+            self.say_faster_later(&options, &outlooks, now, &mut reasons);
+        }
+        if may_start && self.config.preemption && self.try_preempt(id, &options, now, tl, out)? {
+            return Ok(Some(now));
+        }
+        let start = self.reserve(id, &options, &outlooks, now, tl);
+        let hints = self.hints(id, start, now, tl);
+        let st = &mut self.jobs[id as usize].status;
+        st.estimated_start = start;
+        st.estimated_end = None;
+        st.reasons = reasons;
+        st.hints = hints;
+        Ok(start)
+    }
+
+    /// When each option could start and finish, with why those that cannot start now wait (quota, reservation).
+    fn outlooks(
+        &self,
+        id: JobId,
+        options: &[RunOption],
+        now: Time,
+        tl: &Timeline,
+        reasons: &mut Vec<PendingReason>,
+    ) -> Vec<Outlook> {
+        let mut outlooks = Vec::new();
         for (index, o) in options.iter().enumerate() {
             if let Err(shortfall) = &o.quota {
                 reasons.push(PendingReason::Quota { model: o.model, shortfall: shortfall.clone() });
@@ -227,45 +259,77 @@ impl Scheduler {
                 outlooks.push(Outlook { index, start, finish: start + o.duration });
             }
         }
-        outlooks.sort_by(|a, b| a.finish.total_cmp(&b.finish).then(a.start.total_cmp(&b.start)));
-        let fastest = outlooks.first().copied();
-        self.prefer_starting_now(&mut outlooks, now, self.jobs[id as usize].status.preemptions > 0);
-        // Start now with the option that finishes first, if that option can start now.
-        if let Some(best) = outlooks.first().copied() {
-            // Before settling for a slower option, make room on the one that finishes first if jobs the order
-            // puts well behind hold it and are near their checkpoints.
-            let slower = fastest.filter(|f| f.index != best.index && f.start > now);
-            if let Some(f) =
-                slower.filter(|_| may_start && self.config.preemption && self.config.preempt_for_speed)
-            {
-                if self.try_preempt(id, std::slice::from_ref(&options[f.index]), now, tl, out)? {
-                    return Ok(Some(now));
-                }
-            }
-            if best.start <= now && may_start {
-                let o = &options[best.index];
-                match self.try_start(id, o, now, true)? {
-                    Ok(start) => {
-                        tl.add(o.pool, &o.req, now, now + o.duration);
-                        out.started.push(start);
-                        return Ok(Some(now));
-                    }
-                    Err(rejection) => {
-                        reasons.push(PendingReason::Placement { pool: o.pool, model: o.model, rejection })
-                    }
-                }
-            } else if let Some(now_opt) =
-                outlooks.iter().find(|x| x.start <= now).filter(|_| best.start > now)
-            {
-                reasons.push(PendingReason::FasterLater {
-                    model: options[best.index].model,
-                    saves_s: now_opt.finish - best.finish,
-                });
+        outlooks
+    }
+
+    /// Starts the job now with the option that finishes first, if that option can start now; before settling for
+    /// a slower option it makes room on the one that finishes first when jobs the order puts well behind hold it
+    /// and are near their checkpoints. Returns whether it started (or preempted to start).
+    #[allow(clippy::too_many_arguments)]
+    fn start_now(
+        &mut self,
+        id: JobId,
+        options: &[RunOption],
+        outlooks: &[Outlook],
+        fastest: Option<Outlook>,
+        now: Time,
+        tl: &mut Timeline,
+        out: &mut Cycle,
+        reasons: &mut Vec<PendingReason>,
+    ) -> Result<bool, ScheduleError> {
+        let Some(best) = outlooks.first().copied() else { return Ok(false) };
+        let slower = fastest.filter(|f| f.index != best.index && f.start > now);
+        if let Some(f) = slower.filter(|_| self.config.preemption && self.config.preempt_for_speed) {
+            if self.try_preempt(id, std::slice::from_ref(&options[f.index]), now, tl, out)? {
+                return Ok(true);
             }
         }
-        if may_start && self.config.preemption && self.try_preempt(id, &options, now, tl, out)? {
-            return Ok(Some(now));
+        if best.start <= now {
+            let o = &options[best.index];
+            match self.try_start(id, o, now, true)? {
+                Ok(start) => {
+                    tl.add(o.pool, &o.req, now, now + o.duration);
+                    out.started.push(start);
+                    return Ok(true);
+                }
+                Err(rejection) => {
+                    reasons.push(PendingReason::Placement { pool: o.pool, model: o.model, rejection })
+                }
+            }
+        } else {
+            self.say_faster_later(options, outlooks, now, reasons);
         }
+        Ok(false)
+    }
+
+    /// When the option that finishes first starts later while another could start now: says how much waiting
+    /// saves.
+    fn say_faster_later(
+        &self,
+        options: &[RunOption],
+        outlooks: &[Outlook],
+        now: Time,
+        reasons: &mut Vec<PendingReason>,
+    ) {
+        let Some(best) = outlooks.first().filter(|b| b.start > now) else { return };
+        if let Some(now_opt) = outlooks.iter().find(|x| x.start <= now) {
+            reasons.push(PendingReason::FasterLater {
+                model: options[best.index].model,
+                saves_s: now_opt.finish - best.finish,
+            });
+        }
+    }
+
+    /// Reserves the job's estimated start on the timeline (the first option that starts later, else the best one
+    /// a second from now), or an earlier preemption chance; returns that start.
+    fn reserve(
+        &mut self,
+        id: JobId,
+        options: &[RunOption],
+        outlooks: &[Outlook],
+        now: Time,
+        tl: &mut Timeline,
+    ) -> Option<Time> {
         let chosen = outlooks.iter().find(|x| x.start > now).or(outlooks.first()).copied();
         let start = chosen.map(|x| {
             let o = &options[x.index];
@@ -278,18 +342,11 @@ impl Scheduler {
             start
         });
         let chance =
-            if self.config.preemption { self.next_preemption_chance(id, &options, now) } else { None };
-        let start = match (start, chance) {
+            if self.config.preemption { self.next_preemption_chance(id, options, now) } else { None };
+        match (start, chance) {
             (Some(s), Some(c)) => Some(s.min(c)),
             (s, c) => s.or(c),
-        };
-        let hints = self.hints(id, start, now, tl);
-        let st = &mut self.jobs[id as usize].status;
-        st.estimated_start = start;
-        st.estimated_end = None;
-        st.reasons = reasons;
-        st.hints = hints;
-        Ok(start)
+        }
     }
 
     /// With upgrades on, an option that can start now goes first when it finishes within `1 + start_now_slack`
