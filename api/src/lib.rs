@@ -7,6 +7,8 @@ pub mod agent;
 pub mod condition;
 pub mod crd;
 pub mod dataset;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod job;
 pub mod pool;
 pub mod quantity;
