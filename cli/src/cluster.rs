@@ -28,12 +28,16 @@ pub enum CliError {
     /// The API server refused the request.
     #[error("the API server refused: {0}")]
     Refused(String),
+    /// A server or process this command runs could not start (a port in use, a file it cannot write).
+    #[error("failed to start: {0}")]
+    Start(String),
 }
 
 impl CliError {
-    /// The exit code: 2 bad input, 3 not found, 4 unreachable, 5 refused.
+    /// The exit code: 1 could not start, 2 bad input, 3 not found, 4 unreachable, 5 refused.
     pub fn code(&self) -> u8 {
         match self {
+            CliError::Start(_) => 1,
             CliError::Input(_) => 2,
             CliError::NotFound { .. } => 3,
             CliError::Unreachable(_) => 4,

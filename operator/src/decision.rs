@@ -1,6 +1,7 @@
 //! The decision log: one JSON object per line for every place, preempt, finish and reject (the audit trail).
 
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use haiyun_api::ComputeJob;
 use haiyun_api::job::Placement;
@@ -54,7 +55,7 @@ pub struct Decision {
 impl TaskLine {
     /// The line of a plain pod bound to `node` with `gpus`.
     pub fn of_pod(pod: &k8s_openapi::api::core::v1::Pod, node: &str, gpus: &[u32]) -> Self {
-        let (cpu, mem, _) = crate::index::cluster::pod_requests(pod);
+        let (cpu, mem, _) = crate::index::pod::pod_requests(pod);
         TaskLine {
             pod: kube::ResourceExt::name_any(pod),
             node: node.into(),
@@ -119,12 +120,27 @@ impl Decision {
         self.detail = d.into();
         self
     }
+
+    /// The `place` line of an admission or a plain pod's binding, written once it has succeeded.
+    pub fn placed(action: &crate::plan::Action, time: String) -> Option<Self> {
+        use crate::plan::Action;
+        match action {
+            Action::Admit { job, placement, .. } => Some(Decision::new("place", job, Some(placement), time)),
+            Action::BindPod { pod, pool, node, gpus } => {
+                let mut line = Decision::for_pod("place", pod, time);
+                line.pool.clone_from(pool);
+                line.tasks = vec![TaskLine::of_pod(pod, node, gpus)];
+                Some(line)
+            }
+            _ => None,
+        }
+    }
 }
 
-/// Where lines go: a file (appended) or nowhere.
-#[derive(Debug, Default)]
+/// Where lines go: a file (appended) or nowhere. Clones write to the same file, a line at a time.
+#[derive(Debug, Default, Clone)]
 pub struct DecisionLog {
-    out: Option<std::fs::File>,
+    out: Option<Arc<Mutex<std::fs::File>>>,
 }
 
 /// Why the log could not be opened or written.
@@ -152,14 +168,15 @@ impl DecisionLog {
                     .map_err(|source| DecisionLogError::Open { path: p.into(), source })
             })
             .transpose()?;
-        Ok(DecisionLog { out })
+        Ok(DecisionLog { out: out.map(|f| Arc::new(Mutex::new(f))) })
     }
 
     /// Writes one line; a failed write is logged, never fatal.
-    pub fn write(&mut self, d: &Decision) {
-        let Some(f) = self.out.as_mut() else { return };
+    pub fn write(&self, d: &Decision) {
+        let Some(f) = self.out.as_ref() else { return };
         match serde_json::to_string(d) {
             Ok(line) => {
+                let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
                 if let Err(e) = writeln!(f, "{line}") {
                     tracing::warn!(error = %e, "failed to write the decision log");
                 }

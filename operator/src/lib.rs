@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod backend;
+pub mod cycle;
 pub mod dashboard;
 pub mod decision;
 pub mod engine;
@@ -10,9 +11,11 @@ pub mod http;
 pub mod index;
 pub mod lease;
 pub mod limit;
+pub mod memory;
 pub mod metrics;
 pub mod plan;
 pub mod report;
+pub mod status;
 pub mod telemetry;
 pub mod time;
 pub mod watch;
@@ -128,17 +131,7 @@ pub fn run(settings: Settings) -> Result<(), RunError> {
 }
 
 async fn serve(settings: Settings) -> Result<(), RunError> {
-    let client = match &settings.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| RunError::Config(e.into()))?;
-            let options = kube::config::KubeConfigOptions::default();
-            let config = kube::Config::from_custom_kubeconfig(kc, &options)
-                .await
-                .map_err(|e| RunError::Config(e.into()))?;
-            kube::Client::try_from(config).map_err(RunError::Config)?
-        }
-        None => kube::Client::try_default().await.map_err(RunError::Config)?,
-    };
+    let client = connect(&settings).await?;
     let identity = settings.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
@@ -165,45 +158,10 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
         &identity,
         Duration::from_secs(settings.lease_seconds.max(3)),
     );
-    let period = Duration::from_secs(settings.lease_seconds.max(3)) / 3;
-    loop {
-        match tokio::time::timeout(period, elector.try_acquire()).await {
-            Ok(Ok(true)) => break,
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "leader election failed; retrying"),
-            Err(_) => tracing::warn!("leader election timed out; retrying"),
-        }
-        tokio::time::sleep(period).await;
-    }
+    lead(&elector, &settings).await;
     metrics.set_leader(true);
     tracing::info!(lease = %settings.lease_name, "became the leader");
 
-    let reporter = Reporter { controller: "haiyun-operator".into(), instance: Some(identity.clone()) };
-    let limiter = limit::Limiter::new(settings.kube_api_qps, settings.kube_api_burst);
-    let recorder = Recorder::new(client.clone(), reporter);
-    let (outcomes, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
-    let slurm = backend::slurm::SlurmPools::default();
-    tokio::spawn(slurm.clone().run(
-        client.clone(),
-        settings.namespace.clone(),
-        stores.pools(),
-        stores.changed.clone(),
-        Duration::from_millis(settings.slurm_poll_ms.max(100)),
-    ));
-    let applier = apply::Applier::new(
-        client.clone(),
-        recorder,
-        settings.concurrency,
-        metrics.clone(),
-        limiter,
-        outcomes,
-    )
-    .with_slurm(slurm.clone());
-    let config = engine::EngineConfig {
-        scheduler: SchedulerConfig::default(),
-        interval: Duration::from_millis(settings.interval_ms.max(10)),
-        debounce: Duration::from_millis(settings.debounce_ms),
-    };
     let fleet = Arc::new(fleet::Fleet::new(
         Duration::from_secs(settings.agent_grace_seconds.max(1)),
         stores.changed.clone(),
@@ -216,18 +174,95 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
     if let Some(pod) = &pod {
         label_leader(&client, &settings.namespace, pod, true).await;
     }
-    let engine = engine::Engine::new(stores, applier, config, log, metrics.clone(), outcomes_rx)
-        .with_fleet(fleet)
-        .with_slurm(slurm)
-        .with_board(board);
-    let mut loop_task = tokio::spawn(engine.run());
+    let engine = engine_for(
+        &settings,
+        &client,
+        &identity,
+        stores,
+        fleet,
+        engine::Sinks { log, metrics: metrics.clone(), board },
+    );
+    let loop_task = tokio::spawn(engine.run());
+    let lost = hold(&elector, &settings, loop_task).await;
+    metrics.set_leader(false);
+    Err(lost)
+}
+
+/// A client from `--kubeconfig`, else the default configuration.
+async fn connect(settings: &Settings) -> Result<kube::Client, RunError> {
+    let Some(path) = &settings.kubeconfig else {
+        return kube::Client::try_default().await.map_err(RunError::Config);
+    };
+    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| RunError::Config(e.into()))?;
+    let options = kube::config::KubeConfigOptions::default();
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &options).await.map_err(|e| RunError::Config(e.into()))?;
+    kube::Client::try_from(config).map_err(RunError::Config)
+}
+
+/// Waits until this replica holds the lease.
+async fn lead(elector: &lease::Elector, settings: &Settings) {
+    let period = Duration::from_secs(settings.lease_seconds.max(3)) / 3;
+    loop {
+        match tokio::time::timeout(period, elector.try_acquire()).await {
+            Ok(Ok(true)) => return,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "leader election failed; retrying"),
+            Err(_) => tracing::warn!("leader election timed out; retrying"),
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// The scheduling loop: the Slurm poller, the applier and the engine over this cluster and its Slurm pools.
+fn engine_for(
+    settings: &Settings,
+    client: &kube::Client,
+    identity: &str,
+    stores: watch::Stores,
+    fleet: Arc<fleet::Fleet>,
+    sinks: engine::Sinks,
+) -> engine::Engine {
+    let reporter = Reporter { controller: "haiyun-operator".into(), instance: Some(identity.to_string()) };
+    let (outcomes, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let slurm = backend::slurm::SlurmPools::default();
+    tokio::spawn(slurm.clone().run(
+        client.clone(),
+        settings.namespace.clone(),
+        stores.pools(),
+        stores.changed.clone(),
+        Duration::from_millis(settings.slurm_poll_ms.max(100)),
+    ));
+    let parts = apply::Parts {
+        recorder: Recorder::new(client.clone(), reporter),
+        concurrency: settings.concurrency,
+        metrics: sinks.metrics.clone(),
+        limiter: limit::Limiter::new(settings.kube_api_qps, settings.kube_api_burst),
+        outcomes,
+        log: sinks.log.clone(),
+    };
+    let applier = apply::Applier::new(client.clone(), parts);
+    let config = engine::EngineConfig {
+        scheduler: SchedulerConfig::default(),
+        interval: Duration::from_millis(settings.interval_ms.max(10)),
+        debounce: Duration::from_millis(settings.debounce_ms),
+    };
+    engine::Engine::new(stores, applier, config, sinks, outcomes_rx, fleet, client.clone(), slurm)
+}
+
+/// Renews the lease while the loop runs; returns why this replica stops leading.
+async fn hold(
+    elector: &lease::Elector,
+    settings: &Settings,
+    mut loop_task: tokio::task::JoinHandle<()>,
+) -> RunError {
+    let period = Duration::from_secs(settings.lease_seconds.max(3)) / 3;
     let mut last_renew = tokio::time::Instant::now();
     let deadline = Duration::from_secs(settings.lease_seconds.max(3)) * 2 / 3;
     loop {
         tokio::select! {
             ended = &mut loop_task => {
-                metrics.set_leader(false);
-                return Err(RunError::LoopEnded(ended.err().map(|e| e.to_string()).unwrap_or_default()));
+                return RunError::LoopEnded(ended.err().map(|e| e.to_string()).unwrap_or_default());
             }
             () = tokio::time::sleep(period) => {}
         }
@@ -244,8 +279,7 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
         }
     }
     loop_task.abort();
-    metrics.set_leader(false);
-    Err(RunError::LostLease(settings.lease_name))
+    RunError::LostLease(settings.lease_name.clone())
 }
 
 fn agent_auth(settings: &Settings, client: &kube::Client) -> Result<fleet::auth::Authenticator, RunError> {

@@ -1,5 +1,6 @@
-//! One scheduling cycle over the world, and what it asks the backend to do: admit, bind, evict, update status.
+//! One scheduling cycle over the world, and what it asks the shell to do: admit, bind, evict, update status.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use haiyun_api::job::{
@@ -11,32 +12,40 @@ use haiyun_scheduler::placer::RejectionCode;
 use haiyun_scheduler::schedule::{PendingReason, Phase, ScheduleError, Scheduler};
 use kube::ResourceExt;
 
+use crate::backend::{BackendKind, Orphan};
 use crate::index::{JobState, Tracked, TrackedPod, World};
+use crate::status::StatusWrite;
 use crate::time::rfc3339;
 use k8s_openapi::api::core::v1::Pod;
 
 /// Estimated starts closer than this to the recorded one are not written again.
 const ESTIMATE_SLACK_S: f64 = 60.0;
 
-/// Something the backend should do.
+/// Something the shell should do.
 #[derive(Debug, Clone)]
 pub enum Action {
-    /// Record the placement in the job's status, then create and bind its pods.
+    /// Record the placement in the job's status, then make its work exist through its pool's backend.
     Admit {
         /// The job.
         job: Arc<ComputeJob>,
         /// Where.
         placement: ApiPlacement,
+        /// The backend of its pool.
+        backend: BackendKind,
     },
-    /// Make sure the pods of an admitted job exist and are bound as its status records.
+    /// Make sure the work of an admitted job exists as its status records it.
     Bind {
         /// The job.
         job: Arc<ComputeJob>,
+        /// The backend of its pool.
+        backend: BackendKind,
     },
-    /// Delete the job's pods and put it back in its queue.
+    /// Stop the job's run and put it back in its queue.
     Evict {
         /// The job.
         job: Arc<ComputeJob>,
+        /// The backend of its pool.
+        backend: BackendKind,
     },
     /// Write the job's status.
     Status {
@@ -61,26 +70,19 @@ pub enum Action {
         /// The pod.
         pod: Arc<Pod>,
     },
-    /// Delete the pods of a job that is gone or holds no placement.
+    /// Delete or cancel what runs in a pool without a placement.
     Collect {
-        /// Their namespace.
-        namespace: String,
-        /// The job's uid.
-        uid: String,
+        /// The backend that runs it.
+        backend: BackendKind,
+        /// What.
+        orphan: Orphan,
     },
-    /// A ComputeJob being deleted: cancel its Slurm jobs, then let it go (remove the finalizer).
+    /// A ComputeJob being deleted: release what it holds in the backend, then let it go (remove the finalizer).
     Release {
         /// The job.
         job: Arc<ComputeJob>,
-    },
-    /// Cancel a Slurm job of ours whose ComputeJob is gone, or whose run was preempted.
-    CancelSlurm {
-        /// The pool.
-        pool: String,
-        /// Slurm's job id.
-        id: u32,
-        /// The job's key (`haiyun:<uid>:<run>`).
-        key: String,
+        /// The backend whose finalizer it carries.
+        backend: BackendKind,
     },
     /// Say on a plain pod why it waits (its PodScheduled condition).
     PodWaits {
@@ -89,24 +91,25 @@ pub enum Action {
         /// Why.
         message: String,
     },
+    /// Write a Queue's, ComputePool's or QuotaRequest's status.
+    WriteStatus(StatusWrite),
 }
 
 impl Action {
-    /// The uid of the object it concerns.
+    /// The uid of the object it concerns (its job's for an orphan; `Kind/name` for a status write): actions on
+    /// one object run in order, one at a time.
     pub fn uid(&self) -> String {
         match self {
             Action::Admit { job, .. }
-            | Action::Bind { job }
-            | Action::Evict { job }
-            | Action::Release { job }
+            | Action::Bind { job, .. }
+            | Action::Evict { job, .. }
+            | Action::Release { job, .. }
             | Action::Status { job, .. } => job.uid().unwrap_or_default(),
             Action::BindPod { pod, .. } | Action::EvictPod { pod } | Action::PodWaits { pod, .. } => {
                 pod.uid().unwrap_or_default()
             }
-            Action::Collect { uid, .. } => uid.clone(),
-            Action::CancelSlurm { key, .. } => {
-                crate::backend::slurm::watch::parse_key(key).map(|(u, _)| u.to_string()).unwrap_or_default()
-            }
+            Action::Collect { orphan, .. } => orphan.uid().to_string(),
+            Action::WriteStatus(w) => w.key(),
         }
     }
 
@@ -114,21 +117,34 @@ impl Action {
     pub fn key(&self) -> String {
         match self {
             Action::Admit { job, .. }
-            | Action::Bind { job }
-            | Action::Evict { job }
-            | Action::Release { job }
+            | Action::Bind { job, .. }
+            | Action::Evict { job, .. }
+            | Action::Release { job, .. }
             | Action::Status { job, .. } => crate::index::job::key(job),
             Action::BindPod { pod, .. } | Action::EvictPod { pod } | Action::PodWaits { pod, .. } => {
                 crate::index::pod::key(pod)
             }
-            Action::Collect { namespace, uid } => format!("{namespace}/pods-of-{uid}"),
-            Action::CancelSlurm { pool, id, .. } => format!("{pool}/slurm-job-{id}"),
+            Action::Collect { orphan: Orphan::Pods { namespace, uid }, .. } => {
+                format!("{namespace}/pods-of-{uid}")
+            }
+            Action::Collect { orphan: Orphan::Batch { pool, id, .. }, .. } => {
+                format!("{pool}/batch-job-{id}")
+            }
+            Action::WriteStatus(w) => w.key(),
         }
     }
 }
 
-/// Runs a cycle at `now` and returns what to apply, in order.
-pub fn plan(world: &mut World, now: Time) -> Result<Vec<Action>, ScheduleError> {
+/// Runs a cycle at `now` and returns what to apply, in order; `kinds` gives each pool's backend.
+pub fn plan(
+    world: &mut World,
+    kinds: &BTreeMap<String, BackendKind>,
+    now: Time,
+) -> Result<Vec<Action>, ScheduleError> {
+    let kind = |job: &ComputeJob, placement: Option<&ApiPlacement>| {
+        let pool = placement.or_else(|| job.status.as_ref().and_then(|s| s.placement.as_ref()));
+        pool.and_then(|p| kinds.get(&p.pool).copied()).unwrap_or(BackendKind::Kubernetes)
+    };
     let cycle = world.scheduler.cycle(now)?;
     let preempted: std::collections::HashSet<JobId> = cycle.preempted.iter().copied().collect();
     let mut out = Vec::new();
@@ -189,17 +205,21 @@ pub fn plan(world: &mut World, now: Time) -> Result<Vec<Action>, ScheduleError> 
                 let s = &world.scheduler;
                 match s.status(*id).map(|x| x.phase) {
                     Some(Phase::Running) if t.job.metadata.deletion_timestamp.is_some() => {} // going away
-                    Some(Phase::Running) => out
-                        .push(Action::Admit { job: t.job.clone(), placement: api_placement(s, *id, &t.job) }),
+                    Some(Phase::Running) => {
+                        let placement = api_placement(s, *id, &t.job);
+                        let backend = kind(&t.job, Some(&placement));
+                        out.push(Action::Admit { job: t.job.clone(), placement, backend })
+                    }
                     _ => push_status(&mut out, t, waiting_status(s, *id, &old), now),
                 }
             }
             JobState::Placed(id) => {
+                let backend = kind(&t.job, None);
                 if preempted.contains(id) {
-                    out.push(Action::Evict { job: t.job.clone() });
+                    out.push(Action::Evict { job: t.job.clone(), backend });
                     continue;
                 }
-                placed(&mut out, t, &old, now);
+                placed(&mut out, t, &old, backend, now);
             }
         }
     }
@@ -252,7 +272,7 @@ fn pod_actions(
 }
 
 /// The status of an admitted or running job from its pods.
-fn placed(out: &mut Vec<Action>, t: &Tracked, old: &ComputeJobStatus, now: Time) {
+fn placed(out: &mut Vec<Action>, t: &Tracked, old: &ComputeJobStatus, backend: BackendKind, now: Time) {
     if !matches!(old.phase, JobPhase::Admitted | JobPhase::Running) {
         return; // our own admission is not in the cache yet
     }
@@ -264,7 +284,7 @@ fn placed(out: &mut Vec<Action>, t: &Tracked, old: &ComputeJobStatus, now: Time)
         push_status(out, t, st, now);
     } else if (pods.bound < tasks || pods.total < tasks) && !t.bound_here {
         // Admitted and still binding (after a restart), or running and a pod went missing: make them again.
-        out.push(Action::Bind { job: t.job.clone() });
+        out.push(Action::Bind { job: t.job.clone(), backend });
     }
 }
 
@@ -275,7 +295,7 @@ fn finish(st: &mut ComputeJobStatus, now: Time) {
         .placement
         .as_ref()
         .map_or(0.0, |p| p.tasks.iter().map(|t| t.gpus.len() as f64 * f64::from(t.gpu_milli) / 1000.0).sum());
-    let started = st.start_time.as_deref().and_then(crate::index::queue::unix).unwrap_or(now);
+    let started = st.start_time.as_deref().and_then(crate::time::parse).unwrap_or(now);
     st.gpu_hours = (gpus * (now - started).max(0.0) / 3600.0 * 1000.0).round() / 1000.0;
 }
 
@@ -290,7 +310,7 @@ fn push_status(out: &mut Vec<Action>, t: &Tracked, mut st: ComputeJobStatus, now
 
 /// Whether two statuses differ only by an estimate that moved less than a minute.
 fn same_status(a: &ComputeJobStatus, b: &ComputeJobStatus) -> bool {
-    let est = |s: &ComputeJobStatus| s.estimated_start.as_deref().and_then(crate::index::queue::unix);
+    let est = |s: &ComputeJobStatus| s.estimated_start.as_deref().and_then(crate::time::parse);
     let close = match (est(a), est(b)) {
         (Some(x), Some(y)) => (x - y).abs() < ESTIMATE_SLACK_S,
         (None, None) => true,

@@ -188,17 +188,17 @@ pub fn requests(
         let key = format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any());
         let old = r.status.clone().unwrap_or_default();
         let generation_ = r.metadata.generation.unwrap_or(0);
-        let window = (iq::unix(&r.spec.start), iq::unix(&r.spec.end));
+        let window = (crate::time::parse(&r.spec.start), crate::time::parse(&r.spec.end));
         let (state, by, why) = match (r.spec.decision, old.state) {
             (Some(Decision::Denied), _) => {
                 (RequestState::Denied, String::new(), "denied by an administrator".to_string())
             }
             (Some(Decision::Approved), _) => {
-                (in_window(window, now), "administrator".to_string(), String::new())
+                (in_window(window, now), Approver::Administrator.to_string(), String::new())
             }
             (None, RequestState::Pending) => match auto_approval(world, r, &mut models, &mut granted, now) {
-                Ok(()) => (in_window(window, now), "auto".to_string(), String::new()),
-                Err(why) => (RequestState::Pending, String::new(), why),
+                Ok(()) => (in_window(window, now), Approver::Auto.to_string(), String::new()),
+                Err(why) => (RequestState::Pending, String::new(), why.to_string()),
             },
             (None, _) => (in_window(window, now), old.approved_by.clone(), String::new()),
         };
@@ -207,7 +207,7 @@ pub fn requests(
         let reason = match state {
             RequestState::Denied => "Denied",
             RequestState::Pending => "AwaitingApproval",
-            _ if by == "auto" => "AutoApproved",
+            _ if by == Approver::Auto.to_string() => "AutoApproved",
             _ => "Approved",
         };
         condition::set(
@@ -237,6 +237,24 @@ fn in_window(w: (Option<Time>, Option<Time>), now: Time) -> RequestState {
     }
 }
 
+/// Who approved a quota request, as its status says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Approver {
+    /// An administrator set `spec.decision: Approved`.
+    Administrator,
+    /// The operator: the cohort had the amount unlent.
+    Auto,
+}
+
+impl std::fmt::Display for Approver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Approver::Administrator => "administrator",
+            Approver::Auto => "auto",
+        })
+    }
+}
+
 /// Whether the rest of the cohort has `amount` unlent now (less what this pass already granted); otherwise why
 /// not. The reason names no amounts, so the status does not change as usage moves.
 fn auto_approval(
@@ -245,32 +263,25 @@ fn auto_approval(
     models: &mut haiyun_scheduler::model::GpuModels,
     granted: &mut BTreeMap<(String, Flavor), u64>,
     now: Time,
-) -> Result<(), String> {
-    let q =
-        *world.queues.get(&r.spec.queue).ok_or_else(|| format!("queue {:?} does not exist", r.spec.queue))?;
+) -> Result<(), iq::QueueError> {
+    let no_queue = || iq::QueueError::NoQueue(r.spec.queue.clone());
+    let q = *world.queues.get(&r.spec.queue).ok_or_else(no_queue)?;
     let quotas = world.scheduler.quotas();
-    let spec = quotas.spec(q).ok_or_else(|| format!("queue {:?} does not exist", r.spec.queue))?;
-    let ns = r.namespace().unwrap_or_default();
-    if world.queue_namespaces.get(&r.spec.queue).is_some_and(|a| !a.is_empty() && !a.contains(&ns)) {
-        return Err(format!(
-            "namespace {ns:?} may not use queue {:?} (see its spec.namespaces)",
-            r.spec.queue
-        ));
+    let spec = quotas.spec(q).ok_or_else(no_queue)?;
+    let namespace = r.namespace().unwrap_or_default();
+    let allowed = world.queue_namespaces.get(&r.spec.queue).map_or(&[][..], |a| a.as_slice());
+    if !iq::admits(allowed, &namespace) {
+        return Err(iq::QueueError::Namespace { namespace, queue: r.spec.queue.clone() });
     }
-    let f = iq::flavor(models, &r.spec.flavor).map_err(|e| e.to_string())?;
-    let amount = iq::amount(f, "spec.amount", &r.spec.amount).map_err(|e| e.to_string())?;
-    let Some(cohort) = spec.cohort.clone() else {
-        return Err(
-            "the queue is in no cohort; an administrator must approve (spec.decision: Approved)".into()
-        );
-    };
+    let f = iq::flavor(models, &r.spec.flavor)?;
+    let amount = iq::amount(f, "spec.amount", &r.spec.amount)?;
+    let cohort = spec.cohort.clone().ok_or(iq::QueueError::NoCohort)?;
     let used = granted.entry((cohort, f)).or_default();
     let unlent = quotas.unlent(q, f, now).saturating_sub(*used);
     if unlent >= amount {
         *used += amount;
         Ok(())
     } else {
-        Err("the cohort has too little unlent; an administrator must approve (spec.decision: Approved)"
-            .into())
+        Err(iq::QueueError::TooLittleUnlent)
     }
 }

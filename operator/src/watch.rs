@@ -101,9 +101,6 @@ impl Stores {
             datasets: self.datasets.state(),
             nodes: self.nodes.state(),
             pods: self.pods.state(),
-            fleet: Arc::default(),
-            slurm: Arc::default(),
-            simulated: false,
         }
     }
 }

@@ -13,10 +13,10 @@ use haiyun_agent::link::LinkConfig;
 use haiyun_agent::probe::fake::{FakeProbe, Fault};
 use haiyun_agent::probe::{GpuInfo, GpuProbe, GpuSample, ProbeError, Xid};
 use haiyun_api::ComputePool;
+use haiyun_operator::backend::simulated::nodes as simulated;
 use haiyun_operator::fleet::Fleet;
 use haiyun_operator::fleet::auth::Authenticator;
 use haiyun_operator::fleet::server::{Service, serve};
-use haiyun_operator::index::simulated;
 
 use crate::cluster::CliError;
 
@@ -99,8 +99,8 @@ impl Relay {
     async fn start(target: SocketAddr) -> Result<Relay, CliError> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .map_err(|e| CliError::Input(format!("failed to open an edge relay on loopback: {e}")))?;
-        let addr = listener.local_addr().map_err(|e| CliError::Input(e.to_string()))?;
+            .map_err(|e| CliError::Start(format!("an edge relay on loopback: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| CliError::Start(e.to_string()))?;
         let relay = Relay { addr, down: Arc::default(), conns: Arc::default() };
         let (down, conns) = (relay.down.clone(), relay.conns.clone());
         tokio::spawn(async move {
@@ -167,7 +167,7 @@ pub async fn start(pools: &[ComputePool], dir: &Path, grace: Duration) -> Result
         wanted.iter().map(|(_, n, _, _)| (n.clone(), format!("demo-token-{n}"))).collect();
     let service = Service::new(fleet.clone(), Authenticator::Tokens(tokens.clone()));
     let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let at = serve(addr, service).await.map_err(|e| CliError::Input(e.to_string()))?;
+    let at = serve(addr, service).await.map_err(|e| CliError::Start(e.to_string()))?;
     let machines = SharedMachines::default();
     let mut relays = BTreeMap::new();
     let mut nodes = BTreeMap::new();
@@ -183,8 +183,8 @@ pub async fn start(pools: &[ComputePool], dir: &Path, grace: Duration) -> Result
         };
         let token_file = dir.join(format!("{node}.token"));
         std::fs::write(&token_file, &tokens[&node])
-            .map_err(|e| CliError::Input(format!("failed to write {}: {e}", token_file.display())))?;
-        let fake = FakeProbe::profile(profile).map_err(|e| CliError::Input(e.to_string()))?;
+            .map_err(|e| CliError::Start(format!("writing {}: {e}", token_file.display())))?;
+        let fake = FakeProbe::profile(profile).map_err(|e| CliError::Start(e.to_string()))?;
         let probe = DemoProbe { node: node.clone(), fake, machines: machines.clone() };
         let link = LinkConfig {
             endpoint: format!("http://{target}"),
@@ -203,7 +203,7 @@ pub async fn start(pools: &[ComputePool], dir: &Path, grace: Duration) -> Result
         };
         haiyun_agent::serve::run(Box::new(probe), opts)
             .await
-            .map_err(|e| CliError::Input(format!("failed to start the agent of {node}: {e}")))?;
+            .map_err(|e| CliError::Start(format!("the agent of {node}: {e}")))?;
         nodes.insert(node, gpus);
     }
     Ok(Agents { fleet, machines, relays, nodes })

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use haiyun_api::quota::Decision;
 use haiyun_api::{ComputeJob, QuotaRequest};
-use haiyun_operator::backend::simulated::{SimulatedCluster, SimulatedError};
+use haiyun_operator::memory::{MemoryCluster, MemoryError};
 use serde::Serialize;
 use serde_json::json;
 
@@ -21,7 +21,7 @@ use super::clock::Clock;
 #[derive(Debug, Clone)]
 pub struct Shared {
     /// The cluster.
-    pub cluster: Arc<Mutex<SimulatedCluster>>,
+    pub cluster: Arc<Mutex<MemoryCluster>>,
     /// The demo's clock.
     pub clock: Clock,
 }
@@ -46,10 +46,10 @@ fn list<T: Serialize>(kind: &str, items: Vec<T>) -> Response {
         "metadata": {"resourceVersion": "1"}, "items": items}))
 }
 
-fn refused(e: SimulatedError) -> Response {
+fn refused(e: MemoryError) -> Response {
     match e {
-        SimulatedError::NotFound { .. } => status(StatusCode::NOT_FOUND, "NotFound", e.to_string()),
-        SimulatedError::Exists { .. } => status(StatusCode::CONFLICT, "AlreadyExists", e.to_string()),
+        MemoryError::NotFound { .. } => status(StatusCode::NOT_FOUND, "NotFound", e.to_string()),
+        MemoryError::Exists { .. } => status(StatusCode::CONFLICT, "AlreadyExists", e.to_string()),
         _ => status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string()),
     }
 }
@@ -79,7 +79,7 @@ fn posted<T: serde::de::DeserializeOwned + kube::Resource>(ns: &str, body: &[u8]
     }
 }
 
-fn lock(s: &Shared) -> std::sync::MutexGuard<'_, SimulatedCluster> {
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, MemoryCluster> {
     s.cluster.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -100,7 +100,7 @@ fn create<K>(
     s: &Shared,
     ns: &str,
     body: &[u8],
-    add: impl FnOnce(&mut SimulatedCluster, K, f64) -> Result<K, SimulatedError>,
+    add: impl FnOnce(&mut MemoryCluster, K, f64) -> Result<K, MemoryError>,
 ) -> Response
 where
     K: serde::de::DeserializeOwned + kube::Resource + Serialize,

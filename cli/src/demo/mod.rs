@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use haiyun_operator::backend::simulated::SimulatedCluster;
 use haiyun_operator::dashboard::Snapshot;
 use haiyun_operator::decision::DecisionLog;
+use haiyun_operator::memory::{MemoryCluster, MemoryError};
 use haiyun_scheduler::schedule::SchedulerConfig;
 
 use crate::cluster::CliError;
@@ -86,7 +86,7 @@ impl DemoArgs {
 }
 
 /// Loads the federation and builds the simulated cluster at `now`.
-fn build(args: &DemoArgs, now: f64) -> Result<(SimulatedCluster, federation::Federation), CliError> {
+fn build(args: &DemoArgs, now: f64) -> Result<(MemoryCluster, federation::Federation), CliError> {
     let fed = match &args.federation {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -101,9 +101,9 @@ fn build(args: &DemoArgs, now: f64) -> Result<(SimulatedCluster, federation::Fed
             p.metadata.name.as_deref().unwrap_or_default()
         )));
     }
-    let log = DecisionLog::open(args.decision_log.as_deref()).map_err(|e| CliError::Input(e.to_string()))?;
-    let mut cluster = SimulatedCluster::new(SchedulerConfig::default(), log);
-    let bad = |e: haiyun_operator::backend::simulated::SimulatedError| CliError::Input(e.to_string());
+    let log = DecisionLog::open(args.decision_log.as_deref()).map_err(|e| CliError::Start(e.to_string()))?;
+    let mut cluster = MemoryCluster::new(SchedulerConfig::default(), log);
+    let bad = |e: MemoryError| CliError::Input(e.to_string());
     for p in &fed.pools {
         cluster.add_pool(p.clone(), now).map_err(bad)?;
     }
@@ -143,7 +143,7 @@ pub fn run(args: DemoArgs) -> Result<(), CliError> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| CliError::Input(format!("failed to start the runtime: {e}")))?;
+        .map_err(|e| CliError::Start(format!("the runtime: {e}")))?;
     rt.block_on(serve(args, limit))
 }
 
@@ -152,7 +152,7 @@ async fn serve(args: DemoArgs, limit: Option<Duration>) -> Result<(), CliError> 
     let (cluster, fed) = build(&args, clock.now())?;
     let cluster = Arc::new(Mutex::new(cluster));
     let dir = std::env::temp_dir().join(format!("haiyun-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| CliError::Input(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|e| CliError::Start(format!("{}: {e}", dir.display())))?;
     let grace = Duration::from_secs(args.agent_grace_seconds.max(1));
     let agents = agents::start(&fed.pools, &dir, grace).await?;
     let (board, watch) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
@@ -162,10 +162,10 @@ async fn serve(args: DemoArgs, limit: Option<Duration>) -> Result<(), CliError> 
     metrics.set_ready(true);
     let at = haiyun_operator::http::serve_with(args.addr, metrics, watch, api::routes(shared))
         .await
-        .map_err(|e| CliError::Input(e.to_string().replace("--metrics-addr", "--addr")))?;
+        .map_err(|e| CliError::Start(e.to_string().replace("--metrics-addr", "--addr")))?;
     let kubeconfig = args.kubeconfig_out.clone().unwrap_or_else(|| dir.join("kubeconfig"));
     std::fs::write(&kubeconfig, api::kubeconfig(at, "llm"))
-        .map_err(|e| CliError::Input(format!("{}: {e}", kubeconfig.display())))?;
+        .map_err(|e| CliError::Start(format!("{}: {e}", kubeconfig.display())))?;
     println!(
         "Haiyun demo: {} pools, {} queues, {} node agents",
         fed.pools.len(),

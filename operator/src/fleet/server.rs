@@ -47,13 +47,6 @@ impl Service {
     }
 }
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn refused(e: AuthError) -> Status {
     match e {
         AuthError::Review(_) => Status::unavailable(e.to_string()),
@@ -94,7 +87,7 @@ impl Telemetry for Service {
         }
         let fleet = self.fleet.clone();
         let node = hello.node.clone();
-        let id = fleet.hello(&node, &hello, unix_ms());
+        let id = fleet.hello(&node, &hello, crate::time::now_ms());
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
@@ -193,7 +186,12 @@ mod tests {
             })
             .collect();
         pb::AgentMessage {
-            body: Some(Body::Sample(pb::Sample { seq, taken_unix_ms: unix_ms(), gpus, xids: vec![] })),
+            body: Some(Body::Sample(pb::Sample {
+                seq,
+                taken_unix_ms: crate::time::now_ms(),
+                gpus,
+                xids: vec![],
+            })),
         }
     }
 

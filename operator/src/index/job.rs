@@ -10,10 +10,12 @@ use haiyun_scheduler::model::{
 use kube::ResourceExt;
 
 use super::cluster::model_id;
-use super::queue::unix;
+use super::queue::admits;
 
 /// Run time assumed when a job gives no estimate.
 pub const DEFAULT_RUNTIME_S: f64 = 3600.0;
+/// Time limit of a batch job without a runtime estimate, minutes.
+const DEFAULT_LIMIT_MIN: u32 = 60;
 
 /// Why a job cannot be queued yet; it is kept and retried on every change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,10 +80,17 @@ pub struct Refs<'a> {
     pub namespaces: &'a BTreeMap<String, Vec<String>>,
     /// Dataset ids by name.
     pub datasets: &'a BTreeMap<String, DatasetId>,
-    /// Pools that are Slurm clusters.
-    pub slurm: &'a std::collections::BTreeSet<PoolId>,
+    /// Pools that run batch scripts.
+    pub scripts: &'a std::collections::BTreeSet<PoolId>,
     /// The longest time limit per pool, minutes, where one is set.
     pub time_limits: &'a BTreeMap<PoolId, u32>,
+}
+
+impl Refs<'_> {
+    /// Whether `namespace` may submit to `queue`.
+    pub fn admits(&self, queue: &str, namespace: &str) -> bool {
+        admits(self.namespaces.get(queue).map_or(&[][..], |a| a.as_slice()), namespace)
+    }
 }
 
 fn field(field: &str, message: impl ToString) -> JobProblem {
@@ -99,7 +108,7 @@ pub fn core_job(cj: &ComputeJob, refs: &Refs<'_>, cluster: &mut Cluster) -> Resu
         }
     };
     let namespace = cj.namespace().unwrap_or_default();
-    if refs.namespaces.get(&s.queue).is_some_and(|a| !a.is_empty() && !a.contains(&namespace)) {
+    if !refs.admits(&s.queue, &namespace) {
         return Err(JobProblem::Namespace { namespace, queue: s.queue.clone() });
     }
     let mut groups = Vec::new();
@@ -175,16 +184,25 @@ pub fn core_job(cj: &ComputeJob, refs: &Refs<'_>, cluster: &mut Cluster) -> Resu
     })
 }
 
-/// Pools matching the job's kinds and sites that can run it (empty: any). A Slurm pool runs a job of one task
-/// group with a batch script; a Kubernetes pool runs any job whose groups are not scripts alone.
+/// The time limit a batch job asks for: twice its runtime estimate, in minutes (an hour without one).
+pub fn time_limit_min(job: &ComputeJob) -> u32 {
+    job.spec
+        .runtime_estimate
+        .as_deref()
+        .and_then(quantity::seconds)
+        .map_or(DEFAULT_LIMIT_MIN, |s| u32::try_from((s * 2).div_ceil(60)).unwrap_or(u32::MAX).max(1))
+}
+
+/// Pools matching the job's kinds and sites that can run it (empty: any). A pool that runs batch scripts runs a
+/// job of one task group with a script; any other pool runs any job whose groups are not scripts alone.
 fn allowed_pools(cj: &ComputeJob, cluster: &Cluster, refs: &Refs) -> Result<Vec<PoolId>, JobProblem> {
     let s = &cj.spec;
     let scripted = s.task_groups.iter().all(|g| g.script.is_some());
-    let on_slurm = scripted && s.task_groups.len() == 1;
-    let on_kubernetes = !scripted || s.task_groups.iter().all(|g| g.template.is_some());
-    let limit = crate::backend::slurm::submission::time_limit_min(cj);
+    let as_batch = scripted && s.task_groups.len() == 1;
+    let as_pods = !scripted || s.task_groups.iter().all(|g| g.template.is_some());
+    let limit = time_limit_min(cj);
     let fits = |p: &PoolId| refs.time_limits.get(p).is_none_or(|max| limit <= *max);
-    let runs = |p: &PoolId| if refs.slurm.contains(p) { on_slurm && fits(p) } else { on_kubernetes };
+    let runs = |p: &PoolId| if refs.scripts.contains(p) { as_batch && fits(p) } else { as_pods };
     if s.pool_kinds.is_empty() && s.sites.is_empty() && (0..cluster.pools.len() as PoolId).all(|p| runs(&p)) {
         return Ok(Vec::new());
     }
@@ -198,9 +216,9 @@ fn allowed_pools(cj: &ComputeJob, cluster: &Cluster, refs: &Refs) -> Result<Vec<
         })
         .collect();
     if pools.is_empty() && s.pool_kinds.is_empty() && s.sites.is_empty() {
-        let what = if on_slurm && !refs.slurm.is_empty() {
+        let what = if as_batch && !refs.scripts.is_empty() {
             "no Slurm pool allows its time limit (twice spec.runtimeEstimate): shorten the estimate"
-        } else if on_slurm {
+        } else if as_batch {
             "no pool runs batch scripts: add a ComputePool with backend.slurm"
         } else if scripted {
             "a job of several script groups runs nowhere: a Slurm pool takes one group, a Kubernetes pool needs templates"
@@ -218,6 +236,13 @@ fn allowed_pools(cj: &ComputeJob, cluster: &Cluster, refs: &Refs) -> Result<Vec<
     Ok(pools)
 }
 
+/// Whether the job is done (Succeeded or Failed).
+pub fn is_terminal(cj: &ComputeJob) -> bool {
+    cj.status.as_ref().is_some_and(|s| {
+        matches!(s.phase, haiyun_api::job::JobPhase::Succeeded | haiyun_api::job::JobPhase::Failed)
+    })
+}
+
 /// `namespace/name`.
 pub fn key(cj: &ComputeJob) -> String {
     format!("{}/{}", cj.namespace().unwrap_or_default(), cj.name_any())
@@ -225,10 +250,10 @@ pub fn key(cj: &ComputeJob) -> String {
 
 /// When it was created, in unix seconds.
 pub fn submitted(cj: &ComputeJob) -> Time {
-    cj.metadata.creation_timestamp.as_ref().map_or(0.0, |t| t.0.as_millisecond() as f64 / 1000.0)
+    crate::time::of_meta(cj.metadata.creation_timestamp.as_ref())
 }
 
 /// When it was admitted (from its status), in unix seconds.
 pub fn started(cj: &ComputeJob) -> Option<Time> {
-    cj.status.as_ref()?.start_time.as_deref().and_then(unix)
+    cj.status.as_ref()?.start_time.as_deref().and_then(crate::time::parse)
 }

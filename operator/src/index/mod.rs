@@ -6,14 +6,12 @@ pub mod job;
 pub mod overlay;
 pub mod pod;
 pub mod queue;
-pub mod simulated;
-pub mod slurm;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use haiyun_api::job::{JobPhase, Placement as ApiPlacement};
-use haiyun_api::{ComputeJob, ComputePool, Dataset, JOB_UID_LABEL, Queue, QuotaRequest, quantity};
+use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest, quantity};
 use haiyun_scheduler::Placement;
 use haiyun_scheduler::model::{Dataset as CoreDataset, JobId, Time};
 use haiyun_scheduler::schedule::{Scheduler, SchedulerConfig};
@@ -21,11 +19,12 @@ use haiyun_scheduler::snapshot::TaskPlacement;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 
-pub use cluster::Federation;
-pub use job::JobProblem;
+pub use cluster::{Claims, Federation, RunPhase, RunRecord, gpu_indices, gpu_mask};
+pub use job::{JobProblem, is_terminal};
 pub use overlay::{Assumed, Outcome, Overlay, StepKind};
+pub use pod::{PodCounts, pod_counts};
 
-/// Everything the operator watches, as last seen.
+/// Every Kubernetes object the operator reads, as last seen.
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
     /// ComputePools.
@@ -42,27 +41,20 @@ pub struct Objects {
     pub nodes: Vec<Arc<Node>>,
     /// Pods.
     pub pods: Vec<Arc<Pod>>,
-    /// What the node agents report.
-    pub fleet: Arc<crate::fleet::FleetView>,
-    /// What the Slurm pools report.
-    pub slurm: Arc<crate::backend::slurm::SlurmViews>,
-    /// Whether this process serves simulated pools (`haiyun demo`); the operator does not.
-    pub simulated: bool,
 }
 
-/// What a job's pods say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PodCounts {
-    /// Pods of the job.
-    pub total: usize,
-    /// Bound to a node.
-    pub bound: usize,
-    /// Running.
-    pub running: usize,
-    /// Succeeded.
-    pub succeeded: usize,
-    /// Failed.
-    pub failed: usize,
+/// Why a running job was lost: it holds nothing any more and ends as Failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Loss {
+    /// Its backend answers but no longer lists the run: it ended while the operator could not see it. Running it
+    /// again could do the work twice.
+    #[error(
+        "its run ended while the operator could not see it (its pool no longer lists it); its outcome is unknown"
+    )]
+    Forgotten,
+    /// Its recorded placement no longer fits the federation (a node or pool left).
+    #[error("{0}")]
+    Misplaced(String),
 }
 
 /// Where a ComputeJob stands in this world.
@@ -78,8 +70,8 @@ pub enum JobState {
     Held(JobProblem),
     /// Done (Succeeded or Failed).
     Terminal,
-    /// Its recorded placement no longer fits (a node left): its pods are on their own.
-    Lost(String),
+    /// It can no longer run where it was placed, and is not run again: it ends as Failed.
+    Lost(Loss),
     /// Its pods ended (all succeeded, or one failed); it holds nothing any more.
     Ended {
         /// Whether a pod failed.
@@ -149,43 +141,6 @@ pub enum IndexError {
     Scheduler(#[from] haiyun_scheduler::schedule::ScheduleError),
 }
 
-/// GPU indices on a node as the core's mask (indices past the node limit are ignored).
-pub fn gpu_mask(indices: &[u32]) -> u32 {
-    indices
-        .iter()
-        .filter(|g| (**g as usize) < haiyun_scheduler::model::MAX_GPUS_PER_NODE)
-        .fold(0, |m, g| m | (1 << g))
-}
-
-/// The GPU indices of a core mask.
-pub fn gpu_indices(mask: u32) -> Vec<u32> {
-    haiyun_scheduler::snapshot::mask_bits(mask).map(|j| j as u32).collect()
-}
-
-/// Counts each job's pods by phase, keyed by job uid and run.
-pub fn pod_counts(pods: &[Arc<Pod>]) -> HashMap<(String, String), PodCounts> {
-    let mut out: HashMap<(String, String), PodCounts> = HashMap::new();
-    for p in pods {
-        let Some(uid) = p.labels().get(JOB_UID_LABEL) else { continue };
-        if p.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let run = p.labels().get(haiyun_api::RUN_LABEL).cloned().unwrap_or_default();
-        let c = out.entry((uid.clone(), run)).or_default();
-        c.total += 1;
-        if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
-            c.bound += 1;
-        }
-        match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
-            Some("Running") => c.running += 1,
-            Some("Succeeded") => c.succeeded += 1,
-            Some("Failed") => c.failed += 1,
-            _ => {}
-        }
-    }
-    out
-}
-
 /// The job's placement: as this operator assumed it, else as its status records it (when admitted or running).
 pub fn placement_of<'a>(
     cj: &'a ComputeJob,
@@ -203,16 +158,12 @@ pub fn placement_of<'a>(
     st.placement.as_ref().map(|p| (p, job::started(cj)))
 }
 
-pub(crate) fn is_terminal(cj: &ComputeJob) -> bool {
-    cj.status.as_ref().is_some_and(|s| matches!(s.phase, JobPhase::Succeeded | JobPhase::Failed))
-}
-
 /// What the placements of running jobs (but those in `held`) and bound plain pods hold.
-fn claims_of(objects: &Objects, overlay: &Overlay, held: &HashSet<String>) -> cluster::Claims {
-    let mut claims = cluster::Claims::default();
+fn claims_of(objects: &Objects, overlay: &Overlay, held: &HashSet<String>) -> Claims {
+    let mut claims = Claims::default();
     for cj in &objects.jobs {
         let uid = cj.uid().unwrap_or_default();
-        if is_terminal(cj) || held.contains(&uid) {
+        if job::is_terminal(cj) || held.contains(&uid) {
             continue;
         }
         let Some((p, _)) = placement_of(cj, overlay) else { continue };
@@ -237,55 +188,104 @@ fn claims_of(objects: &Objects, overlay: &Overlay, held: &HashSet<String>) -> cl
     claims
 }
 
-/// Builds the world at `now` from what the operator sees plus what it assumed. A running job that can no longer
-/// be read (its queue or a dataset is gone) is held where it runs: its pods count as used capacity and it keeps
-/// its place.
+/// Builds the world at `now` from what the operator sees plus what it assumed; `federation` makes the pools and
+/// nodes from what our placements hold (the backends contribute them; the index names none). A running job that
+/// can no longer be read (its queue or a dataset is gone) is held where it runs: its pods count as used capacity
+/// and it keeps its place.
 pub fn build(
     objects: &Objects,
     overlay: &Overlay,
+    federation: &dyn Fn(&Claims) -> Federation,
     config: SchedulerConfig,
     now: Time,
 ) -> Result<World, IndexError> {
-    let world = assemble(objects, overlay, &HashSet::new(), config, now)?;
+    let world = assemble(objects, overlay, federation, &HashSet::new(), config, now)?;
     let held: HashSet<String> = world
         .jobs
         .iter()
         .filter(|t| matches!(t.state, JobState::Held(_)))
         .filter_map(|t| t.job.uid())
         .collect();
-    if held.is_empty() { Ok(world) } else { assemble(objects, overlay, &held, config, now) }
+    if held.is_empty() { Ok(world) } else { assemble(objects, overlay, federation, &held, config, now) }
 }
 
 fn assemble(
     objects: &Objects,
     overlay: &Overlay,
+    federation: &dyn Fn(&Claims) -> Federation,
     held: &HashSet<String>,
     config: SchedulerConfig,
     now: Time,
 ) -> Result<World, IndexError> {
-    let pools: Vec<&ComputePool> = objects.pools.iter().map(|p| p.as_ref()).collect();
-    let nodes: Vec<&Node> = objects.nodes.iter().map(|p| p.as_ref()).collect();
-    let pods: Vec<&Pod> = objects.pods.iter().map(|p| p.as_ref()).collect();
-    let claims = claims_of(objects, overlay, held);
-    let mut fed = cluster::federation(
-        &pools,
-        &nodes,
-        &pods,
-        &claims,
-        &objects.fleet,
-        &objects.slurm,
-        objects.simulated,
-    );
+    let mut fed = federation(&claims_of(objects, overlay, held));
     let queues: Vec<&Queue> = objects.queues.iter().map(|p| p.as_ref()).collect();
     let requests: Vec<&QuotaRequest> = objects.requests.iter().map(|p| p.as_ref()).collect();
     let book = queue::book(&queues, &requests, &mut fed.cluster.models);
     let namespaces: BTreeMap<String, Vec<String>> =
         objects.queues.iter().map(|q| (q.name_any(), q.spec.namespaces.clone())).collect();
+    let (datasets, dataset_ids) = datasets(objects, &fed);
+    let mut cluster = fed.cluster.clone();
+    let refs = job::Refs {
+        queues: &book.ids,
+        invalid_queues: &book.invalid,
+        namespaces: &namespaces,
+        datasets: &dataset_ids,
+        scripts: &fed.scripts,
+        time_limits: &fed.time_limits,
+    };
+    let mut sorted_jobs: Vec<&Arc<ComputeJob>> = objects.jobs.iter().collect();
+    sorted_jobs.sort_by(|a, b| {
+        job::submitted(a).total_cmp(&job::submitted(b)).then_with(|| job::key(a).cmp(&job::key(b)))
+    });
+    // Convert every job first: conversion may intern GPU models the nodes do not have.
+    let converted: Vec<(Arc<ComputeJob>, Converted)> = sorted_jobs
+        .into_iter()
+        .map(|cj| (cj.clone(), (!job::is_terminal(cj)).then(|| job::core_job(cj, &refs, &mut cluster))))
+        .collect();
+    fed.cluster.models = cluster.models.clone();
+    let mut scheduler = Scheduler::new(cluster, book.quotas, config, None)?;
+    for d in datasets {
+        scheduler.add_dataset(d);
+    }
+    let counts = pod_counts(&objects.pods);
+    let mut world = World {
+        scheduler,
+        federation: fed,
+        queues: book.ids,
+        invalid_queues: book.invalid,
+        queue_namespaces: namespaces,
+        jobs: Vec::with_capacity(converted.len()),
+        pods: Vec::new(),
+        by_core: Vec::new(),
+    };
+    for (cj, conv) in converted {
+        world.track_job(cj, conv, overlay, &counts, now);
+    }
+    let refs = job::Refs {
+        queues: &world.queues,
+        invalid_queues: &world.invalid_queues,
+        namespaces: &world.queue_namespaces,
+        datasets: &dataset_ids,
+        scripts: &BTreeSet::new(),
+        time_limits: &BTreeMap::new(),
+    };
+    let plain = plain_pods(objects, overlay, &refs);
+    for (p, core, place) in plain {
+        world.track_pod(p, core, place, now);
+    }
+    Ok(world)
+}
+
+/// A ComputeJob as the core's job: `None` when it is done, else the job or why it cannot be queued.
+type Converted = Option<Result<haiyun_scheduler::model::Job, JobProblem>>;
+
+/// The core's datasets (sorted by name), and their ids by name.
+fn datasets(objects: &Objects, fed: &Federation) -> (Vec<CoreDataset>, BTreeMap<String, u32>) {
     let mut datasets: Vec<CoreDataset> = Vec::new();
-    let mut dataset_ids = BTreeMap::new();
-    let mut sorted_ds: Vec<&Arc<Dataset>> = objects.datasets.iter().collect();
-    sorted_ds.sort_by_key(|d| d.name_any());
-    for d in sorted_ds {
+    let mut ids = BTreeMap::new();
+    let mut sorted: Vec<&Arc<Dataset>> = objects.datasets.iter().collect();
+    sorted.sort_by_key(|d| d.name_any());
+    for d in sorted {
         let replicas = d
             .spec
             .replicas
@@ -293,7 +293,7 @@ fn assemble(
             .filter_map(|r| fed.pool_names.iter().position(|p| p == r))
             .map(|p| p as u32)
             .collect();
-        dataset_ids.insert(d.name_any(), datasets.len() as u32);
+        ids.insert(d.name_any(), datasets.len() as u32);
         datasets.push(CoreDataset {
             name: d.name_any(),
             size_mib: quantity::mib(&d.spec.size).unwrap_or(0),
@@ -301,97 +301,22 @@ fn assemble(
             replicas,
         });
     }
-    let mut cluster = fed.cluster.clone();
-    let refs = job::Refs {
-        queues: &book.ids,
-        invalid_queues: &book.invalid,
-        namespaces: &namespaces,
-        datasets: &dataset_ids,
-        slurm: &fed.slurm,
-        time_limits: &fed.time_limits,
-    };
-    let counts = pod_counts(&objects.pods);
-    let mut sorted_jobs: Vec<&Arc<ComputeJob>> = objects.jobs.iter().collect();
-    sorted_jobs.sort_by(|a, b| {
-        job::submitted(a).total_cmp(&job::submitted(b)).then_with(|| job::key(a).cmp(&job::key(b)))
-    });
-    // Convert every job first: conversion may intern GPU models the nodes do not have.
-    type Converted = Option<Result<haiyun_scheduler::model::Job, JobProblem>>;
-    let converted: Vec<(Arc<ComputeJob>, Converted)> = sorted_jobs
-        .into_iter()
-        .map(|cj| (cj.clone(), (!is_terminal(cj)).then(|| job::core_job(cj, &refs, &mut cluster))))
-        .collect();
-    fed.cluster.models = cluster.models.clone();
-    let mut scheduler = Scheduler::new(cluster, book.quotas, config, None)?;
-    for d in datasets {
-        scheduler.add_dataset(d);
-    }
-    let mut tracked = Vec::with_capacity(converted.len());
-    let mut by_core = Vec::new();
-    for (cj, conv) in converted {
-        let run = cj.status.as_ref().map_or(0, |s| s.preemptions);
-        let uid = cj.uid().unwrap_or_default();
-        let in_slurm = placement_of(&cj, overlay)
-            .and_then(|(p, _)| objects.slurm.get(&p.pool).map(|v| (v, p.tasks.len())))
-            .map(|(v, n)| {
-                (v.jobs.get(&crate::backend::slurm::watch::key(&uid, run)), n, v.available.is_ok())
-            });
-        // Running, yet its reachable Slurm no longer lists it: it ended while the operator could not see it (Slurm
-        // forgets finished jobs after MinJobAge). Running it again could do the work twice: it is lost instead.
-        let forgotten = matches!(in_slurm, Some((None, _, true)))
-            && cj.status.as_ref().is_some_and(|s| s.phase == haiyun_api::job::JobPhase::Running);
-        let (pods, times) = match in_slurm {
-            Some((j, n, _)) => {
-                let times =
-                    j.filter(|j| j.start_time > 0).map(|j| (j.start_time as Time, j.end_time as Time));
-                (slurm::counts(j, n), times)
-            }
-            None => (counts.get(&(uid, run.to_string())).copied().unwrap_or_default(), None),
-        };
-        let state = match conv {
-            None => JobState::Terminal,
-            Some(Err(p)) if placement_of(&cj, overlay).is_some() => JobState::Held(p),
-            Some(Err(p)) => JobState::Problem(p),
-            Some(Ok(core)) => match placement_of(&cj, overlay) {
-                Some(_) if forgotten => JobState::Lost(
-                    "its Slurm job ended while the operator could not see it; its outcome is unknown".into(),
-                ),
-                Some((p, _)) if ended(p, &pods).is_some() => JobState::Ended { failed: pods.failed > 0 },
-                Some((p, started)) => match core_placement(p, &fed, &core) {
-                    Ok((placement, pool, model)) => {
-                        let at = started.unwrap_or(now);
-                        match scheduler.adopt(core, placement, pool, model, at, now) {
-                            Ok(id) => JobState::Placed(id),
-                            Err(e) => JobState::Lost(e.to_string()),
-                        }
-                    }
-                    // Its pool does not answer and its nodes are not known yet: it runs on where it is.
-                    Err(e) if fed.unavailable.contains_key(&p.pool) => {
-                        JobState::Held(JobProblem::Field { field: "status.placement".into(), message: e })
-                    }
-                    Err(e) => JobState::Lost(e),
-                },
-                None => match scheduler.submit(core) {
-                    Ok(id) => JobState::Waiting(id),
-                    Err(e) => {
-                        JobState::Problem(JobProblem::Field { field: "spec".into(), message: e.to_string() })
-                    }
-                },
-            },
-        };
-        if let JobState::Waiting(id) | JobState::Placed(id) = state {
-            debug_assert_eq!(id as usize, by_core.len());
-            by_core.push(Owner::Job(tracked.len()));
-        }
-        // Slurm jobs have no pods to wait for: their submission is checked against Slurm's listing instead.
-        let bound_here = overlay.bound.contains(&cj.uid().unwrap_or_default()) && in_slurm.is_none();
-        tracked.push(Tracked { job: cj, state, pods, bound_here, times });
-    }
+    (datasets, ids)
+}
+
+/// Plain pods Haiyun schedules that are not done (oldest first), as core jobs, with where they are bound (node,
+/// GPU indices, since when).
+#[allow(clippy::type_complexity)]
+fn plain_pods(
+    objects: &Objects,
+    overlay: &Overlay,
+    refs: &job::Refs<'_>,
+) -> Vec<(Arc<Pod>, Result<haiyun_scheduler::model::Job, JobProblem>, Option<(String, Vec<u32>, Time)>)> {
     let mut plain: Vec<&Arc<Pod>> = objects.pods.iter().filter(|p| pod::is_plain(p)).collect();
     plain.sort_by(|a, b| {
         pod::created(a).total_cmp(&pod::created(b)).then_with(|| pod::key(a).cmp(&pod::key(b)))
     });
-    let mut pods = Vec::new();
+    let mut out = Vec::with_capacity(plain.len());
     for p in plain {
         let place = match overlay.binding.get(&p.uid().unwrap_or_default()) {
             Some((node, gpus, at)) => Some((node.clone(), gpus.clone(), *at)),
@@ -401,48 +326,116 @@ fn assemble(
                 pod::PodPlace::Unbound => None,
             },
         };
-        let state = match pod::core_job(p, &refs) {
+        out.push((p.clone(), pod::core_job(p, refs), place));
+    }
+    out
+}
+
+impl World {
+    /// Adds a ComputeJob: adopted where it runs, submitted if it waits, or set aside with why.
+    fn track_job(
+        &mut self,
+        cj: Arc<ComputeJob>,
+        conv: Converted,
+        overlay: &Overlay,
+        counts: &std::collections::HashMap<(String, String), PodCounts>,
+        now: Time,
+    ) {
+        let fed = &self.federation;
+        let run = cj.status.as_ref().map_or(0, |s| s.preemptions);
+        let uid = cj.uid().unwrap_or_default();
+        let placed = placement_of(&cj, overlay);
+        // A pool whose backend records runs itself (Slurm): the run as it records it, and whether it answers.
+        let recorded = placed.and_then(|(p, _)| {
+            let reachable = *fed.run_keepers.get(&p.pool)?;
+            Some((fed.runs.get(&(uid.clone(), run)).copied(), p.tasks.len(), reachable))
+        });
+        // Running, yet its reachable backend no longer lists it: it ended while the operator could not see it (Slurm
+        // forgets finished jobs after MinJobAge). Running it again could do the work twice: it is lost instead.
+        let forgotten = matches!(recorded, Some((None, _, true)))
+            && cj.status.as_ref().is_some_and(|s| s.phase == JobPhase::Running);
+        let (pods, times) = match recorded {
+            Some((r, n, _)) => (PodCounts::of_run(r.as_ref(), n), r.and_then(|r| r.times)),
+            None => (counts.get(&(uid.clone(), run.to_string())).copied().unwrap_or_default(), None),
+        };
+        let state = match conv {
+            None => JobState::Terminal,
+            Some(Err(p)) if placed.is_some() => JobState::Held(p),
+            Some(Err(p)) => JobState::Problem(p),
+            Some(Ok(core)) => match placed {
+                Some(_) if forgotten => JobState::Lost(Loss::Forgotten),
+                Some((p, _)) if ended(p, &pods).is_some() => JobState::Ended { failed: pods.failed > 0 },
+                Some((p, started)) => match core_placement(p, fed, &core) {
+                    Ok((placement, pool, model)) => {
+                        let at = started.unwrap_or(now);
+                        match self.scheduler.adopt(core, placement, pool, model, at, now) {
+                            Ok(id) => JobState::Placed(id),
+                            Err(e) => JobState::Lost(Loss::Misplaced(e.to_string())),
+                        }
+                    }
+                    // Its pool does not answer and its nodes are not known yet: it runs on where it is.
+                    Err(e) if fed.unavailable.contains_key(&p.pool) => {
+                        JobState::Held(JobProblem::Field { field: "status.placement".into(), message: e })
+                    }
+                    Err(e) => JobState::Lost(Loss::Misplaced(e)),
+                },
+                None => match self.scheduler.submit(core) {
+                    Ok(id) => JobState::Waiting(id),
+                    Err(e) => {
+                        JobState::Problem(JobProblem::Field { field: "spec".into(), message: e.to_string() })
+                    }
+                },
+            },
+        };
+        if let JobState::Waiting(id) | JobState::Placed(id) = state {
+            debug_assert_eq!(id as usize, self.by_core.len());
+            self.by_core.push(Owner::Job(self.jobs.len()));
+        }
+        // Runs a backend records have no pods to wait for: their dispatch is checked against its listing instead.
+        let bound_here = overlay.bound.contains(&uid) && recorded.is_none();
+        self.jobs.push(Tracked { job: cj, state, pods, bound_here, times });
+    }
+
+    /// Adds a plain pod: adopted where it is bound, submitted if not, or set aside with why.
+    fn track_pod(
+        &mut self,
+        p: Arc<Pod>,
+        core: Result<haiyun_scheduler::model::Job, JobProblem>,
+        place: Option<(String, Vec<u32>, Time)>,
+        now: Time,
+    ) {
+        let state = match core {
             Err(problem) => JobState::Problem(problem),
             Ok(core) => match place {
-                None => match scheduler.submit(core) {
+                None => match self.scheduler.submit(core) {
                     Ok(id) => JobState::Waiting(id),
                     Err(e) => {
                         JobState::Problem(JobProblem::Field { field: "pod".into(), message: e.to_string() })
                     }
                 },
                 Some((node, gpus, at)) => {
-                    let Some(node) = fed.node_ids.get(&node).copied() else { continue };
+                    let Some(node) = self.federation.node_ids.get(&node).copied() else { return };
                     let mask = gpu_mask(&gpus);
                     let spec = core.gang.tasks[0];
                     let placement = Placement { tasks: vec![TaskPlacement { node, gpus: mask, spec }] };
-                    let n = &fed.cluster.nodes[node as usize];
+                    let n = &self.federation.cluster.nodes[node as usize];
                     let model = n.gpus.first().map(|g| g.model).filter(|_| mask != 0);
-                    match scheduler.adopt(core, placement, n.pool, model, at, now) {
+                    match self.scheduler.adopt(core, placement, n.pool, model, at, now) {
                         Ok(id) => JobState::Placed(id),
                         Err(e) => {
-                            tracing::warn!(pod = %pod::key(p), error = %e, "a bound pod does not fit its node");
-                            continue;
+                            tracing::warn!(pod = %pod::key(&p), error = %e, "a bound pod does not fit its node");
+                            return;
                         }
                     }
                 }
             },
         };
         if let JobState::Waiting(id) | JobState::Placed(id) = state {
-            debug_assert_eq!(id as usize, by_core.len());
-            by_core.push(Owner::Pod(pods.len()));
+            debug_assert_eq!(id as usize, self.by_core.len());
+            self.by_core.push(Owner::Pod(self.pods.len()));
         }
-        pods.push(TrackedPod { pod: p.clone(), state });
+        self.pods.push(TrackedPod { pod: p, state });
     }
-    Ok(World {
-        scheduler,
-        federation: fed,
-        queues: book.ids,
-        invalid_queues: book.invalid,
-        queue_namespaces: namespaces,
-        jobs: tracked,
-        pods,
-        by_core,
-    })
 }
 
 /// Whether the pods of a placement ended: `Some(true)` when one failed, `Some(false)` when all succeeded.
@@ -477,6 +470,3 @@ fn core_placement(
     }
     Ok((Placement { tasks }, pool as u32, model))
 }
-
-#[cfg(test)]
-mod tests;

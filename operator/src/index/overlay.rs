@@ -9,7 +9,7 @@ use haiyun_scheduler::model::Time;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use super::is_terminal;
+use super::job::is_terminal;
 
 /// A placement this operator decided but may not yet see in its watch cache.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,13 +1,97 @@
 //! Plain pods that name Haiyun as their scheduler (no ComputeJob): each is a job of one task in the queue its
 //! `haiyun.io/queue` label names. Binding is their only record: the Binding carries their GPUs as an annotation.
 
-use haiyun_api::{GPUS_ANNOTATION, JOB_UID_LABEL, QUEUE_LABEL, RUNTIME_ANNOTATION, SCHEDULER_NAME, quantity};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use haiyun_api::{
+    GPUS_ANNOTATION, JOB_UID_LABEL, QUEUE_LABEL, RUN_LABEL, RUNTIME_ANNOTATION, SCHEDULER_NAME, quantity,
+};
 use haiyun_scheduler::model::{Gang, Job, ModelSet, TaskSpec, Time, Work};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use super::cluster::pod_requests;
+use super::cluster::{RunPhase, RunRecord};
 use super::job::{DEFAULT_RUNTIME_S, JobProblem, Refs};
+
+/// GPU resource name on nodes and pods.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// What a job's pods say (or, for a backend that records runs itself, what its record says in those terms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PodCounts {
+    /// Pods of the job.
+    pub total: usize,
+    /// Bound to a node.
+    pub bound: usize,
+    /// Running.
+    pub running: usize,
+    /// Succeeded.
+    pub succeeded: usize,
+    /// Failed.
+    pub failed: usize,
+}
+
+impl PodCounts {
+    /// A recorded run of `tasks` tasks, all waiting, running, succeeded or failed; no record: not submitted yet.
+    pub fn of_run(record: Option<&RunRecord>, tasks: usize) -> Self {
+        let Some(r) = record else { return PodCounts::default() };
+        let all =
+            |running, succeeded, failed| PodCounts { total: tasks, bound: tasks, running, succeeded, failed };
+        match r.phase {
+            RunPhase::Waiting => all(0, 0, 0),
+            RunPhase::Holding => all(tasks, 0, 0),
+            RunPhase::Succeeded => all(0, tasks, 0),
+            RunPhase::Failed => all(0, 0, tasks.max(1)),
+        }
+    }
+}
+
+/// Counts each job's pods by phase, keyed by job uid and run.
+pub fn pod_counts(pods: &[Arc<Pod>]) -> HashMap<(String, String), PodCounts> {
+    let mut out: HashMap<(String, String), PodCounts> = HashMap::new();
+    for p in pods {
+        let Some(uid) = p.labels().get(JOB_UID_LABEL) else { continue };
+        if p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let run = p.labels().get(RUN_LABEL).cloned().unwrap_or_default();
+        let c = out.entry((uid.clone(), run)).or_default();
+        c.total += 1;
+        if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+            c.bound += 1;
+        }
+        match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+            Some("Running") => c.running += 1,
+            Some("Succeeded") => c.succeeded += 1,
+            Some("Failed") => c.failed += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What a pod holds: milli-CPU, MiB, GPUs (requests, else limits, summed over containers).
+pub fn pod_requests(pod: &Pod) -> (u64, u64, u32) {
+    let Some(spec) = pod.spec.as_ref() else { return (0, 0, 0) };
+    let mut out = (0u64, 0u64, 0u32);
+    for c in &spec.containers {
+        let Some(r) = c.resources.as_ref() else { continue };
+        let get = |k: &str| {
+            r.requests.as_ref().and_then(|m| m.get(k)).or_else(|| r.limits.as_ref().and_then(|m| m.get(k)))
+        };
+        out.0 += get("cpu").and_then(|q| quantity::milli(&q.0).ok()).unwrap_or(0);
+        out.1 += get("memory").and_then(|q| quantity::mib(&q.0).ok()).unwrap_or(0);
+        out.2 += get(GPU_RESOURCE).and_then(|q| quantity::milli(&q.0).ok()).map_or(0, |m| (m / 1000) as u32);
+    }
+    out
+}
+
+/// Whether a pod still holds its node's resources.
+pub fn holds_resources(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    phase != "Succeeded" && phase != "Failed"
+}
 
 /// Whether Haiyun schedules this pod as a job of its own.
 pub fn is_plain(pod: &Pod) -> bool {
@@ -74,7 +158,7 @@ pub fn core_job(pod: &Pod, refs: &Refs<'_>) -> Result<Job, JobProblem> {
         }
     };
     let namespace = pod.namespace().unwrap_or_default();
-    if refs.namespaces.get(queue_name).is_some_and(|a| !a.is_empty() && !a.contains(&namespace)) {
+    if !refs.admits(queue_name, &namespace) {
         return Err(JobProblem::Namespace { namespace, queue: queue_name.clone() });
     }
     let (cpu, mem, gpus) = pod_requests(pod);
@@ -102,5 +186,5 @@ pub fn core_job(pod: &Pod, refs: &Refs<'_>) -> Result<Job, JobProblem> {
 
 /// When the pod was created, in unix seconds.
 pub fn created(pod: &Pod) -> Time {
-    pod.metadata.creation_timestamp.as_ref().map_or(0.0, |t| t.0.as_millisecond() as f64 / 1000.0)
+    crate::time::of_meta(pod.metadata.creation_timestamp.as_ref())
 }

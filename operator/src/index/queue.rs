@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use haiyun_api::queue::{Ordering, WithinQueue};
 use haiyun_api::quota::{Decision, RequestState};
 use haiyun_api::{Queue, QuotaRequest, quantity};
-use haiyun_scheduler::model::{GpuModels, QueueId, Time};
+use haiyun_scheduler::model::{GpuModels, QueueId};
 use haiyun_scheduler::queue::{self as core, Flavor, Grant, QueueSpec, Quotas, Resources};
 use kube::ResourceExt;
 
@@ -28,6 +28,26 @@ pub enum QueueError {
         /// The cause.
         source: quantity::QuantityError,
     },
+    /// A quota request names a queue that does not exist.
+    #[error("queue {0:?} does not exist")]
+    NoQueue(String),
+    /// A quota request's namespace may not use its queue.
+    #[error("namespace {namespace:?} may not use queue {queue:?} (see its spec.namespaces)")]
+    Namespace {
+        /// The request's namespace.
+        namespace: String,
+        /// The queue.
+        queue: String,
+    },
+    /// A quota request's window is malformed.
+    #[error("{0} is not an RFC 3339 time")]
+    Time(&'static str),
+    /// A request undecided by an administrator whose queue is in no cohort.
+    #[error("the queue is in no cohort; an administrator must approve (spec.decision: Approved)")]
+    NoCohort,
+    /// A request undecided by an administrator that its cohort cannot lend now.
+    #[error("the cohort has too little unlent; an administrator must approve (spec.decision: Approved)")]
+    TooLittleUnlent,
 }
 
 /// A flavor name (`cpu`, `memory`, `nvidia.com/gpu:<model>`) as the core's flavor.
@@ -143,9 +163,10 @@ pub fn approved(r: &QuotaRequest) -> bool {
     }
 }
 
-/// Unix seconds of an RFC 3339 time.
-pub fn unix(t: &str) -> Option<Time> {
-    t.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond() as f64 / 1000.0)
+/// Whether a queue that lets `allowed` namespaces submit (empty: all) admits `namespace`: the one rule for jobs,
+/// pods and quota requests.
+pub fn admits(allowed: &[String], namespace: &str) -> bool {
+    allowed.is_empty() || allowed.iter().any(|a| a == namespace)
 }
 
 /// The grant an approved request makes (`None` when not approved).
@@ -154,18 +175,18 @@ pub fn grant(
     ids: &BTreeMap<String, QueueId>,
     namespaces: &BTreeMap<String, Vec<String>>,
     models: &mut GpuModels,
-) -> Result<Option<Grant>, String> {
+) -> Result<Option<Grant>, QueueError> {
     if !approved(r) {
         return Ok(None);
     }
-    let queue = *ids.get(&r.spec.queue).ok_or_else(|| format!("queue {:?} does not exist", r.spec.queue))?;
-    let ns = r.namespace().unwrap_or_default();
-    if namespaces.get(&r.spec.queue).is_some_and(|a| !a.is_empty() && !a.contains(&ns)) {
-        return Err(format!("namespace {ns:?} may not use queue {:?}", r.spec.queue));
+    let queue = *ids.get(&r.spec.queue).ok_or_else(|| QueueError::NoQueue(r.spec.queue.clone()))?;
+    let namespace = r.namespace().unwrap_or_default();
+    if !admits(namespaces.get(&r.spec.queue).map_or(&[][..], |a| a.as_slice()), &namespace) {
+        return Err(QueueError::Namespace { namespace, queue: r.spec.queue.clone() });
     }
-    let f = flavor(models, &r.spec.flavor).map_err(|e| e.to_string())?;
-    let amount = amount(f, "spec.amount", &r.spec.amount).map_err(|e| e.to_string())?;
-    let start = unix(&r.spec.start).ok_or("spec.start is not an RFC 3339 time")?;
-    let end = unix(&r.spec.end).ok_or("spec.end is not an RFC 3339 time")?;
+    let f = flavor(models, &r.spec.flavor)?;
+    let amount = amount(f, "spec.amount", &r.spec.amount)?;
+    let start = crate::time::parse(&r.spec.start).ok_or(QueueError::Time("spec.start"))?;
+    let end = crate::time::parse(&r.spec.end).ok_or(QueueError::Time("spec.end"))?;
     Ok(Some(Grant { queue, flavor: f, amount, start, end }))
 }

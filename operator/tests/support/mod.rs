@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use haiyun_api::fixtures;
 use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -330,47 +331,21 @@ fn free_port() -> u16 {
 
 /// A queue with `gpus` of `flavor` (e.g. `nvidia.com/gpu:h100`).
 pub fn queue(name: &str, flavor: &str, gpus: u32) -> Value {
-    json!({
-        "apiVersion": "haiyun.io/v1alpha1",
-        "kind": "Queue",
-        "metadata": { "name": name },
-        "spec": { "resources": [{ "flavor": flavor, "nominal": gpus.to_string() }] }
-    })
+    fixtures::queue(name).quota(flavor, &gpus.to_string()).value()
 }
 
 /// A pool of this cluster's nodes with `haiyun.io/group=<group>` of the test.
 pub fn pool(env: &Env, name: &str, group: &str, clearance: &str) -> Value {
-    json!({
-        "apiVersion": "haiyun.io/v1alpha1",
-        "kind": "ComputePool",
-        "metadata": { "name": name },
-        "spec": {
-            "kind": "ai",
-            "site": "dc1",
-            "clearance": clearance,
-            "backend": { "kubernetes": { "nodeSelector": { "haiyun.io/test": env.name, "haiyun.io/group": group } } }
-        }
-    })
+    let selector = [("haiyun.io/test", env.name.as_str()), ("haiyun.io/group", group)];
+    fixtures::pool(name).site("dc1").clearance(clearance).kubernetes(&selector).value()
 }
 
 /// A job of `replicas` workers with `gpus` GPUs each that runs `duration` once bound.
 pub fn job(name: &str, queue: &str, replicas: u32, gpus: u32, duration: &str) -> Value {
-    json!({
-        "apiVersion": "haiyun.io/v1alpha1",
-        "kind": "ComputeJob",
-        "metadata": { "name": name, "namespace": "default" },
-        "spec": {
-            "queue": queue,
-            "runtimeEstimate": "5m",
-            "taskGroups": [{
-                "name": "worker",
-                "replicas": replicas,
-                "gpus": gpus,
-                "template": {
-                    "metadata": { "annotations": { "haiyun.io/duration": duration } },
-                    "spec": { "containers": [{ "name": "train", "image": "example.invalid/train:1" }] }
-                }
-            }]
-        }
-    })
+    let template = json!({
+        "metadata": { "annotations": { "haiyun.io/duration": duration } },
+        "spec": { "containers": [{ "name": "train", "image": "example.invalid/train:1" }] }
+    });
+    let j = fixtures::job("default", name).queue(queue).runtime("5m").group_name("worker");
+    j.replicas(replicas).gpus(gpus).template(template).value()
 }

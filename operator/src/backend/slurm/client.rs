@@ -225,10 +225,7 @@ fn http(timeout: Duration) -> Result<reqwest::Client, SlurmError> {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::time::now_ms() / 1000
 }
 
 #[derive(Deserialize)]

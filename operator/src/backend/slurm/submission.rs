@@ -10,11 +10,10 @@ use kube::ResourceExt;
 
 use super::Submission;
 use super::watch::key;
+use crate::index::job::time_limit_min;
 
 /// Memory per task when the job does not say, MiB.
 const DEFAULT_MEMORY_MIB: u64 = 1024;
-/// Time limit when the job gives no runtime estimate, minutes.
-const DEFAULT_LIMIT_MIN: u32 = 60;
 
 /// Why a job cannot be submitted as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,15 +24,6 @@ pub enum SubmissionError {
     /// The placement names a node of another pool.
     #[error("placement node {0:?} is not a node of pool {1:?}")]
     ForeignNode(String, String),
-}
-
-/// The time limit a job gets in Slurm: twice its runtime estimate, in minutes (an hour without one).
-pub fn time_limit_min(job: &ComputeJob) -> u32 {
-    job.spec
-        .runtime_estimate
-        .as_deref()
-        .and_then(quantity::seconds)
-        .map_or(DEFAULT_LIMIT_MIN, |s| u32::try_from((s * 2).div_ceil(60)).unwrap_or(u32::MAX).max(1))
 }
 
 /// The submission for `job`'s current run placed as `placement` in the Slurm pool `spec`; `gpu_type` is the pool's

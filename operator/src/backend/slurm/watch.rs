@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use haiyun_api::ComputePool;
 use haiyun_api::pool::SlurmBackend;
@@ -16,8 +16,8 @@ use super::{Credential, SlurmClient, SlurmJob, SlurmNode};
 /// A pool as last polled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlurmView {
-    /// `Err(why)` when the pool cannot be used now.
-    pub available: Result<(), String>,
+    /// Whether the pool answered its last poll.
+    pub available: Availability,
     /// Its nodes (in its partition).
     pub nodes: Vec<SlurmNode>,
     /// Jobs Slurm lists, by the key in their comment (only ours carry one).
@@ -26,6 +26,22 @@ pub struct SlurmView {
     pub extra: Vec<SlurmJob>,
     /// The partition's longest time limit, minutes (`None`: unlimited).
     pub time_limit_min: Option<u32>,
+}
+
+/// Whether a Slurm pool answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// It answered the last poll.
+    Answering,
+    /// It cannot be used now, with why (unreachable, no credential, refused…).
+    Down(String),
+}
+
+impl Availability {
+    /// Whether it answers.
+    pub fn is_up(&self) -> bool {
+        matches!(self, Availability::Answering)
+    }
 }
 
 /// Every Slurm pool's view, by pool name.
@@ -53,11 +69,16 @@ struct Pool {
     polls: u64,
 }
 
-/// The Slurm pools: clients and views, shared by the poller, the index and the applier.
+/// The Slurm pools: clients and views, shared by the poller, the cycle (through a frozen view) and the applier,
+/// with what this process submitted and what Slurm refused.
 #[derive(Clone, Default)]
 pub struct SlurmPools {
     views: Arc<Mutex<SlurmViews>>,
     clients: Arc<Mutex<HashMap<String, (SlurmClient, SlurmBackend)>>>,
+    /// Jobs whose submission was refused: when to try again, and how many refusals so far.
+    refused: Arc<Mutex<HashMap<String, (Instant, u32)>>>,
+    /// Slurm jobs this process submitted, by key, with when (a run is submitted once).
+    submitted: Arc<Mutex<HashMap<String, (u32, Instant)>>>,
 }
 
 impl std::fmt::Debug for SlurmPools {
@@ -85,6 +106,50 @@ async fn credential(secrets: &Api<Secret>, spec: &SlurmBackend) -> Result<Creden
 }
 
 impl SlurmPools {
+    /// The backend for one cycle: these pools, seen as they are now.
+    pub fn backend(&self) -> super::SlurmBackend {
+        super::SlurmBackend::new(self.clone(), Arc::new(self.views()))
+    }
+
+    /// When this process submitted the run `key`, if it did.
+    pub fn submitted_at(&self, key: &str) -> Option<Instant> {
+        self.submitted.lock().unwrap_or_else(|p| p.into_inner()).get(key).map(|s| s.1)
+    }
+
+    /// When the job `uid` may be submitted again after refusals, and how many there were.
+    pub fn refused(&self, uid: &str) -> Option<(Instant, u32)> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).get(uid).copied()
+    }
+
+    /// Records a refusal of the job `uid`: the next try waits 2 s, doubling to a minute. Returns refusals so far.
+    pub fn refuse(&self, uid: &str) -> u32 {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let n = refused.get(uid).map_or(0, |r| r.1) + 1;
+        let wait = Duration::from_secs(1 << n.min(6)).min(Duration::from_secs(60));
+        refused.insert(uid.to_string(), (Instant::now() + wait, n));
+        n
+    }
+
+    /// Records an accepted submission of run `key` of the job `uid` as Slurm job `id` (at most `keep` are kept).
+    pub fn accepted(&self, uid: &str, key: &str, id: u32, keep: usize) {
+        self.forgive(uid);
+        let mut submitted = self.submitted.lock().unwrap_or_else(|p| p.into_inner());
+        if submitted.len() >= keep {
+            submitted.clear();
+        }
+        submitted.insert(key.to_string(), (id, Instant::now()));
+    }
+
+    /// Forgets the refusals of the job `uid`.
+    pub fn forgive(&self, uid: &str) {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
+
+    /// Forgets refusals of jobs that are gone.
+    pub fn forget_gone(&self, live: &std::collections::HashSet<String>) {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).retain(|uid, _| live.contains(uid));
+    }
+
     /// Every pool's view now.
     pub fn views(&self) -> SlurmViews {
         self.views.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -102,11 +167,6 @@ impl SlurmPools {
             .unwrap_or_else(|p| p.into_inner())
             .get(pool)
             .is_some_and(|v| v.jobs.contains_key(key))
-    }
-
-    /// Whether `pool` is a Slurm pool this operator polls.
-    pub fn is_slurm(&self, pool: &str) -> bool {
-        self.views.lock().unwrap_or_else(|p| p.into_inner()).contains_key(pool)
     }
 
     /// What a submission to `pool` on `node` needs: its client, its spec, and the node's GRES GPU type as Slurm
@@ -141,7 +201,7 @@ impl SlurmPools {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .map(|(n, v)| (n.clone(), v.available.is_ok()))
+                .map(|(n, v)| (n.clone(), v.available.is_up()))
                 .collect();
             for p in pools.state() {
                 let Some(spec) = p.spec.backend.slurm.clone() else { continue };
@@ -149,10 +209,10 @@ impl SlurmPools {
                 let view = self.poll(&secrets, &mut state, &name, spec).await;
                 let was = before.get(&name).copied();
                 match (&view.available, was) {
-                    (Ok(()), Some(false) | None) => {
+                    (Availability::Answering, Some(false) | None) => {
                         tracing::info!(pool = %name, nodes = view.nodes.len(), "Slurm pool available")
                     }
-                    (Err(why), Some(true) | None) => {
+                    (Availability::Down(why), Some(true) | None) => {
                         tracing::warn!(pool = %name, %why, "Slurm pool unavailable")
                     }
                     _ => {}
@@ -174,6 +234,8 @@ impl SlurmPools {
         }
     }
 
+    /// One poll of a pool: its client (made again when its spec changed or its token was refused), then its nodes,
+    /// time limit and jobs. A pool that stops answering keeps its last view, marked down.
     async fn poll(
         &self,
         secrets: &Api<Secret>,
@@ -181,96 +243,92 @@ impl SlurmPools {
         name: &str,
         spec: SlurmBackend,
     ) -> SlurmView {
-        let unavailable = |why: String| SlurmView {
-            available: Err(why),
+        if state.get(name).is_none_or(|p| p.spec != spec) {
+            match connect(secrets, &spec).await {
+                Ok(client) => {
+                    self.clients
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name.to_string(), (client.clone(), spec.clone()));
+                    state.insert(name.into(), Pool::new(spec.clone(), client));
+                }
+                Err(why) => return SlurmView::down(why),
+            }
+        }
+        let Some(pool) = state.get_mut(name) else { return SlurmView::down("no client".into()) };
+        match pool.read(&spec).await {
+            Ok(view) => view,
+            Err(e) => {
+                let view = match &pool.last {
+                    Some(last) => SlurmView { available: Availability::Down(e.to_string()), ..last.clone() },
+                    None => SlurmView::down(e.to_string()),
+                };
+                if matches!(e, super::SlurmError::Unauthorized { .. }) {
+                    state.remove(name); // read the Secret again: the token may have been rotated
+                }
+                view
+            }
+        }
+    }
+}
+
+/// A client for a pool, with its credential from its Secret.
+async fn connect(secrets: &Api<Secret>, spec: &SlurmBackend) -> Result<SlurmClient, String> {
+    let cred = credential(secrets, spec).await?;
+    let client = SlurmClient::new(&spec.endpoint, &spec.user, cred).map_err(|e| e.to_string())?;
+    Ok(client.with_timeout(Duration::from_secs(10)))
+}
+
+impl SlurmView {
+    /// The view of a pool that cannot be used, with why.
+    fn down(why: String) -> Self {
+        SlurmView {
+            available: Availability::Down(why),
             nodes: Vec::new(),
             jobs: HashMap::new(),
             extra: Vec::new(),
             time_limit_min: None,
-        };
-        if state.get(name).is_none_or(|p| p.spec != spec) {
-            let cred = match credential(secrets, &spec).await {
-                Ok(c) => c,
-                Err(why) => return unavailable(why),
-            };
-            let client = match SlurmClient::new(&spec.endpoint, &spec.user, cred) {
-                Ok(c) => c.with_timeout(Duration::from_secs(10)),
-                Err(e) => return unavailable(e.to_string()),
-            };
-            self.clients
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(name.to_string(), (client.clone(), spec.clone()));
-            state.insert(
-                name.into(),
-                Pool {
-                    spec: spec.clone(),
-                    client,
-                    last: None,
-                    jobs: HashMap::new(),
-                    last_update: 0,
-                    polls: 0,
-                },
-            );
         }
-        let Some(pool) = state.get_mut(name) else { return unavailable("no client".into()) };
-        let stale = |pool: &Pool, why: String| match &pool.last {
-            Some(last) => SlurmView { available: Err(why), ..last.clone() },
-            None => unavailable(why),
-        };
-        let nodes = match pool.client.nodes().await {
-            Ok(n) => n,
-            Err(e) => {
-                let view = stale(pool, e.to_string());
-                if matches!(e, super::SlurmError::Unauthorized { .. }) {
-                    state.remove(name); // read the Secret again: the token may have been rotated
-                }
-                return view;
-            }
-        };
-        let time_limit_min = match pool.client.time_limit(&spec.partition).await {
-            Ok(t) => t,
-            Err(e) => {
-                let view = stale(pool, e.to_string());
-                if matches!(e, super::SlurmError::Unauthorized { .. }) {
-                    state.remove(name); // read the Secret again: the token may have been rotated
-                }
-                return view;
-            }
-        };
-        // Jobs changed since the last poll; every 30th poll lists all, so jobs Slurm forgot are dropped.
-        let full = pool.polls % 30 == 0;
-        let since = (!full).then_some(pool.last_update - 5);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        match pool.client.jobs(since).await {
-            Ok(jobs) => {
-                if full {
-                    pool.jobs.clear();
-                }
-                for j in jobs {
-                    pool.jobs.insert(j.id, j);
-                }
-                pool.last_update = now;
-                pool.polls += 1;
-            }
-            Err(e) => {
-                let view = stale(pool, e.to_string());
-                if matches!(e, super::SlurmError::Unauthorized { .. }) {
-                    state.remove(name); // read the Secret again: the token may have been rotated
-                }
-                return view;
-            }
+    }
+}
+
+impl Pool {
+    fn new(spec: SlurmBackend, client: SlurmClient) -> Self {
+        Pool { spec, client, last: None, jobs: HashMap::new(), last_update: 0, polls: 0 }
+    }
+
+    /// Reads the pool's nodes, time limit and jobs (those changed since the last poll; every 30th poll lists all,
+    /// so jobs Slurm forgot are dropped), and remembers the view.
+    async fn read(&mut self, spec: &SlurmBackend) -> Result<SlurmView, super::SlurmError> {
+        let nodes = self.client.nodes().await?;
+        let time_limit_min = self.client.time_limit(&spec.partition).await?;
+        let full = self.polls % 30 == 0;
+        let since = (!full).then_some(self.last_update - 5);
+        let now = crate::time::now_ms() / 1000;
+        let jobs = self.client.jobs(since).await?;
+        if full {
+            self.jobs.clear();
         }
+        for j in jobs {
+            self.jobs.insert(j.id, j);
+        }
+        self.last_update = now;
+        self.polls += 1;
         let nodes: Vec<SlurmNode> =
             nodes.into_iter().filter(|n| n.partitions.contains(&spec.partition)).collect();
         if nodes.is_empty() {
-            return unavailable(format!("partition {:?} has no nodes", spec.partition));
+            return Ok(SlurmView::down(format!("partition {:?} has no nodes", spec.partition)));
         }
-        // Ours: a key in the comment, in this pool's partition, run as this pool's user.
-        let mut ours: Vec<&SlurmJob> = pool
+        let (jobs, extra) = self.ours(spec);
+        let view = SlurmView { available: Availability::Answering, nodes, jobs, extra, time_limit_min };
+        self.last = Some(view.clone());
+        Ok(view)
+    }
+
+    /// Our jobs (a key in the comment, in this pool's partition, run as this pool's user) by key; where Slurm lists
+    /// a key twice, the newest job speaks for it and older copies are extra (cancelled while they run).
+    fn ours(&self, spec: &SlurmBackend) -> (HashMap<String, SlurmJob>, Vec<SlurmJob>) {
+        let mut ours: Vec<&SlurmJob> = self
             .jobs
             .values()
             .filter(|j| parse_key(&j.comment).is_some())
@@ -280,16 +338,13 @@ impl SlurmPools {
         let mut jobs: HashMap<String, SlurmJob> = HashMap::new();
         let mut extra = Vec::new();
         for j in ours {
-            // A key Slurm lists twice: the newest job speaks for it; an older copy still running is cancelled.
             if jobs.contains_key(&j.comment) {
                 extra.push(j.clone());
             } else {
                 jobs.insert(j.comment.clone(), j.clone());
             }
         }
-        let view = SlurmView { available: Ok(()), nodes, jobs, extra, time_limit_min };
-        pool.last = Some(view.clone());
-        view
+        (jobs, extra)
     }
 }
 

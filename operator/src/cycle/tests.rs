@@ -1,16 +1,23 @@
-//! The index without an API server: objects in, the core's world out, checked through what a cycle decides.
+//! The index and the backends without an API server: objects in, the core's world out, checked through what a
+//! cycle decides.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use haiyun_api::fixtures;
 use haiyun_api::job::JobPhase;
-use haiyun_api::{ComputeJob, ComputePool, Queue};
+use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest};
 use haiyun_scheduler::model::Health;
 use haiyun_scheduler::schedule::SchedulerConfig;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
 use serde_json::json;
 
-use super::*;
+use crate::backend::kubernetes::KubernetesBackend;
+use crate::backend::slurm::{SlurmBackend, SlurmPools, SlurmViews};
+use crate::backend::{BackendKind, Backends, Inputs, PoolBackend};
+use crate::fleet::FleetView;
+use crate::index::{Claims, JobState, Overlay, World, build};
 use crate::plan::{Action, plan};
 
 const NOW: f64 = 1_800_000_000.0;
@@ -30,34 +37,19 @@ fn node(name: &str, gpus: u32, cordoned: bool) -> Arc<Node> {
 }
 
 fn pool() -> Arc<ComputePool> {
-    Arc::new(
-        serde_json::from_value(json!({
-            "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputePool", "metadata": { "name": "a" },
-            "spec": { "kind": "ai", "backend": { "kubernetes": { "nodeSelector": { "pool": "a" } } } }
-        }))
-        .unwrap(),
-    )
+    Arc::new(fixtures::pool("a").kubernetes(&[("pool", "a")]).build())
 }
 
 fn queue(name: &str) -> Arc<Queue> {
-    Arc::new(
-        serde_json::from_value(json!({
-            "apiVersion": "haiyun.io/v1alpha1", "kind": "Queue", "metadata": { "name": name },
-            "spec": { "resources": [{ "flavor": "nvidia.com/gpu:h100", "nominal": "64" }] }
-        }))
-        .unwrap(),
-    )
+    Arc::new(fixtures::queue(name).quota("nvidia.com/gpu:h100", "64").build())
 }
 
 fn job(name: &str, queue: &str, gpus: u32, age_s: i64) -> ComputeJob {
-    let created = jiff::Timestamp::from_second(NOW as i64 - age_s).unwrap();
-    serde_json::from_value(json!({
-        "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputeJob",
-        "metadata": { "name": name, "namespace": "ns", "uid": format!("uid-{name}"), "generation": 1,
-                      "creationTimestamp": created.to_string() },
-        "spec": { "queue": queue, "taskGroups": [{ "name": "w", "replicas": 1, "gpus": gpus }] }
-    }))
-    .unwrap()
+    fixtures::job("ns", name)
+        .queue(queue)
+        .gpus(gpus)
+        .stored(&format!("uid-{name}"), NOW as i64 - age_s)
+        .build()
 }
 
 /// `job` running on `node` with GPUs `gpus`, and its pod.
@@ -121,9 +113,46 @@ fn admitted(actions: &[Action]) -> Vec<String> {
         .collect()
 }
 
-fn cycle(objects: &Objects) -> (World, Vec<Action>) {
-    let mut world = build(objects, &Overlay::default(), SchedulerConfig::default(), NOW).unwrap();
-    let actions = plan(&mut world, NOW).unwrap();
+/// What the operator reads: the cluster's objects, the agents' reports and the Slurm pools' views.
+#[derive(Debug, Default)]
+struct Objects {
+    pools: Vec<Arc<ComputePool>>,
+    queues: Vec<Arc<Queue>>,
+    jobs: Vec<Arc<ComputeJob>>,
+    requests: Vec<Arc<QuotaRequest>>,
+    datasets: Vec<Arc<Dataset>>,
+    nodes: Vec<Arc<Node>>,
+    pods: Vec<Arc<Pod>>,
+    fleet: Arc<FleetView>,
+    slurm: Arc<SlurmViews>,
+}
+
+/// The world the operator's backends build from `given`, and what a cycle plans in it.
+fn cycle(given: &Objects) -> (World, Vec<Action>) {
+    let objects = crate::index::Objects {
+        pools: given.pools.clone(),
+        queues: given.queues.clone(),
+        jobs: given.jobs.clone(),
+        requests: given.requests.clone(),
+        datasets: given.datasets.clone(),
+        nodes: given.nodes.clone(),
+        pods: given.pods.clone(),
+    };
+    let backends = Backends::new(vec![
+        Arc::new(KubernetesBackend::offline()) as Arc<dyn PoolBackend>,
+        Arc::new(SlurmBackend::new(SlurmPools::default(), given.slurm.clone())),
+    ]);
+    let federation = |claims: &Claims| {
+        backends.federation(&objects.pools, &Inputs { objects: &objects, fleet: &given.fleet, claims })
+    };
+    let overlay = Overlay::default();
+    let mut world = build(&objects, &overlay, &federation, SchedulerConfig::default(), NOW).unwrap();
+    let kinds: BTreeMap<String, BackendKind> = objects
+        .pools
+        .iter()
+        .filter_map(|p| Some((kube::ResourceExt::name_any(p.as_ref()), BackendKind::of(p)?)))
+        .collect();
+    let actions = plan(&mut world, &kinds, NOW).unwrap();
     (world, actions)
 }
 
@@ -281,7 +310,7 @@ fn slurm_view(time_limit_min: Option<u32>) -> crate::backend::slurm::SlurmView {
         flags: Vec::new(),
     };
     crate::backend::slurm::SlurmView {
-        available: Ok(()),
+        available: crate::backend::slurm::Availability::Answering,
         nodes: vec![node("n1"), node("n2")],
         jobs: Default::default(),
         extra: Vec::new(),
@@ -321,7 +350,7 @@ fn batch_jobs_go_to_slurm_pools_that_allow_their_time_and_pod_jobs_never_do() {
     let admitted: Vec<(String, String)> = actions
         .iter()
         .filter_map(|a| match a {
-            Action::Admit { job, placement } => Some((job.name_any(), placement.tasks[0].node.clone())),
+            Action::Admit { job, placement, .. } => Some((job.name_any(), placement.tasks[0].node.clone())),
             _ => None,
         })
         .collect();

@@ -1,11 +1,14 @@
 //! Slurm pools in the core's federation: each node of the pool's partition as `<pool>/<node>`, its GRES GPUs typed
-//! by model; GPUs Slurm allocates to jobs we did not submit are held, and a job's run reads its state from Slurm.
+//! by model; GPUs Slurm allocates to jobs we did not submit are held; each run of ours Slurm lists is recorded with
+//! its state; and what Slurm runs for us that no placement covers is named for cancelling.
 
-use haiyun_scheduler::model::{Gpu, Health, Node as CoreNode};
+use haiyun_api::ComputePool;
+use haiyun_scheduler::model::{Gpu, Health, Node as CoreNode, PoolId, Time};
+use kube::ResourceExt;
 
-use super::PodCounts;
-use super::cluster::{Claims, Federation};
-use crate::backend::slurm::{SlurmJob, SlurmView};
+use super::{SlurmJob, SlurmView, SlurmViews};
+use crate::backend::{Live, Orphan};
+use crate::index::cluster::{Claims, Federation, RunPhase, RunRecord, taken};
 
 /// Memory per GPU assumed when Slurm does not say (MiB).
 const GPU_MEMORY_MIB: u32 = 81_920;
@@ -15,15 +18,28 @@ pub fn node_name(pool: &str, node: &str) -> String {
     format!("{pool}/{node}")
 }
 
+/// Adds each Slurm pool that has been reached: it runs batch scripts within its partition's time limit, its runs
+/// are recorded, and its nodes join (those of a pool that does not answer keep their place but take nothing new).
+pub fn contribute(pools: &[(PoolId, &ComputePool)], views: &SlurmViews, claims: &Claims, f: &mut Federation) {
+    for (id, p) in pools {
+        let name = p.name_any();
+        f.scripts.insert(*id);
+        let Some(view) = views.get(&name) else { continue };
+        if let Some(limit) = view.time_limit_min {
+            f.time_limits.insert(*id, limit);
+        }
+        f.run_keepers.insert(name.clone(), view.available.is_up());
+        for (key, job) in &view.jobs {
+            if let Some((uid, run)) = super::watch::parse_key(key) {
+                f.runs.insert((uid.to_string(), run), record(job));
+            }
+        }
+        add_nodes(f, *id, &name, view, claims, view.available.is_up());
+    }
+}
+
 /// Adds the nodes of a Slurm pool; those of a pool that does not answer (`reachable` false) take nothing new.
-pub fn add_nodes(
-    f: &mut Federation,
-    pool: u32,
-    name: &str,
-    view: &SlurmView,
-    claims: &Claims,
-    reachable: bool,
-) {
+fn add_nodes(f: &mut Federation, pool: u32, name: &str, view: &SlurmView, claims: &Claims, reachable: bool) {
     let mut nodes: Vec<_> = view.nodes.iter().collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     for n in nodes {
@@ -37,7 +53,7 @@ pub fn add_nodes(
         let model = n.gpu_type.as_deref().or(if count > 0 { Some("gpu") } else { None });
         let model = model.and_then(|m| f.cluster.models.intern(&m.to_lowercase()));
         let foreign = n.gpus_used.saturating_sub(ours.count_ones());
-        let taken = super::cluster::taken(count, ours, 0, foreign);
+        let taken = taken(count, ours, 0, foreign);
         let rack = f.cluster.nodes.len() as u32;
         let gpus = match model {
             Some(model) => (0..count)
@@ -49,8 +65,7 @@ pub fn add_nodes(
                 .collect(),
             None => Vec::new(),
         };
-        f.node_ids.insert(core_name.clone(), f.cluster.nodes.len() as u32);
-        f.cluster.nodes.push(CoreNode {
+        f.add_node(CoreNode {
             name: core_name,
             pool,
             rack,
@@ -62,18 +77,42 @@ pub fn add_nodes(
     }
 }
 
-/// What a Slurm job's state says, in the terms the operator uses for pods: `tasks` tasks, all pending, running,
-/// succeeded or failed. A job Slurm does not list yet is not submitted (total 0).
-pub fn counts(job: Option<&SlurmJob>, tasks: usize) -> PodCounts {
-    let Some(j) = job else { return PodCounts::default() };
-    let all =
-        |running, succeeded, failed| PodCounts { total: tasks, bound: tasks, running, succeeded, failed };
-    match j.state.as_str() {
-        s if WAITING.contains(&s) => all(0, 0, 0),
-        s if HOLDING.contains(&s) => all(tasks, 0, 0),
-        "COMPLETED" => all(0, tasks, 0),
-        _ => all(0, 0, tasks.max(1)), // FAILED, CANCELLED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, PREEMPTED, …
+/// A Slurm job's state as a run record, with when it really ran once it started.
+pub fn record(j: &SlurmJob) -> RunRecord {
+    let phase = match j.state.as_str() {
+        s if WAITING.contains(&s) => RunPhase::Waiting,
+        s if HOLDING.contains(&s) => RunPhase::Holding,
+        "COMPLETED" => RunPhase::Succeeded,
+        _ => RunPhase::Failed, // FAILED, CANCELLED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, PREEMPTED, …
+    };
+    let times = (j.start_time > 0).then_some((j.start_time as Time, j.end_time as Time));
+    RunRecord { phase, times }
+}
+
+/// Slurm jobs of ours to cancel: duplicates of a submission, and runs whose ComputeJob is gone, holds no placement,
+/// or has moved on to a later run. A key for a later run than the cache shows is our own fresh submission: it is
+/// left alone.
+pub fn orphans(views: &SlurmViews, live: &Live) -> Vec<Orphan> {
+    let mut out = Vec::new();
+    for (pool, view) in views {
+        for j in view.extra.iter().filter(|j| active(j)) {
+            let uid = super::watch::parse_key(&j.comment).map(|(u, _)| u.to_string()).unwrap_or_default();
+            out.push(Orphan::Batch { pool: pool.clone(), id: j.id, key: j.comment.clone(), uid });
+        }
+        for (key, job) in &view.jobs {
+            let Some((uid, run)) = super::watch::parse_key(key) else { continue };
+            if !active(job) {
+                continue;
+            }
+            let current = live.runs.get(uid).copied();
+            let keep = live.placed.contains(uid) && current.is_some_and(|c| run >= c);
+            if !keep {
+                let uid = uid.to_string();
+                out.push(Orphan::Batch { pool: pool.clone(), id: job.id, key: key.clone(), uid });
+            }
+        }
     }
+    out
 }
 
 /// States of a job that waits in Slurm (held ones included: they may still start).
@@ -100,6 +139,7 @@ pub fn active(job: &SlurmJob) -> bool {
 mod tests {
     use super::*;
     use crate::backend::slurm::SlurmNode;
+    use crate::index::PodCounts;
     use std::collections::HashMap;
 
     fn slurm_node(name: &str, state: &str, used: u32) -> SlurmNode {
@@ -121,7 +161,7 @@ mod tests {
     #[test]
     fn slurm_nodes_join_their_pool_and_gpus_others_hold_are_not_free() {
         let view = SlurmView {
-            available: Ok(()),
+            available: crate::backend::slurm::Availability::Answering,
             nodes: vec![
                 slurm_node("n2", "mixed", 3),
                 slurm_node("n1", "idle", 0),
@@ -161,6 +201,7 @@ mod tests {
             gpus: 0,
             user: String::new(),
         };
+        let counts = |j: Option<&SlurmJob>, n| PodCounts::of_run(j.map(record).as_ref(), n);
         assert_eq!(counts(None, 2).total, 0);
         assert_eq!(counts(Some(&job("PENDING")), 2), PodCounts { total: 2, bound: 2, ..Default::default() });
         assert_eq!(counts(Some(&job("RUNNING")), 2).running, 2);

@@ -1,31 +1,23 @@
-//! The Kubernetes backend for pools in this cluster: write-ahead status, then pods, then the Binding subresource.
-//!
-//! Every step is idempotent, so a crash anywhere is repaired by running the step again:
-//! - admit: the placement goes into the job's status first; pods are then created with deterministic names
-//!   and bound exactly where the status says, and a pod already bound is left alone;
-//! - evict: the job's status drops its placement first; its pods are then deleted (pods of a job without a
-//!   placement are garbage and are deleted whenever seen).
+//! A job's pods in this cluster: created with deterministic names, bound through the Binding subresource exactly
+//! where the job's status places them, deleted by the job's uid. Every step is idempotent, so a crash anywhere is
+//! repaired by running the step again (the status is written first, by the applier).
 
-use haiyun_api::job::{JobPhase, Placement as ApiPlacement, TaskPlacement};
-use haiyun_api::{
-    ComputeJob, ComputeJobStatus, GPUS_ANNOTATION, JOB_NAME_LABEL, JOB_UID_LABEL, SCHEDULER_NAME,
-};
+use haiyun_api::job::TaskPlacement;
+use haiyun_api::{ComputeJob, GPUS_ANNOTATION, JOB_NAME_LABEL, JOB_UID_LABEL, SCHEDULER_NAME};
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::index::cluster::GPU_RESOURCE;
+use crate::index::pod::GPU_RESOURCE;
 
 pub use haiyun_api::RUN_LABEL;
-/// Field manager of every write.
-pub const MANAGER: &str = "haiyun-operator";
 /// Image of pods whose task group has no template.
 pub const DEFAULT_IMAGE: &str = "registry.k8s.io/pause:3.10";
 
-/// Why a backend step failed; every step can be retried.
+/// Why a step on pods failed; every step can be retried.
 #[derive(Debug, thiserror::Error)]
-pub enum BackendError {
+pub enum PodError {
     /// An API call failed.
     #[error("failed to {action} {object}: {source}")]
     Api {
@@ -57,79 +49,17 @@ pub enum BackendError {
     },
 }
 
-fn api_err(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> BackendError {
+fn api_err(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> PodError {
     let object = object.into();
-    move |source| BackendError::Api { action, object, source }
+    move |source| PodError::Api { action, object, source }
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
-/// Writes a job's whole status (server-side apply: fields left out are removed).
-pub async fn write_status(
-    client: &Client,
-    job: &ComputeJob,
-    status: &ComputeJobStatus,
-) -> Result<(), BackendError> {
-    let ns = job.namespace().unwrap_or_default();
-    let api: Api<ComputeJob> = Api::namespaced(client.clone(), &ns);
-    // The uid makes the write fail rather than land on a job of the same name made since.
-    let patch = json!({
-        "apiVersion": "haiyun.io/v1alpha1",
-        "kind": "ComputeJob",
-        "metadata": { "uid": job.uid() },
-        "status": status,
-    });
-    api.patch_status(&job.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(api_err("write the status of", crate::index::job::key(job)))?;
-    Ok(())
-}
-
-/// Adds (`on`) or removes this operator's finalizer `name` on the job. Server-side apply owns just that entry of
-/// the finalizer set, so other controllers' finalizers are untouched.
-pub async fn set_finalizer(
-    client: &Client,
-    job: &ComputeJob,
-    name: &str,
-    on: bool,
-) -> Result<(), BackendError> {
-    let has = job.finalizers().iter().any(|f| f == name);
-    if has == on {
-        return Ok(());
-    }
-    let api: Api<ComputeJob> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
-    let finalizers: Vec<&str> = if on { vec![name] } else { Vec::new() };
-    let patch = json!({
-        "apiVersion": "haiyun.io/v1alpha1",
-        "kind": "ComputeJob",
-        "metadata": { "uid": job.uid(), "finalizers": finalizers },
-    });
-    let manager = format!("{MANAGER}-finalizer");
-    match api.patch(&job.name_any(), &PatchParams::apply(&manager).force(), &Patch::Apply(&patch)).await {
-        Err(kube::Error::Api(e)) if e.code == 404 && !on => Ok(()),
-        r => r.map(|_| ()).map_err(api_err("set the finalizer of", crate::index::job::key(job))),
-    }
-}
-
-/// The status of a job just admitted with `placement` at `now`.
-pub fn admitted_status(job: &ComputeJob, placement: &ApiPlacement, now: f64) -> ComputeJobStatus {
-    let mut st = job.status.clone().unwrap_or_default();
-    st.phase = JobPhase::Admitted;
-    st.placement = Some(placement.clone());
-    st.pending_reasons.clear();
-    st.hints.clear();
-    st.estimated_start = Some(crate::time::rfc3339(now));
-    st.start_time = Some(crate::time::rfc3339(now));
-    st.completion_time = None;
-    st.observed_generation = job.metadata.generation.unwrap_or(0);
-    st.derive_conditions(st.observed_generation, &crate::time::rfc3339(now));
-    st
-}
-
 /// Creates the job's pods where missing and binds each where its placement says; returns how many it bound.
-pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, BackendError> {
+pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, PodError> {
     let Some(st) = job.status.as_ref() else { return Ok(0) };
     let Some(placement) = st.placement.as_ref() else { return Ok(0) };
     let ns = job.namespace().unwrap_or_default();
@@ -141,7 +71,7 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Bac
         let pod = match existing {
             Some(p) if p.labels().get(RUN_LABEL) != Some(&run) || p.metadata.deletion_timestamp.is_some() => {
                 delete_pod(&pods, &task.pod).await?;
-                return Err(BackendError::Stale(task.pod.clone()));
+                return Err(PodError::Stale(task.pod.clone()));
             }
             Some(p) => p,
             None => {
@@ -159,7 +89,7 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Bac
             Some(n) if n == task.node => {}
             Some(_) => {
                 delete_pod(&pods, &task.pod).await?;
-                return Err(BackendError::Stale(task.pod.clone()));
+                return Err(PodError::Stale(task.pod.clone()));
             }
             None => {
                 bind(&pods, &task.pod, &task.node).await?;
@@ -171,7 +101,7 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Bac
 }
 
 /// Binds a plain pod; the Binding's annotation gives it its GPU indices (the API server copies it to the pod).
-pub async fn bind_plain(client: &Client, pod: &Pod, node: &str, gpus: &[u32]) -> Result<(), BackendError> {
+pub async fn bind_plain(client: &Client, pod: &Pod, node: &str, gpus: &[u32]) -> Result<(), PodError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
     let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
     let annotations = [(GPUS_ANNOTATION.to_string(), list.join(","))].into_iter().collect();
@@ -179,13 +109,13 @@ pub async fn bind_plain(client: &Client, pod: &Pod, node: &str, gpus: &[u32]) ->
 }
 
 /// Deletes a plain pod (preempted).
-pub async fn delete_plain(client: &Client, pod: &Pod) -> Result<(), BackendError> {
+pub async fn delete_plain(client: &Client, pod: &Pod) -> Result<(), PodError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
     delete_pod(&pods, &pod.name_any()).await
 }
 
 /// Sets a waiting plain pod's PodScheduled condition to False with why, as kube-scheduler does.
-pub async fn mark_waiting(client: &Client, pod: &Pod, message: &str) -> Result<(), BackendError> {
+pub async fn mark_waiting(client: &Client, pod: &Pod, message: &str) -> Result<(), PodError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
     let patch = json!({ "status": { "conditions": [{
         "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
@@ -198,7 +128,7 @@ pub async fn mark_waiting(client: &Client, pod: &Pod, message: &str) -> Result<(
 }
 
 /// Binds a pod to a node through the Binding subresource; a pod already bound there counts as done.
-async fn bind(pods: &Api<Pod>, pod: &str, node: &str) -> Result<(), BackendError> {
+async fn bind(pods: &Api<Pod>, pod: &str, node: &str) -> Result<(), PodError> {
     bind_with(pods, pod, node, None).await
 }
 
@@ -207,7 +137,7 @@ async fn bind_with(
     pod: &str,
     node: &str,
     annotations: Option<std::collections::BTreeMap<String, String>>,
-) -> Result<(), BackendError> {
+) -> Result<(), PodError> {
     let binding = Binding {
         metadata: kube::api::ObjectMeta { name: Some(pod.into()), annotations, ..Default::default() },
         target: ObjectReference { kind: Some("Node".into()), name: Some(node.into()), ..Default::default() },
@@ -228,7 +158,7 @@ async fn bind_with(
     }
 }
 
-async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), BackendError> {
+async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), PodError> {
     match pods.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 404) => Ok(()),
@@ -237,7 +167,7 @@ async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), BackendError> {
 }
 
 /// Deletes every pod of a job (by its uid label).
-pub async fn delete_pods(client: &Client, namespace: &str, uid: &str) -> Result<usize, BackendError> {
+pub async fn delete_pods(client: &Client, namespace: &str, uid: &str) -> Result<usize, PodError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let list = pods
         .list(&ListParams::default().labels(&format!("{JOB_UID_LABEL}={uid}")))
@@ -260,9 +190,9 @@ pub async fn delete_pods(client: &Client, namespace: &str, uid: &str) -> Result<
 
 /// The pod for task `index` of a job: its group's template (or a pause container), our scheduler, labels that
 /// tie it to the job and run, its GPUs in an annotation, and the group's requests on its first container.
-pub fn pod_for(job: &ComputeJob, index: usize, task: &TaskPlacement, run: &str) -> Result<Pod, BackendError> {
+pub fn pod_for(job: &ComputeJob, index: usize, task: &TaskPlacement, run: &str) -> Result<Pod, PodError> {
     let Some((group, g)) = job.spec.group_of_task(index) else {
-        return Err(BackendError::NoTask { pod: task.pod.clone(), index });
+        return Err(PodError::NoTask { pod: task.pod.clone(), index });
     };
     let template = g.template.clone().unwrap_or_else(|| json!({}));
     let mut pod: Pod = serde_json::from_value(json!({
@@ -271,7 +201,7 @@ pub fn pod_for(job: &ComputeJob, index: usize, task: &TaskPlacement, run: &str) 
         "metadata": template.get("metadata").cloned().unwrap_or_else(|| json!({})),
         "spec": template.get("spec").cloned().unwrap_or_else(|| json!({ "containers": [] })),
     }))
-    .map_err(|source| BackendError::Template { group, source })?;
+    .map_err(|source| PodError::Template { group, source })?;
     let meta = &mut pod.metadata;
     meta.name = Some(task.pod.clone());
     meta.namespace = job.namespace();

@@ -1,53 +1,36 @@
-//! The simulated backend through the operator's own index, plan and reports: admission onto simulated nodes, runs
+//! The cluster in memory through the operator's one cycle and the simulated backend: admission onto simulated nodes, runs
 //! that end at their runtime, data that stays in cleared pools, preemption that keeps checkpointed work, quota
 //! requests, agents' health, and the operator itself refusing simulated pools.
 
 use std::sync::Arc;
 
+use haiyun_api::fixtures;
 use haiyun_api::job::JobPhase;
 use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest};
 use haiyun_scheduler::schedule::SchedulerConfig;
 use serde_json::json;
 
-use super::SimulatedCluster;
+use super::MemoryCluster;
 use crate::decision::DecisionLog;
 use crate::fleet::FleetView;
 
 const T0: f64 = 1_800_000_000.0;
 
 fn pool(name: &str, clearance: &str, nodes: u32, gpus: u32) -> ComputePool {
-    serde_json::from_value(json!({
-        "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputePool", "metadata": {"name": name},
-        "spec": {"kind": "ai", "site": name, "clearance": clearance, "backend": {"simulated": {"nodes": [
-            {"count": nodes, "gpus": gpus, "gpuModel": "h100", "cpu": "64", "memory": "512Gi"}]}}}
-    }))
-    .unwrap()
+    fixtures::pool(name).site(name).clearance(clearance).simulated(nodes, gpus, "h100").build()
 }
 
 fn queue(gpus: u32) -> Queue {
-    serde_json::from_value(json!({
-        "apiVersion": "haiyun.io/v1alpha1", "kind": "Queue", "metadata": {"name": "q"},
-        "spec": {"resources": [{"flavor": "nvidia.com/gpu:h100", "nominal": gpus.to_string()},
-                               {"flavor": "cpu", "nominal": "1000"}, {"flavor": "memory", "nominal": "10Ti"}]}
-    }))
-    .unwrap()
+    let q = fixtures::queue("q").quota("nvidia.com/gpu:h100", &gpus.to_string());
+    q.quota("cpu", "1000").quota("memory", "10Ti").build()
 }
 
 fn job(name: &str, gpus: u32, runtime: &str, extra: serde_json::Value) -> ComputeJob {
-    let mut spec = json!({"queue": "q", "runtimeEstimate": runtime,
-        "taskGroups": [{"name": "w", "replicas": 1, "gpus": gpus, "cpu": "4", "memory": "16Gi"}]});
-    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-        s.extend(e.clone());
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputeJob",
-        "metadata": {"name": name, "namespace": "ns"}, "spec": spec
-    }))
-    .unwrap()
+    fixtures::job("ns", name).gpus(gpus).resources("4", "16Gi").runtime(runtime).spec(extra).build()
 }
 
-fn cluster(pools: &[ComputePool], quota: u32) -> SimulatedCluster {
-    let mut c = SimulatedCluster::new(SchedulerConfig::default(), DecisionLog::open(None).unwrap());
+fn cluster(pools: &[ComputePool], quota: u32) -> MemoryCluster {
+    let mut c = MemoryCluster::new(SchedulerConfig::default(), DecisionLog::open(None).unwrap());
     for p in pools {
         c.add_pool(p.clone(), T0).unwrap();
     }
@@ -55,11 +38,11 @@ fn cluster(pools: &[ComputePool], quota: u32) -> SimulatedCluster {
     c
 }
 
-fn cycle(c: &mut SimulatedCluster, t: f64) -> crate::dashboard::Snapshot {
+fn cycle(c: &mut MemoryCluster, t: f64) -> crate::dashboard::Snapshot {
     c.cycle(Arc::new(FleetView::default()), T0 + t).unwrap()
 }
 
-fn phase(c: &SimulatedCluster, name: &str) -> JobPhase {
+fn phase(c: &MemoryCluster, name: &str) -> JobPhase {
     c.jobs()[&format!("ns/{name}")].status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
@@ -175,10 +158,23 @@ fn an_approved_quota_request_raises_the_queue_and_names_are_checked() {
 fn the_operator_refuses_simulated_pools_it_cannot_serve() {
     let mut c = cluster(&[pool("p", "public", 1, 8)], 8);
     c.submit(job("a", 8, "1h", json!({})), None, T0).unwrap();
-    let mut objects = c.objects(Arc::new(FleetView::default()));
-    objects.simulated = false;
-    let world = crate::index::build(&objects, &Default::default(), SchedulerConfig::default(), T0).unwrap();
-    let why = &world.federation.unavailable["p"];
+    let objects = c.objects();
+    // The operator serves Kubernetes and Slurm pools, never simulated ones.
+    let operator = crate::backend::Backends::new(vec![
+        Arc::new(crate::backend::kubernetes::KubernetesBackend::offline())
+            as Arc<dyn crate::backend::PoolBackend>,
+        Arc::new(crate::backend::slurm::SlurmPools::default().backend()),
+    ]);
+    let input = crate::cycle::Input {
+        objects: &objects,
+        fleet: &FleetView::default(),
+        backends: &operator,
+        busy: &Default::default(),
+        config: SchedulerConfig::default(),
+        now: T0,
+    };
+    let out = crate::cycle::run(&input, &mut Default::default()).unwrap();
+    let why = out.snapshot.pools.iter().find(|p| p.name == "p").and_then(|p| p.unavailable.clone()).unwrap();
     assert!(why.contains("only by `haiyun demo`"), "{why}");
-    assert!(world.scheduler.snapshot().cluster().nodes.is_empty());
+    assert!(out.snapshot.nodes.is_empty());
 }

@@ -3,11 +3,11 @@
 
 use haiyun_api::pool::SimulatedNodes;
 use haiyun_api::{ComputePool, quantity};
-use haiyun_scheduler::model::{Gpu, Node as CoreNode};
+use haiyun_scheduler::model::{Gpu, Node as CoreNode, PoolId};
 use kube::ResourceExt;
 
-use super::cluster::{Claims, Federation};
-use crate::fleet::FleetView;
+use crate::backend::Inputs;
+use crate::index::cluster::{Federation, reported};
 
 /// Nodes of one simulated rack.
 const NODES_PER_RACK: usize = 4;
@@ -34,31 +34,36 @@ pub fn gpu_memory_mib(model: &str) -> u32 {
     }
 }
 
-/// Adds the nodes of a simulated pool. A GPU is placeable when its agent reports it healthy (or the node has no
+/// Adds the nodes of simulated pools. A GPU is placeable when its agent reports it healthy (or the node has no
 /// agent); our own placements hold the GPUs they name.
-pub fn add_nodes(f: &mut Federation, pool: u32, spec: &ComputePool, claims: &Claims, fleet: &FleetView) {
+pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut Federation) {
+    for (id, p) in pools {
+        add_nodes(f, *id, p, inputs);
+    }
+}
+
+fn add_nodes(f: &mut Federation, pool: PoolId, spec: &ComputePool, inputs: &Inputs<'_>) {
     for (i, (name, g)) in nodes(spec).into_iter().enumerate() {
         let model_name = g.gpu_model.to_lowercase();
         let count = g.gpus.min(haiyun_scheduler::model::MAX_GPUS_PER_NODE as u32);
         let model = (count > 0).then(|| f.cluster.models.intern(&model_name)).flatten();
         let rack = f.cluster.nodes.len() as u32 - (i % NODES_PER_RACK) as u32;
         let node_id = f.cluster.nodes.len() as u32;
-        let agent = fleet.get(&name);
+        let agent = inputs.fleet.get(&name);
         let gpus = match model {
             Some(model) => (0..count)
                 .map(|j| Gpu {
                     model,
                     memory_mib: gpu_memory_mib(&model_name),
                     nvlink_domain: node_id,
-                    health: super::cluster::reported(agent, j),
+                    health: reported(agent, j),
                 })
                 .collect(),
             None => Vec::new(),
         };
-        let (_, ours_tasks) = claims.nodes.get(&name).copied().unwrap_or_default();
+        let (_, ours_tasks) = inputs.claims.nodes.get(&name).copied().unwrap_or_default();
         let cpu = quantity::milli(&g.cpu).unwrap_or(0);
-        f.node_ids.insert(name.clone(), node_id);
-        f.cluster.nodes.push(CoreNode {
+        f.add_node(CoreNode {
             name,
             pool,
             rack,

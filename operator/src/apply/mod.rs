@@ -1,0 +1,317 @@
+//! The applier: carries out a cycle's actions against the API server and the pools' backends, one object at a time,
+//! many objects at once, under one client-side rate limit; it is the only writer of statuses.
+
+pub mod write;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use haiyun_api::job::JobPhase;
+use haiyun_api::{ComputeJob, ComputeJobStatus};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource};
+use tokio::sync::Semaphore;
+
+use crate::backend::kubernetes::pods;
+use crate::backend::{BackendError, BackendKind, Backends};
+use crate::decision::{Decision, DecisionLog};
+use crate::index::{Outcome, StepKind};
+use crate::metrics::Metrics;
+use crate::plan::Action;
+
+/// Per object: a lock that orders its actions, and how many are queued or running.
+type Locks = Arc<Mutex<HashMap<String, (Arc<tokio::sync::Mutex<()>>, usize)>>>;
+
+/// Carries out actions; cheap to clone.
+#[derive(Clone)]
+pub struct Applier {
+    client: Client,
+    recorder: Recorder,
+    locks: Locks,
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    limiter: Arc<crate::limit::Limiter>,
+    outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
+    log: DecisionLog,
+}
+
+/// Why an action failed (the next cycle plans it again).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A write to Haiyun's own objects failed.
+    #[error(transparent)]
+    Write(#[from] write::WriteError),
+    /// A plain pod's step failed.
+    #[error(transparent)]
+    Pod(#[from] pods::PodError),
+    /// The pool's backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl std::fmt::Debug for Applier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier").finish_non_exhaustive()
+    }
+}
+
+/// A future that completes when a cycle's evictions are done.
+type Gate = Shared<BoxFuture<'static, ()>>;
+
+/// What the applier needs besides the client.
+pub struct Parts {
+    /// Publishes events on jobs.
+    pub recorder: Recorder,
+    /// API operations in flight at once.
+    pub concurrency: usize,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The client-side write limit.
+    pub limiter: crate::limit::Limiter,
+    /// Where outcomes go (the loop's overlay).
+    pub outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
+    /// Where `place` lines go once an admission or binding succeeded.
+    pub log: DecisionLog,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts").field("concurrency", &self.concurrency).finish_non_exhaustive()
+    }
+}
+
+impl Applier {
+    /// An applier writing through `client`.
+    pub fn new(client: Client, parts: Parts) -> Self {
+        Applier {
+            client,
+            recorder: parts.recorder,
+            locks: Arc::default(),
+            permits: Arc::new(Semaphore::new(parts.concurrency.max(1))),
+            metrics: parts.metrics,
+            limiter: Arc::new(parts.limiter),
+            outcomes: parts.outcomes,
+            log: parts.log,
+        }
+    }
+
+    /// Objects whose actions are queued or running.
+    pub fn busy(&self) -> HashSet<String> {
+        self.locks.lock().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Carries out a cycle's actions through `backends`: evictions first, and the admissions and bindings of the
+    /// same cycle only once they are done (their room must be free).
+    pub fn apply(&self, actions: Vec<Action>, backends: &Arc<Backends>) {
+        let (evictions, rest): (Vec<Action>, Vec<Action>) =
+            actions.into_iter().partition(|a| matches!(a, Action::Evict { .. } | Action::EvictPod { .. }));
+        let handles: Vec<_> = evictions.into_iter().map(|a| self.spawn(a, None, backends.clone())).collect();
+        let gate =
+            (!handles.is_empty()).then(|| futures::future::join_all(handles).map(|_| ()).boxed().shared());
+        for a in rest {
+            let g =
+                matches!(a, Action::Admit { .. } | Action::BindPod { .. }).then(|| gate.clone()).flatten();
+            self.spawn(a, g, backends.clone());
+        }
+    }
+
+    /// Runs `action` after `gate`, after earlier actions on the same object; returns its handle.
+    fn spawn(
+        &self,
+        action: Action,
+        gate: Option<Gate>,
+        backends: Arc<Backends>,
+    ) -> tokio::task::JoinHandle<()> {
+        let uid = action.uid();
+        let lock = {
+            let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            let e = m.entry(uid.clone()).or_insert_with(|| (Arc::default(), 0));
+            e.1 += 1;
+            e.0.clone()
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Some(g) = gate {
+                g.await;
+            }
+            let guard = lock.lock().await;
+            let permit = me.permits.acquire().await;
+            me.run(action, &backends).await;
+            drop(permit);
+            drop(guard);
+            let mut m = me.locks.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = m.get_mut(&uid) {
+                e.1 -= 1;
+                if e.1 == 0 {
+                    m.remove(&uid);
+                }
+            }
+        })
+    }
+
+    async fn run(&self, action: Action, backends: &Backends) {
+        let key = action.key();
+        self.limiter.take(requests(&action)).await;
+        let result = self.step(&action, backends).await;
+        let kind = match &action {
+            Action::Admit { .. } => StepKind::Admit,
+            Action::Bind { .. } => StepKind::Bind,
+            Action::Evict { .. } => StepKind::Evict,
+            Action::BindPod { .. } => StepKind::BindPod,
+            _ => StepKind::Other,
+        };
+        match &result {
+            Ok(()) => {
+                if let Some(line) = Decision::placed(&action, crate::time::rfc3339(crate::time::now())) {
+                    self.log.write(&line);
+                }
+            }
+            Err(e) => {
+                self.metrics.count_error();
+                tracing::warn!(object = %key, error = %e, "action failed; the next cycle retries it");
+            }
+        }
+        let _ = self.outcomes.send(Outcome { uid: action.uid(), kind, ok: result.is_ok() });
+    }
+
+    async fn step(&self, action: &Action, backends: &Backends) -> Result<(), ApplyError> {
+        let backend = |kind: BackendKind| backends.get(kind).ok_or(BackendError::NotServed(kind));
+        match action {
+            Action::Admit { job, placement, backend: kind } => {
+                let status = crate::status::admitted(job, placement, crate::time::now());
+                write::job_status(&self.client, job, &status).await?;
+                let nodes: Vec<&str> = placement.tasks.iter().map(|t| t.node.as_str()).collect();
+                let note = format!("placed in pool {} on {}", placement.pool, summarise(&nodes));
+                self.event(job, EventType::Normal, "Admitted", &note).await;
+                let mut admitted = job.as_ref().clone();
+                admitted.status = Some(status);
+                self.dispatch(&admitted, backend(*kind)?.as_ref(), true).await
+            }
+            Action::Bind { job, backend: kind } => self.dispatch(job, backend(*kind)?.as_ref(), false).await,
+            Action::Evict { job, backend: kind } => {
+                let st = crate::status::preempted(job, crate::time::now());
+                write::job_status(&self.client, job, &st).await?;
+                let done = backend(*kind)?.evict(job).await?;
+                let note = format!("preempted; {done}; it waits again");
+                self.event(job, EventType::Warning, "Preempted", &note).await;
+                Ok(())
+            }
+            Action::Status { job, status } => self.status(job, status).await,
+            Action::BindPod { pod, node, gpus, .. } => {
+                pods::bind_plain(&self.client, pod, node, gpus).await?;
+                self.metrics.count_bound(1);
+                Ok(())
+            }
+            Action::EvictPod { pod } => Ok(pods::delete_plain(&self.client, pod).await?),
+            Action::PodWaits { pod, message } => Ok(pods::mark_waiting(&self.client, pod, message).await?),
+            Action::Collect { backend: kind, orphan } => {
+                backend(*kind)?.collect(orphan).await?;
+                Ok(())
+            }
+            Action::Release { job, backend: kind } => {
+                let b = backend(*kind)?;
+                b.release(job).await?;
+                if let Some(f) = b.finalizer() {
+                    write::finalizer(&self.client, job, f, false).await?;
+                }
+                Ok(())
+            }
+            Action::WriteStatus(w) => Ok(write::object_status(&self.client, w).await?),
+        }
+    }
+
+    /// Makes the admitted job's work exist through its backend (with the backend's finalizer on the job first).
+    async fn dispatch(
+        &self,
+        job: &ComputeJob,
+        backend: &dyn crate::backend::PoolBackend,
+        fresh: bool,
+    ) -> Result<(), ApplyError> {
+        if let Some(f) = backend.finalizer() {
+            write::finalizer(&self.client, job, f, true).await?;
+        }
+        match backend.dispatch(job, fresh).await {
+            Ok(n) => {
+                self.metrics.count_bound(n);
+                Ok(())
+            }
+            Err(e) => {
+                if let Some((reason, note)) = e.event() {
+                    self.event(job, EventType::Warning, reason, &note).await;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn status(&self, job: &ComputeJob, st: &ComputeJobStatus) -> Result<(), ApplyError> {
+        write::job_status(&self.client, job, st).await?;
+        let old = job.status.as_ref().map(|s| s.phase);
+        if old != Some(st.phase) || old.is_none() {
+            let (kind, reason, note) = match st.phase {
+                JobPhase::Running => (EventType::Normal, "Running", "every pod is running".to_string()),
+                JobPhase::Succeeded => {
+                    (EventType::Normal, "Succeeded", format!("{} GPU-hours", st.gpu_hours))
+                }
+                JobPhase::Failed => (EventType::Warning, "Failed", first_reason(st, "a pod failed")),
+                JobPhase::Queued => (EventType::Normal, "Queued", first_reason(st, "waiting in its queue")),
+                JobPhase::Pending => (EventType::Warning, "NotQueued", first_reason(st, "not queued")),
+                _ => return Ok(()),
+            };
+            self.event(job, kind, reason, &note).await;
+        } else if st.phase == JobPhase::Pending
+            && job.status.as_ref().map(|s| &s.pending_reasons) != Some(&st.pending_reasons)
+        {
+            self.event(job, EventType::Warning, "NotQueued", &first_reason(st, "not queued")).await;
+        }
+        Ok(())
+    }
+
+    async fn event(&self, job: &ComputeJob, type_: EventType, reason: &str, note: &str) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: reason.into(),
+            secondary: None,
+        };
+        let reference: ObjectReference = job.object_ref(&());
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::debug!(error = %e, "failed to publish an event");
+        }
+    }
+}
+
+/// Writes an action makes (a creation and a binding per pod, a status write, a deletion).
+fn requests(a: &Action) -> u32 {
+    let tasks = |job: &ComputeJob| job.spec.task_groups.iter().map(|g| g.replicas).sum::<u32>();
+    match a {
+        Action::Admit { job, .. } => 1 + 2 * tasks(job),
+        Action::Bind { job, .. } => 2 * tasks(job),
+        Action::Evict { job, .. } => 1 + tasks(job),
+        Action::Status { .. }
+        | Action::BindPod { .. }
+        | Action::EvictPod { .. }
+        | Action::PodWaits { .. }
+        | Action::Collect { .. }
+        | Action::Release { .. }
+        | Action::WriteStatus(_) => 1,
+    }
+}
+
+fn first_reason(st: &ComputeJobStatus, default: &str) -> String {
+    st.pending_reasons.first().map_or_else(|| default.to_string(), |r| r.message.clone())
+}
+
+fn summarise(nodes: &[&str]) -> String {
+    let mut uniq: Vec<&str> = nodes.to_vec();
+    uniq.dedup();
+    if uniq.len() <= 4 {
+        uniq.join(", ")
+    } else {
+        format!("{} and {} more nodes", uniq[..3].join(", "), uniq.len() - 3)
+    }
+}

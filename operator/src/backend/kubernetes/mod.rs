@@ -1,0 +1,112 @@
+//! The Kubernetes backend: pools of this cluster's Nodes (a nodeSelector each). A job runs as pods that Haiyun
+//! creates and binds; evicting or collecting a job deletes its pods.
+
+pub mod nodes;
+pub mod pods;
+
+use std::collections::BTreeSet;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use haiyun_api::{ComputeJob, ComputePool, JOB_UID_LABEL};
+use haiyun_scheduler::model::PoolId;
+use kube::{Client, ResourceExt};
+
+pub use pods::{DEFAULT_IMAGE, PodError, pod_for};
+
+use super::{BackendError, BackendKind, Inputs, Live, Orphan, PoolBackend};
+use crate::index::pod::holds_resources;
+use crate::index::{Federation, Objects};
+
+/// Pools of this cluster's nodes. Without a client (`offline`) it contributes nodes but applies nothing.
+#[derive(Clone)]
+pub struct KubernetesBackend {
+    client: Option<Client>,
+}
+
+impl std::fmt::Debug for KubernetesBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesBackend").field("online", &self.client.is_some()).finish()
+    }
+}
+
+impl KubernetesBackend {
+    /// A backend applying decisions through `client`.
+    pub fn new(client: Client) -> Self {
+        KubernetesBackend { client: Some(client) }
+    }
+
+    /// A backend that only reads (a cycle computed without a cluster to apply it to).
+    pub fn offline() -> Self {
+        KubernetesBackend { client: None }
+    }
+
+    fn client(&self) -> Result<&Client, BackendError> {
+        self.client.as_ref().ok_or(BackendError::NotServed(BackendKind::Kubernetes))
+    }
+}
+
+impl PoolBackend for KubernetesBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Kubernetes
+    }
+
+    fn reachable(&self, _pool: &ComputePool) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn contribute(&self, pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, fed: &mut Federation) {
+        nodes::contribute(pools, inputs, fed);
+    }
+
+    /// Running pods of jobs that hold no placement (gone, ended, or evicted); ended pods stay for their logs.
+    fn orphans(&self, objects: &Objects, live: &Live) -> Vec<Orphan> {
+        let mut found: BTreeSet<(String, String)> = BTreeSet::new();
+        for p in &objects.pods {
+            let Some(uid) = p.labels().get(JOB_UID_LABEL) else { continue };
+            if live.placed.contains(uid) || !holds_resources(p) || p.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            found.insert((p.namespace().unwrap_or_default(), uid.clone()));
+        }
+        found.into_iter().map(|(namespace, uid)| Orphan::Pods { namespace, uid }).collect()
+    }
+
+    fn dispatch<'a>(
+        &'a self,
+        job: &'a ComputeJob,
+        _fresh: bool,
+    ) -> BoxFuture<'a, Result<usize, BackendError>> {
+        async move { Ok(pods::ensure_pods(self.client()?, job).await?) }.boxed()
+    }
+
+    fn evict<'a>(&'a self, job: &'a ComputeJob) -> BoxFuture<'a, Result<String, BackendError>> {
+        async move {
+            let ns = job.namespace().unwrap_or_default();
+            let n = pods::delete_pods(self.client()?, &ns, &job.uid().unwrap_or_default()).await?;
+            Ok(format!("{n} pods deleted"))
+        }
+        .boxed()
+    }
+
+    fn collect<'a>(&'a self, orphan: &'a Orphan) -> BoxFuture<'a, Result<usize, BackendError>> {
+        async move {
+            match orphan {
+                Orphan::Pods { namespace, uid } => {
+                    let n = pods::delete_pods(self.client()?, namespace, uid).await?;
+                    if n > 0 {
+                        tracing::info!(job_uid = %uid, pods = n, "deleted pods of a job without a placement");
+                    }
+                    Ok(n)
+                }
+                Orphan::Batch { .. } => Ok(0),
+            }
+        }
+        .boxed()
+    }
+
+    /// Its pods belong to the job (owner references): Kubernetes deletes them with it.
+    fn release<'a>(&'a self, _job: &'a ComputeJob) -> BoxFuture<'a, Result<(), BackendError>> {
+        async { Ok(()) }.boxed()
+    }
+}

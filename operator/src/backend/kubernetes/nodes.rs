@@ -1,0 +1,149 @@
+//! Nodes of this cluster in the federation: each Node joins the first Kubernetes pool (by name) whose selector its
+//! labels match; pods no placement of ours covers take their requests off their node.
+
+use std::collections::{BTreeMap, HashMap};
+
+use haiyun_api::{ComputePool, GPU_MODEL_LABEL, RUN_LABEL, quantity};
+use haiyun_scheduler::model::{Gpu, Health, Node as CoreNode, PoolId};
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+
+use crate::backend::Inputs;
+use crate::index::cluster::{reported, taken};
+use crate::index::pod::{GPU_RESOURCE, gpus_of, holds_resources, pod_requests};
+use crate::index::{Federation, gpu_mask};
+
+/// Node label naming the GPU model as NVIDIA's GPU feature discovery writes it.
+const GFD_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
+/// Node label with the GPU memory in MiB (GPU feature discovery).
+const GFD_MEMORY_LABEL: &str = "nvidia.com/gpu.memory";
+/// Node label grouping GPUs of several nodes into one NVLink domain (e.g. an NVL72 rack).
+pub const NVLINK_LABEL: &str = "haiyun.io/nvlink-domain";
+/// Node label naming its rack.
+pub const RACK_LABEL: &str = "haiyun.io/rack";
+const DEFAULT_GPU_MEMORY_MIB: u32 = 81_920;
+
+/// Whether the node is Ready and schedulable.
+fn usable(node: &Node) -> bool {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    ready && !cordoned
+}
+
+fn allocatable(node: &Node, key: &str) -> Option<String> {
+    node.status.as_ref()?.allocatable.as_ref()?.get(key).map(|q| q.0.clone())
+}
+
+/// What pods no placement of ours covers hold on a node.
+#[derive(Debug, Clone, Copy, Default)]
+struct Foreign {
+    cpu: u64,
+    mem: u64,
+    tasks: u32,
+    /// GPUs held at unknown indices.
+    gpus: u32,
+    /// GPUs held at known indices (pods Haiyun bound once).
+    mask: u32,
+}
+
+/// What pods no placement of ours covers (other schedulers' pods, and ours that are terminating or left over) hold,
+/// by node.
+fn foreign<'a>(inputs: &Inputs<'a>) -> HashMap<&'a str, Foreign> {
+    let mut out: HashMap<&str, Foreign> = HashMap::new();
+    for pod in &inputs.objects.pods {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else { continue };
+        let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+        if !holds_resources(pod) || inputs.claims.covers(&key, pod.labels().get(RUN_LABEL)) {
+            continue;
+        }
+        let (c, m, g) = pod_requests(pod);
+        let e = out.entry(node).or_default();
+        e.cpu += c;
+        e.mem += m;
+        e.tasks += 1;
+        let known = gpus_of(pod);
+        if known.is_empty() {
+            e.gpus += g;
+        } else {
+            e.mask |= gpu_mask(&known);
+        }
+    }
+    out
+}
+
+/// Adds the Nodes of `pools`. The GPUs foreign pods hold are never placed on. Cordoned or NotReady nodes stay in
+/// (so the jobs running there keep their place) but take nothing new. GPUs follow their node agent's report:
+/// unhealthy ones are never placed on, and a GPU the agent does not know, or any GPU of a node whose agent is
+/// stale, is unknown. Nodes without an agent take their GPUs as healthy.
+pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut Federation) {
+    let selectors: Vec<(PoolId, &BTreeMap<String, String>)> = pools
+        .iter()
+        .filter_map(|(id, p)| p.spec.backend.kubernetes.as_ref().map(|k| (*id, &k.node_selector)))
+        .collect();
+    let foreign = foreign(inputs);
+    let mut domains: HashMap<String, u32> = HashMap::new();
+    let mut racks: HashMap<String, u32> = HashMap::new();
+    let mut sorted_nodes: Vec<&Node> = inputs.objects.nodes.iter().map(|n| n.as_ref()).collect();
+    sorted_nodes.sort_by_key(|n| n.name_any());
+    for node in sorted_nodes {
+        let labels = node.labels();
+        let Some((pool, _)) =
+            selectors.iter().find(|(_, sel)| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        else {
+            continue;
+        };
+        let name = node.name_any();
+        let open = usable(node);
+        let (ours_mask, ours_tasks) = inputs.claims.nodes.get(&name).copied().unwrap_or_default();
+        if !open && ours_tasks == 0 {
+            continue;
+        }
+        let used = foreign.get(name.as_str()).copied().unwrap_or_default();
+        let cpu = allocatable(node, "cpu").and_then(|q| quantity::milli(&q).ok()).unwrap_or(0);
+        let mem = allocatable(node, "memory").and_then(|q| quantity::mib(&q).ok()).unwrap_or(0);
+        let max_pods = allocatable(node, "pods").and_then(|q| q.parse::<u32>().ok()).unwrap_or(110);
+        let count = allocatable(node, GPU_RESOURCE).and_then(|q| q.parse::<u32>().ok()).unwrap_or(0);
+        let count = count.min(haiyun_scheduler::model::MAX_GPUS_PER_NODE as u32);
+        let model_name = labels.get(GPU_MODEL_LABEL).or_else(|| labels.get(GFD_PRODUCT_LABEL));
+        let model = match model_name {
+            Some(m) if count > 0 => f.cluster.models.intern(&m.to_lowercase()),
+            _ => None,
+        };
+        let memory_mib =
+            labels.get(GFD_MEMORY_LABEL).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_GPU_MEMORY_MIB);
+        let next = domains.len() as u32;
+        let domain = *domains
+            .entry(labels.get(NVLINK_LABEL).cloned().unwrap_or_else(|| format!("node:{name}")))
+            .or_insert(next);
+        let next = racks.len() as u32;
+        let rack = *racks
+            .entry(labels.get(RACK_LABEL).cloned().unwrap_or_else(|| format!("node:{name}")))
+            .or_insert(next);
+        let taken = taken(count, ours_mask, used.mask, used.gpus);
+        let agent = inputs.fleet.get(&name);
+        let gpus = match model {
+            Some(model) => (0..count)
+                .map(|j| {
+                    let health =
+                        if open && taken & (1 << j) == 0 { reported(agent, j) } else { Health::Unknown };
+                    Gpu { model, memory_mib, nvlink_domain: domain, health }
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let max_tasks = if open { max_pods.saturating_sub(used.tasks) } else { ours_tasks };
+        f.add_node(CoreNode {
+            name,
+            pool: *pool,
+            rack,
+            cpu_milli: cpu.saturating_sub(used.cpu),
+            memory_mib: mem.saturating_sub(used.mem),
+            gpus,
+            max_tasks,
+        });
+    }
+}

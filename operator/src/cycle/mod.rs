@@ -1,0 +1,259 @@
+//! One scheduling cycle, with no IO: the cluster's objects, the agents' reports, the backends' frozen views, the
+//! overlay of this process's own decisions and `now` in; actions, decision lines, statuses, the dashboard snapshot
+//! and gauges out. Every shell (the operator on Kubernetes, `haiyun demo` in memory) calls this one function.
+
+use std::collections::{BTreeMap, HashSet};
+
+use haiyun_api::ComputePoolStatus;
+use haiyun_api::job::JobPhase;
+use haiyun_scheduler::model::Time;
+use haiyun_scheduler::schedule::{ScheduleError, SchedulerConfig};
+use kube::ResourceExt;
+
+use crate::backend::{BackendKind, Backends, Inputs, Live};
+use crate::dashboard::{self, Snapshot};
+use crate::decision::Decision;
+use crate::fleet::FleetView;
+use crate::index::{self, Assumed, Claims, IndexError, Objects, Overlay, World};
+use crate::metrics::Gauges;
+use crate::plan::{self, Action};
+use crate::report;
+use crate::status;
+use crate::time::rfc3339;
+
+/// What a cycle reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The cluster's objects as last seen.
+    pub objects: &'a Objects,
+    /// What the node agents report.
+    pub fleet: &'a FleetView,
+    /// The backends this process serves, frozen for the cycle.
+    pub backends: &'a Backends,
+    /// Objects (by uid, or a status write's key) whose earlier actions are still being applied: they get no new
+    /// ones but admissions and evictions, which wait their turn.
+    pub busy: &'a HashSet<String>,
+    /// The core's settings.
+    pub config: SchedulerConfig,
+    /// Now, unix seconds.
+    pub now: Time,
+}
+
+/// What a cycle remembers between runs: the overlay of its own decisions, and which decision lines it wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Memory {
+    /// Decisions not in the watch caches yet, and what the shell reported back.
+    pub overlay: Overlay,
+    /// Jobs whose last status was logged as rejected, with the message.
+    rejected: BTreeMap<String, String>,
+    /// Jobs whose finish is logged (uid).
+    finished: HashSet<String>,
+}
+
+/// What a cycle decided.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// What to apply: evictions before the admissions they make room for.
+    pub actions: Vec<Action>,
+    /// Decision lines to write now (preempt, finish, reject; `place` is written when its action succeeds).
+    pub decisions: Vec<Decision>,
+    /// The dashboard's view of this cycle.
+    pub snapshot: Snapshot,
+    /// Gauges for `/metrics`.
+    pub gauges: Gauges,
+    /// Jobs and plain pods the cycle considered.
+    pub jobs: usize,
+}
+
+/// Why a cycle could not run (a broken invariant: the next cycle tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    /// The world could not be built.
+    #[error("failed to build the world: {0}")]
+    Index(#[from] IndexError),
+    /// The core broke an invariant.
+    #[error("scheduling cycle failed (a broken invariant): {0}")]
+    Schedule(#[from] ScheduleError),
+}
+
+/// Runs one cycle.
+pub fn run(input: &Input<'_>, memory: &mut Memory) -> Result<Output, CycleError> {
+    let objects = input.objects;
+    memory.overlay.settle(&objects.jobs, &objects.pods);
+    memory.forget_gone(objects);
+    let federation = |claims: &Claims| {
+        input.backends.federation(&objects.pools, &Inputs { objects, fleet: input.fleet, claims })
+    };
+    let mut world = index::build(objects, &memory.overlay, &federation, input.config, input.now)?;
+    let kinds: BTreeMap<String, BackendKind> =
+        objects.pools.iter().filter_map(|p| Some((p.name_any(), BackendKind::of(p)?))).collect();
+    let planned = plan::plan(&mut world, &kinds, input.now)?;
+    let stamp = rfc3339(input.now);
+    let mut out = Vec::with_capacity(planned.len());
+    let mut decisions = Vec::new();
+    for a in planned {
+        memory.take(a, input, &stamp, &mut decisions, &mut out);
+    }
+    let mut busy: HashSet<String> = input.busy.clone();
+    busy.extend(out.iter().map(Action::uid));
+    out.extend(garbage(input, &memory.overlay, &busy));
+    let counts = report::job_counts(&world);
+    let pools = report::pools(&world, input.now);
+    let gauges = gauges(&counts, &pools);
+    let (snapshot, writes) = statuses(&world, input, &counts, pools);
+    out.extend(writes.into_iter().filter(|w| !input.busy.contains(&w.key())).map(Action::WriteStatus));
+    let jobs = world.jobs.len() + world.pods.len();
+    Ok(Output { actions: out, decisions, snapshot, gauges, jobs })
+}
+
+impl Memory {
+    /// Forgets what it logged of jobs that are gone.
+    fn forget_gone(&mut self, objects: &Objects) {
+        let live: HashSet<String> = objects.jobs.iter().filter_map(|j| j.uid()).collect();
+        let keys: HashSet<String> = objects.jobs.iter().map(|j| index::job::key(j)).collect();
+        self.finished.retain(|u| live.contains(u));
+        self.rejected.retain(|k, _| keys.contains(k));
+    }
+
+    /// Takes a planned action: logs what it decides, assumes what it changes, and hands it out unless earlier
+    /// actions on its object are still being applied (admissions and evictions always go out, in order).
+    fn take(
+        &mut self,
+        a: Action,
+        input: &Input<'_>,
+        stamp: &str,
+        decisions: &mut Vec<Decision>,
+        out: &mut Vec<Action>,
+    ) {
+        let uid = a.uid();
+        let free = !input.busy.contains(&uid);
+        match &a {
+            Action::BindPod { node, gpus, .. } => {
+                self.overlay.binding.insert(uid, (node.clone(), gpus.clone(), input.now));
+            }
+            Action::EvictPod { pod } => decisions.push(Decision::for_pod("preempt", pod, stamp.into())),
+            Action::Evict { job, .. } => {
+                let placement = job.status.as_ref().and_then(|s| s.placement.as_ref());
+                decisions.push(Decision::new("preempt", job, placement, stamp.into()));
+                self.overlay.assumed.remove(&uid);
+                self.overlay.evicting.insert(uid);
+            }
+            Action::Admit { placement, .. } => {
+                let assumed = Assumed { placement: placement.clone(), started: input.now };
+                self.overlay.assumed.insert(uid, assumed);
+            }
+            Action::Status { job, status } => {
+                self.log_status(job, status, stamp, decisions);
+                if !free {
+                    return;
+                }
+            }
+            Action::PodWaits { .. }
+            | Action::Collect { .. }
+            | Action::Release { .. }
+            | Action::Bind { .. }
+            | Action::WriteStatus(_) => {
+                if !free {
+                    return;
+                }
+            }
+        }
+        out.push(a);
+    }
+
+    /// Logs a job's finish once, and a rejection each time its reason changes.
+    fn log_status(
+        &mut self,
+        job: &haiyun_api::ComputeJob,
+        status: &haiyun_api::ComputeJobStatus,
+        stamp: &str,
+        decisions: &mut Vec<Decision>,
+    ) {
+        let uid = job.uid().unwrap_or_default();
+        let old = job.status.as_ref().map(|s| s.phase);
+        let ended = matches!(status.phase, JobPhase::Succeeded | JobPhase::Failed);
+        if ended && old != Some(status.phase) && self.finished.insert(uid) {
+            let d = Decision::new("finish", job, status.placement.as_ref(), stamp.into());
+            decisions.push(d.detail(format!("{:?}", status.phase)));
+        }
+        if status.phase == JobPhase::Pending {
+            let key = index::job::key(job);
+            let why = status.pending_reasons.first().map(|r| r.message.clone()).unwrap_or_default();
+            if self.rejected.get(&key) != Some(&why) {
+                decisions.push(Decision::new("reject", job, None, stamp.into()).detail(why.clone()));
+                self.rejected.insert(key, why);
+            }
+        }
+    }
+}
+
+/// What each backend runs that no placement covers, and jobs being deleted that hold a backend's finalizer; none of
+/// the objects in `busy`.
+fn garbage(input: &Input<'_>, overlay: &Overlay, busy: &HashSet<String>) -> Vec<Action> {
+    let objects = input.objects;
+    let placed: HashSet<String> = objects
+        .jobs
+        .iter()
+        .filter_map(|j| j.uid().map(|u| (j, u)))
+        .filter(|(j, u)| index::placement_of(j, overlay).is_some() || busy.contains(u))
+        .map(|(_, u)| u)
+        .collect();
+    let runs = objects
+        .jobs
+        .iter()
+        .filter_map(|j| Some((j.uid()?, j.status.as_ref().map_or(0, |s| s.preemptions))))
+        .collect();
+    let live = Live { placed, runs };
+    let mut out = Vec::new();
+    for b in input.backends.iter() {
+        for orphan in b.orphans(objects, &live) {
+            if !busy.contains(orphan.uid()) {
+                out.push(Action::Collect { backend: b.kind(), orphan });
+            }
+        }
+        let Some(finalizer) = b.finalizer() else { continue };
+        for j in &objects.jobs {
+            let ours = j.finalizers().iter().any(|f| f == finalizer);
+            if ours && j.metadata.deletion_timestamp.is_some() && !busy.contains(&j.uid().unwrap_or_default())
+            {
+                out.push(Action::Release { job: j.clone(), backend: b.kind() });
+            }
+        }
+    }
+    out
+}
+
+/// The dashboard's snapshot and the status writes of queues, pools and quota requests.
+fn statuses(
+    world: &World,
+    input: &Input<'_>,
+    counts: &report::JobCounts,
+    pools: BTreeMap<String, ComputePoolStatus>,
+) -> (Snapshot, Vec<status::StatusWrite>) {
+    let objects = input.objects;
+    let gens: BTreeMap<String, i64> =
+        objects.queues.iter().map(|q| (q.name_any(), q.metadata.generation.unwrap_or(0))).collect();
+    let queues = report::queues(world, counts, input.now, &gens);
+    let requests = report::requests(world, &objects.requests, input.now);
+    let snap =
+        dashboard::snapshot(world, objects, &pools, &queues, &requests, input.fleet, rfc3339(input.now));
+    let writes =
+        status::writes((&objects.queues, queues), (&objects.pools, pools), (&objects.requests, requests));
+    (snap, writes)
+}
+
+/// The gauges of a cycle: jobs per queue, GPUs and their allocation per pool and model.
+fn gauges(counts: &report::JobCounts, pools: &BTreeMap<String, ComputePoolStatus>) -> Gauges {
+    let mut g =
+        Gauges { pending: counts.pending.clone(), admitted: counts.admitted.clone(), ..Gauges::default() };
+    for (pool, st) in pools {
+        for m in &st.by_model {
+            g.gpus.insert((pool.clone(), m.model.clone()), m.total);
+            g.allocated.insert((pool.clone(), m.model.clone()), m.allocated);
+        }
+    }
+    g
+}
+
+#[cfg(test)]
+mod tests;
