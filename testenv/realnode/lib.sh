@@ -83,8 +83,9 @@ build_real_binaries() {
   build_one cni/bridge "$RN_HERE/containerd" github.com/containernetworking/plugins/plugins/main/bridge "$cniver"
   build_one cni/host-local "$RN_HERE/containerd" github.com/containernetworking/plugins/plugins/ipam/host-local "$cniver"
   build_one cni/loopback "$RN_HERE/containerd" github.com/containernetworking/plugins/plugins/main/loopback "$cniver"
-  # runc with seccomp: the sandbox puts a seccomp filter on containers and
-  # runc built without it refuses one. Needs cgo and libseccomp-dev.
+  # runc with seccomp: containerd gives pod sandboxes its default seccomp
+  # profile, which a runc built without libseccomp cannot apply. Needs cgo
+  # and libseccomp-dev.
   BUILD_CGO=1 BUILD_TAGS=seccomp build_one runc "$RN_HERE/runc" github.com/opencontainers/runc ""
   build_one coredns "$RN_HERE/coredns" haiyun.io/testenv/realnode/coredns ""
   build_images
@@ -130,8 +131,8 @@ in_ns() { nsenter --net="$(netns_path)" -- "$@"; }
 # the addresses. Sets RIDX.
 setup_network() {
   local r
-  local netns_dir_existed=1
-  [[ -d /run/netns ]] || netns_dir_existed=0
+  note_missing_dirs /run/netns /run/containerd /run/containerd/s /var/lib/cni \
+    /var/lib/cni/results /var/lib/kubelet /var/lib/kubelet/device-plugins
   for ((r = 200; r < 250; r++)); do
     ip link show "tenv$r" >/dev/null 2>&1 && continue
     ip -4 addr show | grep -q " 10\.$r\." && continue
@@ -144,8 +145,6 @@ setup_network() {
   [[ -n "${RIDX:-}" ]] || die "no free network index in 200..249 (is 'ip netns add' allowed here?)"
   mkdir -p "$(RD)"
   echo "$RIDX" > "$(RD)/index"
-  # 'ip netns add' made /run/netns (a bind mount of itself) if it was missing.
-  ((netns_dir_existed)) || echo /run/netns >> "$(RD)/created-dirs"
   ip link add "$(host_if)" type veth peer name eth0 netns "$(netns_name)" \
     && ip addr add "$(api_host)/24" dev "$(host_if)" \
     && ip link set "$(host_if)" up \
@@ -166,7 +165,10 @@ setup_network() {
 }
 
 teardown_network() {
-  [[ -n "${RIDX:-}" ]] || return 0
+  if [[ -z "${RIDX:-}" ]]; then
+    cleanup_machine_dirs
+    return 0
+  fi
   if [[ -e "$(netns_path)" ]]; then
     ip netns delete "$(netns_name)" 2>/dev/null || umount -l "$(netns_path)" 2>/dev/null || true
     rm -f "$(netns_path)" 2>/dev/null || true
@@ -179,13 +181,44 @@ teardown_network() {
     sleep 0.1
   done
   ip link delete "$(host_if)" 2>/dev/null || true
-  if [[ -f "$(RD)/created-dirs" ]] && grep -qx /run/netns "$(RD)/created-dirs" \
-     && [[ -z "$(ls -A /run/netns 2>/dev/null)" ]]; then
-    umount /run/netns 2>/dev/null || true
-    rmdir /run/netns 2>/dev/null || true
-  fi
   # The index is what marks DIR as holding a network; it is free again.
   rm -f "$(RD)/index"
+  cleanup_machine_dirs
+}
+
+# Directories outside DIR that real nodes need or that containerd's shims,
+# libcni and 'ip netns add' create: /run/netns (a bind mount of itself),
+# /run/containerd/s (shim sockets), /var/lib/cni/results (libcni's cache),
+# /var/lib/kubelet/device-plugins (a mount point, see start_kubelet). Those
+# that did not exist before the first environment with real nodes are listed
+# in $MACHINE_STATE/created-dirs; the last environment to go removes them
+# (when empty), so that nothing is left and nothing that was there is taken.
+MACHINE_STATE=/run/testenv-real-nodes
+
+note_missing_dirs() {
+  local d
+  mkdir -p "$MACHINE_STATE"
+  for d in "$@"; do
+    [[ -e "$d" ]] && continue
+    grep -qsx "$d" "$MACHINE_STATE/created-dirs" || echo "$d" >> "$MACHINE_STATE/created-dirs"
+  done
+}
+
+cleanup_machine_dirs() {
+  # Another environment still runs: a directory it uses may look empty
+  # (a mount point in its kubelet's namespace), removing it would detach that.
+  [[ -d "$MACHINE_STATE" ]] || return 0
+  compgen -G "/run/netns/testenv-*" >/dev/null && return 0
+  local d
+  for d in /sys/fs/cgroup/*/k8s.io; do rmdir "$d" 2>/dev/null || true; done
+  if [[ -f "$MACHINE_STATE/created-dirs" ]]; then
+    while read -r d; do
+      [[ -d "$d" && -z "$(ls -A "$d" 2>/dev/null)" ]] || continue
+      if [[ "$d" == /run/netns ]]; then umount "$d" 2>/dev/null || true; fi
+      rmdir "$d" 2>/dev/null || true
+    done < <(tac "$MACHINE_STATE/created-dirs")
+  fi
+  rm -rf "$MACHINE_STATE"
 }
 
 # -------------------------------------------------------------- certs -----
@@ -367,12 +400,7 @@ import_images() {
 start_kubelet() {
   local name="$1" n="$2" nd
   nd="$(node_dir "$name")"
-  mkdir -p "$nd/device-plugins" "$nd/kubelet"
-  if [[ ! -d /var/lib/kubelet/device-plugins ]]; then
-    [[ -d /var/lib/kubelet ]] || echo /var/lib/kubelet >> "$(RD)/created-dirs"
-    mkdir -p /var/lib/kubelet/device-plugins
-    echo /var/lib/kubelet/device-plugins >> "$(RD)/created-dirs"
-  fi
+  mkdir -p "$nd/device-plugins" "$nd/kubelet" /var/lib/kubelet/device-plugins
   mount --bind "$nd/kubelet" "$nd/kubelet" && mount --make-shared "$nd/kubelet" \
     || die "making $nd/kubelet a shared mount failed"
   start_in_ns "kubelet@$name" "$RN_HERE/kubelet-ns" "$nd/device-plugins" "$BIN/kubelet" \
@@ -479,12 +507,7 @@ EOF
 
 # up_real_nodes: after the API server (and controller manager) run.
 up_real_nodes() {
-  local n name names=() d
-  # Directories outside DIR that containerd's shims and libcni create when
-  # missing; down removes those it finds empty, if they were not there.
-  for d in /run/containerd /run/containerd/s /var/lib/cni /var/lib/cni/results; do
-    [[ -e "$d" ]] || echo "$d" >> "$(RD)/created-dirs"
-  done
+  local n name names=()
   for ((n = 0; n < REAL_NODES; n++)); do
     names+=("$REAL_NODE_PREFIX-$n")
   done
@@ -628,20 +651,7 @@ stop_real() {
   done
   # libcni's result cache: one file per sandbox and network, naming the
   # sandbox's network namespace, which lives under DIR.
-  grep -l -s -F "$(RD)/" /var/lib/cni/results/* 2>/dev/null | xargs -r rm -f
-  # The /k8s.io cgroups containerd made, and the directories outside DIR
-  # that up created, unless another environment still uses them (removing
-  # a mount point another namespace uses would detach its mount).
-  if ! compgen -G "/run/netns/testenv-*" | grep -qvx "$(netns_path)"; then
-    local d
-    for d in /sys/fs/cgroup/*/k8s.io; do rmdir "$d" 2>/dev/null || true; done
-    if [[ -f "$(RD)/created-dirs" ]]; then
-      tac "$(RD)/created-dirs" | while read -r d; do
-        [[ "$d" == /run/netns ]] && continue   # after the namespace is gone
-        rmdir "$d" 2>/dev/null || true
-      done
-    fi
-  fi
+  { grep -l -s -F "$(RD)/" /var/lib/cni/results/* 2>/dev/null || true; } | xargs -r rm -f
 }
 
 # kill_node NAME: what a crashed machine looks like to the control plane:
