@@ -109,7 +109,9 @@ pub struct TaskGroup {
         json_path = ".status.pendingReasons[0].message",
         priority = 1
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label that starts with a letter (lower-case letters, digits and '-'): it names the job's headless Service and its pods' subdomain"),
+    validation = Rule::new("self.spec.taskGroups.all(g, size(self.metadata.name) + size(g.name) + size(string(g.replicas - 1)) <= 61)").message("metadata.name is too long: each pod's hostname <name>-<group>-<index> must fit in 63 characters; shorten the job's or the task group's name")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.minAvailable) || self.taskGroups.map(g, g.replicas).sum() >= self.minAvailable").message("minAvailable must not exceed the sum of replicas over taskGroups").field_path(".minAvailable"))]
@@ -160,6 +162,15 @@ pub struct ComputeJobSpec {
     /// Key that makes submission idempotent across retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Times the whole gang is restarted after a task fails (exit code, OOMKilled), from its last checkpoint, with
+    /// exponential backoff; then the job fails (default 3). Preemption does not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self <= 100").message("maxRestarts must be at most 100"))]
+    pub max_restarts: Option<u32>,
+    /// The rendezvous port on the first task (`MASTER_PORT`; default 29500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("masterPort must be a port, 1 to 65535"))]
+    pub master_port: Option<u32>,
 }
 
 impl ComputeJobSpec {
@@ -236,6 +247,9 @@ pub struct TaskPlacement {
     /// Thousandths of each GPU it holds (1000: whole).
     #[serde(default)]
     pub gpu_milli: u32,
+    /// The UUIDs of those GPUs, where the node's agent reported them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_uuids: Vec<String>,
 }
 
 /// Where a job runs.
@@ -249,6 +263,34 @@ pub struct Placement {
     pub gpu_model: String,
     /// Every task.
     pub tasks: Vec<TaskPlacement>,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// `Error` (an exit code), `OOMKilled`, `NodeLost`, or the container's or pod's reason.
+    pub reason: String,
+    /// The pod whose task failed.
+    #[serde(default)]
+    pub pod: String,
+    /// Its container's exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// What happened, in words.
+    #[serde(default)]
+    pub message: String,
+    /// When (RFC 3339).
+    #[serde(default)]
+    pub time: String,
+}
+
+impl ComputeJob {
+    /// Its current run: each preemption and each restart after a failure starts a new one (its pods carry it in
+    /// `haiyun.io/run`, its Slurm job in its key).
+    pub fn run(&self) -> u32 {
+        self.status.as_ref().map_or(0, |s| s.preemptions + s.restarts)
+    }
 }
 
 impl ComputeJobStatus {
@@ -322,6 +364,15 @@ pub struct ComputeJobStatus {
     /// Times preempted.
     #[serde(default)]
     pub preemptions: u32,
+    /// Times the gang was restarted after a task failed.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Why its last run failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+    /// Not before this time (RFC 3339) does it run again after a failure (exponential backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_after: Option<String>,
     /// The spec generation this status describes.
     #[serde(default)]
     pub observed_generation: i64,

@@ -20,6 +20,12 @@ use k8s_openapi::api::core::v1::Pod;
 
 /// Estimated starts closer than this to the recorded one are not written again.
 const ESTIMATE_SLACK_S: f64 = 60.0;
+/// Restarts of a failed gang when the job does not set `spec.maxRestarts`.
+pub const DEFAULT_MAX_RESTARTS: u32 = 3;
+/// The first restart's backoff, seconds (it doubles with each restart).
+const RESTART_BACKOFF_S: f64 = 10.0;
+/// The longest backoff, seconds.
+const MAX_BACKOFF_S: f64 = 300.0;
 
 /// Something the shell should do.
 #[derive(Debug, Clone)]
@@ -52,7 +58,7 @@ pub enum Action {
         /// The job.
         job: Arc<ComputeJob>,
         /// Its new status.
-        status: ComputeJobStatus,
+        status: Box<ComputeJobStatus>,
     },
     /// Bind a plain pod, its GPUs in the Binding's annotations.
     BindPod {
@@ -171,12 +177,21 @@ pub fn plan(
                 st.estimated_start = None;
                 push_status(&mut out, t, st, now);
             }
-            JobState::Ended { failed } => {
+            JobState::Ended { failure } => {
                 let mut st = old.clone();
                 if !matches!(old.phase, JobPhase::Admitted | JobPhase::Running) {
                     continue; // the cache has not caught up with our own admission yet
                 }
-                st.phase = if *failed { JobPhase::Failed } else { JobPhase::Succeeded };
+                if let Some(f) = failure {
+                    let mut f = f.clone();
+                    f.time = rfc3339(now);
+                    st.last_failure = Some(f);
+                    if old.restarts < t.job.spec.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS) {
+                        push_status(&mut out, t, restarting(st, now), now);
+                        continue;
+                    }
+                }
+                st.phase = if failure.is_some() { JobPhase::Failed } else { JobPhase::Succeeded };
                 match t.times {
                     // The backend (Slurm) knows when the job really ran.
                     Some((start, end)) if end >= start => {
@@ -185,6 +200,17 @@ pub fn plan(
                     }
                     _ => finish(&mut st, now),
                 }
+                push_status(&mut out, t, st, now);
+            }
+            JobState::Backoff { why, until } => {
+                let mut st = old.clone();
+                st.phase = JobPhase::Queued;
+                st.pending_reasons = vec![ApiReason {
+                    phase: "restart".into(),
+                    message: format!("restarting after a failure ({why}); not before {}", rfc3339(*until)),
+                    ..Default::default()
+                }];
+                st.estimated_start = Some(rfc3339(*until));
                 push_status(&mut out, t, st, now);
             }
             JobState::Lost(why) => {
@@ -288,6 +314,30 @@ fn placed(out: &mut Vec<Action>, t: &Tracked, old: &ComputeJobStatus, backend: B
     }
 }
 
+/// The status of a gang restarted after a failed run: one more restart, no placement, and a backoff of 10 s
+/// doubling per restart up to 5 minutes. Its pods are collected; the next run gets new ones.
+fn restarting(mut st: ComputeJobStatus, now: Time) -> ComputeJobStatus {
+    st.restarts += 1;
+    let wait =
+        (RESTART_BACKOFF_S * 2f64.powi(st.restarts.saturating_sub(1).min(10) as i32)).min(MAX_BACKOFF_S);
+    st.phase = JobPhase::Queued;
+    st.placement = None;
+    st.start_time = None;
+    st.restart_after = Some(rfc3339(now + wait));
+    st.estimated_start = st.restart_after.clone();
+    let why = st.last_failure.as_ref().map_or_else(String::new, |f| f.message.clone());
+    st.pending_reasons = vec![ApiReason {
+        phase: "restart".into(),
+        message: format!(
+            "restart {} after a failure ({why}); not before {}",
+            st.restarts,
+            rfc3339(now + wait)
+        ),
+        ..Default::default()
+    }];
+    st
+}
+
 /// Completion time and GPU-hours of a job that ended at `now`.
 fn finish(st: &mut ComputeJobStatus, now: Time) {
     st.completion_time.get_or_insert_with(|| rfc3339(now));
@@ -304,7 +354,7 @@ fn push_status(out: &mut Vec<Action>, t: &Tracked, mut st: ComputeJobStatus, now
     st.derive_conditions(st.observed_generation, &rfc3339(now));
     let old = t.job.status.clone().unwrap_or_default();
     if !same_status(&old, &st) {
-        out.push(Action::Status { job: t.job.clone(), status: st });
+        out.push(Action::Status { job: t.job.clone(), status: Box::new(st) });
     }
 }
 
@@ -403,6 +453,7 @@ fn api_placement(s: &Scheduler, id: JobId, job: &ComputeJob) -> ApiPlacement {
             node: cluster.nodes[t.node as usize].name.clone(),
             gpus: crate::index::gpu_indices(t.gpus),
             gpu_milli: if t.spec.gpus == 0 { 0 } else { t.spec.gpu_milli },
+            gpu_uuids: Vec::new(),
         })
         .collect();
     ApiPlacement {

@@ -33,7 +33,9 @@ pub fn job_counts(world: &World) -> JobCounts {
         .map(|t| (t.pod.labels().get(haiyun_api::QUEUE_LABEL).cloned().unwrap_or_default(), &t.state));
     for (queue, state) in jobs.chain(pods) {
         match state {
-            JobState::Waiting(_) | JobState::Problem(_) => *c.pending.entry(queue).or_default() += 1,
+            JobState::Waiting(_) | JobState::Problem(_) | JobState::Backoff { .. } => {
+                *c.pending.entry(queue).or_default() += 1
+            }
             JobState::Placed(_) => *c.admitted.entry(queue).or_default() += 1,
             _ => {}
         }

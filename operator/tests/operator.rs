@@ -242,6 +242,21 @@ async fn bad_manifests_are_refused_by_the_api_server_with_messages_that_name_the
             vec!["spec.runtimeEstimate", "90m"],
         ),
     ];
+    let named = |name: &str| {
+        json!({ "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputeJob",
+                "metadata": { "name": name, "namespace": "default" },
+                "spec": { "queue": "q", "taskGroups": [group("worker", json!({ "replicas": 10 }))] } })
+    };
+    let cases: Vec<(&str, serde_json::Value, Vec<&str>)> = cases
+        .into_iter()
+        .chain([
+            ("a name too long for its pods' hostnames", named(&"a".repeat(55)), vec!["63 characters"]),
+            ("a name that is no DNS label", named("9lives"), vec!["DNS label that starts with a letter"]),
+        ])
+        .collect();
+    env.create::<ComputeJob>(named(&"a".repeat(54)))
+        .await
+        .expect("a name whose hostnames fit in 63 characters");
     for (name, obj, want) in cases {
         let err = env.create::<ComputeJob>(obj).await.expect_err(name);
         for w in want {
@@ -370,4 +385,42 @@ async fn with_an_otlp_endpoint_every_scheduling_cycle_is_traced() {
     .await;
     let got = bodies.lock().unwrap();
     assert!(got.iter().any(|b| b.windows(15).any(|w| w == b"haiyun-operator")), "the service is named");
+}
+
+#[tokio::test]
+async fn a_job_gets_a_headless_service_dns_names_restart_policy_never_and_torchruns_environment() {
+    let Some(env) = Env::start("contract").await else { return };
+    env.nodes("a", 2, 8, "H100").await;
+    env.create::<ComputePool>(pool(&env, "contract-pool", "a", "public")).await.unwrap();
+    env.create::<Queue>(queue("contract-q", "nvidia.com/gpu:h100", 16)).await.unwrap();
+    let _op = env.operator("only", &[]);
+    env.create::<ComputeJob>(job("ddp", "contract-q", 2, 4, "30s")).await.unwrap();
+    let running = env.wait_phase("default", "ddp", "Running", LONG).await;
+    let uid = running.metadata.uid.clone().unwrap();
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(env.client.clone(), "default");
+    let svc = services.get("ddp").await.expect("the job's headless Service");
+    let spec = svc.spec.unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(spec.publish_not_ready_addresses, Some(true));
+    assert_eq!(spec.selector.unwrap()["haiyun.io/job-uid"], uid);
+    assert_eq!(svc.metadata.owner_references.unwrap()[0].uid, uid, "the job owns its Service");
+    let mut pods = env.pods_of("default", "ddp").await;
+    pods.sort_by_key(|p| p.metadata.name.clone());
+    assert_eq!(pods.len(), 2);
+    for (rank, pod) in pods.iter().enumerate() {
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some(format!("ddp-worker-{rank}").as_str()));
+        assert_eq!(spec.subdomain.as_deref(), Some("ddp"));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let env_of = |name: &str| {
+            spec.containers[0].env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.clone())
+        };
+        assert_eq!(env_of("MASTER_ADDR").as_deref(), Some("ddp-worker-0.ddp.default.svc"));
+        assert_eq!(env_of("MASTER_PORT").as_deref(), Some("29500"));
+        assert_eq!(env_of("WORLD_SIZE").as_deref(), Some("8"), "2 pods x 4 GPUs");
+        assert_eq!(env_of("RANK"), Some(rank.to_string()));
+        assert_eq!(env_of("PET_NPROC_PER_NODE").as_deref(), Some("4"));
+        assert_eq!(env_of("HAIYUN_RESTART_ATTEMPT").as_deref(), Some("0"));
+    }
 }

@@ -250,13 +250,20 @@ impl Applier {
     async fn status(&self, job: &ComputeJob, st: &ComputeJobStatus) -> Result<(), ApplyError> {
         write::job_status(&self.client, job, st).await?;
         let old = job.status.as_ref().map(|s| s.phase);
+        if st.restarts > job.status.as_ref().map_or(0, |s| s.restarts) {
+            self.event(job, EventType::Warning, "Restarting", &first_reason(st, "a task failed")).await;
+            return Ok(());
+        }
         if old != Some(st.phase) || old.is_none() {
             let (kind, reason, note) = match st.phase {
                 JobPhase::Running => (EventType::Normal, "Running", "every pod is running".to_string()),
                 JobPhase::Succeeded => {
                     (EventType::Normal, "Succeeded", format!("{} GPU-hours", st.gpu_hours))
                 }
-                JobPhase::Failed => (EventType::Warning, "Failed", first_reason(st, "a pod failed")),
+                JobPhase::Failed => {
+                    let why = st.last_failure.as_ref().map(|f| f.message.clone());
+                    (EventType::Warning, "Failed", why.unwrap_or_else(|| first_reason(st, "a pod failed")))
+                }
                 JobPhase::Queued => (EventType::Normal, "Queued", first_reason(st, "waiting in its queue")),
                 JobPhase::Pending => (EventType::Warning, "NotQueued", first_reason(st, "not queued")),
                 _ => return Ok(()),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use haiyun_api::ComputeJob;
 use haiyun_api::ComputePool;
-use haiyun_scheduler::model::PoolId;
+use haiyun_scheduler::model::{GpuModels, PoolId};
 
 use crate::fleet::FleetView;
 use crate::index::{Claims, Federation, Objects};
@@ -72,7 +72,7 @@ pub struct Inputs<'a> {
 pub struct Live {
     /// Jobs (uid) that hold a placement, or whose work the applier is busy with.
     pub placed: HashSet<String>,
-    /// Every job's current run (uid → preemptions so far).
+    /// Every job's current run (uid → run).
     pub runs: HashMap<String, u32>,
 }
 
@@ -193,10 +193,16 @@ impl Backends {
         self.list.iter()
     }
 
-    /// The federation: every pool (by name) that a backend here serves, with its nodes; the others are refused
-    /// with why.
-    pub fn federation(&self, pools: &[Arc<ComputePool>], inputs: &Inputs<'_>) -> Federation {
+    /// The federation on the model table `models`: every pool (by name) that a backend here serves, with its nodes;
+    /// the others are refused with why.
+    pub fn federation(
+        &self,
+        pools: &[Arc<ComputePool>],
+        inputs: &Inputs<'_>,
+        models: GpuModels,
+    ) -> Federation {
         let mut fed = Federation::default();
+        fed.cluster.models = models;
         let mut sorted: Vec<&Arc<ComputePool>> = pools.iter().collect();
         sorted.sort_by_key(|p| kube::ResourceExt::name_any(p.as_ref()));
         let mut by_kind: HashMap<BackendKind, Vec<(PoolId, &ComputePool)>> = HashMap::new();

@@ -14,7 +14,7 @@ use crate::backend::{BackendKind, Backends, Inputs, Live};
 use crate::dashboard::{self, Snapshot};
 use crate::decision::Decision;
 use crate::fleet::FleetView;
-use crate::index::{self, Assumed, Claims, IndexError, Objects, Overlay, World};
+use crate::index::{self, Assumed, Cache, Claims, IndexError, Objects, Overlay, World};
 use crate::metrics::Gauges;
 use crate::plan::{self, Action};
 use crate::report;
@@ -44,6 +44,8 @@ pub struct Input<'a> {
 pub struct Memory {
     /// Decisions not in the watch caches yet, and what the shell reported back.
     pub overlay: Overlay,
+    /// What the index converted, reused while its inputs are unchanged.
+    index: Cache,
     /// Jobs whose last status was logged as rejected, with the message.
     rejected: BTreeMap<String, String>,
     /// Jobs whose finish is logged (uid).
@@ -81,10 +83,11 @@ pub fn run(input: &Input<'_>, memory: &mut Memory) -> Result<Output, CycleError>
     let objects = input.objects;
     memory.overlay.settle(&objects.jobs, &objects.pods);
     memory.forget_gone(objects);
-    let federation = |claims: &Claims| {
-        input.backends.federation(&objects.pools, &Inputs { objects, fleet: input.fleet, claims })
+    let federation = |claims: &Claims, models| {
+        input.backends.federation(&objects.pools, &Inputs { objects, fleet: input.fleet, claims }, models)
     };
-    let mut world = index::build(objects, &memory.overlay, &federation, input.config, input.now)?;
+    let mut world =
+        index::build(objects, &memory.overlay, &mut memory.index, &federation, input.config, input.now)?;
     let kinds: BTreeMap<String, BackendKind> =
         objects.pools.iter().filter_map(|p| Some((p.name_any(), BackendKind::of(p)?))).collect();
     let planned = plan::plan(&mut world, &kinds, input.now)?;
@@ -92,7 +95,7 @@ pub fn run(input: &Input<'_>, memory: &mut Memory) -> Result<Output, CycleError>
     let mut out = Vec::with_capacity(planned.len());
     let mut decisions = Vec::new();
     for a in planned {
-        memory.take(a, input, &stamp, &mut decisions, &mut out);
+        memory.take(with_uuids(a, input.fleet), input, &stamp, &mut decisions, &mut out);
     }
     let mut busy: HashSet<String> = input.busy.clone();
     busy.extend(out.iter().map(Action::uid));
@@ -107,6 +110,17 @@ pub fn run(input: &Input<'_>, memory: &mut Memory) -> Result<Output, CycleError>
 }
 
 impl Memory {
+    /// What the kept index has converted so far.
+    pub fn index(&self) -> &Cache {
+        &self.index
+    }
+
+    /// Drops the kept conversions: the next cycle converts everything again (as every cycle did before the index
+    /// was kept).
+    pub fn forget_index(&mut self) {
+        self.index = Cache::default();
+    }
+
     /// Forgets what it logged of jobs that are gone.
     fn forget_gone(&mut self, objects: &Objects) {
         let live: HashSet<String> = objects.jobs.iter().filter_map(|j| j.uid()).collect();
@@ -187,6 +201,22 @@ impl Memory {
     }
 }
 
+/// An admission with the UUIDs of the GPUs it places, where the nodes' agents reported them.
+fn with_uuids(mut a: Action, fleet: &FleetView) -> Action {
+    if let Action::Admit { placement, .. } = &mut a {
+        for t in &mut placement.tasks {
+            let Some(agent) = fleet.get(&t.node) else { continue };
+            t.gpu_uuids = t
+                .gpus
+                .iter()
+                .filter_map(|i| agent.gpus.get(i).map(|g| g.uuid.clone()))
+                .filter(|u| !u.is_empty())
+                .collect();
+        }
+    }
+    a
+}
+
 /// What each backend runs that no placement covers, and jobs being deleted that hold a backend's finalizer; none of
 /// the objects in `busy`.
 fn garbage(input: &Input<'_>, overlay: &Overlay, busy: &HashSet<String>) -> Vec<Action> {
@@ -198,11 +228,7 @@ fn garbage(input: &Input<'_>, overlay: &Overlay, busy: &HashSet<String>) -> Vec<
         .filter(|(j, u)| index::placement_of(j, overlay).is_some() || busy.contains(u))
         .map(|(_, u)| u)
         .collect();
-    let runs = objects
-        .jobs
-        .iter()
-        .filter_map(|j| Some((j.uid()?, j.status.as_ref().map_or(0, |s| s.preemptions))))
-        .collect();
+    let runs = objects.jobs.iter().filter_map(|j| Some((j.uid()?, j.run()))).collect();
     let live = Live { placed, runs };
     let mut out = Vec::new();
     for b in input.backends.iter() {

@@ -17,7 +17,7 @@ use crate::backend::kubernetes::KubernetesBackend;
 use crate::backend::slurm::{SlurmBackend, SlurmPools, SlurmViews};
 use crate::backend::{BackendKind, Backends, Inputs, PoolBackend};
 use crate::fleet::FleetView;
-use crate::index::{Claims, JobState, Overlay, World, build};
+use crate::index::{Cache, Claims, JobState, Overlay, World, build};
 use crate::plan::{Action, plan};
 
 const NOW: f64 = 1_800_000_000.0;
@@ -142,11 +142,17 @@ fn cycle(given: &Objects) -> (World, Vec<Action>) {
         Arc::new(KubernetesBackend::offline()) as Arc<dyn PoolBackend>,
         Arc::new(SlurmBackend::new(SlurmPools::default(), given.slurm.clone())),
     ]);
-    let federation = |claims: &Claims| {
-        backends.federation(&objects.pools, &Inputs { objects: &objects, fleet: &given.fleet, claims })
+    let federation = |claims: &Claims, models| {
+        backends.federation(
+            &objects.pools,
+            &Inputs { objects: &objects, fleet: &given.fleet, claims },
+            models,
+        )
     };
     let overlay = Overlay::default();
-    let mut world = build(&objects, &overlay, &federation, SchedulerConfig::default(), NOW).unwrap();
+    let mut cache = Cache::default();
+    let mut world =
+        build(&objects, &overlay, &mut cache, &federation, SchedulerConfig::default(), NOW).unwrap();
     let kinds: BTreeMap<String, BackendKind> = objects
         .pools
         .iter()
@@ -217,7 +223,9 @@ fn a_running_job_whose_queue_is_gone_is_held_where_it_runs() {
     assert!(matches!(world.jobs[0].state, JobState::Held(_)), "{:?}", world.jobs[0].state);
     assert!(admitted(&actions).is_empty(), "its GPUs stay taken: {actions:?}");
     let status = actions.iter().find_map(|a| match a {
-        Action::Status { job, status } if job.metadata.name.as_deref() == Some("a") => Some(status.clone()),
+        Action::Status { job, status } if job.metadata.name.as_deref() == Some("a") => {
+            Some((**status).clone())
+        }
         _ => None,
     });
     let status = status.expect("a status that says what is wrong");
@@ -415,4 +423,172 @@ fn a_running_slurm_job_its_reachable_slurm_no_longer_lists_is_lost_not_run_twice
     let (world, actions) = cycle(&objects);
     assert!(matches!(world.jobs[0].state, JobState::Lost(_)), "{:?}", world.jobs[0].state);
     assert!(!actions.iter().any(|a| matches!(a, Action::Bind { .. })), "never submitted again: {actions:?}");
+}
+
+#[test]
+fn a_cycle_with_nothing_new_converts_nothing_again_and_decides_as_a_rebuilt_index_would() {
+    let (a, a_pod) = running(job("a", "q", 4, 100), "n0", &[0, 1, 2, 3]);
+    let waiting: Vec<Arc<ComputeJob>> =
+        (0..6).map(|i| Arc::new(job(&format!("w{i}"), "q", 4, 50 - i))).collect();
+    let mut jobs = vec![a];
+    jobs.extend(waiting);
+    let objects = crate::index::Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs,
+        nodes: vec![node("n0", 8, false), node("n1", 8, false)],
+        pods: vec![a_pod],
+        ..Default::default()
+    };
+    let backends = Backends::new(vec![Arc::new(KubernetesBackend::offline()) as Arc<dyn PoolBackend>]);
+    let fleet = FleetView::default();
+    let busy = Default::default();
+    let run = |memory: &mut crate::cycle::Memory, now: f64| {
+        let input = crate::cycle::Input {
+            objects: &objects,
+            fleet: &fleet,
+            backends: &backends,
+            busy: &busy,
+            config: SchedulerConfig::default(),
+            now,
+        };
+        let out = crate::cycle::run(&input, memory).unwrap();
+        let actions: Vec<String> =
+            out.actions.iter().map(|a| format!("{} {:?}", a.key(), std::mem::discriminant(a))).collect();
+        (actions, serde_json::to_string(&out.snapshot).unwrap())
+    };
+    let mut kept = crate::cycle::Memory::default();
+    run(&mut kept, NOW);
+    let after_first = kept.index().work_done();
+    assert_eq!(after_first, (7, 1), "the first cycle converts every job and builds the book once");
+    for t in 1..4 {
+        let now = NOW + f64::from(t);
+        // A rebuilt index with the same overlay (the first cycle's admissions, assumed).
+        let mut fresh = crate::cycle::Memory { overlay: kept.overlay.clone(), ..Default::default() };
+        let incremental = run(&mut kept, now);
+        assert_eq!(kept.index().work_done(), after_first, "nothing new: nothing converted again");
+        assert_eq!(incremental, run(&mut fresh, now), "the kept index decides as a rebuilt one at {now}");
+    }
+}
+
+#[test]
+fn the_kept_index_converts_a_changed_job_again_and_everything_when_its_queues_change() {
+    let mut objects = crate::index::Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: (0..3).map(|i| Arc::new(job(&format!("j{i}"), "q", 1, 10 - i))).collect(),
+        nodes: vec![node("n0", 8, false)],
+        ..Default::default()
+    };
+    let backends = Backends::new(vec![Arc::new(KubernetesBackend::offline()) as Arc<dyn PoolBackend>]);
+    let fleet = FleetView::default();
+    let busy = Default::default();
+    let mut memory = crate::cycle::Memory::default();
+    let mut cycle = |objects: &crate::index::Objects| {
+        let input = crate::cycle::Input {
+            objects,
+            fleet: &fleet,
+            backends: &backends,
+            busy: &busy,
+            config: SchedulerConfig::default(),
+            now: NOW,
+        };
+        crate::cycle::run(&input, &mut memory).unwrap();
+        memory.index().work_done()
+    };
+    assert_eq!(cycle(&objects), (3, 1));
+    let mut changed = (*objects.jobs[1]).clone();
+    changed.metadata.generation = Some(2);
+    changed.spec.task_groups[0].gpus = 2;
+    objects.jobs[1] = Arc::new(changed);
+    assert_eq!(cycle(&objects), (4, 1), "only the edited job is converted again");
+    let mut q = (*objects.queues[0]).clone();
+    q.metadata.generation = Some(2);
+    q.spec.namespaces = vec!["ns".into()];
+    objects.queues[0] = Arc::new(q);
+    assert_eq!(cycle(&objects), (7, 2), "a queue's change rebuilds the book and converts every job again");
+}
+
+/// `job` whose only pod ended: with `exit` 0 it succeeded, else it failed with that exit code.
+fn ended(j: ComputeJob, exit: i32) -> (Arc<ComputeJob>, Arc<Pod>) {
+    let (j, pod) = running(j, "n0", &[0]);
+    let mut pod = (*pod).clone();
+    pod.status = Some(
+        serde_json::from_value(json!({
+            "phase": if exit == 0 { "Succeeded" } else { "Failed" },
+            "containerStatuses": [{ "name": "c", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": { "terminated": { "exitCode": exit, "reason": if exit == 0 { "Completed" } else { "Error" } } } }]
+        }))
+        .unwrap(),
+    );
+    (j, Arc::new(pod))
+}
+
+fn status_of<'a>(actions: &'a [Action], name: &str) -> &'a haiyun_api::ComputeJobStatus {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Status { job, status } if job.name_any() == name => Some(status),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_failed_task_restarts_the_gang_with_backoff_and_the_exit_code_in_status_until_max_restarts() {
+    let (j, pod) = ended(job("f", "q", 1, 100), 1);
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![j],
+        nodes: vec![node("n0", 8, false)],
+        pods: vec![pod],
+        ..Default::default()
+    };
+    let (_, actions) = cycle(&objects);
+    let st = status_of(&actions, "f");
+    assert_eq!((st.phase, st.restarts, st.placement.is_none()), (JobPhase::Queued, 1, true));
+    let failure = st.last_failure.as_ref().unwrap();
+    assert_eq!(
+        (failure.exit_code, failure.reason.as_str(), failure.pod.as_str()),
+        (Some(1), "Error", "f-w-0")
+    );
+    let after = crate::time::parse(st.restart_after.as_deref().unwrap()).unwrap();
+    assert_eq!(after - NOW, 10.0, "the first restart waits 10 s");
+    assert!(st.pending_reasons[0].message.contains("exited with code 1"), "{:?}", st.pending_reasons);
+
+    // During the backoff the job waits, holding nothing; after it, it runs again as run 1.
+    let mut waiting = (*objects.jobs[0]).clone();
+    waiting.status = Some(st.clone());
+    let objects = Objects { jobs: vec![Arc::new(waiting.clone())], pods: Vec::new(), ..objects };
+    let (world, actions) = cycle(&objects);
+    assert!(matches!(world.jobs[0].state, JobState::Backoff { .. }), "{:?}", world.jobs[0].state);
+    assert!(admitted(&actions).is_empty());
+    waiting.status.as_mut().unwrap().restart_after = Some(crate::time::rfc3339(NOW - 1.0));
+    let objects = Objects { jobs: vec![Arc::new(waiting.clone())], ..objects };
+    let (_, actions) = cycle(&objects);
+    assert_eq!(admitted(&actions), vec!["f"]);
+    assert_eq!(waiting.run(), 1, "a restart is a new run");
+}
+
+#[test]
+fn a_task_that_fails_past_max_restarts_fails_the_job_with_its_exit_code_and_a_success_succeeds() {
+    let mut j = job("g", "q", 1, 100);
+    j.spec.max_restarts = Some(0);
+    let (j, pod) = ended(j, 3);
+    let (ok, ok_pod) = ended(job("h", "q", 1, 90), 0);
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![j, ok],
+        nodes: vec![node("n0", 8, false)],
+        pods: vec![pod, ok_pod],
+        ..Default::default()
+    };
+    let (_, actions) = cycle(&objects);
+    let st = status_of(&actions, "g");
+    assert_eq!((st.phase, st.restarts), (JobPhase::Failed, 0));
+    assert_eq!(st.last_failure.as_ref().and_then(|f| f.exit_code), Some(3));
+    let st = status_of(&actions, "h");
+    assert_eq!((st.phase, st.last_failure.is_none()), (JobPhase::Succeeded, true));
 }

@@ -236,6 +236,17 @@ fn allowed_pools(cj: &ComputeJob, cluster: &Cluster, refs: &Refs) -> Result<Vec<
     Ok(pools)
 }
 
+/// Whether the job waits out its backoff after a failed run: why, and until when (unix seconds).
+pub fn backoff(cj: &ComputeJob, now: Time) -> Option<(String, Time)> {
+    let st = cj.status.as_ref()?;
+    let until = st.restart_after.as_deref().and_then(crate::time::parse)?;
+    (until > now).then(|| {
+        let why =
+            st.last_failure.as_ref().map_or_else(|| "its last run failed".to_string(), |f| f.message.clone());
+        (why, until)
+    })
+}
+
 /// Whether the job is done (Succeeded or Failed).
 pub fn is_terminal(cj: &ComputeJob) -> bool {
     cj.status.as_ref().is_some_and(|s| {

@@ -1,6 +1,7 @@
 //! The index: Kubernetes objects (Nodes, Pods and Haiyun's CRDs) turned into the core's model. The only place
 //! where Kubernetes types become core types.
 
+pub mod cache;
 pub mod cluster;
 pub mod job;
 pub mod overlay;
@@ -10,15 +11,16 @@ pub mod queue;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
-use haiyun_api::job::{JobPhase, Placement as ApiPlacement};
+use haiyun_api::job::{Failure, JobPhase, Placement as ApiPlacement};
 use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest, quantity};
 use haiyun_scheduler::Placement;
-use haiyun_scheduler::model::{Dataset as CoreDataset, JobId, Time};
+use haiyun_scheduler::model::{Dataset as CoreDataset, GpuModels, JobId, Time};
 use haiyun_scheduler::schedule::{Scheduler, SchedulerConfig};
 use haiyun_scheduler::snapshot::TaskPlacement;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 
+pub use cache::Cache;
 pub use cluster::{Claims, Federation, RunPhase, RunRecord, gpu_indices, gpu_mask};
 pub use job::{JobProblem, is_terminal};
 pub use overlay::{Assumed, Outcome, Overlay, StepKind};
@@ -74,8 +76,15 @@ pub enum JobState {
     Lost(Loss),
     /// Its pods ended (all succeeded, or one failed); it holds nothing any more.
     Ended {
-        /// Whether a pod failed.
-        failed: bool,
+        /// Why its run failed, when a task failed.
+        failure: Option<Failure>,
+    },
+    /// Its last run failed and it waits out its backoff before it runs again (why, and until when).
+    Backoff {
+        /// Why its last run failed.
+        why: String,
+        /// When it may run again (unix seconds).
+        until: Time,
     },
 }
 
@@ -168,7 +177,7 @@ fn claims_of(objects: &Objects, overlay: &Overlay, held: &HashSet<String>) -> Cl
         }
         let Some((p, _)) = placement_of(cj, overlay) else { continue };
         let ns = cj.namespace().unwrap_or_default();
-        let run = cj.status.as_ref().map_or(0, |s| s.preemptions).to_string();
+        let run = cj.run().to_string();
         for t in &p.tasks {
             claims.hold(&t.node, &t.gpus, format!("{ns}/{}", t.pod), Some(run.clone()));
         }
@@ -188,39 +197,46 @@ fn claims_of(objects: &Objects, overlay: &Overlay, held: &HashSet<String>) -> Cl
     claims
 }
 
-/// Builds the world at `now` from what the operator sees plus what it assumed; `federation` makes the pools and
-/// nodes from what our placements hold (the backends contribute them; the index names none). A running job that
-/// can no longer be read (its queue or a dataset is gone) is held where it runs: its pods count as used capacity
-/// and it keeps its place.
+/// Makes the pools and nodes from what our placements hold, on a model table whose ids it keeps (the backends
+/// contribute them; the index names none).
+pub type FederationOf<'a> = dyn Fn(&Claims, GpuModels) -> Federation + 'a;
+
+/// Builds the world at `now` from what the operator sees plus what it assumed, converting only what changed since
+/// `cache` was last used. A running job that can no longer be read (its queue or a dataset is gone) is held where it
+/// runs: its pods count as used capacity and it keeps its place.
 pub fn build(
     objects: &Objects,
     overlay: &Overlay,
-    federation: &dyn Fn(&Claims) -> Federation,
+    cache: &mut Cache,
+    federation: &FederationOf<'_>,
     config: SchedulerConfig,
     now: Time,
 ) -> Result<World, IndexError> {
-    let world = assemble(objects, overlay, federation, &HashSet::new(), config, now)?;
+    let world = assemble(objects, overlay, cache, federation, &HashSet::new(), config, now)?;
     let held: HashSet<String> = world
         .jobs
         .iter()
         .filter(|t| matches!(t.state, JobState::Held(_)))
         .filter_map(|t| t.job.uid())
         .collect();
-    if held.is_empty() { Ok(world) } else { assemble(objects, overlay, federation, &held, config, now) }
+    if held.is_empty() {
+        Ok(world)
+    } else {
+        assemble(objects, overlay, cache, federation, &held, config, now)
+    }
 }
 
 fn assemble(
     objects: &Objects,
     overlay: &Overlay,
-    federation: &dyn Fn(&Claims) -> Federation,
+    cache: &mut Cache,
+    federation: &FederationOf<'_>,
     held: &HashSet<String>,
     config: SchedulerConfig,
     now: Time,
 ) -> Result<World, IndexError> {
-    let mut fed = federation(&claims_of(objects, overlay, held));
-    let queues: Vec<&Queue> = objects.queues.iter().map(|p| p.as_ref()).collect();
-    let requests: Vec<&QuotaRequest> = objects.requests.iter().map(|p| p.as_ref()).collect();
-    let book = queue::book(&queues, &requests, &mut fed.cluster.models);
+    let mut fed = federation(&claims_of(objects, overlay, held), cache.models());
+    let book = cache.book(objects, &mut fed.cluster.models);
     let namespaces: BTreeMap<String, Vec<String>> =
         objects.queues.iter().map(|q| (q.name_any(), q.spec.namespaces.clone())).collect();
     let (datasets, dataset_ids) = datasets(objects, &fed);
@@ -238,10 +254,7 @@ fn assemble(
         job::submitted(a).total_cmp(&job::submitted(b)).then_with(|| job::key(a).cmp(&job::key(b)))
     });
     // Convert every job first: conversion may intern GPU models the nodes do not have.
-    let converted: Vec<(Arc<ComputeJob>, Converted)> = sorted_jobs
-        .into_iter()
-        .map(|cj| (cj.clone(), (!job::is_terminal(cj)).then(|| job::core_job(cj, &refs, &mut cluster))))
-        .collect();
+    let converted = cache.convert(&sorted_jobs, &refs, &mut cluster);
     fed.cluster.models = cluster.models.clone();
     let mut scheduler = Scheduler::new(cluster, book.quotas, config, None)?;
     for d in datasets {
@@ -259,7 +272,7 @@ fn assemble(
         by_core: Vec::new(),
     };
     for (cj, conv) in converted {
-        world.track_job(cj, conv, overlay, &counts, now);
+        world.track_job(cj, conv, overlay, (&counts, &objects.pods), now);
     }
     let refs = job::Refs {
         queues: &world.queues,
@@ -277,7 +290,7 @@ fn assemble(
 }
 
 /// A ComputeJob as the core's job: `None` when it is done, else the job or why it cannot be queued.
-type Converted = Option<Result<haiyun_scheduler::model::Job, JobProblem>>;
+pub(crate) type Converted = Option<Result<haiyun_scheduler::model::Job, JobProblem>>;
 
 /// The core's datasets (sorted by name), and their ids by name.
 fn datasets(objects: &Objects, fed: &Federation) -> (Vec<CoreDataset>, BTreeMap<String, u32>) {
@@ -338,11 +351,11 @@ impl World {
         cj: Arc<ComputeJob>,
         conv: Converted,
         overlay: &Overlay,
-        counts: &std::collections::HashMap<(String, String), PodCounts>,
+        (counts, all_pods): (&pod::Counts, &[Arc<Pod>]),
         now: Time,
     ) {
         let fed = &self.federation;
-        let run = cj.status.as_ref().map_or(0, |s| s.preemptions);
+        let run = cj.run();
         let uid = cj.uid().unwrap_or_default();
         let placed = placement_of(&cj, overlay);
         // A pool whose backend records runs itself (Slurm): the run as it records it, and whether it answers.
@@ -364,7 +377,13 @@ impl World {
             Some(Err(p)) => JobState::Problem(p),
             Some(Ok(core)) => match placed {
                 Some(_) if forgotten => JobState::Lost(Loss::Forgotten),
-                Some((p, _)) if ended(p, &pods).is_some() => JobState::Ended { failed: pods.failed > 0 },
+                Some((p, _)) if ended(p, &pods).is_some() => {
+                    let failure = (pods.failed > 0).then(|| match recorded {
+                        Some(_) => pod::batch_failure(),
+                        None => pod::failure(all_pods, &uid, run),
+                    });
+                    JobState::Ended { failure }
+                }
                 Some((p, started)) => match core_placement(p, fed, &core) {
                     Ok((placement, pool, model)) => {
                         let at = started.unwrap_or(now);
@@ -379,11 +398,15 @@ impl World {
                     }
                     Err(e) => JobState::Lost(Loss::Misplaced(e)),
                 },
-                None => match self.scheduler.submit(core) {
-                    Ok(id) => JobState::Waiting(id),
-                    Err(e) => {
-                        JobState::Problem(JobProblem::Field { field: "spec".into(), message: e.to_string() })
-                    }
+                None => match job::backoff(&cj, now) {
+                    Some((why, until)) => JobState::Backoff { why, until },
+                    None => match self.scheduler.submit(core) {
+                        Ok(id) => JobState::Waiting(id),
+                        Err(e) => JobState::Problem(JobProblem::Field {
+                            field: "spec".into(),
+                            message: e.to_string(),
+                        }),
+                    },
                 },
             },
         };

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use haiyun_api::job::Failure;
 use haiyun_api::{
     GPUS_ANNOTATION, JOB_UID_LABEL, QUEUE_LABEL, RUN_LABEL, RUNTIME_ANNOTATION, SCHEDULER_NAME, quantity,
 };
@@ -47,8 +48,11 @@ impl PodCounts {
     }
 }
 
+/// Each job's pods by phase, keyed by job uid and run.
+pub type Counts = HashMap<(String, String), PodCounts>;
+
 /// Counts each job's pods by phase, keyed by job uid and run.
-pub fn pod_counts(pods: &[Arc<Pod>]) -> HashMap<(String, String), PodCounts> {
+pub fn pod_counts(pods: &[Arc<Pod>]) -> Counts {
     let mut out: HashMap<(String, String), PodCounts> = HashMap::new();
     for p in pods {
         let Some(uid) = p.labels().get(JOB_UID_LABEL) else { continue };
@@ -69,6 +73,58 @@ pub fn pod_counts(pods: &[Arc<Pod>]) -> HashMap<(String, String), PodCounts> {
         }
     }
     out
+}
+
+/// Why a run of the job `uid` failed, from its first failed pod: the container's exit code and reason (`Error`,
+/// `OOMKilled`), else the pod's own reason (e.g. `Evicted`).
+pub fn failure(pods: &[Arc<Pod>], uid: &str, run: u32) -> Failure {
+    let run = run.to_string();
+    let failed = pods.iter().find(|p| {
+        p.labels().get(JOB_UID_LABEL).is_some_and(|u| u == uid)
+            && p.labels().get(RUN_LABEL) == Some(&run)
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+    });
+    let Some(p) = failed else {
+        return Failure { reason: "Failed".into(), message: "a task failed".into(), ..Default::default() };
+    };
+    let st = p.status.as_ref();
+    let terminated = st
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| (c.name.as_str(), t)))
+        .find(|(_, t)| t.exit_code != 0);
+    match terminated {
+        Some((container, t)) => Failure {
+            reason: t.reason.clone().unwrap_or_else(|| "Error".into()),
+            pod: p.name_any(),
+            exit_code: Some(t.exit_code),
+            message: format!(
+                "container {container} of pod {} exited with code {}",
+                p.name_any(),
+                t.exit_code
+            ),
+            time: String::new(),
+        },
+        None => Failure {
+            reason: st.and_then(|s| s.reason.clone()).unwrap_or_else(|| "Failed".into()),
+            pod: p.name_any(),
+            exit_code: None,
+            message: st
+                .and_then(|s| s.message.clone())
+                .unwrap_or_else(|| format!("pod {} failed", p.name_any())),
+            time: String::new(),
+        },
+    }
+}
+
+/// Why a run a backend records itself (a Slurm job) failed: it says no more than that.
+pub fn batch_failure() -> Failure {
+    Failure {
+        reason: "Failed".into(),
+        message: "its batch job ended unsuccessfully".into(),
+        ..Default::default()
+    }
 }
 
 /// What a pod holds: milli-CPU, MiB, GPUs (requests, else limits, summed over containers).

@@ -113,7 +113,7 @@ fn unlimited(resources: &[haiyun_api::queue::FlavorQuota], models: &mut GpuModel
 }
 
 /// The quota book, and the queues that could not be read (by name, with why).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Book {
     /// Quotas of every valid queue.
     pub quotas: Quotas,

@@ -187,6 +187,11 @@ impl MemoryCluster {
         Ok(j)
     }
 
+    /// The simulated backend serving its pools (clones share its kubelet).
+    pub fn backend(&self) -> SimulatedBackend {
+        self.backend.clone()
+    }
+
     /// ComputeJobs, by `namespace/name`.
     pub fn jobs(&self) -> &BTreeMap<String, ComputeJob> {
         &self.jobs
@@ -299,7 +304,7 @@ impl MemoryCluster {
             }
             Action::Status { job, status } => {
                 if let Some(j) = self.jobs.get_mut(&key(job.as_ref())) {
-                    j.status = Some(status.clone());
+                    j.status = Some((**status).clone());
                 }
             }
             Action::Collect { orphan, .. } => {

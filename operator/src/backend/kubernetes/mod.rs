@@ -1,6 +1,7 @@
 //! The Kubernetes backend: pools of this cluster's Nodes (a nodeSelector each). A job runs as pods that Haiyun
 //! creates and binds; evicting or collecting a job deletes its pods.
 
+pub mod contract;
 pub mod nodes;
 pub mod pods;
 

@@ -4,7 +4,7 @@
 
 use haiyun_api::job::TaskPlacement;
 use haiyun_api::{ComputeJob, GPUS_ANNOTATION, JOB_NAME_LABEL, JOB_UID_LABEL, SCHEDULER_NAME};
-use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -64,7 +64,8 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Pod
     let Some(placement) = st.placement.as_ref() else { return Ok(0) };
     let ns = job.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let run = st.preemptions.to_string();
+    let run = job.run().to_string();
+    ensure_service(client, job).await?;
     let mut bound = 0;
     for (i, task) in placement.tasks.iter().enumerate() {
         let existing = pods.get_opt(&task.pod).await.map_err(api_err("read pod", &task.pod))?;
@@ -98,6 +99,16 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Pod
         }
     }
     Ok(bound)
+}
+
+/// Creates the job's headless Service unless it exists.
+async fn ensure_service(client: &Client, job: &ComputeJob) -> Result<(), PodError> {
+    let services: Api<Service> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
+    match services.create(&PostParams::default(), &super::contract::service(job)).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 409) => Ok(()),
+        Err(e) => Err(api_err("create the headless Service of", crate::index::job::key(job))(e)),
+    }
 }
 
 /// Binds a plain pod; the Binding's annotation gives it its GPU indices (the API server copies it to the pod).
@@ -189,7 +200,8 @@ pub async fn delete_pods(client: &Client, namespace: &str, uid: &str) -> Result<
 }
 
 /// The pod for task `index` of a job: its group's template (or a pause container), our scheduler, labels that
-/// tie it to the job and run, its GPUs in an annotation, and the group's requests on its first container.
+/// tie it to the job and run, its GPUs in an annotation, the group's requests on its first container, and the
+/// training contract (DNS name, restart policy, environment).
 pub fn pod_for(job: &ComputeJob, index: usize, task: &TaskPlacement, run: &str) -> Result<Pod, PodError> {
     let Some((group, g)) = job.spec.group_of_task(index) else {
         return Err(PodError::NoTask { pod: task.pod.clone(), index });
@@ -245,5 +257,6 @@ pub fn pod_for(job: &ComputeJob, index: usize, task: &TaskPlacement, run: &str) 
         requests.insert(GPU_RESOURCE.into(), n.clone());
         res.limits.get_or_insert_with(Default::default).insert(GPU_RESOURCE.into(), n);
     }
+    super::contract::apply(&mut pod, job, index, task);
     Ok(pod)
 }

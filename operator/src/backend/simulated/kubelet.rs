@@ -80,7 +80,7 @@ impl Kubelet {
     pub fn start(&mut self, job: &ComputeJob, p: &ApiPlacement) -> Result<usize, KubeletError> {
         let now = self.now;
         let uid = job.uid().unwrap_or_default();
-        let run = job.status.as_ref().map_or(0, |s| s.preemptions).to_string();
+        let run = job.run().to_string();
         self.pods.retain(|_, pod| pod.labels().get(JOB_UID_LABEL) != Some(&uid));
         for (i, task) in p.tasks.iter().enumerate() {
             let mut pod = pod_for(job, i, task, &run)?;

@@ -58,7 +58,7 @@ impl DispatchError {
 pub async fn dispatch(pools: &SlurmPools, job: &ComputeJob, fresh: bool) -> Result<usize, DispatchError> {
     let Some(p) = job.status.as_ref().and_then(|s| s.placement.as_ref()) else { return Ok(0) };
     let uid = job.uid().unwrap_or_default();
-    let run = job.status.as_ref().map_or(0, |s| s.preemptions);
+    let run = job.run();
     let key = key(&uid, run);
     let seen = pools.lists(&p.pool, &key);
     let recent = pools.submitted_at(&key).map(|at| at.elapsed());
@@ -103,7 +103,7 @@ pub async fn evict(pools: &SlurmPools, job: &ComputeJob) -> Result<String, Dispa
         return Ok("nothing to stop".into());
     };
     let client = pools.client(&pool).ok_or_else(|| DispatchError::NoSlurm(pool.clone()))?;
-    let run = job.status.as_ref().map_or(0, |s| s.preemptions);
+    let run = job.run();
     if let Some(j) = client.find(&key(&job.uid().unwrap_or_default(), run)).await? {
         client.cancel(j.id).await?;
     }

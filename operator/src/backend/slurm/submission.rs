@@ -57,7 +57,7 @@ pub fn submission(
     let cpu_milli = group.cpu.as_deref().and_then(|c| quantity::milli(c).ok()).unwrap_or(1000);
     let memory = group.memory.as_deref().and_then(|m| quantity::mib(m).ok()).unwrap_or(DEFAULT_MEMORY_MIB);
     let limit = time_limit_min(job);
-    let run = job.status.as_ref().map_or(0, |s| s.preemptions);
+    let run = job.run();
     let environment = BTreeMap::from([
         ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()),
         ("HAIYUN_JOB".to_string(), format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())),
@@ -101,6 +101,7 @@ mod tests {
             node: node.into(),
             gpus: vec![0, 1, 2, 3],
             gpu_milli: 1000,
+            gpu_uuids: Vec::new(),
         };
         let placement = Placement {
             pool: "hpc".into(),
