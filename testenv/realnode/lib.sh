@@ -520,16 +520,23 @@ up_real_nodes() {
   wait_for "CoreDNS" 60 coredns curl -fsS "http://$(dns_ip):8181/ready"
 }
 
-# real_nodes_gpus: advertise nvidia.com/gpu on the real nodes (an extended
-# resource no device plugin manages: the kubelet keeps it in capacity and
-# admits pods that request it; no device is given to the container).
-real_nodes_gpus() {
-  ((REAL_GPUS_PER_NODE > 0)) || return 0
-  local name
+# finish_real_nodes: once registered, each real node gets in its spec the
+# pod CIDR its CNI config uses (node IPAM is off; this is what it would have
+# set), and advertises nvidia.com/gpu (an extended resource no device plugin
+# manages: the kubelet keeps it in capacity and admits pods that request it;
+# no device is given to the container).
+finish_real_nodes() {
+  local name n=0
   while read -r name; do
-    kc patch node "$name" --subresource=status --type=merge \
-      -p "{\"status\":{\"capacity\":{\"nvidia.com/gpu\":\"$REAL_GPUS_PER_NODE\"},\"allocatable\":{\"nvidia.com/gpu\":\"$REAL_GPUS_PER_NODE\"}}}" \
-      >/dev/null || die "advertising nvidia.com/gpu on $name failed"
+    kc patch node "$name" --type=merge \
+      -p "{\"spec\":{\"podCIDR\":\"$(pod_cidr "$n")\",\"podCIDRs\":[\"$(pod_cidr "$n")\"]}}" \
+      >/dev/null || die "setting the pod CIDR of $name failed"
+    if ((REAL_GPUS_PER_NODE > 0)); then
+      kc patch node "$name" --subresource=status --type=merge \
+        -p "{\"status\":{\"capacity\":{\"nvidia.com/gpu\":\"$REAL_GPUS_PER_NODE\"},\"allocatable\":{\"nvidia.com/gpu\":\"$REAL_GPUS_PER_NODE\"}}}" \
+        >/dev/null || die "advertising nvidia.com/gpu on $name failed"
+    fi
+    n=$((n + 1))
   done < "$(RD)/nodes"
 }
 
