@@ -20,12 +20,6 @@ use k8s_openapi::api::core::v1::Pod;
 
 /// Estimated starts closer than this to the recorded one are not written again.
 const ESTIMATE_SLACK_S: f64 = 60.0;
-/// Restarts of a failed gang when the job does not set `spec.maxRestarts`.
-pub const DEFAULT_MAX_RESTARTS: u32 = 3;
-/// The first restart's backoff, seconds (it doubles with each restart).
-const RESTART_BACKOFF_S: f64 = 10.0;
-/// The longest backoff, seconds.
-const MAX_BACKOFF_S: f64 = 300.0;
 
 /// Something the shell should do.
 #[derive(Debug, Clone)]
@@ -186,8 +180,8 @@ pub fn plan(
                     let mut f = f.clone();
                     f.time = rfc3339(now);
                     st.last_failure = Some(f);
-                    if old.restarts < t.job.spec.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS) {
-                        push_status(&mut out, t, restarting(st, now), now);
+                    if crate::status::may_restart(&t.job) {
+                        push_status(&mut out, t, crate::status::restarting(st, now), now);
                         continue;
                     }
                 }
@@ -312,30 +306,6 @@ fn placed(out: &mut Vec<Action>, t: &Tracked, old: &ComputeJobStatus, backend: B
         // Admitted and still binding (after a restart), or running and a pod went missing: make them again.
         out.push(Action::Bind { job: t.job.clone(), backend });
     }
-}
-
-/// The status of a gang restarted after a failed run: one more restart, no placement, and a backoff of 10 s
-/// doubling per restart up to 5 minutes. Its pods are collected; the next run gets new ones.
-fn restarting(mut st: ComputeJobStatus, now: Time) -> ComputeJobStatus {
-    st.restarts += 1;
-    let wait =
-        (RESTART_BACKOFF_S * 2f64.powi(st.restarts.saturating_sub(1).min(10) as i32)).min(MAX_BACKOFF_S);
-    st.phase = JobPhase::Queued;
-    st.placement = None;
-    st.start_time = None;
-    st.restart_after = Some(rfc3339(now + wait));
-    st.estimated_start = st.restart_after.clone();
-    let why = st.last_failure.as_ref().map_or_else(String::new, |f| f.message.clone());
-    st.pending_reasons = vec![ApiReason {
-        phase: "restart".into(),
-        message: format!(
-            "restart {} after a failure ({why}); not before {}",
-            st.restarts,
-            rfc3339(now + wait)
-        ),
-        ..Default::default()
-    }];
-    st
 }
 
 /// Completion time and GPU-hours of a job that ended at `now`.

@@ -41,6 +41,64 @@ pub fn preempted(job: &ComputeJob, now: Time) -> ComputeJobStatus {
     st
 }
 
+/// Restarts of a failed gang when the job does not set `spec.maxRestarts`.
+pub const DEFAULT_MAX_RESTARTS: u32 = 3;
+/// The first restart's backoff, seconds (it doubles with each restart).
+const RESTART_BACKOFF_S: f64 = 10.0;
+/// The longest backoff, seconds.
+const MAX_BACKOFF_S: f64 = 300.0;
+
+/// Whether a job whose run failed may run again (it has restarts left).
+pub fn may_restart(job: &ComputeJob) -> bool {
+    let restarts = job.status.as_ref().map_or(0, |s| s.restarts);
+    restarts < job.spec.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS)
+}
+
+/// The status of a gang restarted after a failed run (its `last_failure` says why): one more restart, no placement,
+/// and a backoff of 10 s doubling per restart up to 5 minutes. Its pods are collected; the next run gets new ones.
+pub fn restarting(mut st: ComputeJobStatus, now: Time) -> ComputeJobStatus {
+    st.restarts += 1;
+    let exp = st.restarts.saturating_sub(1).min(10) as i32;
+    let until = now + (RESTART_BACKOFF_S * 2f64.powi(exp)).min(MAX_BACKOFF_S);
+    st.phase = JobPhase::Queued;
+    st.placement = None;
+    st.start_time = None;
+    st.restart_after = Some(rfc3339(until));
+    st.estimated_start = st.restart_after.clone();
+    let why = st.last_failure.as_ref().map_or_else(String::new, |f| f.message.clone());
+    st.pending_reasons = vec![haiyun_api::PendingReason {
+        phase: "restart".into(),
+        message: format!("restart {} after a failure ({why}); not before {}", st.restarts, rfc3339(until)),
+        ..Default::default()
+    }];
+    st
+}
+
+/// The status of a job whose run could not even start because the API server refused what it needs (its pods or
+/// its Service) with `why`: it restarts like a failed run while it has restarts left, then fails; it holds nothing.
+pub fn refused(job: &ComputeJob, why: &str, now: Time) -> ComputeJobStatus {
+    let mut st = job.status.clone().unwrap_or_default();
+    st.last_failure = Some(haiyun_api::job::Failure {
+        reason: "Refused".into(),
+        message: format!("the API server refused its pods: {why}"),
+        time: rfc3339(now),
+        ..Default::default()
+    });
+    if may_restart(job) {
+        return restarting(st, now);
+    }
+    st.phase = JobPhase::Failed;
+    st.placement = None;
+    st.completion_time = Some(rfc3339(now));
+    st.pending_reasons = vec![haiyun_api::PendingReason {
+        phase: "placement-unresolvable".into(),
+        message: st.last_failure.as_ref().map(|f| f.message.clone()).unwrap_or_default(),
+        ..Default::default()
+    }];
+    st.derive_conditions(job.metadata.generation.unwrap_or(0), &rfc3339(now));
+    st
+}
+
 /// A status to write on one of Haiyun's cluster objects.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StatusWrite {

@@ -424,3 +424,38 @@ async fn a_job_gets_a_headless_service_dns_names_restart_policy_never_and_torchr
         assert_eq!(env_of("HAIYUN_RESTART_ATTEMPT").as_deref(), Some("0"));
     }
 }
+
+#[tokio::test]
+async fn a_job_whose_pods_the_api_server_refuses_says_why_releases_its_gpus_and_fails_after_its_restarts() {
+    let Some(env) = Env::start("refused").await else { return };
+    env.nodes("a", 1, 8, "H100").await;
+    env.create::<ComputePool>(pool(&env, "refused-pool", "a", "public")).await.unwrap();
+    env.create::<Queue>(queue("refused-q", "nvidia.com/gpu:h100", 8)).await.unwrap();
+    let _op = env.operator("only", &[]);
+    let mut bad = job("bad-template", "refused-q", 1, 8, "5s");
+    // A container name the API server refuses (not a DNS label).
+    bad["spec"]["taskGroups"][0]["template"]["spec"]["containers"][0]["name"] = json!("Not_A_Name");
+    bad["spec"]["maxRestarts"] = json!(1);
+    env.create::<ComputeJob>(bad).await.unwrap();
+    let restarting = wait_for("the first refusal to restart the job", LONG, || async {
+        let j = env.job("default", "bad-template").await;
+        j.status.filter(|s| s.restarts == 1)
+    })
+    .await;
+    assert!(restarting.placement.is_none(), "a refused run holds nothing");
+    let failure = restarting.last_failure.clone().unwrap();
+    assert_eq!(failure.reason, "Refused");
+    assert!(failure.message.contains("Not_A_Name") || failure.message.contains("containers"), "{failure:?}");
+    assert!(restarting.restart_after.is_some());
+    // Another job can use the GPUs meanwhile.
+    env.create::<ComputeJob>(job("good", "refused-q", 1, 8, "1s")).await.unwrap();
+    env.wait_phase("default", "good", "Succeeded", LONG).await;
+    let failed = env.wait_phase("default", "bad-template", "Failed", LONG).await;
+    let st = failed.status.unwrap();
+    assert_eq!((st.restarts, st.last_failure.unwrap().reason.as_str()), (1, "Refused"));
+    let reasons = env.event_reasons("default", "bad-template").await;
+    assert!(
+        reasons.iter().any(|r| r == "Restarting") && reasons.iter().any(|r| r == "Failed"),
+        "{reasons:?}"
+    );
+}

@@ -242,6 +242,14 @@ impl Applier {
                 if let Some((reason, note)) = e.event() {
                     self.event(job, EventType::Warning, reason, &note).await;
                 }
+                if let Some(why) = e.refusal() {
+                    // Retrying cannot help: the run fails, its capacity is released, and the job restarts or fails.
+                    let st = crate::status::refused(job, &why, crate::time::now());
+                    write::job_status(&self.client, job, &st).await?;
+                    let reason = if st.phase == JobPhase::Failed { "Failed" } else { "Restarting" };
+                    let note = st.last_failure.as_ref().map(|f| f.message.clone()).unwrap_or_default();
+                    self.event(job, EventType::Warning, reason, &note).await;
+                }
                 Err(e.into())
             }
         }

@@ -126,6 +126,14 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// What was refused for good, when retrying as it is cannot work (the job's run fails instead).
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            BackendError::Kubernetes(e) => e.refusal(),
+            _ => None,
+        }
+    }
+
     /// A warning event for the job, when the failure is worth telling its owner (reason, message).
     pub fn event(&self) -> Option<(&'static str, String)> {
         match self {

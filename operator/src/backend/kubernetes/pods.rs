@@ -49,6 +49,22 @@ pub enum PodError {
     },
 }
 
+impl PodError {
+    /// What the API server refused for good (an invalid pod or Service, a forbidden or malformed request), as its
+    /// message: retrying as it is cannot work.
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            PodError::Api { source: kube::Error::Api(s), action, object }
+                if matches!(s.code, 400 | 403 | 422) =>
+            {
+                Some(format!("{action} {object}: {}", s.message))
+            }
+            PodError::Template { .. } | PodError::NoTask { .. } => Some(self.to_string()),
+            _ => None,
+        }
+    }
+}
+
 fn api_err(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> PodError {
     let object = object.into();
     move |source| PodError::Api { action, object, source }
