@@ -132,7 +132,7 @@ in_ns() { nsenter --net="$(netns_path)" -- "$@"; }
 setup_network() {
   local r
   note_missing_dirs /run/netns /run/containerd /run/containerd/s /var/lib/cni \
-    /var/lib/cni/results /var/lib/kubelet /var/lib/kubelet/device-plugins
+    /var/lib/cni/results /var/lib/kubelet /var/lib/kubelet/device-plugins /var/log/containers
   for ((r = 200; r < 250; r++)); do
     ip link show "tenv$r" >/dev/null 2>&1 && continue
     ip -4 addr show | grep -q " 10\.$r\." && continue
@@ -187,8 +187,9 @@ teardown_network() {
 }
 
 # Directories outside DIR that real nodes need or that containerd's shims,
-# libcni and 'ip netns add' create: /run/netns (a bind mount of itself),
-# /run/containerd/s (shim sockets), /var/lib/cni/results (libcni's cache),
+# libcni, the kubelet and 'ip netns add' create: /run/netns (a bind mount of
+# itself), /run/containerd/s (shim sockets), /var/lib/cni/results (libcni's
+# cache), /var/log/containers (the kubelet's log symlinks),
 # /var/lib/kubelet/device-plugins (a mount point, see start_kubelet). Those
 # that did not exist before the first environment with real nodes are listed
 # in $MACHINE_STATE/created-dirs; the last environment to go removes them
