@@ -439,6 +439,8 @@ EOF
 start_coredns() {
   client_cert coredns testenv:coredns
   kubeconfig_for "$(RD)/coredns.kubeconfig" coredns
+  # The API server creates kube-system just after it first answers.
+  wait_for "namespace kube-system" 60 kube-apiserver kc get namespace kube-system
   kc apply -f - >/dev/null <<EOF || die "creating CoreDNS's RBAC and the kube-dns Service failed"
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
