@@ -27,16 +27,28 @@ cargo run --release --quiet -p haiyun-benches --bin haiyun-bench -- fgd --policy
 
 echo "== test control plane (testenv: etcd, kube-apiserver, kwok with 4 fake 8-GPU nodes)"
 testenv_dir=$(mktemp -d)
+real_dir=$(mktemp -d)
 slurm_dir=$(mktemp -d)
 log=$(mktemp)
 cleanup() {
   testenv/testenv down --dir "$testenv_dir" --purge >/dev/null 2>&1 || true
+  testenv/testenv down --dir "$real_dir" --purge >/dev/null 2>&1 || true
   testenv/slurm/slurm-down.sh "$slurm_dir/cluster" --purge >/dev/null 2>&1 || true
-  rm -rf "$testenv_dir" "$slurm_dir" "$log"
+  rm -rf "$testenv_dir" "$real_dir" "$slurm_dir" "$log"
 }
 trap cleanup EXIT
 testenv/testenv up --dir "$testenv_dir" --nodes 4 --gpus-per-node 8 --gpu-model H100
 export HAIYUN_TEST_KUBECONFIG="$testenv_dir/kubeconfig" HAIYUN_REQUIRE_TESTENV=1
+
+echo "== real nodes (a second control plane: 2 kubelets with containerd and runc, controller manager, kube-proxy, CoreDNS)"
+if [ "$(id -u)" = 0 ]; then
+  testenv/testenv up --dir "$real_dir" --nodes 0 --real-nodes 2 --gpu-model H100 --real-gpus-per-node 2
+  busybox=$(sed -n 's/^TESTENV_BUSYBOX_IMAGE=//p' "$real_dir/testenv.env" | tr -d '"')
+  export HAIYUN_TEST_REAL_KUBECONFIG="$real_dir/kubeconfig" HAIYUN_REQUIRE_REAL_NODES=1
+  export TESTENV_BUSYBOX_IMAGE="${busybox:-localhost/testenv/busybox:latest}"
+else
+  echo "skipped: real nodes need root; the real-node tests will be skipped"
+fi
 
 echo "== Slurm 22.05 on loopback (munge, slurmctld, 4 slurmd with 8 fake H100 each, slurmrestd with JWT)"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -34,14 +34,21 @@ impl Env {
     /// The shared control plane, cleaned of earlier tests' objects, with the CRDs installed; `None` (the test
     /// is skipped) when no testenv runs.
     pub async fn start(name: &str) -> Option<Env> {
-        let Some(path) = std::env::var_os("HAIYUN_TEST_KUBECONFIG") else {
+        Env::start_with("HAIYUN_TEST_KUBECONFIG", "HAIYUN_REQUIRE_TESTENV", name).await
+    }
+
+    /// The control plane with real nodes (`testenv up --real-nodes N`), as `start` does for the kwok one.
+    pub async fn start_real(name: &str) -> Option<Env> {
+        Env::start_with("HAIYUN_TEST_REAL_KUBECONFIG", "HAIYUN_REQUIRE_REAL_NODES", name).await
+    }
+
+    async fn start_with(var: &str, require: &str, name: &str) -> Option<Env> {
+        let Some(path) = std::env::var_os(var) else {
             assert!(
-                std::env::var_os("HAIYUN_REQUIRE_TESTENV").is_none(),
-                "HAIYUN_REQUIRE_TESTENV is set but HAIYUN_TEST_KUBECONFIG is not: testenv did not start"
+                std::env::var_os(require).is_none(),
+                "{require} is set but {var} is not: testenv did not start"
             );
-            eprintln!(
-                "skipped: HAIYUN_TEST_KUBECONFIG is not set (scripts/test.sh starts testenv and sets it)"
-            );
+            eprintln!("skipped: {var} is not set (scripts/test.sh starts testenv and sets it)");
             return None;
         };
         let serial = SERIAL.lock().await;
