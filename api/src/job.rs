@@ -159,7 +159,8 @@ pub struct ComputeJobSpec {
     /// Seconds between its checkpoints (work since the last one is lost on preemption).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_seconds: Option<u32>,
-    /// Key that makes submission idempotent across retries.
+    /// Key that makes submission idempotent across retries: a job whose key an older job of its namespace carries
+    /// is a duplicate and does not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// Times the whole gang is restarted after a task fails (exit code, OOMKilled), from its last checkpoint, with

@@ -592,3 +592,65 @@ fn a_task_that_fails_past_max_restarts_fails_the_job_with_its_exit_code_and_a_su
     let st = status_of(&actions, "h");
     assert_eq!((st.phase, st.last_failure.is_none()), (JobPhase::Succeeded, true));
 }
+
+#[test]
+fn a_template_node_selector_narrows_the_pools_and_one_no_node_has_waits_naming_the_selector() {
+    let labelled = |name: &str, pool: &str, zone: &str| {
+        let mut n = (*node(name, 8, false)).clone();
+        let labels = n.metadata.labels.get_or_insert_with(Default::default);
+        labels.insert("pool".into(), pool.into());
+        labels.insert("zone".into(), zone.into());
+        Arc::new(n)
+    };
+    let pool_b = Arc::new(fixtures::pool("b").kubernetes(&[("pool", "b")]).build());
+    let with_selector = |name: &str, zone: &str, age: i64| {
+        let template =
+            json!({ "spec": { "nodeSelector": { "zone": zone }, "containers": [{ "name": "c" }] } });
+        let mut j = fixtures::job("ns", name).queue("q").gpus(8).template(template);
+        j = j.stored(&format!("uid-{name}"), NOW as i64 - age);
+        Arc::new(j.build())
+    };
+    let objects = Objects {
+        pools: vec![pool(), pool_b],
+        queues: vec![queue("q")],
+        jobs: vec![with_selector("east", "east", 20), with_selector("mars", "mars", 10)],
+        nodes: vec![labelled("n0", "a", "west"), labelled("n1", "b", "east")],
+        ..Default::default()
+    };
+    let (_, actions) = cycle(&objects);
+    let placed = actions.iter().find_map(|a| match a {
+        Action::Admit { job, placement, .. } if job.name_any() == "east" => Some(placement.clone()),
+        _ => None,
+    });
+    assert_eq!(placed.map(|p| (p.pool, p.tasks[0].node.clone())), Some(("b".into(), "n1".into())));
+    let st = status_of(&actions, "mars");
+    assert_eq!(st.pending_reasons[0].phase, "placement");
+    let why = &st.pending_reasons[0].message;
+    assert!(why.contains("nodeSelector") && why.contains("zone=mars"), "{why}");
+}
+
+#[test]
+fn a_job_repeating_an_older_jobs_idempotency_key_is_a_duplicate_and_does_not_run() {
+    let keyed = |name: &str, key: &str, age: i64| {
+        let mut j = job(name, "q", 1, age);
+        j.spec.idempotency_key = Some(key.into());
+        Arc::new(j)
+    };
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![
+            keyed("first", "train-42", 30),
+            keyed("retry", "train-42", 20),
+            keyed("other", "train-43", 10),
+        ],
+        nodes: vec![node("n0", 8, false)],
+        ..Default::default()
+    };
+    let (_, actions) = cycle(&objects);
+    let mut started = admitted(&actions);
+    started.sort();
+    assert_eq!(started, vec!["first", "other"]);
+    let why = &status_of(&actions, "retry").pending_reasons[0].message;
+    assert!(why.contains("job first") && why.contains("duplicate"), "{why}");
+}

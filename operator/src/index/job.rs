@@ -47,6 +47,19 @@ pub enum JobProblem {
         /// Sites asked for.
         sites: Vec<String>,
     },
+    /// A pod template asks for nodes no allowed pool has.
+    #[error("{field}: {message}")]
+    NoNode {
+        /// The field.
+        field: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// An older job of its namespace carries the same idempotency key.
+    #[error(
+        "spec.idempotencyKey: job {0} was submitted with the same key; this one is a duplicate and does not run"
+    )]
+    Duplicate(String),
     /// A malformed field the schema could not catch.
     #[error("{field}: {message}")]
     Field {
@@ -61,9 +74,9 @@ impl JobProblem {
     /// The phase to report it under.
     pub fn phase(&self) -> &'static str {
         match self {
-            JobProblem::NoQueue { .. } | JobProblem::Namespace { .. } => "queue",
+            JobProblem::NoQueue { .. } | JobProblem::Namespace { .. } | JobProblem::Duplicate(_) => "queue",
             JobProblem::NoDataset(_) => "data-clearance",
-            JobProblem::NoPool { .. } => "placement",
+            JobProblem::NoPool { .. } | JobProblem::NoNode { .. } => "placement",
             JobProblem::Field { .. } => "validation",
         }
     }

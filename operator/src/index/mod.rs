@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod cluster;
+pub mod constraint;
 pub mod job;
 pub mod overlay;
 pub mod pod;
@@ -255,6 +256,18 @@ fn assemble(
     });
     // Convert every job first: conversion may intern GPU models the nodes do not have.
     let converted = cache.convert(&sorted_jobs, &refs, &mut cluster);
+    let duplicates = constraint::duplicates(&converted);
+    let mut selectors = constraint::Selectors::default();
+    let converted: Vec<(Arc<ComputeJob>, Converted)> = converted
+        .into_iter()
+        .map(|(cj, conv)| {
+            let conv = match duplicates.get(&cj.uid().unwrap_or_default()) {
+                Some(older) if conv.is_some() => Some(Err(JobProblem::Duplicate(older.clone()))),
+                _ => constraint::narrow(&cj, conv, &objects.nodes, &fed, &mut selectors),
+            };
+            (cj, conv)
+        })
+        .collect();
     fed.cluster.models = cluster.models.clone();
     let mut scheduler = Scheduler::new(cluster, book.quotas, config, None)?;
     for d in datasets {
