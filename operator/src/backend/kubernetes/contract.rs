@@ -83,6 +83,19 @@ pub fn apply(pod: &mut Pod, job: &ComputeJob, index: usize, task: &TaskPlacement
     }
 }
 
+/// The job as the owner of what it runs: Kubernetes' garbage collector deletes its pods and Service with it, even
+/// while no operator runs.
+pub fn owner(job: &ComputeJob) -> OwnerReference {
+    OwnerReference {
+        api_version: "haiyun.io/v1alpha1".into(),
+        kind: "ComputeJob".into(),
+        name: job.name_any(),
+        uid: job.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(false),
+    }
+}
+
 /// The job's headless Service: it names the pods' subdomain, so `<pod>.<job>.<namespace>.svc` resolves, also before
 /// they are ready (a rendezvous starts before any rank is ready). The job owns it.
 pub fn service(job: &ComputeJob) -> Service {
@@ -91,14 +104,7 @@ pub fn service(job: &ComputeJob) -> Service {
     s.metadata.namespace = job.namespace();
     s.metadata.labels =
         Some([(JOB_UID_LABEL.to_string(), job.uid().unwrap_or_default())].into_iter().collect());
-    s.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: "haiyun.io/v1alpha1".into(),
-        kind: "ComputeJob".into(),
-        name: job.name_any(),
-        uid: job.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(false),
-    }]);
+    s.metadata.owner_references = Some(vec![owner(job)]);
     s.spec = Some(ServiceSpec {
         cluster_ip: Some("None".into()),
         selector: Some([(JOB_UID_LABEL.to_string(), job.uid().unwrap_or_default())].into_iter().collect()),

@@ -233,15 +233,7 @@ pub fn pod_for(job: &ComputeJob, index: usize, task: &TaskPlacement, run: &str) 
     let meta = &mut pod.metadata;
     meta.name = Some(task.pod.clone());
     meta.namespace = job.namespace();
-    // Kubernetes' garbage collector deletes the pods with their job, even while no operator runs.
-    meta.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-        api_version: "haiyun.io/v1alpha1".into(),
-        kind: "ComputeJob".into(),
-        name: job.name_any(),
-        uid: job.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(false),
-    }]);
+    meta.owner_references = Some(vec![super::contract::owner(job)]);
     let labels = meta.labels.get_or_insert_with(Default::default);
     labels.insert(JOB_UID_LABEL.into(), job.uid().unwrap_or_default());
     labels.insert(JOB_NAME_LABEL.into(), job.name_any());
