@@ -40,11 +40,11 @@ trap cleanup EXIT
 testenv/testenv up --dir "$testenv_dir" --nodes 4 --gpus-per-node 8 --gpu-model H100
 export HAIYUN_TEST_KUBECONFIG="$testenv_dir/kubeconfig" HAIYUN_REQUIRE_TESTENV=1
 
-echo "== real nodes (a second control plane: 2 kubelets with containerd and runc, controller manager, kube-proxy, CoreDNS)"
+echo "== real nodes (a second control plane: 3 kubelets with containerd and runc, controller manager, kube-proxy, CoreDNS)"
 if [ "$(id -u)" = 0 ]; then
-  testenv/testenv up --dir "$real_dir" --nodes 0 --real-nodes 2 --gpu-model H100 --real-gpus-per-node 2
+  testenv/testenv up --dir "$real_dir" --nodes 0 --real-nodes 3 --gpu-model H100 --real-gpus-per-node 2
   busybox=$(sed -n 's/^TESTENV_BUSYBOX_IMAGE=//p' "$real_dir/testenv.env" | tr -d '"')
-  export HAIYUN_TEST_REAL_KUBECONFIG="$real_dir/kubeconfig" HAIYUN_REQUIRE_REAL_NODES=1
+  export HAIYUN_TEST_REAL_KUBECONFIG="$real_dir/kubeconfig" HAIYUN_REQUIRE_REAL_NODES=1 TESTENV_REAL_DIR="$real_dir"
   export TESTENV_BUSYBOX_IMAGE="${busybox:-localhost/testenv/busybox:latest}"
 else
   echo "skipped: real nodes need root; the real-node tests will be skipped"

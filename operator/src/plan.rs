@@ -46,6 +46,8 @@ pub enum Action {
         job: Arc<ComputeJob>,
         /// The backend of its pool.
         backend: BackendKind,
+        /// Why, when it is not a preemption: a node of its run was lost.
+        lost: Option<String>,
     },
     /// Write the job's status.
     Status {
@@ -196,6 +198,14 @@ pub fn plan(
                 }
                 push_status(&mut out, t, st, now);
             }
+            JobState::NodeLost(why) if matches!(old.phase, JobPhase::Admitted | JobPhase::Running) => {
+                out.push(Action::Evict {
+                    job: t.job.clone(),
+                    backend: kind(&t.job, None),
+                    lost: Some(why.clone()),
+                });
+            }
+            JobState::NodeLost(_) => {} // the cache has not caught up with our own admission yet
             JobState::Backoff { why, until } => {
                 let mut st = old.clone();
                 st.phase = JobPhase::Queued;
@@ -236,7 +246,7 @@ pub fn plan(
             JobState::Placed(id) => {
                 let backend = kind(&t.job, None);
                 if preempted.contains(id) {
-                    out.push(Action::Evict { job: t.job.clone(), backend });
+                    out.push(Action::Evict { job: t.job.clone(), backend, lost: None });
                     continue;
                 }
                 placed(&mut out, t, &old, backend, now);

@@ -41,6 +41,19 @@ pub fn preempted(job: &ComputeJob, now: Time) -> ComputeJobStatus {
     st
 }
 
+/// The status of a job whose run lost a node for good at `now` (`why`): it waits again as a new run, like a
+/// preempted one; node loss does not count against `spec.maxRestarts`.
+pub fn node_lost(job: &ComputeJob, why: &str, now: Time) -> ComputeJobStatus {
+    let mut st = preempted(job, now);
+    st.last_failure = Some(haiyun_api::job::Failure {
+        reason: "NodeLost".into(),
+        message: why.to_string(),
+        time: rfc3339(now),
+        ..Default::default()
+    });
+    st
+}
+
 /// Restarts of a failed gang when the job does not set `spec.maxRestarts`.
 pub const DEFAULT_MAX_RESTARTS: u32 = 3;
 /// The first restart's backoff, seconds (it doubles with each restart).

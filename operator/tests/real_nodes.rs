@@ -22,6 +22,11 @@ fn real_pool(name: &str) -> Value {
 
 /// A job of `replicas` one-GPU tasks running `script` in busybox on the real nodes.
 fn real_job(name: &str, queue: &str, replicas: u32, script: &str) -> Value {
+    real_job_of(name, queue, replicas, 1, script)
+}
+
+/// A job of `replicas` tasks of `gpus` GPUs each running `script` in busybox on the real nodes.
+fn real_job_of(name: &str, queue: &str, replicas: u32, gpus: u32, script: &str) -> Value {
     let image =
         std::env::var("TESTENV_BUSYBOX_IMAGE").unwrap_or_else(|_| "localhost/testenv/busybox:latest".into());
     let template = json!({ "spec": { "terminationGracePeriodSeconds": 1, "containers": [{
@@ -30,7 +35,7 @@ fn real_job(name: &str, queue: &str, replicas: u32, script: &str) -> Value {
         .queue(queue)
         .group_name("worker")
         .replicas(replicas)
-        .gpus(1)
+        .gpus(gpus)
         .runtime("2m")
         .template(template)
         .value()
@@ -123,4 +128,83 @@ async fn a_task_that_exits_1_twice_restarts_the_gang_and_then_succeeds_and_with_
     let reasons = env.event_reasons("default", "flaky").await;
     // Kubernetes folds repeated events of one reason into a series: one Restarting event, counted twice.
     assert!(reasons.iter().any(|r| r == "Restarting"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn a_job_whose_node_dies_and_is_fenced_runs_again_on_the_other_nodes_and_never_twice_at_once() {
+    let Some(env) = Env::start_real("nodeloss").await else { return };
+    let Ok(dir) = std::env::var("TESTENV_REAL_DIR") else {
+        assert!(std::env::var_os("HAIYUN_REQUIRE_REAL_NODES").is_none(), "TESTENV_REAL_DIR is not set");
+        return;
+    };
+    env.create::<ComputePool>(real_pool("real")).await.unwrap();
+    env.create::<Queue>(queue("real-q", "nvidia.com/gpu:h100", 4)).await.unwrap();
+    let _op = env.operator("only", &[]);
+    // Two tasks of two GPUs: one per node.
+    env.create::<ComputeJob>(real_job_of("survivor", "real-q", 2, 2, "sleep 25")).await.unwrap();
+    let running = env.wait_phase("default", "survivor", "Running", LONG).await;
+    let victim = running.status.unwrap().placement.unwrap().tasks[1].node.clone();
+
+    // A watcher lists the job's pods all along: never pods of two runs at once.
+    let client = env.client.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let pods: Api<Pod> = Api::namespaced(client, "default");
+            let mut worst = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let lp = kube::api::ListParams::default().labels("haiyun.io/job=survivor");
+                if let Ok(list) = pods.list(&lp).await {
+                    let runs: std::collections::BTreeSet<String> = list
+                        .items
+                        .iter()
+                        .filter_map(|p| p.metadata.labels.as_ref()?.get("haiyun.io/run").cloned())
+                        .collect();
+                    worst = worst.max(runs.len());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            worst
+        })
+    };
+    let testenv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testenv/testenv");
+    let killed =
+        std::process::Command::new(&testenv).args(["kill-node", "--dir", &dir, "--node", &victim]).status();
+    assert!(killed.unwrap().success(), "testenv kill-node {victim}");
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.client.clone());
+    wait_for(&format!("{victim} not ready"), LONG, || async {
+        let n = nodes.get(&victim).await.ok()?;
+        let ready = n.status?.conditions?.into_iter().find(|c| c.type_ == "Ready")?;
+        (ready.status != "True").then_some(())
+    })
+    .await;
+    // Until it is fenced, the job keeps its place: its tasks may still run there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = env.job("default", "survivor").await.status.unwrap();
+    assert_eq!((held.preemptions, held.placement.is_some()), (0, true), "not re-placed before the fence");
+    // The administrator fences the dead node (Kubernetes' non-graceful node shutdown).
+    let taint = json!({"spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown", "effect": "NoExecute"}]}});
+    nodes.patch(&victim, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&taint)).await.unwrap();
+    let done = env.wait_phase("default", "survivor", "Succeeded", Duration::from_secs(180)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = watcher.await.unwrap();
+    let st = done.status.unwrap();
+    assert_eq!(st.preemptions, 1, "placed again once, as a new run");
+    let failure = st.last_failure.unwrap();
+    assert_eq!(failure.reason, "NodeLost");
+    assert!(failure.message.contains(&victim), "{failure:?}");
+    assert!(
+        st.placement.unwrap().tasks.iter().all(|t| t.node != victim),
+        "the second run avoids the lost node"
+    );
+    assert_eq!(worst, 1, "pods of two runs of the job existed at once");
+    assert!(env.event_reasons("default", "survivor").await.iter().any(|r| r == "NodeLost"));
+    let log: Vec<String> = env
+        .decisions()
+        .iter()
+        .filter(|d| d["job"] == "default/survivor")
+        .map(|d| d["event"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(log, ["place", "preempt", "place", "finish"], "the audit trail of both runs");
 }

@@ -165,8 +165,10 @@ impl Applier {
         };
         match &result {
             Ok(()) => {
-                if let Some(line) = Decision::placed(&action, crate::time::rfc3339(crate::time::now())) {
-                    self.log.write(&line);
+                if let Action::BindPod { .. } = &action {
+                    if let Some(line) = Decision::placed(&action, crate::time::rfc3339(crate::time::now())) {
+                        self.log.write(&line);
+                    }
                 }
             }
             Err(e) => {
@@ -188,15 +190,31 @@ impl Applier {
                 self.event(job, EventType::Normal, "Admitted", &note).await;
                 let mut admitted = job.as_ref().clone();
                 admitted.status = Some(status);
-                self.dispatch(&admitted, backend(*kind)?.as_ref(), true).await
+                let result = self.dispatch(&admitted, backend(*kind)?.as_ref(), true).await;
+                // The placement stands once it is in the job's status (pods made later resume it), unless the API
+                // server refused the run outright.
+                let refused = matches!(&result, Err(ApplyError::Backend(e)) if e.refusal().is_some());
+                if !refused {
+                    if let Some(line) = Decision::placed(action, crate::time::rfc3339(crate::time::now())) {
+                        self.log.write(&line);
+                    }
+                }
+                result
             }
             Action::Bind { job, backend: kind } => self.dispatch(job, backend(*kind)?.as_ref(), false).await,
-            Action::Evict { job, backend: kind } => {
-                let st = crate::status::preempted(job, crate::time::now());
+            Action::Evict { job, backend: kind, lost } => {
+                let now = crate::time::now();
+                let st = match lost {
+                    Some(why) => crate::status::node_lost(job, why, now),
+                    None => crate::status::preempted(job, now),
+                };
                 write::job_status(&self.client, job, &st).await?;
                 let done = backend(*kind)?.evict(job).await?;
-                let note = format!("preempted; {done}; it waits again");
-                self.event(job, EventType::Warning, "Preempted", &note).await;
+                let (reason, note) = match lost {
+                    Some(why) => ("NodeLost", format!("{why}; {done}; it is placed again")),
+                    None => ("Preempted", format!("preempted; {done}; it waits again")),
+                };
+                self.event(job, EventType::Warning, reason, &note).await;
                 Ok(())
             }
             Action::Status { job, status } => self.status(job, status).await,

@@ -146,11 +146,15 @@ impl Memory {
                 self.overlay.binding.insert(uid, (node.clone(), gpus.clone(), input.now));
             }
             Action::EvictPod { pod } => decisions.push(Decision::for_pod("preempt", pod, stamp.into())),
-            Action::Evict { job, .. } => {
+            Action::Evict { job, lost, .. } => {
                 let placement = job.status.as_ref().and_then(|s| s.placement.as_ref());
-                decisions.push(Decision::new("preempt", job, placement, stamp.into()));
+                let line = Decision::new("preempt", job, placement, stamp.into());
+                decisions.push(match lost {
+                    Some(why) => line.detail(format!("node lost: {why}")),
+                    None => line,
+                });
                 self.overlay.assumed.remove(&uid);
-                self.overlay.evicting.insert(uid);
+                self.overlay.evicting.insert(uid, job.run());
             }
             Action::Admit { placement, .. } => {
                 let assumed = Assumed { placement: placement.clone(), started: input.now };

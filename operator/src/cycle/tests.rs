@@ -654,3 +654,42 @@ fn a_job_repeating_an_older_jobs_idempotency_key_is_a_duplicate_and_does_not_run
     let why = &status_of(&actions, "retry").pending_reasons[0].message;
     assert!(why.contains("job first") && why.contains("duplicate"), "{why}");
 }
+
+#[test]
+fn a_job_on_a_fenced_or_deleted_node_is_evicted_to_run_again_and_one_on_a_not_ready_node_keeps_its_place() {
+    let (a, a_pod) = running(job("a", "q", 4, 100), "gone", &[0, 1, 2, 3]);
+    let (b, b_pod) = running(job("b", "q", 4, 90), "fenced", &[0, 1, 2, 3]);
+    let (c, c_pod) = running(job("c", "q", 4, 80), "sick", &[0, 1, 2, 3]);
+    let mut fenced = (*node("fenced", 8, false)).clone();
+    fenced.spec.get_or_insert_with(Default::default).taints = Some(vec![k8s_openapi::api::core::v1::Taint {
+        key: "node.kubernetes.io/out-of-service".into(),
+        value: Some("nodeshutdown".into()),
+        effect: "NoExecute".into(),
+        time_added: None,
+    }]);
+    let mut sick = (*node("sick", 8, false)).clone();
+    sick.status.as_mut().unwrap().conditions =
+        Some(vec![serde_json::from_value(json!({"type": "Ready", "status": "Unknown"})).unwrap()]);
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![a, b, c],
+        nodes: vec![Arc::new(fenced), Arc::new(sick), node("n0", 8, false)],
+        pods: vec![a_pod, b_pod, c_pod],
+        ..Default::default()
+    };
+    let (world, actions) = cycle(&objects);
+    let lost: BTreeMap<String, String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Evict { job, lost: Some(why), .. } => Some((job.name_any(), why.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lost.keys().cloned().collect::<Vec<_>>(), vec!["a", "b"]);
+    assert!(lost["a"].contains("node gone was deleted"), "{lost:?}");
+    assert!(lost["b"].contains("out-of-service"), "{lost:?}");
+    let c = world.jobs.iter().find(|t| t.job.name_any() == "c").unwrap();
+    assert!(matches!(c.state, JobState::Placed(_)), "a not-ready node is not a lost one: {:?}", c.state);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Evict { job, .. } if job.name_any() == "c")));
+}

@@ -30,6 +30,9 @@ pub struct Federation {
     pub run_keepers: BTreeMap<String, bool>,
     /// The runs those backends record, by job uid and run.
     pub runs: HashMap<(String, u32), RunRecord>,
+    /// Nodes known to be gone for good (deleted, or fenced by an administrator), with why: what ran there is lost and
+    /// may run elsewhere without running twice.
+    pub fenced: BTreeMap<String, String>,
 }
 
 /// A run as the backend that keeps it records it.
@@ -158,9 +161,17 @@ pub struct Claims {
     pub nodes: HashMap<String, (u32, u32)>,
     /// Pods the placements cover, by `namespace/name`, with the run they belong to (`None`: a plain pod).
     pub pods: HashMap<String, Option<String>>,
+    /// The pool of each node our placements use.
+    pub pools: HashMap<String, String>,
 }
 
 impl Claims {
+    /// Records a task of ours in `pool` on `node` holding `gpus`.
+    pub fn hold_in(&mut self, pool: &str, node: &str, gpus: &[u32], pod: String, run: Option<String>) {
+        self.pools.insert(node.to_string(), pool.to_string());
+        self.hold(node, gpus, pod, run);
+    }
+
     /// Records a task of ours on `node` holding `gpus`.
     pub fn hold(&mut self, node: &str, gpus: &[u32], pod: String, run: Option<String>) {
         let e = self.nodes.entry(node.to_string()).or_default();

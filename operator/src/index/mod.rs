@@ -75,6 +75,8 @@ pub enum JobState {
     Terminal,
     /// It can no longer run where it was placed, and is not run again: it ends as Failed.
     Lost(Loss),
+    /// A node it runs on is gone for good (deleted or fenced): it is evicted and placed again, as a new run.
+    NodeLost(String),
     /// Its pods ended (all succeeded, or one failed); it holds nothing any more.
     Ended {
         /// Why its run failed, when a task failed.
@@ -160,7 +162,8 @@ pub fn placement_of<'a>(
     if let Some(a) = overlay.assumed.get(&uid) {
         return Some((&a.placement, Some(a.started)));
     }
-    if overlay.evicting.contains(&uid) {
+    // The evicted run's placement is not the job's any more (a later run's is).
+    if overlay.evicting.get(&uid).is_some_and(|run| cj.run() <= *run) {
         return None;
     }
     let st = cj.status.as_ref()?;
@@ -180,7 +183,7 @@ fn claims_of(objects: &Objects, overlay: &Overlay, held: &HashSet<String>) -> Cl
         let ns = cj.namespace().unwrap_or_default();
         let run = cj.run().to_string();
         for t in &p.tasks {
-            claims.hold(&t.node, &t.gpus, format!("{ns}/{}", t.pod), Some(run.clone()));
+            claims.hold_in(&p.pool, &t.node, &t.gpus, format!("{ns}/{}", t.pod), Some(run.clone()));
         }
     }
     for p in objects.pods.iter().filter(|p| pod::is_plain(p)) {
@@ -396,6 +399,12 @@ impl World {
                         None => pod::failure(all_pods, &uid, run),
                     });
                     JobState::Ended { failure }
+                }
+                Some((p, _)) if p.tasks.iter().any(|t| fed.fenced.contains_key(&t.node)) => {
+                    let node = p.tasks.iter().map(|t| &t.node).find(|n| fed.fenced.contains_key(*n));
+                    let node = node.cloned().unwrap_or_default();
+                    let why = fed.fenced.get(&node).cloned().unwrap_or_default();
+                    JobState::NodeLost(format!("node {node} {why}"))
                 }
                 Some((p, started)) => match core_placement(p, fed, &core) {
                     Ok((placement, pool, model)) => {

@@ -25,8 +25,9 @@ pub struct Assumed {
 pub struct Overlay {
     /// Placements decided, by job uid.
     pub assumed: HashMap<String, Assumed>,
-    /// Jobs being evicted, by uid: they wait again even if their status still says otherwise.
-    pub evicting: std::collections::HashSet<String>,
+    /// Jobs being evicted, by uid, with the run evicted: that run's placement is not theirs any more, even where
+    /// their status still shows it.
+    pub evicting: HashMap<String, u32>,
     /// Plain pods being bound, by pod uid: node, GPU indices, when.
     pub binding: HashMap<String, (String, Vec<u32>, Time)>,
     /// Jobs whose pods this operator made and bound, by uid, until the cache shows them all.
@@ -43,11 +44,12 @@ impl Overlay {
             .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
             .filter_map(|p| p.uid())
             .collect();
-        let mut with_pods: HashMap<&str, usize> = HashMap::new();
+        let mut with_pods: HashSet<(&str, &str)> = HashSet::new();
         let mut bound_pods: HashMap<&str, usize> = HashMap::new();
         for p in pods {
             if let Some(uid) = p.labels().get(JOB_UID_LABEL) {
-                *with_pods.entry(uid.as_str()).or_default() += 1;
+                let run = p.labels().get(haiyun_api::RUN_LABEL).map_or("", String::as_str);
+                with_pods.insert((uid.as_str(), run));
                 if p.spec.as_ref().is_some_and(|s| s.node_name.is_some())
                     && p.metadata.deletion_timestamp.is_none()
                 {
@@ -62,12 +64,16 @@ impl Overlay {
             })
         });
         self.binding.retain(|uid, _| unbound.contains(uid));
-        // An eviction is over once the job is no longer admitted and its pods are gone.
-        self.evicting.retain(|uid| {
-            let admitted = by_uid.get(uid).is_some_and(|j| {
-                j.status.as_ref().is_some_and(|s| matches!(s.phase, JobPhase::Admitted | JobPhase::Running))
+        // An eviction is over once the job's status has moved past the evicted run (or is no longer admitted) and
+        // that run's pods are gone.
+        self.evicting.retain(|uid, run| {
+            let still = by_uid.get(uid).is_some_and(|j| {
+                j.run() == *run
+                    && j.status
+                        .as_ref()
+                        .is_some_and(|s| matches!(s.phase, JobPhase::Admitted | JobPhase::Running))
             });
-            admitted || with_pods.contains_key(uid.as_str())
+            still || with_pods.contains(&(uid.as_str(), run.to_string().as_str()))
         });
         // Pods we bound are ours to trust until the cache shows all of them.
         self.bound.retain(|uid| {

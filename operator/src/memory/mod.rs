@@ -296,10 +296,13 @@ impl MemoryCluster {
             Action::Bind { job, .. } => {
                 done(backend.dispatch(job, false))?;
             }
-            Action::Evict { job, .. } => {
+            Action::Evict { job, lost, .. } => {
                 backend.evict(job).now_or_never().ok_or(MemoryError::Pending)??;
                 if let Some(j) = self.jobs.get_mut(&key(job.as_ref())) {
-                    j.status = Some(crate::status::preempted(j, now));
+                    j.status = Some(match lost {
+                        Some(why) => crate::status::node_lost(j, why, now),
+                        None => crate::status::preempted(j, now),
+                    });
                 }
             }
             Action::Status { job, status } => {

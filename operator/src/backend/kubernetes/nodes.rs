@@ -23,8 +23,23 @@ pub const NVLINK_LABEL: &str = "haiyun.io/nvlink-domain";
 pub const RACK_LABEL: &str = "haiyun.io/rack";
 const DEFAULT_GPU_MEMORY_MIB: u32 = 81_920;
 
-/// Whether the node is Ready and schedulable.
+/// The taint an administrator puts on a node that is shut down for good (Kubernetes' non-graceful node shutdown):
+/// what ran there is fenced and may run elsewhere.
+pub const OUT_OF_SERVICE: &str = "node.kubernetes.io/out-of-service";
+
+/// Whether an administrator fenced the node.
+fn fenced(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == OUT_OF_SERVICE))
+}
+
+/// Whether the node is Ready and schedulable (and not fenced).
 fn usable(node: &Node) -> bool {
+    if fenced(node) {
+        return false;
+    }
     let ready = node
         .status
         .as_ref()
@@ -75,6 +90,28 @@ fn foreign<'a>(inputs: &Inputs<'a>) -> HashMap<&'a str, Foreign> {
     out
 }
 
+/// Marks fenced the nodes of `pools` that our placements use and that an administrator fenced (the out-of-service
+/// taint) or deleted.
+fn mark_fenced(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut Federation) {
+    let ours: std::collections::HashSet<String> = pools.iter().map(|(_, p)| p.name_any()).collect();
+    let nodes: HashMap<String, &Node> =
+        inputs.objects.nodes.iter().map(|n| (n.name_any(), n.as_ref())).collect();
+    for (node, pool) in &inputs.claims.pools {
+        if !ours.contains(pool) {
+            continue;
+        }
+        match nodes.get(node) {
+            None => {
+                f.fenced.insert(node.clone(), "was deleted".into());
+            }
+            Some(n) if fenced(n) => {
+                f.fenced.insert(node.clone(), format!("is fenced ({OUT_OF_SERVICE})"));
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 /// Adds the Nodes of `pools`. The GPUs foreign pods hold are never placed on. Cordoned or NotReady nodes stay in
 /// (so the jobs running there keep their place) but take nothing new. GPUs follow their node agent's report:
 /// unhealthy ones are never placed on, and a GPU the agent does not know, or any GPU of a node whose agent is
@@ -84,6 +121,7 @@ pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut
         .iter()
         .filter_map(|(id, p)| p.spec.backend.kubernetes.as_ref().map(|k| (*id, &k.node_selector)))
         .collect();
+    mark_fenced(pools, inputs, f);
     let foreign = foreign(inputs);
     let mut domains: HashMap<String, u32> = HashMap::new();
     let mut racks: HashMap<String, u32> = HashMap::new();

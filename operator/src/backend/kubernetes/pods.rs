@@ -82,14 +82,32 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Pod
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let run = job.run().to_string();
     ensure_service(client, job).await?;
+    // Pods of an earlier run go first, all of them, before any pod of this run is made: two runs never have pods
+    // at once.
+    let mut existing = Vec::with_capacity(placement.tasks.len());
+    for task in &placement.tasks {
+        existing.push(pods.get_opt(&task.pod).await.map_err(api_err("read pod", &task.pod))?);
+    }
+    let stale: Vec<&str> = placement
+        .tasks
+        .iter()
+        .zip(&existing)
+        .filter(|(_, p)| {
+            p.as_ref().is_some_and(|p| {
+                p.labels().get(RUN_LABEL) != Some(&run) || p.metadata.deletion_timestamp.is_some()
+            })
+        })
+        .map(|(t, _)| t.pod.as_str())
+        .collect();
+    if let Some(first) = stale.first() {
+        for name in &stale {
+            delete_pod(&pods, name).await?;
+        }
+        return Err(PodError::Stale((*first).to_string()));
+    }
     let mut bound = 0;
-    for (i, task) in placement.tasks.iter().enumerate() {
-        let existing = pods.get_opt(&task.pod).await.map_err(api_err("read pod", &task.pod))?;
-        let pod = match existing {
-            Some(p) if p.labels().get(RUN_LABEL) != Some(&run) || p.metadata.deletion_timestamp.is_some() => {
-                delete_pod(&pods, &task.pod).await?;
-                return Err(PodError::Stale(task.pod.clone()));
-            }
+    for ((i, task), found) in placement.tasks.iter().enumerate().zip(existing) {
+        let pod = match found {
             Some(p) => p,
             None => {
                 let pod = pod_for(job, i, task, &run)?;
