@@ -135,7 +135,7 @@ pub fn cluster(types: &[(String, usize)]) -> Result<Cluster, JctError> {
             });
         }
     }
-    Ok(Cluster { models, pools, nodes })
+    Ok(Cluster { models, pools, nodes, node_sets: Default::default() })
 }
 
 /// The job list as core jobs: k one-GPU tasks, throughput per GPU type from the table.
@@ -158,6 +158,7 @@ pub fn jobs(list: &[GavelJob], thr: &Throughputs, cluster: &Cluster) -> Vec<Job>
                 gpus: 1,
                 gpu_milli: 1000,
                 models: haiyun_scheduler::model::ModelSet::ANY,
+                nodes: Default::default(),
             };
             Job {
                 name: g.id.clone(),

@@ -1,7 +1,8 @@
 //! Fixture builders and synthetic federations for tests and benchmarks (feature `testing`).
 
 use crate::model::{
-    Cluster, Gang, Gpu, GpuModels, Health, ModelId, ModelSet, Node, Pool, PoolKind, TaskSpec, Topology,
+    Cluster, Gang, Gpu, GpuModels, Health, ModelId, ModelSet, NO_NODE_SETS, Node, NodeSetId, Pool, PoolKind,
+    TaskSpec, Topology,
 };
 use crate::rng::SplitMix64;
 use crate::snapshot::NodeView;
@@ -110,6 +111,11 @@ impl TaskBuilder {
         self.spec.models = models;
         self
     }
+    /// Limited to a node set.
+    pub fn nodes(mut self, set: NodeSetId) -> Self {
+        self.spec.nodes = set;
+        self
+    }
     /// The spec.
     pub fn build(self) -> TaskSpec {
         self.spec
@@ -122,7 +128,7 @@ impl TaskBuilder {
 
 /// A view of `node` with the given free CPU, memory and per-GPU free milli.
 pub fn view_of<'a>(node: &'a Node, cpu_free: u64, memory_free: u64, free: &'a [u16]) -> NodeView<'a> {
-    NodeView { id: 0, node, cpu_free, memory_free, tasks: 0, free, rank: 0, version: 0 }
+    NodeView { id: 0, node, cpu_free, memory_free, tasks: 0, free, rank: 0, version: 0, sets: &NO_NODE_SETS }
 }
 
 /// A heterogeneous federation of `nodes` 8-GPU nodes: pools of each kind, racks of 32, one NVLink domain per
@@ -170,7 +176,7 @@ pub fn synthetic_federation(nodes: usize, seed: u64) -> Cluster {
             n
         })
         .collect();
-    Cluster { models, pools, nodes }
+    Cluster { models, pools, nodes, node_sets: Default::default() }
 }
 
 /// Pending gangs holding `tasks` tasks in all, drawn from a catalogue of common shapes (real workloads are

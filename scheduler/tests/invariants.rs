@@ -1,9 +1,10 @@
-//! Property tests of the placement invariants: no over-commit, gangs all-or-nothing, models, health and
+//! Property tests of the placement invariants: no over-commit, gangs all-or-nothing, models, health, node sets and
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! topology respected, deterministic decisions.
 
 use haiyun_scheduler::model::{
-    Cluster, Gang, Gpu, GpuModels, Health, ModelSet, Node, Pool, PoolKind, TaskSpec, Topology,
+    Cluster, Gang, Gpu, GpuModels, Health, ModelSet, Node, NodeSet, NodeSetId, Pool, PoolKind, TaskSpec,
+    Topology,
 };
 use haiyun_scheduler::placer::{NodesToScore, Outcome, Placement, Placer, PlacerConfig};
 use haiyun_scheduler::plugin::{Policy, PolicyName, TypicalPods};
@@ -36,7 +37,7 @@ fn arb_node(i: usize) -> impl Strategy<Value = Node> {
 
 fn arb_cluster() -> impl Strategy<Value = Cluster> {
     (1usize..12).prop_flat_map(|n| {
-        (0..n).map(arb_node).collect::<Vec<_>>().prop_map(|nodes| {
+        ((0..n).map(arb_node).collect::<Vec<_>>(), any::<u16>(), any::<u16>()).prop_map(|(nodes, a, b)| {
             let mut models = GpuModels::default();
             for m in ["H100", "A100", "T4"] {
                 models.intern(m);
@@ -49,20 +50,33 @@ fn arb_cluster() -> impl Strategy<Value = Cluster> {
                     clearance: Default::default(),
                 })
                 .collect();
-            Cluster { models, pools, nodes }
+            let mut node_sets = haiyun_scheduler::model::NodeSets::default();
+            for (name, mask) in [("a", a), ("b", b)] {
+                node_sets.add(NodeSet::new(name, (0..nodes.len() as u32).filter(|i| mask & (1 << i) != 0)));
+            }
+            Cluster { models, pools, nodes, node_sets }
         })
     })
 }
 
 fn arb_task() -> impl Strategy<Value = TaskSpec> {
-    (0u64..=16, 0u64..=64, 0u32..=4, prop::sample::select(vec![0u32, 100, 250, 500, 700, 1000]), 0u8..4)
-        .prop_map(|(cores, gib, gpus, milli, m)| {
+    (
+        0u64..=16,
+        0u64..=64,
+        0u32..=4,
+        prop::sample::select(vec![0u32, 100, 250, 500, 700, 1000]),
+        0u8..4,
+        0u32..4,
+    )
+        .prop_map(|(cores, gib, gpus, milli, m, set)| {
             TaskSpec {
                 cpu_milli: cores * 1000,
                 memory_mib: gib * 1024,
                 gpus: if milli < 1000 { gpus.min(1) } else { gpus },
                 gpu_milli: milli,
                 models: if m == 3 { ModelSet::ANY } else { ModelSet::one(m) },
+                // Half the tasks are free, the rest limited to set a or b (1 or 2).
+                nodes: NodeSetId(set.saturating_sub(1)),
             }
             .normalized()
         })
@@ -164,6 +178,7 @@ proptest! {
                     for (t, spec) in p.tasks.iter().zip(&g.tasks) {
                         prop_assert_eq!(&t.spec, spec);
                         let node = &cluster.nodes[t.node as usize];
+                        prop_assert!(cluster.node_sets.allows(spec.nodes, t.node), "node outside the task's node set");
                         for id in t.gpu_ids() {
                             let gpu = &node.gpus[usize::from(id.index)];
                             prop_assert!(spec.models.contains(gpu.model), "GPU model not allowed");

@@ -1,7 +1,9 @@
 //! Placer behaviour: explanations, unresolvable requests, health, node limits and topology.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use haiyun_scheduler::model::{Cluster, GpuId, GpuModels, Health, ModelSet, Pool, PoolKind, Topology};
+use haiyun_scheduler::model::{
+    Cluster, GpuId, GpuModels, Health, ModelSet, NodeSet, Pool, PoolKind, Topology,
+};
 use haiyun_scheduler::placer::{NodesToScore, Outcome, Placer, PlacerConfig, RejectionCode};
 use haiyun_scheduler::plugin::{Policy, PolicyName};
 use haiyun_scheduler::snapshot::{Snapshot, TaskPlacement};
@@ -24,6 +26,7 @@ fn federation() -> Cluster {
             node().name("h1").cpu(128_000).gpus(8, h100).nvlink(1).rack(0).build(),
             node().name("t0").cpu(32_000).gpus(2, t4).nvlink(2).rack(1).build(),
         ],
+        node_sets: Default::default(),
     }
 }
 
@@ -80,6 +83,28 @@ fn a_task_larger_than_any_node_is_unresolvable_and_says_to_change_the_request() 
     );
     assert_eq!(r.code, RejectionCode::Unresolvable);
     assert!(r.message(&c.models).contains("change the request"));
+}
+
+#[test]
+fn a_task_limited_to_a_node_set_lands_only_there_and_a_refusal_names_the_set() {
+    let mut c = federation();
+    let only_h1 = c.node_sets.add(NodeSet::new("nodeSelector zone=b", [1]));
+    let mut snap = Snapshot::new(c.clone()).unwrap();
+    let mut p = placer(PolicyName::Bestfit);
+    let gang = task().gpus(4, 1000).nodes(only_h1).gang(1, Topology::Any);
+    let Outcome::Placed(first) = p.place(&mut snap, &gang).unwrap() else { panic!("h1 has 8 free GPUs") };
+    assert_eq!(first.tasks[0].node, 1);
+    let Outcome::Placed(second) = p.place(&mut snap, &gang).unwrap() else { panic!("h1 has 4 left") };
+    assert_eq!(second.tasks[0].node, 1);
+    let r = rejected(p.place(&mut snap, &gang).unwrap());
+    assert_eq!(r.code, RejectionCode::Unschedulable, "h1 could hold it once freed");
+    let reasons: Vec<(&str, u32)> = r.reasons.iter().map(|x| (x.reason.as_str(), x.nodes)).collect();
+    assert_eq!(reasons, vec![("outside-node-set (nodeSelector zone=b)", 2), ("insufficient-gpus", 1)]);
+    assert_eq!(r.shortfall.best_free, 0, "the free GPUs of h0 do not count");
+    let nowhere = c.node_sets.add(NodeSet::new("nodeSelector zone=z", []));
+    let mut snap = Snapshot::new(c).unwrap();
+    let r = rejected(p.place(&mut snap, &task().nodes(nowhere).gang(1, Topology::Any)).unwrap());
+    assert_eq!(r.code, RejectionCode::Unresolvable, "no node is in the set");
 }
 
 #[test]
@@ -150,6 +175,7 @@ fn scoring_a_few_nodes_still_finds_the_only_one_that_fits() {
             clearance: Default::default(),
         }],
         nodes,
+        node_sets: Default::default(),
     };
     let mut snap = Snapshot::new(c).unwrap();
     let mut p = Placer::new(

@@ -119,7 +119,7 @@ fn cluster(w: &World) -> Cluster {
             );
         }
     }
-    Cluster { models, pools, nodes }
+    Cluster { models, pools, nodes, node_sets: Default::default() }
 }
 
 fn spec(w: &World, q: usize, nominal: [u64; 2]) -> QueueSpec {

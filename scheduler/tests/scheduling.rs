@@ -38,7 +38,7 @@ fn federation(h100_nodes: usize, a100_nodes: usize) -> Cluster {
                 .build(),
         );
     }
-    Cluster { models, pools, nodes }
+    Cluster { models, pools, nodes, node_sets: Default::default() }
 }
 
 fn gpus(model: u8, n: u64) -> Resources {

@@ -30,7 +30,7 @@ fn cluster() -> Cluster {
         let (pool, model) = if i < 4 { (0, fast) } else { (1, slow) };
         nodes.push(node().name(&format!("n{i}")).gpus(1, model).nvlink(i).pool(pool).rack(pool).build());
     }
-    Cluster { models, pools, nodes }
+    Cluster { models, pools, nodes, node_sets: Default::default() }
 }
 
 fn arb_jobs() -> impl Strategy<Value = Vec<(f64, u32, f64, f64)>> {

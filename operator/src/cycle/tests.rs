@@ -630,6 +630,73 @@ fn a_template_node_selector_narrows_the_pools_and_one_no_node_has_waits_naming_t
 }
 
 #[test]
+fn inside_one_pool_a_template_runs_only_on_the_nodes_its_selector_affinity_and_tolerations_accept() {
+    let shaped = |name: &str, zone: &str, taint: Option<&str>| {
+        let mut n = (*node(name, 8, false)).clone();
+        n.metadata.labels.get_or_insert_with(Default::default).insert("zone".into(), zone.into());
+        if let Some(t) = taint {
+            n.spec.get_or_insert_with(Default::default).taints = Some(vec![
+                serde_json::from_value(json!({"key": t, "value": "x", "effect": "NoSchedule"})).unwrap(),
+            ]);
+        }
+        Arc::new(n)
+    };
+    let with = |name: &str, spec: serde_json::Value, age: i64| {
+        let mut template = json!({ "spec": { "containers": [{ "name": "c" }] } });
+        for (k, v) in spec.as_object().unwrap() {
+            template["spec"][k] = v.clone();
+        }
+        let j = fixtures::job("ns", name).queue("q").gpus(8).template(template);
+        Arc::new(j.stored(&format!("uid-{name}"), NOW as i64 - age).build())
+    };
+    let east = json!({ "affinity": { "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{ "matchExpressions": [{ "key": "zone", "operator": "In", "values": ["east"] }] }] } } } });
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![
+            with("east-1", east.clone(), 50),
+            with("east-2", east, 40),
+            with("plain", json!({}), 30),
+            with("tolerant", json!({ "tolerations": [{ "key": "dedicated", "operator": "Exists" }] }), 20),
+        ],
+        nodes: vec![
+            shaped("n-west", "west", None),
+            shaped("n-east", "east", None),
+            shaped("n-tainted", "east", Some("dedicated")),
+        ],
+        ..Default::default()
+    };
+    let (_, actions) = cycle(&objects);
+    let node_of = |name: &str| {
+        actions.iter().find_map(|a| match a {
+            Action::Admit { job, placement, .. } if job.name_any() == name => {
+                Some(placement.tasks[0].node.clone())
+            }
+            _ => None,
+        })
+    };
+    assert_eq!(node_of("east-1").as_deref(), Some("n-east"), "the only untainted east node");
+    assert_eq!(
+        node_of("plain").as_deref(),
+        Some("n-west"),
+        "a job with no toleration stays off the tainted node"
+    );
+    assert_eq!(
+        node_of("tolerant").as_deref(),
+        Some("n-tainted"),
+        "the only node left, and it tolerates its taint"
+    );
+    assert_eq!(node_of("east-2"), None);
+    let st = status_of(&actions, "east-2");
+    let why = &st.pending_reasons[0].message;
+    assert!(
+        why.contains("required nodeAffinity"),
+        "the reason names what keeps it off the other nodes: {why}"
+    );
+}
+
+#[test]
 fn a_job_repeating_an_older_jobs_idempotency_key_is_a_duplicate_and_does_not_run() {
     let keyed = |name: &str, key: &str, age: i64| {
         let mut j = job(name, "q", 1, age);

@@ -160,6 +160,7 @@ pub fn core_job(cj: &ComputeJob, refs: &Refs<'_>, cluster: &mut Cluster) -> Resu
             gpus,
             gpu_milli: milli,
             models,
+            nodes: Default::default(),
         };
         groups.push((spec, g.replicas));
     }

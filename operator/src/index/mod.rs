@@ -5,6 +5,7 @@ pub mod cache;
 pub mod cluster;
 pub mod constraint;
 pub mod job;
+pub mod node_filter;
 pub mod overlay;
 pub mod pod;
 pub mod queue;
@@ -266,7 +267,7 @@ fn assemble(
         .map(|(cj, conv)| {
             let conv = match duplicates.get(&cj.uid().unwrap_or_default()) {
                 Some(older) if conv.is_some() => Some(Err(JobProblem::Duplicate(older.clone()))),
-                _ => constraint::narrow(&cj, conv, &objects.nodes, &fed, &mut selectors),
+                _ => constraint::narrow(&cj, conv, &objects.nodes, &fed, &mut cluster, &mut selectors),
             };
             (cj, conv)
         })

@@ -218,7 +218,14 @@ pub fn core_job(pod: &Pod, refs: &Refs<'_>) -> Result<Job, JobProblem> {
         return Err(JobProblem::Namespace { namespace, queue: queue_name.clone() });
     }
     let (cpu, mem, gpus) = pod_requests(pod);
-    let task = TaskSpec { cpu_milli: cpu, memory_mib: mem, gpus, gpu_milli: 1000, models: ModelSet::ANY };
+    let task = TaskSpec {
+        cpu_milli: cpu,
+        memory_mib: mem,
+        gpus,
+        gpu_milli: 1000,
+        models: ModelSet::ANY,
+        nodes: Default::default(),
+    };
     let runtime = match pod.annotations().get(RUNTIME_ANNOTATION) {
         Some(r) => quantity::seconds(r).ok_or_else(|| JobProblem::Field {
             field: format!("metadata.annotations[{RUNTIME_ANNOTATION}]"),

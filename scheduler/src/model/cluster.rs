@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gpu::GpuModels;
 use super::node::{MAX_GPUS_PER_NODE, Node, Pool};
+use super::node_set::NodeSets;
 
 /// Index of a pool in a [`Cluster`].
 pub type PoolId = u32;
@@ -67,6 +68,9 @@ pub struct Cluster {
     pub pools: Vec<Pool>,
     /// Nodes; a [`NodeId`] is an index here.
     pub nodes: Vec<Node>,
+    /// Sets of nodes that tasks may be limited to (their [`super::TaskSpec::nodes`]).
+    #[serde(default)]
+    pub node_sets: NodeSets,
 }
 
 impl Cluster {

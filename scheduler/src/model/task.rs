@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::gpu::{GPU_MILLI, ModelSet};
+use super::node_set::NodeSetId;
 
 /// What one task asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -17,12 +18,22 @@ pub struct TaskSpec {
     pub gpu_milli: u32,
     /// GPU models the task may run on.
     pub models: ModelSet,
+    /// The node set it is limited to (its template's selector, affinity and tolerations), or any node.
+    #[serde(default)]
+    pub nodes: NodeSetId,
 }
 
 impl TaskSpec {
     /// A CPU-only task.
     pub fn cpu(cpu_milli: u64, memory_mib: u64) -> Self {
-        TaskSpec { cpu_milli, memory_mib, gpus: 0, gpu_milli: 0, models: ModelSet::ANY }
+        TaskSpec {
+            cpu_milli,
+            memory_mib,
+            gpus: 0,
+            gpu_milli: 0,
+            models: ModelSet::ANY,
+            nodes: NodeSetId::ANY,
+        }
     }
 
     /// Returns the spec with a zero GPU count or a zero share folded into "no GPU", and the share clamped to 1000.

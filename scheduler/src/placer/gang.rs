@@ -156,6 +156,7 @@ fn free_in(snap: &Snapshot, probe: &TaskSpec, nodes: &[NodeId], domain: Option<u
     nodes
         .iter()
         .filter_map(|id| snap.view(*id))
+        .filter(|v| v.sets.allows(probe.nodes, v.id))
         .map(|v| {
             let usable = v.gpus_of(probe.models) & domain.map_or(u32::MAX, |d| v.gpus_in_domain(d));
             fitting_gpus(v.free, usable, probe.gpu_milli.max(1)).count_ones()

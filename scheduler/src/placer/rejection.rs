@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{GPU_MILLI, GpuModels, ModelSet, TaskSpec, Topology};
-use crate::plugin::{check_node, fitting_gpus};
+use crate::plugin::{Unfit, check_node, fitting_gpus};
 use crate::snapshot::Snapshot;
 
 /// Whether waiting can help.
@@ -131,11 +131,15 @@ pub fn explain(
     within: Topology,
     gang_gpus: u32,
 ) -> Rejection {
-    let mut counts: BTreeMap<&'static str, u32> = BTreeMap::new();
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     let mut best_node_free = 0u32;
     let (mut best_cpu, mut best_mem) = (0u64, 0u64);
     for id in 0..snap.len() as u32 {
         let Some(v) = snap.view(id) else { continue };
+        if !v.sets.allows(task.nodes, id) {
+            *counts.entry(reason(snap, task, Unfit::OutsideNodeSet)).or_default() += 1;
+            continue;
+        }
         let usable = v.gpus_of(task.models);
         let fitting = fitting_gpus(v.free, usable, task.gpu_milli.max(1)).count_ones();
         best_node_free = best_node_free.max(fitting);
@@ -144,13 +148,13 @@ pub fn explain(
             best_mem = best_mem.max(v.memory_free);
         }
         if let Err(u) = check_node(&v, task, usable) {
-            *counts.entry(u.code()).or_default() += 1;
+            *counts.entry(reason(snap, task, u)).or_default() += 1;
         }
     }
     let grouped = !matches!(within, Topology::Any);
     let best_free = if grouped { best_group_free(snap, task, within) } else { best_node_free };
     let mut reasons: Vec<ReasonCount> =
-        counts.into_iter().map(|(reason, nodes)| ReasonCount { reason: reason.to_string(), nodes }).collect();
+        counts.into_iter().map(|(reason, nodes)| ReasonCount { reason, nodes }).collect();
     reasons.sort_by(|a, b| b.nodes.cmp(&a.nodes).then_with(|| a.reason.cmp(&b.reason)));
     let needed = if grouped { gang_gpus } else { task.gpus };
     let code = if fits_empty(snap, task, within, needed) {
@@ -175,6 +179,14 @@ pub fn explain(
     }
 }
 
+/// The reason code of a refusal; a node set's refusal names what decides the set (e.g. its selector).
+fn reason(snap: &Snapshot, task: &TaskSpec, unfit: Unfit) -> String {
+    match (unfit, snap.cluster().node_sets.get(task.nodes)) {
+        (Unfit::OutsideNodeSet, Some(set)) => format!("{} ({})", unfit.code(), set.name),
+        _ => unfit.code().to_string(),
+    }
+}
+
 fn group_lists(snap: &Snapshot, within: Topology) -> Vec<&[u32]> {
     let g = snap.groups();
     match within {
@@ -189,6 +201,7 @@ fn best_group_free(snap: &Snapshot, task: &TaskSpec, within: Topology) -> u32 {
     if within == Topology::SameNode {
         return (0..snap.len() as u32)
             .filter_map(|id| snap.view(id))
+            .filter(|v| v.sets.allows(task.nodes, v.id))
             .map(|v| fitting_gpus(v.free, v.gpus_of(task.models), task.gpu_milli.max(1)).count_ones())
             .max()
             .unwrap_or(0);
@@ -199,6 +212,7 @@ fn best_group_free(snap: &Snapshot, task: &TaskSpec, within: Topology) -> u32 {
             nodes
                 .iter()
                 .filter_map(|id| snap.view(*id))
+                .filter(|v| v.sets.allows(task.nodes, v.id))
                 .map(|v| fitting_gpus(v.free, v.gpus_of(task.models), task.gpu_milli.max(1)).count_ones())
                 .sum::<u32>()
         })
@@ -212,7 +226,8 @@ fn fits_empty(snap: &Snapshot, task: &TaskSpec, within: Topology, needed: u32) -
     let cluster = snap.cluster();
     let node_ok = |id: u32| {
         cluster.nodes.get(id as usize).is_some_and(|n| {
-            n.cpu_milli >= task.cpu_milli
+            cluster.node_sets.allows(task.nodes, id)
+                && n.cpu_milli >= task.cpu_milli
                 && n.memory_mib >= task.memory_mib
                 && n.max_tasks > 0
                 && (task.is_cpu_only()
@@ -223,6 +238,7 @@ fn fits_empty(snap: &Snapshot, task: &TaskSpec, within: Topology, needed: u32) -
         cluster
             .nodes
             .get(*id as usize)
+            .filter(|_| cluster.node_sets.allows(task.nodes, *id))
             .map_or(0, |n| n.gpus.iter().filter(|g| task.models.contains(g.model)).count() as u32)
     };
     match within {

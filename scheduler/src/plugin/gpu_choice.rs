@@ -57,7 +57,14 @@ mod tests {
     use crate::model::ModelSet;
 
     fn task(gpus: u32, milli: u32) -> TaskSpec {
-        TaskSpec { cpu_milli: 1000, memory_mib: 1, gpus, gpu_milli: milli, models: ModelSet::ANY }
+        TaskSpec {
+            cpu_milli: 1000,
+            memory_mib: 1,
+            gpus,
+            gpu_milli: milli,
+            models: ModelSet::ANY,
+            nodes: Default::default(),
+        }
     }
 
     #[test]

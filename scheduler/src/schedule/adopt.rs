@@ -67,7 +67,8 @@ mod tests {
             clearance: crate::model::Classification::Public,
         };
         let nodes = vec![node().name("n0").gpus(8, 0).build(), node().name("n1").gpus(8, 0).build()];
-        let cluster = crate::model::Cluster { models, pools: vec![pool], nodes };
+        let cluster =
+            crate::model::Cluster { models, pools: vec![pool], nodes, node_sets: Default::default() };
         let mut quotas = Quotas::default();
         quotas.add(QueueSpec::new("q", Resources::default().with(Flavor::Gpu(0), 16_000))).unwrap();
         Scheduler::new(cluster, quotas, SchedulerConfig::default(), None).unwrap()

@@ -330,7 +330,11 @@ impl Scheduler {
         now: Time,
         tl: &mut Timeline,
     ) -> Option<Time> {
-        let chosen = outlooks.iter().find(|x| x.start > now).or(outlooks.first()).copied();
+        // A job limited to a node set that found no place while its pool had the capacity reserves nothing: the
+        // pool-wide timeline cannot tell its nodes from the rest and would hold the whole pool for it.
+        let limited = self.jobs[id as usize].job.gang.tasks.iter().any(|t| !t.nodes.is_any());
+        let later = outlooks.iter().find(|x| x.start > now);
+        let chosen = if limited { later.copied() } else { later.or(outlooks.first()).copied() };
         let start = chosen.map(|x| {
             let o = &options[x.index];
             let start = if x.start <= now {

@@ -11,7 +11,7 @@ pub use bitset::BitSet;
 pub use index::{CapacityIndex, ModelFree, UnionIter};
 
 use crate::model::{
-    Cluster, ClusterError, GPU_MILLI, GpuId, Health, ModelSet, Node, NodeId, PoolId, TaskSpec,
+    Cluster, ClusterError, GPU_MILLI, GpuId, Health, ModelSet, Node, NodeId, NodeSets, PoolId, TaskSpec,
 };
 
 /// Why the snapshot refused a change. Each is a broken invariant, never an expected outcome.
@@ -117,6 +117,8 @@ pub struct NodeView<'a> {
     pub rank: u32,
     /// Moves whenever the node's free capacity changes; plugins key caches on it.
     pub version: u32,
+    /// The cluster's node sets, which tasks may be limited to.
+    pub sets: &'a NodeSets,
 }
 
 impl NodeView<'_> {
@@ -279,6 +281,7 @@ impl Snapshot {
             free: &self.gpu_free[a..b],
             rank: self.rank[i],
             version: f.version,
+            sets: &self.cluster.node_sets,
         })
     }
 
@@ -451,6 +454,7 @@ mod tests {
             models,
             pools,
             nodes: vec![node().cpu(8000).memory(4096).gpus(2, m).build()],
+            node_sets: Default::default(),
         })
         .unwrap()
     }

@@ -101,6 +101,7 @@ pub fn parse_nodes(text: &str) -> Result<Cluster, TraceError> {
             clearance: Default::default(),
         }],
         nodes: Vec::with_capacity(t.rows.len()),
+        node_sets: Default::default(),
     };
     for (i, row) in t.rows.iter().enumerate() {
         let gpus = t.number(row, gpu, "gpu")?;
@@ -159,6 +160,7 @@ pub fn parse_pods(text: &str, models: &mut GpuModels) -> Result<Vec<TracePod>, T
                 gpus,
                 gpu_milli: share,
                 models: if set == ModelSet::NONE { ModelSet::ANY } else { set },
+                nodes: Default::default(),
             },
             gpu_spec: label.to_string(),
         });

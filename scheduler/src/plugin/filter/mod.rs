@@ -2,12 +2,14 @@
 
 mod gpu_capacity;
 mod gpu_model;
+mod node_set;
 mod resources;
 
 use serde::{Deserialize, Serialize};
 
 pub use gpu_capacity::GpuCapacity;
 pub use gpu_model::GpuModel;
+pub use node_set::NodeSetMember;
 pub use resources::NodeResourcesFit;
 
 use crate::model::TaskSpec;
@@ -47,6 +49,8 @@ pub enum Unfit {
     },
     /// The node is outside the gang's topology group.
     OutOfTopology,
+    /// The node is outside the task's node set (its template's selector, affinity or tolerations).
+    OutsideNodeSet,
 }
 
 impl Unfit {
@@ -59,6 +63,7 @@ impl Unfit {
             Unfit::GpuModelNotAllowed => "gpu-model-not-allowed",
             Unfit::InsufficientGpus { .. } => "insufficient-gpus",
             Unfit::OutOfTopology => "out-of-topology",
+            Unfit::OutsideNodeSet => "outside-node-set",
         }
     }
 }
@@ -74,6 +79,7 @@ pub trait Filter {
 
 /// Runs every filter in order; `usable` is the mask of the node's GPUs the task may use.
 pub fn check_node(node: &NodeView<'_>, task: &TaskSpec, usable: u32) -> Result<(), Unfit> {
+    NodeSetMember.filter(node, task, usable)?;
     NodeResourcesFit.filter(node, task, usable)?;
     GpuModel.filter(node, task, usable)?;
     GpuCapacity.filter(node, task, usable)
