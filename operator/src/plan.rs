@@ -312,7 +312,7 @@ fn placed(out: &mut Vec<Action>, t: &Tracked, old: &ComputeJobStatus, backend: B
         let mut st = old.clone();
         st.phase = JobPhase::Running;
         push_status(out, t, st, now);
-    } else if (pods.bound < tasks || pods.total < tasks) && !t.bound_here {
+    } else if (pods.bound < tasks || pods.total < tasks) && !t.bound_here && t.disrupted.is_none() {
         // Admitted and still binding (after a restart), or running and a pod went missing: make them again.
         out.push(Action::Bind { job: t.job.clone(), backend });
     }

@@ -141,7 +141,9 @@ async fn a_job_whose_node_dies_and_is_fenced_runs_again_on_the_other_nodes_and_n
     env.create::<Queue>(queue("real-q", "nvidia.com/gpu:h100", 4)).await.unwrap();
     let _op = env.operator("only", &[]);
     // Two tasks of two GPUs: one per node.
-    env.create::<ComputeJob>(real_job_of("survivor", "real-q", 2, 2, "sleep 25")).await.unwrap();
+    let mut job = real_job_of("survivor", "real-q", 2, 2, "sleep 25");
+    job["spec"]["nodeLossGraceSeconds"] = json!(5);
+    env.create::<ComputeJob>(job).await.unwrap();
     let running = env.wait_phase("default", "survivor", "Running", LONG).await;
     let victim = running.status.unwrap().placement.unwrap().tasks[1].node.clone();
 
@@ -179,7 +181,25 @@ async fn a_job_whose_node_dies_and_is_fenced_runs_again_on_the_other_nodes_and_n
         (ready.status != "True").then_some(())
     })
     .await;
-    // Until it is fenced, the job keeps its place: its tasks may still run there.
+    // After the job's grace period the taint-eviction controller evicts its pod there; with the kubelet dead the pod
+    // stays Terminating, so until the node is fenced the job keeps its place: its task may still run there.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    let evicted = wait_for("the pod on the dead node evicted", LONG, || async {
+        let list =
+            pods.list(&kube::api::ListParams::default().labels("haiyun.io/job=survivor")).await.ok()?;
+        list.items.into_iter().find(|p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(victim.as_str())
+                && p.metadata.deletion_timestamp.is_some()
+        })
+    })
+    .await;
+    let reason = evicted
+        .status
+        .and_then(|s| s.conditions)
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "DisruptionTarget");
+    assert_eq!(reason.and_then(|c| c.reason).as_deref(), Some("DeletionByTaintManager"));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let held = env.job("default", "survivor").await.status.unwrap();
     assert_eq!((held.preemptions, held.placement.is_some()), (0, true), "not re-placed before the fence");
@@ -207,4 +227,47 @@ async fn a_job_whose_node_dies_and_is_fenced_runs_again_on_the_other_nodes_and_n
         .map(|d| d["event"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(log, ["place", "preempt", "place", "finish"], "the audit trail of both runs");
+}
+
+#[tokio::test]
+async fn a_template_runs_only_on_the_node_its_selector_names_and_one_no_node_has_waits_naming_the_selector() {
+    let Some(env) = Env::start_real("selector").await else { return };
+    env.create::<ComputePool>(real_pool("real")).await.unwrap();
+    env.create::<Queue>(queue("real-q", "nvidia.com/gpu:h100", 6)).await.unwrap();
+    let _op = env.operator("only", &[]);
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.client.clone());
+    let mut names: Vec<String> = nodes
+        .list(&kube::api::ListParams::default().labels("testenv.io/real=true"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|n| {
+            // Not the node another test killed.
+            let st = n.status.as_ref().and_then(|s| s.conditions.as_ref());
+            let ready = st.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            ready && n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(|t| t.is_empty())
+        })
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    names.sort();
+    let last = names.last().cloned().expect("real nodes");
+    // Inside one pool: the kubelet itself would refuse a pod bound to a node its selector does not match.
+    let with_selector = |name: &str, selector: Value| {
+        let mut j = real_job(name, "real-q", 1, "true");
+        j["spec"]["taskGroups"][0]["template"]["spec"]["nodeSelector"] = selector;
+        j
+    };
+    let label = json!({"metadata": {"labels": {"haiyun-test/pinned": "yes"}}});
+    nodes.patch(&last, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&label)).await.unwrap();
+    env.create::<ComputeJob>(with_selector("pinned", json!({"haiyun-test/pinned": "yes"}))).await.unwrap();
+    env.create::<ComputeJob>(with_selector("mars", json!({"zone": "mars"}))).await.unwrap();
+    let done = env.wait_phase("default", "pinned", "Succeeded", LONG).await;
+    assert_eq!(done.status.unwrap().placement.unwrap().tasks[0].node, last);
+    let why = wait_for("mars to say why it waits", LONG, || async {
+        let st = env.job("default", "mars").await.status?;
+        st.pending_reasons.first().map(|r| r.message.clone())
+    })
+    .await;
+    assert!(why.contains("nodeSelector zone=mars"), "{why}");
 }

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod cluster;
 pub mod constraint;
+pub mod disruption;
 pub mod job;
 pub mod node_filter;
 pub mod overlay;
@@ -105,6 +106,8 @@ pub struct Tracked {
     pub bound_here: bool,
     /// Start and end (Unix seconds) as the backend recorded them (Slurm), when it did.
     pub times: Option<(Time, Time)>,
+    /// A pod of its run was taken away and is not confirmed gone yet: it keeps its place and is not re-made.
+    pub disrupted: Option<String>,
 }
 
 /// A plain pod and where it stands.
@@ -388,12 +391,28 @@ impl World {
             Some((r, n, _)) => (PodCounts::of_run(r.as_ref(), n), r.and_then(|r| r.times)),
             None => (counts.get(&(uid.clone(), run.to_string())).copied().unwrap_or_default(), None),
         };
+        // A pod of a running run that the cluster took away (pods a backend records have none).
+        let batch = |pool: &str| {
+            fed.unavailable.contains_key(pool)
+                || fed
+                    .pool_names
+                    .iter()
+                    .position(|n| n == pool)
+                    .is_some_and(|i| fed.scripts.contains(&(i as u32)))
+        };
+        let disrupted = placed.filter(|(p, _)| recorded.is_none() && !batch(&p.pool)).and_then(|(p, _)| {
+            let was_running = cj.status.as_ref().is_some_and(|s| s.phase == JobPhase::Running);
+            disruption::of_run(all_pods, &uid, run, p.tasks.len(), was_running, &fed.fenced)
+        });
         let state = match conv {
             None => JobState::Terminal,
             Some(Err(p)) if placed.is_some() => JobState::Held(p),
             Some(Err(p)) => JobState::Problem(p),
             Some(Ok(core)) => match placed {
                 Some(_) if forgotten => JobState::Lost(Loss::Forgotten),
+                Some(_) if disrupted.as_ref().is_some_and(|d| d.confirmed) => {
+                    JobState::NodeLost(disrupted.as_ref().map(|d| d.why.clone()).unwrap_or_default())
+                }
                 Some((p, _)) if ended(p, &pods).is_some() => {
                     let failure = (pods.failed > 0).then(|| match recorded {
                         Some(_) => pod::batch_failure(),
@@ -439,7 +458,8 @@ impl World {
         }
         // Runs a backend records have no pods to wait for: their dispatch is checked against its listing instead.
         let bound_here = overlay.bound.contains(&uid) && recorded.is_none();
-        self.jobs.push(Tracked { job: cj, state, pods, bound_here, times });
+        let disrupted = disrupted.filter(|d| !d.confirmed).map(|d| d.why);
+        self.jobs.push(Tracked { job: cj, state, pods, bound_here, times, disrupted });
     }
 
     /// Adds a plain pod: adopted where it is bound, submitted if not, or set aside with why.

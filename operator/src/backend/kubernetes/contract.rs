@@ -5,7 +5,7 @@
 
 use haiyun_api::job::TaskPlacement;
 use haiyun_api::{ComputeJob, JOB_UID_LABEL};
-use k8s_openapi::api::core::v1::{EnvVar, Pod, Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{EnvVar, Pod, Service, ServiceSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 
@@ -59,9 +59,16 @@ pub fn env(job: &ComputeJob, index: usize, task: &TaskPlacement) -> Vec<(String,
     .collect()
 }
 
+/// Seconds a pod stays on a node that stopped answering before the taint-eviction controller evicts it, when the
+/// job does not set `spec.nodeLossGraceSeconds` (Kubernetes' own default).
+pub const DEFAULT_NODE_LOSS_GRACE_S: u32 = 300;
+const NOT_READY: &str = "node.kubernetes.io/not-ready";
+const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
 /// Gives the pod its DNS name (hostname and the job's subdomain), `restartPolicy: Never` unless its template set
-/// one, the restart attempt as a label, and the contract's environment in every container (a variable the template
-/// sets itself is left as it is).
+/// one, tolerations of a node that stops answering for the job's grace period (unless the template sets them), the
+/// restart attempt as a label, and the contract's environment in every container (a variable the template sets
+/// itself is left as it is).
 pub fn apply(pod: &mut Pod, job: &ComputeJob, index: usize, task: &TaskPlacement) {
     let restarts = job.status.as_ref().map_or(0, |s| s.restarts);
     pod.metadata
@@ -73,6 +80,19 @@ pub fn apply(pod: &mut Pod, job: &ComputeJob, index: usize, task: &TaskPlacement
     spec.hostname = Some(task.pod.clone());
     spec.subdomain = Some(job.name_any());
     spec.restart_policy.get_or_insert_with(|| "Never".into());
+    let grace = i64::from(job.spec.node_loss_grace_seconds.unwrap_or(DEFAULT_NODE_LOSS_GRACE_S));
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for key in [NOT_READY, UNREACHABLE] {
+        if !tolerations.iter().any(|t| t.key.as_deref() == Some(key)) {
+            tolerations.push(Toleration {
+                key: Some(key.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(grace),
+                value: None,
+            });
+        }
+    }
     for c in spec.init_containers.iter_mut().flatten().chain(spec.containers.iter_mut()) {
         let env = c.env.get_or_insert_with(Vec::new);
         for (k, v) in &vars {
@@ -171,6 +191,22 @@ mod tests {
         let spec = pod.spec.unwrap();
         assert_eq!((spec.hostname.as_deref(), spec.subdomain.as_deref()), (Some("t-w-0"), Some("t")));
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let grace: Vec<_> = spec
+            .tolerations
+            .iter()
+            .flatten()
+            .map(|t| (t.key.clone().unwrap_or_default(), t.effect.clone(), t.toleration_seconds))
+            .collect();
+        let nx = Some("NoExecute".to_string());
+        assert_eq!(
+            grace,
+            vec![(NOT_READY.into(), nx.clone(), Some(300)), (UNREACHABLE.into(), nx, Some(300))],
+            "Kubernetes' default grace unless the job sets spec.nodeLossGraceSeconds"
+        );
+        let mut quick = job.clone();
+        quick.spec.node_loss_grace_seconds = Some(20);
+        let pod = super::super::pods::pod_for(&quick, 0, &task, "0").unwrap();
+        assert!(pod.spec.unwrap().tolerations.unwrap().iter().all(|t| t.toleration_seconds == Some(20)));
         let env = spec.containers[0].env.clone().unwrap();
         let port: Vec<_> = env.iter().filter(|e| e.name == "MASTER_PORT").collect();
         assert_eq!(port.len(), 1);
