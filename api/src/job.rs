@@ -7,18 +7,18 @@ use serde::{Deserialize, Serialize};
 use crate::condition::Condition;
 use crate::pool::PoolKind;
 
-/// What a job does.
+/// What a job does, which decides where it may run and what may evict it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobKind {
-    /// Model training.
+    /// Model training: any pool, preemptible unless `preemptible: false`.
     #[default]
     Training,
-    /// Analytics.
+    /// Analytics: as training.
     Analytics,
-    /// A batch script for a supercomputing pool.
+    /// A supercomputing batch run: without `poolKinds`, only pools of kind hpc or pools that run batch scripts.
     HpcBatch,
-    /// Serving.
+    /// Serving: never preempted, whatever `preemptible` says.
     Inference,
 }
 
@@ -114,7 +114,7 @@ pub struct TaskGroup {
     validation = Rule::new("self.spec.taskGroups.all(g, size(self.metadata.name) + size(g.name) + size(string(g.replicas - 1)) <= 61)").message("metadata.name is too long: each pod's hostname <name>-<group>-<index> must fit in 63 characters; shorten the job's or the task group's name")
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.minAvailable) || self.taskGroups.map(g, g.replicas).sum() >= self.minAvailable").message("minAvailable must not exceed the sum of replicas over taskGroups").field_path(".minAvailable"))]
+#[x_kube(validation = Rule::new("!has(self.minAvailable)").message("minAvailable is not supported: Haiyun starts every task of a gang at once (elastic gangs are not built); remove spec.minAvailable").field_path(".minAvailable"))]
 pub struct ComputeJobSpec {
     /// The Queue it is submitted to (immutable).
     #[schemars(length(max = 253))]
@@ -132,7 +132,8 @@ pub struct ComputeJobSpec {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("taskGroups are immutable; delete and re-create the job"))]
     pub task_groups: Vec<TaskGroup>,
-    /// Tasks that must run together (unset: all of them; the scheduler always places every task at once).
+    /// Not supported, and refused by the API server: every task of a gang starts at once. Kept in the schema so a
+    /// manifest that sets it gets that answer instead of having the field silently dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_available: Option<u32>,
     /// Where the tasks must land relative to each other.
@@ -172,6 +173,12 @@ pub struct ComputeJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("masterPort must be a port, 1 to 65535"))]
     pub master_port: Option<u32>,
+    /// Seconds its pods stay on a node that stops answering (NotReady or unreachable) before Kubernetes evicts them;
+    /// the gang then runs again elsewhere once they are confirmed gone (default 300, Kubernetes' own). Node loss does
+    /// not count toward maxRestarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self <= 86400").message("nodeLossGraceSeconds must be at most 86400 (a day)"))]
+    pub node_loss_grace_seconds: Option<u32>,
 }
 
 impl ComputeJobSpec {

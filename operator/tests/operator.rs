@@ -225,11 +225,11 @@ async fn bad_manifests_are_refused_by_the_api_server_with_messages_that_name_the
             vec!["spec.taskGroups[0].gpuFraction", "between 0 and 1"],
         ),
         (
-            "minAvailable above replicas",
+            "minAvailable (elastic gangs are not built)",
             cj(
-                json!({ "queue": "q", "minAvailable": 3, "taskGroups": [group("w", json!({ "replicas": 2 }))] }),
+                json!({ "queue": "q", "minAvailable": 1, "taskGroups": [group("w", json!({ "replicas": 2 }))] }),
             ),
-            vec!["spec.minAvailable", "must not exceed"],
+            vec!["spec.minAvailable", "not supported"],
         ),
         (
             "two groups with one name",

@@ -760,3 +760,77 @@ fn a_job_on_a_fenced_or_deleted_node_is_evicted_to_run_again_and_one_on_a_not_re
     assert!(matches!(c.state, JobState::Placed(_)), "a not-ready node is not a lost one: {:?}", c.state);
     assert!(!actions.iter().any(|a| matches!(a, Action::Evict { job, .. } if job.name_any() == "c")));
 }
+
+#[test]
+fn a_running_job_that_lost_a_pod_runs_again_once_the_pod_is_confirmed_gone_and_waits_while_it_may_still_run()
+{
+    let evicted = |p: &Arc<Pod>, phase: &str| {
+        let mut p = (**p).clone();
+        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::from_second(NOW as i64).unwrap(),
+        ));
+        p.status = Some(
+            serde_json::from_value(json!({ "phase": phase, "conditions": [{ "type": "DisruptionTarget",
+                "status": "True", "reason": "DeletionByTaintManager" }] }))
+            .unwrap(),
+        );
+        Arc::new(p)
+    };
+    let (waits, waits_pod) = running(job("waits", "q", 2, 100), "n0", &[0, 1]);
+    let (stopped, stopped_pod) = running(job("stopped", "q", 2, 90), "n0", &[2, 3]);
+    let (vanished, _) = running(job("vanished", "q", 2, 80), "n0", &[4, 5]);
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![waits, stopped, vanished],
+        nodes: vec![node("n0", 8, false)],
+        pods: vec![evicted(&waits_pod, "Running"), evicted(&stopped_pod, "Failed")],
+        ..Default::default()
+    };
+    let (world, actions) = cycle(&objects);
+    let lost: BTreeMap<String, String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Evict { job, lost: Some(why), .. } => Some((job.name_any(), why.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lost.keys().cloned().collect::<Vec<_>>(), vec!["stopped", "vanished"]);
+    assert!(lost["stopped"].contains("DeletionByTaintManager"), "{lost:?}");
+    assert!(lost["vanished"].contains("1 of its 1 pods are gone"), "{lost:?}");
+    let w = world.jobs.iter().find(|t| t.job.name_any() == "waits").unwrap();
+    assert!(matches!(w.state, JobState::Placed(_)), "it may still run on its node: {:?}", w.state);
+    assert!(w.disrupted.as_deref().is_some_and(|d| d.contains("confirmed gone")), "{:?}", w.disrupted);
+    let touched = |name: &str| {
+        actions.iter().any(|a| match a {
+            Action::Bind { job, .. } | Action::Evict { job, .. } => job.name_any() == name,
+            Action::Status { job, status } => job.name_any() == name && status.restarts > 0,
+            _ => false,
+        })
+    };
+    assert!(!touched("waits"), "no pod re-made, no eviction, no restart counted while it may still run");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Status { status, .. } if status.restarts > 0)));
+}
+
+#[test]
+fn an_inference_job_is_never_preempted_and_an_hpc_batch_job_runs_only_in_hpc_pools() {
+    let mut serve = job("serve", "q", 8, 100);
+    serve.spec.kind = haiyun_api::job::JobKind::Inference;
+    let (serve, serve_pod) = running(serve, "n0", &[0, 1, 2, 3, 4, 5, 6, 7]);
+    let mut urgent = job("urgent", "q", 8, 10);
+    urgent.spec.priority = Some(100);
+    let mut sim = job("sim", "q", 1, 5);
+    sim.spec.kind = haiyun_api::job::JobKind::HpcBatch;
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![serve, Arc::new(urgent), Arc::new(sim)],
+        nodes: vec![node("n0", 8, false)],
+        pods: vec![serve_pod],
+        ..Default::default()
+    };
+    let (_, actions) = cycle(&objects);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Evict { .. })), "{actions:?}");
+    let why = &status_of(&actions, "sim").pending_reasons[0].message;
+    assert!(why.contains("hpc-batch"), "pool a is not of kind hpc: {why}");
+}

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use haiyun_api::job::Topology as ApiTopology;
+use haiyun_api::job::{JobKind, Topology as ApiTopology};
 use haiyun_api::{ComputeJob, quantity};
 use haiyun_scheduler::model::{
-    Cluster, DatasetId, Gang, Job, ModelSet, PoolId, QueueId, TaskSpec, Time, Topology, Work,
+    Cluster, DatasetId, Gang, Job, ModelSet, PoolId, PoolKind, QueueId, TaskSpec, Time, Topology, Work,
 };
 use kube::ResourceExt;
 
@@ -193,7 +193,8 @@ pub fn core_job(cj: &ComputeJob, refs: &Refs<'_>, cluster: &mut Cluster) -> Resu
         work: Work { total: runtime.max(1.0), throughput, default: 1.0 },
         datasets,
         pools,
-        preemptible: s.preemptible,
+        // Serving is never evicted for other work.
+        preemptible: s.preemptible && s.kind != JobKind::Inference,
         checkpoint_s: s.checkpoint_seconds.map(f64::from),
     })
 }
@@ -216,7 +217,15 @@ fn allowed_pools(cj: &ComputeJob, cluster: &Cluster, refs: &Refs) -> Result<Vec<
     let as_pods = !scripted || s.task_groups.iter().all(|g| g.template.is_some());
     let limit = time_limit_min(cj);
     let fits = |p: &PoolId| refs.time_limits.get(p).is_none_or(|max| limit <= *max);
-    let runs = |p: &PoolId| if refs.scripts.contains(p) { as_batch && fits(p) } else { as_pods };
+    // An HPC batch job that names no pool kinds runs in supercomputing pools, or where batch scripts run.
+    let hpc_only = s.kind == JobKind::HpcBatch && s.pool_kinds.is_empty();
+    let hpc = |p: &PoolId| {
+        refs.scripts.contains(p) || cluster.pools.get(*p as usize).is_some_and(|x| x.kind == PoolKind::Hpc)
+    };
+    let runs = |p: &PoolId| {
+        let runs = if refs.scripts.contains(p) { as_batch && fits(p) } else { as_pods };
+        runs && (!hpc_only || hpc(p))
+    };
     if s.pool_kinds.is_empty() && s.sites.is_empty() && (0..cluster.pools.len() as PoolId).all(|p| runs(&p)) {
         return Ok(Vec::new());
     }
@@ -230,7 +239,10 @@ fn allowed_pools(cj: &ComputeJob, cluster: &Cluster, refs: &Refs) -> Result<Vec<
         })
         .collect();
     if pools.is_empty() && s.pool_kinds.is_empty() && s.sites.is_empty() {
-        let what = if as_batch && !refs.scripts.is_empty() {
+        let what = if hpc_only && !(0..cluster.pools.len() as PoolId).any(|p| hpc(&p)) {
+            "kind hpc-batch runs in pools of kind hpc or pools that run batch scripts, and there is none: add one, or \
+             name spec.poolKinds"
+        } else if as_batch && !refs.scripts.is_empty() {
             "no Slurm pool allows its time limit (twice spec.runtimeEstimate): shorten the estimate"
         } else if as_batch {
             "no pool runs batch scripts: add a ComputePool with backend.slurm"
