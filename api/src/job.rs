@@ -179,6 +179,12 @@ pub struct ComputeJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self <= 86400").message("nodeLossGraceSeconds must be at most 86400 (a day)"))]
     pub node_loss_grace_seconds: Option<u32>,
+    /// The batch/v1 Job of this namespace whose pods this job is (set by Haiyun when it admits an Indexed Job through
+    /// a queue): Haiyun unsuspends that Job once the gang is placed and binds the pods its Job controller makes to the
+    /// placed nodes; the Job's own backoffLimit and podFailurePolicy apply, not maxRestarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("batchJob is immutable"))]
+    pub batch_job: Option<String>,
 }
 
 impl ComputeJobSpec {

@@ -16,6 +16,7 @@ use crate::backend::{BackendKind, Orphan};
 use crate::index::{JobState, Tracked, TrackedPod, World};
 use crate::status::StatusWrite;
 use crate::time::rfc3339;
+use k8s_openapi::api::batch::v1::Job as BatchJob;
 use k8s_openapi::api::core::v1::Pod;
 
 /// Estimated starts closer than this to the recorded one are not written again.
@@ -95,6 +96,12 @@ pub enum Action {
     },
     /// Write a Queue's, ComputePool's or QuotaRequest's status.
     WriteStatus(StatusWrite),
+    /// Make the ComputeJob that stands for a batch/v1 Job in its queue (or say on the Job why it cannot run as one
+    /// gang).
+    Mirror {
+        /// The Job.
+        job: Arc<BatchJob>,
+    },
 }
 
 impl Action {
@@ -112,6 +119,7 @@ impl Action {
             }
             Action::Collect { orphan, .. } => orphan.uid().to_string(),
             Action::WriteStatus(w) => w.key(),
+            Action::Mirror { job } => job.uid().unwrap_or_default(),
         }
     }
 
@@ -133,6 +141,9 @@ impl Action {
                 format!("{pool}/batch-job-{id}")
             }
             Action::WriteStatus(w) => w.key(),
+            Action::Mirror { job } => {
+                format!("{}/job-{}", job.namespace().unwrap_or_default(), job.name_any())
+            }
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -24,6 +25,7 @@ pub struct Stores {
     datasets: Store<Dataset>,
     nodes: Store<Node>,
     pods: Store<Pod>,
+    batch_jobs: Store<Job>,
     /// Fires on every change.
     pub changed: Arc<Notify>,
 }
@@ -69,6 +71,8 @@ impl Stores {
             datasets: spawn(Api::all(client.clone()), any(), c()),
             nodes: spawn(Api::all(client.clone()), any(), c()),
             pods: spawn(Api::all(client.clone()), any(), c()),
+            // Only Jobs that name a queue: the rest are kube-scheduler's.
+            batch_jobs: spawn(Api::all(client.clone()), any().labels(haiyun_api::QUEUE_LABEL), c()),
             changed,
         }
     }
@@ -88,6 +92,7 @@ impl Stores {
             self.datasets.wait_until_ready(),
             self.nodes.wait_until_ready(),
             self.pods.wait_until_ready(),
+            self.batch_jobs.wait_until_ready(),
         );
     }
 
@@ -101,6 +106,7 @@ impl Stores {
             datasets: self.datasets.state(),
             nodes: self.nodes.state(),
             pods: self.pods.state(),
+            batch_jobs: self.batch_jobs.state(),
         }
     }
 }

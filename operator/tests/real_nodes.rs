@@ -271,3 +271,78 @@ async fn a_template_runs_only_on_the_node_its_selector_names_and_one_no_node_has
     .await;
     assert!(why.contains("nodeSelector zone=mars"), "{why}");
 }
+
+/// Applies the chart's MutatingAdmissionPolicy that suspends Haiyun's batch/v1 Jobs at creation.
+async fn install_batch_policy(env: &Env) {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/haiyun/templates/batch-jobs.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let obj: kube::api::DynamicObject = serde::Deserialize::deserialize(doc).unwrap();
+        let types = obj.types.clone().unwrap();
+        let (group, version) = types.api_version.split_once('/').unwrap();
+        let gvk = kube::api::GroupVersionKind::gvk(group, version, &types.kind);
+        let ar = kube::api::ApiResource::from_gvk(&gvk);
+        let api: Api<kube::api::DynamicObject> = Api::all_with(env.client.clone(), &ar);
+        let pp = kube::api::PatchParams::apply("haiyun-test").force();
+        let name = obj.metadata.name.clone().unwrap();
+        api.patch(&name, &pp, &kube::api::Patch::Apply(&obj)).await.unwrap();
+    }
+}
+
+/// Every rank sends its rank to rank 0 at MASTER_ADDR:MASTER_PORT, which checks their sum: the environment and DNS
+/// name the admission policy and Haiyun's Service give an Indexed Job.
+const RANK_SUM: &str = r#"
+set -u
+[ "$RANK" = "$JOB_COMPLETION_INDEX" ] || exit 2
+if [ "$RANK" = 0 ]; then
+  i=1; s=0
+  while [ "$i" -lt "$WORLD_SIZE" ]; do r=$(nc -l -p "$MASTER_PORT"); s=$((s+r)); i=$((i+1)); done
+  echo "sum $s of $WORLD_SIZE ranks"; [ "$s" = $(( (WORLD_SIZE-1)*WORLD_SIZE/2 )) ]
+else
+  until echo "$RANK" | nc -w 3 "$MASTER_ADDR" "$MASTER_PORT"; do sleep 0.5; done
+fi
+"#;
+
+#[tokio::test]
+async fn an_indexed_batch_job_of_4_pods_is_suspended_queued_placed_as_one_gang_and_completes() {
+    use kube::ResourceExt;
+    let Some(env) = Env::start_real("batchjob").await else { return };
+    install_batch_policy(&env).await;
+    env.create::<ComputePool>(real_pool("real")).await.unwrap();
+    env.create::<Queue>(queue("real-q", "nvidia.com/gpu:h100", 4)).await.unwrap();
+    let _op = env.operator("only", &[]);
+    let image =
+        std::env::var("TESTENV_BUSYBOX_IMAGE").unwrap_or_else(|_| "localhost/testenv/busybox:latest".into());
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": { "name": "ranks", "namespace": "default", "labels": { "haiyun.io/queue": "real-q" } },
+        "spec": { "parallelism": 4, "completions": 4, "completionMode": "Indexed", "backoffLimit": 0,
+            "template": { "spec": { "schedulerName": "haiyun", "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{ "name": "main", "image": image, "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", RANK_SUM],
+                    "resources": { "limits": { "nvidia.com/gpu": "1" } } }] } } }
+    });
+    let created = env.create::<k8s_openapi::api::batch::v1::Job>(job).await.unwrap();
+    assert_eq!(created.data["spec"]["suspend"], json!(true), "suspended at creation by the admission policy");
+    // Its ComputeJob queues it, and all 4 pods are placed at once.
+    let done = env.wait_phase("default", "ranks", "Succeeded", Duration::from_secs(180)).await;
+    let placement = done.status.unwrap().placement.unwrap();
+    assert_eq!(placement.tasks.len(), 4);
+    assert_eq!(done.spec.batch_job.as_deref(), Some("ranks"));
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client.clone(), "default");
+    wait_for("the Job to complete", LONG, || async {
+        let conds = jobs.get("ranks").await.ok()?.status?.conditions?;
+        conds.iter().any(|c| c.type_ == "Complete" && c.status == "True").then_some(())
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    let list =
+        pods.list(&kube::api::ListParams::default().labels("batch.kubernetes.io/job-name=ranks")).await;
+    for p in list.unwrap().items {
+        let index: usize = p.annotations()["batch.kubernetes.io/job-completion-index"].parse().unwrap();
+        let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        assert_eq!(node, placement.tasks[index].node, "pod {} runs where its index was placed", p.name_any());
+    }
+}

@@ -10,12 +10,13 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use haiyun_api::job::JobPhase;
 use haiyun_api::{ComputeJob, ComputeJobStatus};
+use k8s_openapi::api::batch::v1::Job as BatchJob;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Semaphore;
 
-use crate::backend::kubernetes::pods;
+use crate::backend::kubernetes::{batch, pods};
 use crate::backend::{BackendError, BackendKind, Backends};
 use crate::decision::{Decision, DecisionLog};
 use crate::index::{Outcome, StepKind};
@@ -238,6 +239,7 @@ impl Applier {
                 Ok(())
             }
             Action::WriteStatus(w) => Ok(write::object_status(&self.client, w).await?),
+            Action::Mirror { job } => self.mirror(job).await,
         }
     }
 
@@ -303,6 +305,28 @@ impl Applier {
         Ok(())
     }
 
+    /// Makes the ComputeJob that queues a batch/v1 Job, or says on the Job why it cannot run as one gang.
+    async fn mirror(&self, job: &BatchJob) -> Result<(), ApplyError> {
+        let reference = job.object_ref(&());
+        let (type_, reason, note) = match batch::mirror(job) {
+            Ok(cj) => match write::create_job(&self.client, &cj).await? {
+                true => (
+                    EventType::Normal,
+                    "Queued",
+                    format!("queued in {} as ComputeJob {}", cj.spec.queue, cj.name_any()),
+                ),
+                false => return Ok(()),
+            },
+            Err(why) => (EventType::Warning, "NotAGang", why),
+        };
+        let ev =
+            Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::debug!(error = %e, "failed to publish an event");
+        }
+        Ok(())
+    }
+
     async fn event(&self, job: &ComputeJob, type_: EventType, reason: &str, note: &str) {
         let ev = Event {
             type_,
@@ -329,6 +353,7 @@ fn requests(a: &Action) -> u32 {
         | Action::BindPod { .. }
         | Action::EvictPod { .. }
         | Action::PodWaits { .. }
+        | Action::Mirror { .. }
         | Action::Collect { .. }
         | Action::Release { .. }
         | Action::WriteStatus(_) => 1,

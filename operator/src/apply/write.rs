@@ -100,3 +100,16 @@ where
         .map_err(failed("write the status of", format!("{} {name}", K::kind(&()))))?;
     Ok(())
 }
+
+/// Creates a ComputeJob; `false` when one of its name already exists (made in an earlier cycle).
+pub async fn create_job(client: &Client, job: &ComputeJob) -> Result<bool, WriteError> {
+    let api: Api<ComputeJob> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
+    match api
+        .create(&kube::api::PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, job)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(failed("create", format!("ComputeJob {}", job.name_any()))(e)),
+    }
+}

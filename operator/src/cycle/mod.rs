@@ -100,6 +100,13 @@ pub fn run(input: &Input<'_>, memory: &mut Memory) -> Result<Output, CycleError>
     let mut busy: HashSet<String> = input.busy.clone();
     busy.extend(out.iter().map(Action::uid));
     out.extend(garbage(input, &memory.overlay, &busy));
+    let unmirrored = crate::backend::kubernetes::batch::unmirrored(&objects.batch_jobs, &objects.jobs);
+    out.extend(
+        unmirrored
+            .into_iter()
+            .filter(|j| !busy.contains(&j.uid().unwrap_or_default()))
+            .map(|j| Action::Mirror { job: j.clone() }),
+    );
     let counts = report::job_counts(&world);
     let pools = report::pools(&world, input.now);
     let gauges = gauges(&counts, &pools);
@@ -170,6 +177,7 @@ impl Memory {
             | Action::Collect { .. }
             | Action::Release { .. }
             | Action::Bind { .. }
+            | Action::Mirror { .. }
             | Action::WriteStatus(_) => {
                 if !free {
                     return;

@@ -123,6 +123,7 @@ struct Objects {
     datasets: Vec<Arc<Dataset>>,
     nodes: Vec<Arc<Node>>,
     pods: Vec<Arc<Pod>>,
+    batch_jobs: Vec<Arc<k8s_openapi::api::batch::v1::Job>>,
     fleet: Arc<FleetView>,
     slurm: Arc<SlurmViews>,
 }
@@ -137,6 +138,7 @@ fn cycle(given: &Objects) -> (World, Vec<Action>) {
         datasets: given.datasets.clone(),
         nodes: given.nodes.clone(),
         pods: given.pods.clone(),
+        batch_jobs: given.batch_jobs.clone(),
     };
     let backends = Backends::new(vec![
         Arc::new(KubernetesBackend::offline()) as Arc<dyn PoolBackend>,
@@ -833,4 +835,52 @@ fn an_inference_job_is_never_preempted_and_an_hpc_batch_job_runs_only_in_hpc_poo
     assert!(!actions.iter().any(|a| matches!(a, Action::Evict { .. })), "{actions:?}");
     let why = &status_of(&actions, "sim").pending_reasons[0].message;
     assert!(why.contains("hpc-batch"), "pool a is not of kind hpc: {why}");
+}
+
+#[test]
+fn a_batch_job_is_mirrored_its_failed_pods_are_replaced_in_their_slots_and_it_ends_when_the_job_does() {
+    let batch_job = |name: &str, conditions: serde_json::Value| -> Arc<k8s_openapi::api::batch::v1::Job> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": { "name": name, "namespace": "ns", "uid": format!("job-{name}"),
+                              "labels": { "haiyun.io/queue": "q" } },
+                "spec": { "parallelism": 1, "completions": 1, "completionMode": "Indexed", "template": { "spec": {
+                    "schedulerName": "haiyun", "containers": [{ "name": "c" }] } } },
+                "status": { "conditions": conditions }
+            }))
+            .unwrap(),
+        )
+    };
+    // "fresh" has no ComputeJob yet; "train" has one, running, whose first pod failed and was replaced.
+    let mut mirrored = job("train", "q", 1, 100);
+    mirrored.spec.batch_job = Some("train".into());
+    let (mirrored, _) = running(mirrored, "n0", &[0]);
+    let uid = mirrored.metadata.uid.clone().unwrap();
+    let labels = [("haiyun.io/job-uid", uid.as_str()), ("haiyun.io/run", "0")];
+    let mut failed = (*pod("train-0-a", "n0", Some(&[0]), "haiyun", &labels, false)).clone();
+    failed.status = Some(serde_json::from_value(json!({ "phase": "Failed" })).unwrap());
+    let mut replacement = (*pod("train-0-b", "n0", None, "haiyun", &labels, false)).clone();
+    replacement.spec.as_mut().unwrap().node_name = None;
+    replacement.status = Some(serde_json::from_value(json!({ "phase": "Pending" })).unwrap());
+    let mut objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![mirrored],
+        nodes: vec![node("n0", 8, false)],
+        pods: vec![Arc::new(failed), Arc::new(replacement)],
+        batch_jobs: vec![batch_job("fresh", json!([])), batch_job("train", json!([]))],
+        ..Default::default()
+    };
+    let (_, actions) = cycle(&objects);
+    let unmirrored = crate::backend::kubernetes::batch::unmirrored(&objects.batch_jobs, &objects.jobs);
+    let names: Vec<String> = unmirrored.iter().map(|j| j.name_any()).collect();
+    assert_eq!(names, ["fresh"], "one ComputeJob per Job");
+    assert!(actions.iter().any(|a| matches!(a, Action::Bind { job, .. } if job.name_any() == "train")));
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Status { job, .. } if job.name_any() == "train")),
+        "a failed pod of a Job is its Job controller's to replace: {actions:?}"
+    );
+    objects.batch_jobs[1] = batch_job("train", json!([{ "type": "Complete", "status": "True" }]));
+    let (_, actions) = cycle(&objects);
+    assert_eq!(status_of(&actions, "train").phase, JobPhase::Succeeded, "it ends when its Job completes");
 }

@@ -46,6 +46,8 @@ pub struct Objects {
     pub nodes: Vec<Arc<Node>>,
     /// Pods.
     pub pods: Vec<Arc<Pod>>,
+    /// batch/v1 Jobs that name a queue (those whose pods name Haiyun run as gangs).
+    pub batch_jobs: Vec<Arc<k8s_openapi::api::batch::v1::Job>>,
 }
 
 /// Why a running job was lost: it holds nothing any more and ends as Failed.
@@ -345,7 +347,11 @@ fn plain_pods(
     overlay: &Overlay,
     refs: &job::Refs<'_>,
 ) -> Vec<(Arc<Pod>, Result<haiyun_scheduler::model::Job, JobProblem>, Option<(String, Vec<u32>, Time)>)> {
-    let mut plain: Vec<&Arc<Pod>> = objects.pods.iter().filter(|p| pod::is_plain(p)).collect();
+    // The pods of a batch/v1 Job Haiyun runs as a gang are that gang's, not jobs of their own.
+    let gangs: HashSet<String> =
+        objects.batch_jobs.iter().filter(|j| pod::managed(j)).filter_map(|j| j.uid()).collect();
+    let of_gang = |p: &Pod| p.owner_references().iter().any(|o| o.kind == "Job" && gangs.contains(&o.uid));
+    let mut plain: Vec<&Arc<Pod>> = objects.pods.iter().filter(|p| pod::is_plain(p) && !of_gang(p)).collect();
     plain.sort_by(|a, b| {
         pod::created(a).total_cmp(&pod::created(b)).then_with(|| pod::key(a).cmp(&pod::key(b)))
     });
@@ -379,7 +385,13 @@ impl World {
         let uid = cj.uid().unwrap_or_default();
         let placed = placement_of(&cj, overlay);
         // A pool whose backend records runs itself (Slurm): the run as it records it, and whether it answers.
+        // A mirrored batch/v1 Job: the Job says when the run ended (its pods fail and are replaced meanwhile).
+        let batch_job = cj.spec.batch_job.is_some();
         let recorded = placed.and_then(|(p, _)| {
+            if batch_job {
+                let ended = fed.runs.get(&(uid.clone(), run)).copied()?;
+                return Some((Some(ended), p.tasks.len(), true));
+            }
             let reachable = *fed.run_keepers.get(&p.pool)?;
             Some((fed.runs.get(&(uid.clone(), run)).copied(), p.tasks.len(), reachable))
         });
@@ -387,10 +399,16 @@ impl World {
         // forgets finished jobs after MinJobAge). Running it again could do the work twice: it is lost instead.
         let forgotten = matches!(recorded, Some((None, _, true)))
             && cj.status.as_ref().is_some_and(|s| s.phase == JobPhase::Running);
-        let (pods, times) = match recorded {
+        let (mut pods, times) = match recorded {
             Some((r, n, _)) => (PodCounts::of_run(r.as_ref(), n), r.and_then(|r| r.times)),
             None => (counts.get(&(uid.clone(), run.to_string())).copied().unwrap_or_default(), None),
         };
+        if batch_job && recorded.is_none() {
+            // Its Job controller replaces a failed pod (within the Job's backoffLimit): the replacement takes the slot.
+            pods.total -= pods.failed;
+            pods.bound -= pods.failed.min(pods.bound);
+            pods.failed = 0;
+        }
         // A pod of a running run that the cluster took away (pods a backend records have none).
         let batch = |pool: &str| {
             fed.unavailable.contains_key(pool)
@@ -400,10 +418,11 @@ impl World {
                     .position(|n| n == pool)
                     .is_some_and(|i| fed.scripts.contains(&(i as u32)))
         };
-        let disrupted = placed.filter(|(p, _)| recorded.is_none() && !batch(&p.pool)).and_then(|(p, _)| {
-            let was_running = cj.status.as_ref().is_some_and(|s| s.phase == JobPhase::Running);
-            disruption::of_run(all_pods, &uid, run, p.tasks.len(), was_running, &fed.fenced)
-        });
+        let disrupted =
+            placed.filter(|(p, _)| !batch_job && recorded.is_none() && !batch(&p.pool)).and_then(|(p, _)| {
+                let was_running = cj.status.as_ref().is_some_and(|s| s.phase == JobPhase::Running);
+                disruption::of_run(all_pods, &uid, run, p.tasks.len(), was_running, &fed.fenced)
+            });
         let state = match conv {
             None => JobState::Terminal,
             Some(Err(p)) if placed.is_some() => JobState::Held(p),
@@ -457,7 +476,8 @@ impl World {
             self.by_core.push(Owner::Job(self.jobs.len()));
         }
         // Runs a backend records have no pods to wait for: their dispatch is checked against its listing instead.
-        let bound_here = overlay.bound.contains(&uid) && recorded.is_none();
+        // A batch/v1 Job's pods come from its Job controller, later than our binding step: never wait on it.
+        let bound_here = overlay.bound.contains(&uid) && recorded.is_none() && !batch_job;
         let disrupted = disrupted.filter(|d| !d.confirmed).map(|d| d.why);
         self.jobs.push(Tracked { job: cj, state, pods, bound_here, times, disrupted });
     }

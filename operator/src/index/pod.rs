@@ -156,6 +156,13 @@ pub fn is_plain(pod: &Pod) -> bool {
         && pod.metadata.deletion_timestamp.is_none()
 }
 
+/// Whether Haiyun runs a batch/v1 Job as one gang: its pods name Haiyun and the Job names a queue.
+pub fn managed(job: &k8s_openapi::api::batch::v1::Job) -> bool {
+    job.labels().contains_key(QUEUE_LABEL)
+        && job.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|s| s.scheduler_name.as_deref())
+            == Some(SCHEDULER_NAME)
+}
+
 /// Where a plain pod stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodPlace {

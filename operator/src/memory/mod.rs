@@ -222,6 +222,7 @@ impl MemoryCluster {
             datasets: self.datasets.values().cloned().map(Arc::new).collect(),
             nodes: Vec::new(),
             pods: self.backend.kubelet().pods().cloned().map(Arc::new).collect(),
+            batch_jobs: Vec::new(),
         }
     }
 
@@ -314,10 +315,11 @@ impl MemoryCluster {
                 done(backend.collect(orphan))?;
             }
             Action::WriteStatus(w) => self.write_status(w.clone()),
-            // Simulated pools hold no plain pods, and jobs here have no finalizers.
+            // Simulated pools hold no plain pods or batch/v1 Jobs, and jobs here have no finalizers.
             Action::BindPod { .. }
             | Action::EvictPod { .. }
             | Action::PodWaits { .. }
+            | Action::Mirror { .. }
             | Action::Release { .. } => {}
         }
         Ok(())

@@ -91,6 +91,8 @@ impl Env {
                 let _ = jobs.patch(&j.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await;
             }
         }
+        let batch: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(self.client.clone(), "default");
+        let _ = batch.delete_collection(&DeleteParams::background(), &ListParams::default()).await;
         delete_all::<ComputeJob>(Api::namespaced(self.client.clone(), "default")).await;
         delete_all::<QuotaRequest>(Api::namespaced(self.client.clone(), "default")).await;
         delete_all::<Queue>(Api::all(self.client.clone())).await;

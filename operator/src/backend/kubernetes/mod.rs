@@ -1,6 +1,7 @@
 //! The Kubernetes backend: pools of this cluster's Nodes (a nodeSelector each). A job runs as pods that Haiyun
 //! creates and binds; evicting or collecting a job deletes its pods.
 
+pub mod batch;
 pub mod contract;
 pub mod nodes;
 pub mod pods;
@@ -56,8 +57,17 @@ impl PoolBackend for KubernetesBackend {
         Ok(())
     }
 
+    /// Its nodes, and the runs of mirrored batch/v1 Jobs that have ended (the Job's conditions say how).
     fn contribute(&self, pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, fed: &mut Federation) {
         nodes::contribute(pools, inputs, fed);
+        for cj in &inputs.objects.jobs {
+            let Some(name) = cj.spec.batch_job.as_deref() else { continue };
+            let ns = cj.namespace();
+            let job = inputs.objects.batch_jobs.iter().find(|j| j.name_any() == name && j.namespace() == ns);
+            if let Some(record) = job.and_then(|j| batch::ended_run(j)) {
+                fed.runs.insert((cj.uid().unwrap_or_default(), cj.run()), record);
+            }
+        }
     }
 
     /// Running pods of jobs that hold no placement (gone, ended, or evicted); ended pods stay for their logs.
@@ -78,12 +88,22 @@ impl PoolBackend for KubernetesBackend {
         job: &'a ComputeJob,
         _fresh: bool,
     ) -> BoxFuture<'a, Result<usize, BackendError>> {
-        async move { Ok(pods::ensure_pods(self.client()?, job).await?) }.boxed()
+        async move {
+            let client = self.client()?;
+            match job.spec.batch_job.as_deref() {
+                Some(name) => Ok(batch::ensure(client, job, name).await?),
+                None => Ok(pods::ensure_pods(client, job).await?),
+            }
+        }
+        .boxed()
     }
 
     fn evict<'a>(&'a self, job: &'a ComputeJob) -> BoxFuture<'a, Result<String, BackendError>> {
         async move {
             let ns = job.namespace().unwrap_or_default();
+            if let Some(name) = job.spec.batch_job.as_deref() {
+                batch::suspend(self.client()?, job, name).await?;
+            }
             let n = pods::delete_pods(self.client()?, &ns, &job.uid().unwrap_or_default()).await?;
             Ok(format!("{n} pods deleted"))
         }

@@ -65,12 +65,15 @@ impl PodError {
     }
 }
 
-fn api_err(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> PodError {
+pub(super) fn api_err(
+    action: &'static str,
+    object: impl Into<String>,
+) -> impl FnOnce(kube::Error) -> PodError {
     let object = object.into();
     move |source| PodError::Api { action, object, source }
 }
 
-fn is_status(e: &kube::Error, code: u16) -> bool {
+pub(super) fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
@@ -136,7 +139,7 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Pod
 }
 
 /// Creates the job's headless Service unless it exists.
-async fn ensure_service(client: &Client, job: &ComputeJob) -> Result<(), PodError> {
+pub(super) async fn ensure_service(client: &Client, job: &ComputeJob) -> Result<(), PodError> {
     let services: Api<Service> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
     match services.create(&PostParams::default(), &super::contract::service(job)).await {
         Ok(_) => Ok(()),
@@ -177,7 +180,7 @@ async fn bind(pods: &Api<Pod>, pod: &str, node: &str) -> Result<(), PodError> {
     bind_with(pods, pod, node, None).await
 }
 
-async fn bind_with(
+pub(super) async fn bind_with(
     pods: &Api<Pod>,
     pod: &str,
     node: &str,
