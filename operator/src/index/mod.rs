@@ -409,8 +409,8 @@ impl World {
             pods.bound -= pods.failed.min(pods.bound);
             pods.failed = 0;
         }
-        // A pod of a running run that the cluster took away (pods a backend records have none).
-        let batch = |pool: &str| {
+        // A pod of a running run that the cluster took away (pods a backend records, or cannot show, have none).
+        let unseen = |pool: &str| {
             fed.unavailable.contains_key(pool)
                 || fed
                     .pool_names
@@ -418,8 +418,9 @@ impl World {
                     .position(|n| n == pool)
                     .is_some_and(|i| fed.scripts.contains(&(i as u32)))
         };
-        let disrupted =
-            placed.filter(|(p, _)| !batch_job && recorded.is_none() && !batch(&p.pool)).and_then(|(p, _)| {
+        let disrupted = placed
+            .filter(|(p, _)| !batch_job && recorded.is_none() && !unseen(&p.pool))
+            .and_then(|(p, _)| {
                 let was_running = cj.status.as_ref().is_some_and(|s| s.phase == JobPhase::Running);
                 disruption::of_run(all_pods, &uid, run, p.tasks.len(), was_running, &fed.fenced)
             });

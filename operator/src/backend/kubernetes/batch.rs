@@ -126,21 +126,54 @@ pub async fn ensure(client: &Client, cj: &ComputeJob, name: &str) -> Result<usiz
     }
     let list = pods.list(&ListParams::default().labels(&format!("{JOB_NAME}={name}"))).await;
     let list = list.map_err(api_err("list pods of Job", name))?;
-    let waiting = list.items.iter().filter(|p| {
-        p.spec.as_ref().is_some_and(|s| s.node_name.is_none())
-            && p.metadata.deletion_timestamp.is_none()
-            && p.labels().get(RUN_LABEL) == Some(&run)
-    });
+    let ours: Vec<&Pod> = list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && p.labels().get(RUN_LABEL) == Some(&run))
+        .collect();
+    let nodes: Vec<&str> = placement.tasks.iter().map(|t| t.node.as_str()).collect();
+    let mut slots = Slots::new(&nodes, &ours);
     let mut bound = 0;
-    for p in waiting {
-        let index = p.annotations().get(COMPLETION_INDEX).and_then(|i| i.parse::<usize>().ok());
-        let Some(task) = index.and_then(|i| placement.tasks.get(i)) else { continue };
+    for p in ours.iter().filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none())) {
+        let Some(task) = slots.take(p).and_then(|i| placement.tasks.get(i)) else { continue };
         let gpus: Vec<String> = task.gpus.iter().map(u32::to_string).collect();
         let annotations = [(GPUS_ANNOTATION.to_string(), gpus.join(","))].into_iter().collect();
         bind_with(&pods, &p.name_any(), &task.node, Some(annotations)).await?;
         bound += 1;
     }
     Ok(bound)
+}
+
+/// The placed tasks a Job's pods take: an Indexed Job's pod takes its completion index; a plain Job's pod the first
+/// task no live pod holds (a replacement takes the slot of the pod it replaces).
+struct Slots {
+    free: Vec<bool>,
+}
+
+fn live(p: &Pod) -> bool {
+    !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+impl Slots {
+    fn new(nodes: &[&str], pods: &[&Pod]) -> Self {
+        let mut free = vec![true; nodes.len()];
+        for p in pods.iter().filter(|p| live(p) && p.annotations().get(COMPLETION_INDEX).is_none()) {
+            let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else { continue };
+            if let Some(i) = (0..nodes.len()).find(|i| free[*i] && nodes[*i] == node) {
+                free[i] = false;
+            }
+        }
+        Slots { free }
+    }
+
+    fn take(&mut self, p: &Pod) -> Option<usize> {
+        if let Some(i) = p.annotations().get(COMPLETION_INDEX) {
+            return i.parse().ok();
+        }
+        let i = self.free.iter().position(|f| *f)?;
+        self.free[i] = false;
+        Some(i)
+    }
 }
 
 /// Stops the Job's pods (a preemption): suspends it, so its Job controller deletes them and makes none until it is
@@ -200,6 +233,26 @@ mod tests {
         let mut other = job(2, None);
         other.spec.as_mut().expect("spec").template.spec.as_mut().expect("pod").scheduler_name = None;
         assert!(!managed(&other), "pods for kube-scheduler are not ours");
+    }
+
+    fn pod(name: &str, node: Option<&str>, index: Option<&str>, phase: &str) -> Pod {
+        let annotations = index.map(|i| json!({ COMPLETION_INDEX: i })).unwrap_or(json!({}));
+        serde_json::from_value(json!({ "metadata": { "name": name, "annotations": annotations },
+            "spec": { "nodeName": node, "containers": [] }, "status": { "phase": phase } }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn a_pod_takes_its_index_or_else_the_first_slot_no_live_pod_holds() {
+        let nodes = ["a", "b", "b"];
+        let failed = pod("x", Some("a"), None, "Failed");
+        let running = pod("y", Some("b"), None, "Running");
+        let mut slots = Slots::new(&nodes, &[&failed, &running]);
+        let replacement = pod("z", None, None, "Pending");
+        assert_eq!(slots.take(&replacement), Some(0), "the failed pod's slot on a");
+        assert_eq!(slots.take(&replacement), Some(2), "the second slot on b");
+        assert_eq!(slots.take(&replacement), None);
+        assert_eq!(slots.take(&pod("i", None, Some("1"), "Pending")), Some(1), "an index is its own slot");
     }
 
     #[test]

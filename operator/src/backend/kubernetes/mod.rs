@@ -60,12 +60,19 @@ impl PoolBackend for KubernetesBackend {
     /// Its nodes, and the runs of mirrored batch/v1 Jobs that have ended (the Job's conditions say how).
     fn contribute(&self, pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, fed: &mut Federation) {
         nodes::contribute(pools, inputs, fed);
+        let ended: std::collections::HashMap<(Option<String>, String), _> = inputs
+            .objects
+            .batch_jobs
+            .iter()
+            .filter_map(|j| Some(((j.namespace(), j.name_any()), batch::ended_run(j)?)))
+            .collect();
+        if ended.is_empty() {
+            return;
+        }
         for cj in &inputs.objects.jobs {
-            let Some(name) = cj.spec.batch_job.as_deref() else { continue };
-            let ns = cj.namespace();
-            let job = inputs.objects.batch_jobs.iter().find(|j| j.name_any() == name && j.namespace() == ns);
-            if let Some(record) = job.and_then(|j| batch::ended_run(j)) {
-                fed.runs.insert((cj.uid().unwrap_or_default(), cj.run()), record);
+            let Some(name) = cj.spec.batch_job.clone() else { continue };
+            if let Some(record) = ended.get(&(cj.namespace(), name)) {
+                fed.runs.insert((cj.uid().unwrap_or_default(), cj.run()), *record);
             }
         }
     }
