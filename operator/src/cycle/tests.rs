@@ -724,6 +724,17 @@ fn a_job_repeating_an_older_jobs_idempotency_key_is_a_duplicate_and_does_not_run
     assert!(why.contains("job first") && why.contains("duplicate"), "{why}");
 }
 
+/// The jobs evicted as lost, with why.
+fn lost_jobs(actions: &[Action]) -> BTreeMap<String, String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Evict { job, lost: Some(why), .. } => Some((job.name_any(), why.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn a_job_on_a_fenced_or_deleted_node_is_evicted_to_run_again_and_one_on_a_not_ready_node_keeps_its_place() {
     let (a, a_pod) = running(job("a", "q", 4, 100), "gone", &[0, 1, 2, 3]);
@@ -748,13 +759,7 @@ fn a_job_on_a_fenced_or_deleted_node_is_evicted_to_run_again_and_one_on_a_not_re
         ..Default::default()
     };
     let (world, actions) = cycle(&objects);
-    let lost: BTreeMap<String, String> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Evict { job, lost: Some(why), .. } => Some((job.name_any(), why.clone())),
-            _ => None,
-        })
-        .collect();
+    let lost = lost_jobs(&actions);
     assert_eq!(lost.keys().cloned().collect::<Vec<_>>(), vec!["a", "b"]);
     assert!(lost["a"].contains("node gone was deleted"), "{lost:?}");
     assert!(lost["b"].contains("out-of-service"), "{lost:?}");
@@ -790,13 +795,7 @@ fn a_running_job_that_lost_a_pod_runs_again_once_the_pod_is_confirmed_gone_and_w
         ..Default::default()
     };
     let (world, actions) = cycle(&objects);
-    let lost: BTreeMap<String, String> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Evict { job, lost: Some(why), .. } => Some((job.name_any(), why.clone())),
-            _ => None,
-        })
-        .collect();
+    let lost = lost_jobs(&actions);
     assert_eq!(lost.keys().cloned().collect::<Vec<_>>(), vec!["stopped", "vanished"]);
     assert!(lost["stopped"].contains("DeletionByTaintManager"), "{lost:?}");
     assert!(lost["vanished"].contains("1 of its 1 pods are gone"), "{lost:?}");
