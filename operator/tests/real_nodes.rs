@@ -288,6 +288,20 @@ async fn install_batch_policy(env: &Env) {
         let name = obj.metadata.name.clone().unwrap();
         api.patch(&name, &pp, &kube::api::Patch::Apply(&obj)).await.unwrap();
     }
+    // The API server takes a new policy in a moment later: probe with a dry-run Job until it suspends one.
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client.clone(), "default");
+    let probe: k8s_openapi::api::batch::v1::Job = serde_json::from_value(json!({
+        "metadata": { "name": "policy-probe", "labels": { "haiyun.io/queue": "none" } },
+        "spec": { "template": { "spec": { "schedulerName": "haiyun", "restartPolicy": "Never",
+            "containers": [{ "name": "c", "image": "x" }] } } }
+    }))
+    .unwrap();
+    let dry = kube::api::PostParams { dry_run: true, ..Default::default() };
+    wait_for("the batch-job admission policy to take effect", LONG, || async {
+        let made = jobs.create(&dry, &probe).await.ok()?;
+        made.spec?.suspend.filter(|s| *s).map(|_| ())
+    })
+    .await;
 }
 
 /// Every rank sends its rank to rank 0 at MASTER_ADDR:MASTER_PORT, which checks their sum: the environment and DNS
