@@ -18,7 +18,7 @@ pub enum JobKind {
     Analytics,
     /// A supercomputing batch run: without `poolKinds`, only pools of kind hpc or pools that run batch scripts.
     HpcBatch,
-    /// Serving: never preempted, whatever `preemptible` says.
+    /// Serving: never preempted, whatever `preemptible` says, unless its queue sets `preemptInference`.
     Inference,
 }
 

@@ -84,6 +84,9 @@ pub struct QueueSpec {
     /// Namespaces whose jobs may use it (empty: all).
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// Whether its `kind: inference` jobs may be preempted like any other (default false: serving is never evicted).
+    #[serde(default)]
+    pub preempt_inference: bool,
 }
 
 fn one() -> f64 {

@@ -814,7 +814,7 @@ fn a_running_job_that_lost_a_pod_runs_again_once_the_pod_is_confirmed_gone_and_w
 }
 
 #[test]
-fn an_inference_job_is_never_preempted_and_an_hpc_batch_job_runs_only_in_hpc_pools() {
+fn an_inference_job_is_preempted_only_where_its_queue_allows_and_an_hpc_batch_job_runs_only_in_hpc_pools() {
     let mut serve = job("serve", "q", 8, 100);
     serve.spec.kind = haiyun_api::job::JobKind::Inference;
     let (serve, serve_pod) = running(serve, "n0", &[0, 1, 2, 3, 4, 5, 6, 7]);
@@ -822,7 +822,7 @@ fn an_inference_job_is_never_preempted_and_an_hpc_batch_job_runs_only_in_hpc_poo
     urgent.spec.priority = Some(100);
     let mut sim = job("sim", "q", 1, 5);
     sim.spec.kind = haiyun_api::job::JobKind::HpcBatch;
-    let objects = Objects {
+    let mut objects = Objects {
         pools: vec![pool()],
         queues: vec![queue("q")],
         jobs: vec![serve, Arc::new(urgent), Arc::new(sim)],
@@ -834,6 +834,12 @@ fn an_inference_job_is_never_preempted_and_an_hpc_batch_job_runs_only_in_hpc_poo
     assert!(!actions.iter().any(|a| matches!(a, Action::Evict { .. })), "{actions:?}");
     let why = &status_of(&actions, "sim").pending_reasons[0].message;
     assert!(why.contains("hpc-batch"), "pool a is not of kind hpc: {why}");
+    // Unless its queue says so.
+    let mut q = (*queue("q")).clone();
+    q.spec.preempt_inference = true;
+    objects.queues = vec![Arc::new(q)];
+    let (_, actions) = cycle(&objects);
+    assert!(actions.iter().any(|a| matches!(a, Action::Evict { job, .. } if job.name_any() == "serve")));
 }
 
 #[test]

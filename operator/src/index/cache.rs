@@ -28,6 +28,7 @@ struct RefsKey {
     pools: Vec<(String, String, String)>,
     scripts: BTreeSet<PoolId>,
     time_limits: BTreeMap<PoolId, u32>,
+    preempt_inference: BTreeSet<String>,
 }
 
 /// The index's conversions, kept between cycles.
@@ -141,5 +142,6 @@ fn refs_key(refs: &Refs<'_>, cluster: &Cluster) -> RefsKey {
             .collect(),
         scripts: refs.scripts.clone(),
         time_limits: refs.time_limits.clone(),
+        preempt_inference: refs.preempt_inference.clone(),
     }
 }

@@ -97,6 +97,8 @@ pub struct Refs<'a> {
     pub scripts: &'a std::collections::BTreeSet<PoolId>,
     /// The longest time limit per pool, minutes, where one is set.
     pub time_limits: &'a BTreeMap<PoolId, u32>,
+    /// Queues whose inference jobs may be preempted.
+    pub preempt_inference: &'a std::collections::BTreeSet<String>,
 }
 
 impl Refs<'_> {
@@ -193,8 +195,9 @@ pub fn core_job(cj: &ComputeJob, refs: &Refs<'_>, cluster: &mut Cluster) -> Resu
         work: Work { total: runtime.max(1.0), throughput, default: 1.0 },
         datasets,
         pools,
-        // Serving is never evicted for other work.
-        preemptible: s.preemptible && s.kind != JobKind::Inference,
+        // Serving is never evicted for other work, unless its queue says so.
+        preemptible: s.preemptible
+            && (s.kind != JobKind::Inference || refs.preempt_inference.contains(&s.queue)),
         checkpoint_s: s.checkpoint_seconds.map(f64::from),
     })
 }

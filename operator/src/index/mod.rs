@@ -251,6 +251,8 @@ fn assemble(
         objects.queues.iter().map(|q| (q.name_any(), q.spec.namespaces.clone())).collect();
     let (datasets, dataset_ids) = datasets(objects, &fed);
     let mut cluster = fed.cluster.clone();
+    let preempt_inference: BTreeSet<String> =
+        objects.queues.iter().filter(|q| q.spec.preempt_inference).map(|q| q.name_any()).collect();
     let refs = job::Refs {
         queues: &book.ids,
         invalid_queues: &book.invalid,
@@ -258,6 +260,7 @@ fn assemble(
         datasets: &dataset_ids,
         scripts: &fed.scripts,
         time_limits: &fed.time_limits,
+        preempt_inference: &preempt_inference,
     };
     let mut sorted_jobs: Vec<&Arc<ComputeJob>> = objects.jobs.iter().collect();
     sorted_jobs.sort_by(|a, b| {
@@ -303,6 +306,7 @@ fn assemble(
         datasets: &dataset_ids,
         scripts: &BTreeSet::new(),
         time_limits: &BTreeMap::new(),
+        preempt_inference: &BTreeSet::new(),
     };
     let plain = plain_pods(objects, overlay, &refs);
     for (p, core, place) in plain {
