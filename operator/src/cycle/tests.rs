@@ -273,6 +273,7 @@ fn agent_view(unhealthy: &[u32], stale: bool) -> crate::fleet::NodeView {
                     reason: if bad { "XID 79".into() } else { String::new() },
                     uuid: String::new(),
                     utilization: None,
+                    nvlink_peers: Vec::new(),
                 },
             )
         })
@@ -888,4 +889,64 @@ fn a_batch_job_is_mirrored_its_failed_pods_are_replaced_in_their_slots_and_it_en
     objects.batch_jobs[1] = batch_job("train", json!([{ "type": "Complete", "status": "True" }]));
     let (_, actions) = cycle(&objects);
     assert_eq!(status_of(&actions, "train").phase, JobPhase::Succeeded, "it ends when its Job completes");
+}
+
+#[test]
+fn nvlink_domains_come_from_the_agents_links_and_a_label_overrides_them() {
+    use crate::fleet::{GpuState, GpuView};
+    // Four GPUs in two NVLink pairs, {0, 1} and {2, 3}, as the agent's inventory reports them.
+    let paired = || {
+        let gpus = (0..4u32)
+            .map(|i| {
+                let peer = if i % 2 == 0 { i + 1 } else { i - 1 };
+                let v = GpuView {
+                    state: GpuState::Healthy,
+                    reason: String::new(),
+                    uuid: format!("GPU-{i}"),
+                    utilization: None,
+                    nvlink_peers: vec![peer],
+                };
+                (i, v)
+            })
+            .collect();
+        crate::fleet::NodeView {
+            stale: false,
+            silent_seconds: 0.0,
+            gpus,
+            last_gap_seconds: 0.0,
+            lost: 0,
+            replayed: 0,
+        }
+    };
+    let (a, a_pod) = running(job("a", "q", 1, 100), "n0", &[0]);
+    let (b, b_pod) = running(job("b", "q", 1, 90), "n0", &[2]);
+    let mut linked = job("linked", "q", 2, 10);
+    linked.spec.topology = haiyun_api::job::Topology::NvlinkDomain;
+    let mut objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![a, b, Arc::new(linked)],
+        nodes: vec![node("n0", 4, false)],
+        pods: vec![a_pod, b_pod],
+        fleet: Arc::new([("n0".to_string(), paired())].into_iter().collect()),
+        ..Default::default()
+    };
+    let (world, actions) = cycle(&objects);
+    let domains: Vec<u32> =
+        world.scheduler.snapshot().cluster().nodes[0].gpus.iter().map(|g| g.nvlink_domain).collect();
+    assert_eq!(
+        (domains[0] == domains[1], domains[1] == domains[2], domains[2] == domains[3]),
+        (true, false, true)
+    );
+    assert!(admitted(&actions).is_empty(), "GPUs 1 and 3 are free but not linked: {actions:?}");
+    // An administrator's label puts the whole node in one domain (e.g. an NVSwitch the probe does not see).
+    let mut labelled = (*node("n0", 4, false)).clone();
+    labelled
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("haiyun.io/nvlink-domain".into(), "nvs".into());
+    objects.nodes = vec![Arc::new(labelled)];
+    let (_, actions) = cycle(&objects);
+    assert_eq!(admitted(&actions), ["linked"]);
 }

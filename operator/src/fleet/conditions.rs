@@ -134,6 +134,7 @@ mod tests {
             reason: reason.into(),
             uuid: "GPU-x".into(),
             utilization: None,
+            nvlink_peers: Vec::new(),
         };
         let mut v = NodeView {
             stale: false,

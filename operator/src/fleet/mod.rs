@@ -35,6 +35,8 @@ pub struct GpuView {
     pub uuid: String,
     /// Utilisation in the last sample, percent.
     pub utilization: Option<u32>,
+    /// The GPUs of its node it has an NVLink to, by index, as the inventory reported them.
+    pub nvlink_peers: Vec<u32>,
 }
 
 /// What the scheduler and the node conditions need of one node.
@@ -71,6 +73,7 @@ struct Entry {
     /// When the current stream opened, Unix ms: samples taken before it are replays.
     opened_unix_ms: i64,
     uuids: BTreeMap<u32, String>,
+    peers: BTreeMap<u32, Vec<u32>>,
     health: BTreeMap<u32, (GpuState, String)>,
     utilization: BTreeMap<u32, u32>,
     samples: u64,
@@ -123,6 +126,7 @@ impl Fleet {
             connected: true,
             opened_unix_ms: now_unix_ms,
             uuids: BTreeMap::new(),
+            peers: BTreeMap::new(),
             health: BTreeMap::new(),
             utilization: BTreeMap::new(),
             samples: 0,
@@ -155,6 +159,7 @@ impl Fleet {
         let mut nodes = self.lock();
         if let Some(e) = nodes.get_mut(node).filter(|e| e.stream == stream) {
             e.uuids = inv.gpus.iter().map(|g| (g.index, g.uuid.clone())).collect();
+            e.peers = inv.gpus.iter().map(|g| (g.index, g.nvlink_peers.clone())).collect();
         }
     }
 
@@ -208,7 +213,17 @@ impl Fleet {
                     .map(|(i, (state, reason))| {
                         let uuid = e.uuids.get(i).cloned().unwrap_or_default();
                         let utilization = e.utilization.get(i).copied();
-                        (*i, GpuView { state: *state, reason: reason.clone(), uuid, utilization })
+                        let nvlink_peers = e.peers.get(i).cloned().unwrap_or_default();
+                        (
+                            *i,
+                            GpuView {
+                                state: *state,
+                                reason: reason.clone(),
+                                uuid,
+                                utilization,
+                                nvlink_peers,
+                            },
+                        )
                     })
                     .collect();
                 let v = NodeView {

@@ -49,6 +49,30 @@ fn usable(node: &Node) -> bool {
     ready && !cordoned
 }
 
+/// The NVLink groups of a node's `count` GPUs as its agent's inventory links them: for each GPU, the lowest index
+/// of the GPUs it is linked to, directly or not. `None` when the agent reported no inventory for them.
+fn linked(agent: &crate::fleet::NodeView, count: u32) -> Option<Vec<u32>> {
+    if count == 0 || (0..count).any(|j| agent.gpus.get(&j).is_none_or(|g| g.uuid.is_empty())) {
+        return None;
+    }
+    let mut root: Vec<u32> = (0..count).collect();
+    fn find(root: &mut [u32], i: u32) -> u32 {
+        let mut r = i;
+        while root[r as usize] != r {
+            r = root[r as usize];
+        }
+        root[i as usize] = r;
+        r
+    }
+    for (j, g) in &agent.gpus {
+        for p in g.nvlink_peers.iter().filter(|p| **p < count && *j < count) {
+            let (a, b) = (find(&mut root, *j), find(&mut root, *p));
+            root[a.max(b) as usize] = a.min(b);
+        }
+    }
+    Some((0..count).map(|j| find(&mut root, j)).collect())
+}
+
 fn allocatable(node: &Node, key: &str) -> Option<String> {
     node.status.as_ref()?.allocatable.as_ref()?.get(key).map(|q| q.0.clone())
 }
@@ -153,22 +177,31 @@ pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut
         };
         let memory_mib =
             labels.get(GFD_MEMORY_LABEL).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_GPU_MEMORY_MIB);
-        let next = domains.len() as u32;
-        let domain = *domains
-            .entry(labels.get(NVLINK_LABEL).cloned().unwrap_or_else(|| format!("node:{name}")))
-            .or_insert(next);
+        let agent = inputs.fleet.get(&name);
+        // A label names the domain (e.g. an NVL72 rack); else the agent's NVLink links; else the whole node.
+        let keys: Vec<String> = match (labels.get(NVLINK_LABEL), agent.and_then(|a| linked(a, count))) {
+            (Some(l), _) => vec![l.clone(); count as usize],
+            (None, Some(roots)) => roots.iter().map(|r| format!("node:{name}:{r}")).collect(),
+            (None, None) => vec![format!("node:{name}"); count as usize],
+        };
+        let domain_of: Vec<u32> = keys
+            .into_iter()
+            .map(|k| {
+                let next = domains.len() as u32;
+                *domains.entry(k).or_insert(next)
+            })
+            .collect();
         let next = racks.len() as u32;
         let rack = *racks
             .entry(labels.get(RACK_LABEL).cloned().unwrap_or_else(|| format!("node:{name}")))
             .or_insert(next);
         let taken = taken(count, ours_mask, used.mask, used.gpus);
-        let agent = inputs.fleet.get(&name);
         let gpus = match model {
             Some(model) => (0..count)
                 .map(|j| {
                     let health =
                         if open && taken & (1 << j) == 0 { reported(agent, j) } else { Health::Unknown };
-                    Gpu { model, memory_mib, nvlink_domain: domain, health }
+                    Gpu { model, memory_mib, nvlink_domain: domain_of[j as usize], health }
                 })
                 .collect(),
             None => Vec::new(),
