@@ -4,24 +4,39 @@ use std::fmt::Write;
 
 use crate::probe::{GpuInfo, GpuSample};
 
-/// One gauge: DCGM name, help, and how to read it from a sample (None: not exported for that GPU).
-type Field = (&'static str, &'static str, fn(&GpuInfo, &GpuSample, Option<u32>) -> Option<f64>);
+/// One field: DCGM name, help, Prometheus type, and how to read it from a sample (None: not exported for that GPU).
+type Field = (&'static str, &'static str, &'static str, fn(&GpuInfo, &GpuSample, Option<u32>) -> Option<f64>);
 
-const FIELDS: [Field; 8] = [
-    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", |_, s, _| s.utilization_gpu_pct.map(f64::from)),
-    ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", |_, s, _| {
+const FIELDS: [Field; 9] = [
+    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", "gauge", |_, s, _| {
+        s.utilization_gpu_pct.map(f64::from)
+    }),
+    ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", "gauge", |_, s, _| {
         s.memory_used_bytes.map(|b| (b >> 20) as f64)
     }),
-    ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", |g, s, _| {
+    ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", "gauge", |g, s, _| {
         s.memory_used_bytes.map(|b| (g.memory_total_bytes.saturating_sub(b) >> 20) as f64)
     }),
-    ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", |_, s, _| s.temperature_c.map(f64::from)),
-    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", |_, s, _| s.power_mw.map(|p| f64::from(p) / 1000.0)),
-    ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", |_, s, _| s.sm_clock_mhz.map(f64::from)),
-    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "Total number of double-bit volatile ECC errors.", |_, s, _| {
-        s.ecc_double_bit.map(|e| e as f64)
+    ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", "gauge", |_, s, _| s.temperature_c.map(f64::from)),
+    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", "gauge", |_, s, _| {
+        s.power_mw.map(|p| f64::from(p) / 1000.0)
     }),
-    ("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered.", |_, _, x| {
+    (
+        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+        "Total energy consumption since boot (in mJ).",
+        "counter",
+        |_, s, _| s.energy_mj.map(|e| e as f64),
+    ),
+    ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", "gauge", |_, s, _| {
+        s.sm_clock_mhz.map(f64::from)
+    }),
+    (
+        "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+        "Total number of double-bit volatile ECC errors.",
+        "gauge",
+        |_, s, _| s.ecc_double_bit.map(|e| e as f64),
+    ),
+    ("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered.", "gauge", |_, _, x| {
         Some(f64::from(x.unwrap_or(0)))
     }),
 ];
@@ -38,8 +53,8 @@ pub fn render(
     last_xid: &dyn Fn(u32) -> Option<u32>,
 ) -> String {
     let mut out = String::new();
-    for (name, help, read) in FIELDS {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (name, help, kind, read) in FIELDS {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for g in inventory {
             let Some(s) = samples.iter().find(|s| s.index == g.index) else { continue };
             let Some(v) = read(g, s, last_xid(g.index)) else { continue };
@@ -82,5 +97,14 @@ mod tests {
         };
         let (used, free) = (value("DCGM_FI_DEV_FB_USED{gpu=\"0\""), value("DCGM_FI_DEV_FB_FREE{gpu=\"0\""));
         assert!((used + free - 81920.0).abs() <= 1.0, "used + free = 80 GiB in MiB: {used} + {free}");
+        assert!(text.contains("# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter"));
+        let first = value("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{gpu=\"0\"");
+        let again = render("node-a", &inv, &p.sample().unwrap(), &|_| None);
+        let second: f64 = again
+            .lines()
+            .find(|l| l.starts_with("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{gpu=\"0\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap();
+        assert!(first > 0.0 && second > first, "the energy counter only grows: {first} then {second}");
     }
 }

@@ -48,6 +48,7 @@ pub fn sample(r: &Round, seq: u64, taken_unix_ms: i64) -> pb::Sample {
                 reading.utilization_gpu_pct = s.utilization_gpu_pct;
                 reading.temperature_c = s.temperature_c;
                 reading.power_mw = s.power_mw;
+                reading.energy_mj = s.energy_mj;
                 reading.sm_clock_mhz = s.sm_clock_mhz;
                 reading.ecc_double_bit = s.ecc_double_bit;
                 reading.remap_failed = s.remap_failed;

@@ -29,6 +29,8 @@ struct FakeGpu {
     ecc: u64,
     remap_failed: bool,
     temperature: bool,
+    /// Energy so far, millijoules: each sample adds a second at its power.
+    energy_mj: u64,
 }
 
 /// A fake machine.
@@ -60,6 +62,7 @@ fn gpu(index: u32, name: &str, gib: u64, peers: Vec<u32>) -> FakeGpu {
         ecc: 0,
         remap_failed: false,
         temperature: true,
+        energy_mj: 0,
     }
 }
 
@@ -134,18 +137,21 @@ impl GpuProbe for FakeProbe {
         self.temperature_errors += self.gpus.iter().filter(|g| g.present && !g.temperature).count() as u64;
         Ok(self
             .gpus
-            .iter()
+            .iter_mut()
             .filter(|g| g.present)
             .map(|g| {
                 // A deterministic, gently moving load so dashboards show change.
                 let phase = (t + u64::from(g.info.index) * 7) % 100;
                 let util = (40 + (phase * 53) % 60) as u32;
+                let power_mw = tdp_mw(g.info.memory_total_bytes) / 100 * util;
+                g.energy_mj += u64::from(power_mw);
                 GpuSample {
                     index: g.info.index,
                     memory_used_bytes: Some(g.info.memory_total_bytes / 100 * u64::from(util)),
                     utilization_gpu_pct: Some(util),
                     temperature_c: g.temperature.then_some(35 + util / 3),
-                    power_mw: Some(tdp_mw(g.info.memory_total_bytes) / 100 * util),
+                    power_mw: Some(power_mw),
+                    energy_mj: Some(g.energy_mj),
                     sm_clock_mhz: Some(1_410 + util),
                     ecc_double_bit: Some(g.ecc),
                     remap_failed: Some(g.remap_failed),

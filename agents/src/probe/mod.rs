@@ -42,6 +42,8 @@ pub struct GpuSample {
     pub temperature_c: Option<u32>,
     /// Power draw, milliwatts.
     pub power_mw: Option<u32>,
+    /// Energy used since the driver loaded, millijoules (a counter).
+    pub energy_mj: Option<u64>,
     /// SM clock, MHz.
     pub sm_clock_mhz: Option<u32>,
     /// Volatile double-bit ECC errors since boot.

@@ -184,6 +184,7 @@ impl GpuProbe for NvmlProbe {
                 d.field_values_for(&[FieldId(NVML_FI_DEV_REMAPPED_FAILURE)]),
                 d.current_throttle_reasons().map(|r| r.bits()),
             );
+            let energy = d.total_energy_consumption();
             let index = self.gpus[i].info.index;
             let s = GpuSample {
                 index,
@@ -191,6 +192,7 @@ impl GpuProbe for NvmlProbe {
                 utilization_gpu_pct: self.field(i, "utilization", util).map(|u| u.gpu),
                 temperature_c: self.field(i, "temperature", temp),
                 power_mw: self.field(i, "power", power),
+                energy_mj: self.field(i, "energy", energy),
                 sm_clock_mhz: self.field(i, "sm_clock", clock),
                 ecc_double_bit: self.field(i, "ecc", ecc),
                 remap_failed: self.field(i, "row_remap", remap).and_then(remap_failed),
