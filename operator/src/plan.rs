@@ -160,6 +160,15 @@ pub fn plan(
     };
     let cycle = world.scheduler.cycle(now)?;
     let preempted: std::collections::HashSet<JobId> = cycle.preempted.iter().copied().collect();
+    // A cycle that evicts a lost job starts and preempts nothing: the lost job's pods on live nodes still hold their
+    // GPUs until the next cycle, which counts them as terminating, while the core here already saw them free.
+    let losing = world.jobs.iter().any(|t| {
+        matches!(t.state, JobState::NodeLost(_))
+            && t.job
+                .status
+                .as_ref()
+                .is_some_and(|s| matches!(s.phase, JobPhase::Admitted | JobPhase::Running))
+    });
     let mut out = Vec::new();
     for t in &world.jobs {
         let old = t.job.status.clone().unwrap_or_default();
@@ -246,6 +255,7 @@ pub fn plan(
                 let s = &world.scheduler;
                 match s.status(*id).map(|x| x.phase) {
                     Some(Phase::Running) if t.job.metadata.deletion_timestamp.is_some() => {} // going away
+                    Some(Phase::Running) if losing => {} // the next cycle decides again
                     Some(Phase::Running) => {
                         let placement = api_placement(s, *id, &t.job);
                         let backend = kind(&t.job, Some(&placement));
@@ -257,14 +267,16 @@ pub fn plan(
             JobState::Placed(id) => {
                 let backend = kind(&t.job, None);
                 if preempted.contains(id) {
-                    out.push(Action::Evict { job: t.job.clone(), backend, lost: None });
+                    if !losing {
+                        out.push(Action::Evict { job: t.job.clone(), backend, lost: None });
+                    }
                     continue;
                 }
                 placed(&mut out, t, &old, backend, now);
             }
         }
     }
-    for t in &world.pods {
+    for t in world.pods.iter().filter(|_| !losing) {
         pod_actions(&mut out, t, &world.scheduler, &preempted);
     }
     Ok(out)

@@ -787,10 +787,11 @@ fn a_running_job_that_lost_a_pod_runs_again_once_the_pod_is_confirmed_gone_and_w
     let (waits, waits_pod) = running(job("waits", "q", 2, 100), "n0", &[0, 1]);
     let (stopped, stopped_pod) = running(job("stopped", "q", 2, 90), "n0", &[2, 3]);
     let (vanished, _) = running(job("vanished", "q", 2, 80), "n0", &[4, 5]);
+    let next = Arc::new(job("next", "q", 4, 10));
     let objects = Objects {
         pools: vec![pool()],
         queues: vec![queue("q")],
-        jobs: vec![waits, stopped, vanished],
+        jobs: vec![waits, stopped, vanished, next],
         nodes: vec![node("n0", 8, false)],
         pods: vec![evicted(&waits_pod, "Running"), evicted(&stopped_pod, "Failed")],
         ..Default::default()
@@ -811,6 +812,7 @@ fn a_running_job_that_lost_a_pod_runs_again_once_the_pod_is_confirmed_gone_and_w
         })
     };
     assert!(!touched("waits"), "no pod re-made, no eviction, no restart counted while it may still run");
+    assert!(admitted(&actions).is_empty(), "the lost jobs' pods still hold GPUs 2-5 this cycle: {actions:?}");
     assert!(!actions.iter().any(|a| matches!(a, Action::Status { status, .. } if status.restarts > 0)));
 }
 
