@@ -41,12 +41,18 @@ pub fn preempted(job: &ComputeJob, now: Time) -> ComputeJobStatus {
     st
 }
 
-/// The status of a job whose run lost a node for good at `now` (`why`): it waits again as a new run, like a
-/// preempted one; node loss does not count against `spec.maxRestarts`.
+/// The reason of a loss of hardware under a job: `GPUFailed` for a failed GPU, else `NodeLost`.
+pub fn loss_reason(why: &str) -> &'static str {
+    if why.starts_with("GPU ") { "GPUFailed" } else { "NodeLost" }
+}
+
+/// The status of a job whose run lost a node or a GPU at `now` (`why`): it waits again as a new run, like a
+/// preempted one; such a loss does not count against `spec.maxRestarts`.
+
 pub fn node_lost(job: &ComputeJob, why: &str, now: Time) -> ComputeJobStatus {
     let mut st = preempted(job, now);
     st.last_failure = Some(haiyun_api::job::Failure {
-        reason: "NodeLost".into(),
+        reason: loss_reason(why).into(),
         message: why.to_string(),
         time: rfc3339(now),
         ..Default::default()

@@ -212,7 +212,9 @@ impl Applier {
                 write::job_status(&self.client, job, &st).await?;
                 let done = backend(*kind)?.evict(job).await?;
                 let (reason, note) = match lost {
-                    Some(why) => ("NodeLost", format!("{why}; {done}; it is placed again")),
+                    Some(why) => {
+                        (crate::status::loss_reason(why), format!("{why}; {done}; it is placed again"))
+                    }
                     None => ("Preempted", format!("preempted; {done}; it waits again")),
                 };
                 self.event(job, EventType::Warning, reason, &note).await;

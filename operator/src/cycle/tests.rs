@@ -282,7 +282,7 @@ fn agent_view(unhealthy: &[u32], stale: bool) -> crate::fleet::NodeView {
 }
 
 #[test]
-fn gpus_follow_their_agent_a_failed_gpu_takes_no_work_and_the_job_on_it_keeps_its_place() {
+fn gpus_follow_their_agent_a_failed_gpu_takes_no_work_and_the_job_on_it_runs_again_uncounted() {
     let (a, a_pod) = running(job("a", "q", 2, 100), "n0", &[0, 1]);
     let b = Arc::new(job("b", "q", 8, 10));
     let c = Arc::new(job("c", "q", 6, 5));
@@ -297,13 +297,25 @@ fn gpus_follow_their_agent_a_failed_gpu_takes_no_work_and_the_job_on_it_keeps_it
         ..Default::default()
     };
     let (world, actions) = cycle(&objects);
-    assert!(matches!(world.jobs[0].state, JobState::Placed(_)), "the job on the failed GPU stays");
+    let JobState::NodeLost(why) = &world.jobs[0].state else { panic!("{:?}", world.jobs[0].state) };
+    assert_eq!(why, "GPU 1 on node n0 failed (XID 79)");
+    assert_eq!(crate::status::loss_reason(why), "GPUFailed");
+    assert_eq!(
+        lost_jobs(&actions).keys().cloned().collect::<Vec<_>>(),
+        ["a"],
+        "evicted to run again elsewhere"
+    );
     let nodes = &world.scheduler.snapshot().cluster().nodes;
     assert_eq!(nodes[0].gpus[5].health, Health::Unhealthy);
     assert_eq!(nodes[0].gpus[2].health, Health::Healthy);
     assert!(nodes[1].gpus.iter().all(|g| g.health == Health::Unknown), "a stale node's GPUs are unknown");
-    // n0 has 5 healthy free GPUs (2, 3, 4, 6, 7) and n1 none that may take work: neither b (8) nor c (6) fits.
+    // This cycle starts nothing while a's pod still holds GPU 0; a stale agent evicts nothing.
     assert!(admitted(&actions).is_empty(), "{actions:?}");
+    let mut fleet = (*objects.fleet).clone();
+    fleet.insert("n0".into(), agent_view(&[5], false));
+    let objects = Objects { fleet: Arc::new(fleet), ..objects };
+    let (world, _) = cycle(&objects);
+    assert!(matches!(world.jobs[0].state, JobState::Placed(_)), "a failed GPU no job uses evicts nothing");
 }
 
 fn slurm_view(time_limit_min: Option<u32>) -> crate::backend::slurm::SlurmView {

@@ -33,6 +33,9 @@ pub struct Federation {
     /// Nodes known to be gone for good (deleted, or fenced by an administrator), with why: what ran there is lost and
     /// may run elsewhere without running twice.
     pub fenced: BTreeMap<String, String>,
+    /// GPUs under our placements that their node's agent reports failed (fatal XID, double-bit ECC, off the bus),
+    /// by node and index, with why: the job on one runs again elsewhere.
+    pub failed_gpus: BTreeMap<(String, u32), String>,
 }
 
 /// A run as the backend that keeps it records it.

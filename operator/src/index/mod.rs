@@ -437,6 +437,11 @@ impl World {
                 Some(_) if disrupted.as_ref().is_some_and(|d| d.confirmed) => {
                     JobState::NodeLost(disrupted.as_ref().map(|d| d.why.clone()).unwrap_or_default())
                 }
+                // A failed GPU under it, unless it already succeeded: its pods likely failed with the GPU, which is
+                // not the job's own failure.
+                Some((p, _)) if ended(p, &pods) != Some(false) && failed_gpu(p, fed).is_some() => {
+                    JobState::NodeLost(failed_gpu(p, fed).unwrap_or_default())
+                }
                 Some((p, _)) if ended(p, &pods).is_some() => {
                     let failure = (pods.failed > 0).then(|| match recorded {
                         Some(_) => pod::batch_failure(),
@@ -530,6 +535,16 @@ impl World {
 }
 
 /// Whether the pods of a placement ended: `Some(true)` when one failed, `Some(false)` when all succeeded.
+/// Why a placement lost a GPU: the first of its GPUs whose agent reports it failed.
+fn failed_gpu(p: &ApiPlacement, fed: &Federation) -> Option<String> {
+    p.tasks.iter().find_map(|t| {
+        t.gpus.iter().find_map(|g| {
+            let why = fed.failed_gpus.get(&(t.node.clone(), *g))?;
+            Some(format!("GPU {g} on node {} failed ({why})", t.node))
+        })
+    })
+}
+
 fn ended(p: &ApiPlacement, pods: &PodCounts) -> Option<bool> {
     if pods.failed > 0 {
         Some(true)

@@ -196,6 +196,13 @@ pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut
             .entry(labels.get(RACK_LABEL).cloned().unwrap_or_else(|| format!("node:{name}")))
             .or_insert(next);
         let taken = taken(count, ours_mask, used.mask, used.gpus);
+        for j in (0..count).filter(|j| ours_mask & (1 << j) != 0) {
+            if let Some(g) = agent.filter(|a| !a.stale).and_then(|a| a.gpus.get(&j)) {
+                if g.state == crate::fleet::GpuState::Unhealthy {
+                    f.failed_gpus.insert((name.clone(), j), g.reason.clone());
+                }
+            }
+        }
         let gpus = match model {
             Some(model) => (0..count)
                 .map(|j| {
