@@ -139,7 +139,8 @@ fn endpoint(op: &OperatorProcess) -> String {
 }
 
 #[tokio::test]
-async fn an_xid_79_makes_its_gpu_unplaceable_within_5_s_work_goes_elsewhere_and_a_reset_brings_it_back() {
+async fn an_xid_79_makes_its_gpu_unplaceable_within_5_s_work_goes_elsewhere_a_reset_brings_it_back_and_a_job_on_it_runs_again()
+ {
     let Some(env) = Env::start("xid").await else { return };
     let nodes = env.nodes("g", 2, 8, "H100").await;
     let (a, b) = (&nodes[0], &nodes[1]);
@@ -190,6 +191,23 @@ async fn an_xid_79_makes_its_gpu_unplaceable_within_5_s_work_goes_elsewhere_and_
     })
     .await;
     assert_eq!(op.metric("haiyun_agents_connected").await, Some(2.0));
+
+    // XID 79 under the running job: within 10 s it is evicted to run again (not counted as a restart), and with no
+    // other 8 healthy GPUs free it waits.
+    let seen = Instant::now();
+    agent_a.fault("xid 5 79");
+    let failure = wait_for("the job on the failed GPU evicted", Duration::from_secs(10), || async {
+        let st = env.job("default", "second").await.status?;
+        st.last_failure.filter(|f| f.reason == "GPUFailed").map(|f| (f, st.preemptions, st.restarts))
+    })
+    .await;
+    eprintln!("XID 79 under a running job to its eviction: {:?}", seen.elapsed());
+    assert!(
+        failure.0.message.contains("GPU 5 on node") && failure.0.message.contains("XID 79"),
+        "{:?}",
+        failure.0
+    );
+    assert_eq!((failure.1, failure.2), (1, 0), "a GPU fault is not the job's failure");
 }
 
 #[tokio::test]
