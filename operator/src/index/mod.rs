@@ -534,7 +534,6 @@ impl World {
     }
 }
 
-/// Whether the pods of a placement ended: `Some(true)` when one failed, `Some(false)` when all succeeded.
 /// Why a placement lost a GPU: the first of its GPUs whose agent reports it failed.
 fn failed_gpu(p: &ApiPlacement, fed: &Federation) -> Option<String> {
     p.tasks.iter().find_map(|t| {
@@ -545,6 +544,7 @@ fn failed_gpu(p: &ApiPlacement, fed: &Federation) -> Option<String> {
     })
 }
 
+/// Whether the pods of a placement ended: `Some(true)` when one failed, `Some(false)` when all succeeded.
 fn ended(p: &ApiPlacement, pods: &PodCounts) -> Option<bool> {
     if pods.failed > 0 {
         Some(true)
