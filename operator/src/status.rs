@@ -48,7 +48,6 @@ pub fn loss_reason(why: &str) -> &'static str {
 
 /// The status of a job whose run lost a node or a GPU at `now` (`why`): it waits again as a new run, like a
 /// preempted one; such a loss does not count against `spec.maxRestarts`.
-
 pub fn node_lost(job: &ComputeJob, why: &str, now: Time) -> ComputeJobStatus {
     let mut st = preempted(job, now);
     st.last_failure = Some(haiyun_api::job::Failure {
