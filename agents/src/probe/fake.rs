@@ -149,6 +149,10 @@ impl GpuProbe for FakeProbe {
                     index: g.info.index,
                     memory_used_bytes: Some(g.info.memory_total_bytes / 100 * u64::from(util)),
                     utilization_gpu_pct: Some(util),
+                    memory_copy_pct: Some(util / 2),
+                    // 100 MB/s of PCIe traffic per percent of load, a third of it back to the host.
+                    pcie_tx_bytes_per_s: Some(u64::from(util) * 100_000_000 / 3),
+                    pcie_rx_bytes_per_s: Some(u64::from(util) * 100_000_000),
                     temperature_c: g.temperature.then_some(35 + util / 3),
                     power_mw: Some(power_mw),
                     energy_mj: Some(g.energy_mj),

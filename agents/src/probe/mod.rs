@@ -38,6 +38,12 @@ pub struct GpuSample {
     pub memory_used_bytes: Option<u64>,
     /// GPU utilisation, percent.
     pub utilization_gpu_pct: Option<u32>,
+    /// Memory-copy utilisation (time the memory controller was busy), percent.
+    pub memory_copy_pct: Option<u32>,
+    /// PCIe bytes sent per second.
+    pub pcie_tx_bytes_per_s: Option<u64>,
+    /// PCIe bytes received per second.
+    pub pcie_rx_bytes_per_s: Option<u64>,
     /// Temperature, °C.
     pub temperature_c: Option<u32>,
     /// Power draw, milliwatts.

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use nvml_wrapper::bitmasks::event::EventTypes;
-use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
+use nvml_wrapper::enum_wrappers::device::{
+    Clock, EccCounter, MemoryError, PcieUtilCounter, TemperatureSensor,
+};
 use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
@@ -185,11 +187,18 @@ impl GpuProbe for NvmlProbe {
                 d.current_throttle_reasons().map(|r| r.bits()),
             );
             let energy = d.total_energy_consumption();
+            let (tx, rx) =
+                (d.pcie_throughput(PcieUtilCounter::Send), d.pcie_throughput(PcieUtilCounter::Receive));
+            let util = self.field(i, "utilization", util);
             let index = self.gpus[i].info.index;
             let s = GpuSample {
                 index,
                 memory_used_bytes: self.field(i, "memory", mem).map(|m| m.used),
-                utilization_gpu_pct: self.field(i, "utilization", util).map(|u| u.gpu),
+                utilization_gpu_pct: util.as_ref().map(|u| u.gpu),
+                memory_copy_pct: util.as_ref().map(|u| u.memory),
+                // NVML counts KB/s over its last 20 ms.
+                pcie_tx_bytes_per_s: self.field(i, "pcie_tx", tx).map(|k| u64::from(k) * 1024),
+                pcie_rx_bytes_per_s: self.field(i, "pcie_rx", rx).map(|k| u64::from(k) * 1024),
                 temperature_c: self.field(i, "temperature", temp),
                 power_mw: self.field(i, "power", power),
                 energy_mj: self.field(i, "energy", energy),
