@@ -113,6 +113,10 @@ pub async fn ensure(client: &Client, cj: &ComputeJob, name: &str) -> Result<usiz
     let run = cj.run().to_string();
     ensure_service(client, cj).await?;
     let job = jobs.get(name).await.map_err(api_err("read Job", name))?;
+    if ended_run(&job).is_some() {
+        // It ended (e.g. as it was being preempted): the next cycle ends the job from the Job's conditions.
+        return Ok(0);
+    }
     let labels = job.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.as_ref());
     let labelled =
         labels.is_some_and(|l| l.get(JOB_UID_LABEL) == Some(&uid) && l.get(RUN_LABEL) == Some(&run));
