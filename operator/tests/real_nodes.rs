@@ -366,3 +366,48 @@ async fn an_indexed_batch_job_of_4_pods_is_suspended_queued_placed_as_one_gang_a
         assert_eq!(node, placement.tasks[index].node, "pod {} runs where its index was placed", p.name_any());
     }
 }
+
+#[tokio::test]
+async fn a_preempted_batch_job_is_suspended_and_runs_again_as_a_new_run_once_placed_again() {
+    let Some(env) = Env::start_real("batchpreempt").await else { return };
+    install_batch_policy(&env).await;
+    env.create::<ComputePool>(real_pool("real")).await.unwrap();
+    env.create::<Queue>(queue("real-q", "nvidia.com/gpu:h100", 6)).await.unwrap();
+    let _op = env.operator("only", &[]);
+    let image =
+        std::env::var("TESTENV_BUSYBOX_IMAGE").unwrap_or_else(|_| "localhost/testenv/busybox:latest".into());
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": { "name": "low", "namespace": "default", "labels": { "haiyun.io/queue": "real-q" } },
+        "spec": { "parallelism": 4, "completions": 4, "completionMode": "Indexed", "backoffLimit": 0,
+            "template": { "spec": { "schedulerName": "haiyun", "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{ "name": "main", "image": image, "imagePullPolicy": "Never",
+                    // The first run outlasts its preemption; the run Haiyun starts again is short.
+                    "command": ["sh", "-c", "if [ \"$RUN\" = 0 ]; then sleep 300; else sleep 2; fi"],
+                    "env": [{ "name": "RUN", "valueFrom": { "fieldRef": {
+                        "fieldPath": "metadata.labels['haiyun.io/run']" } } }],
+                    "resources": { "limits": { "nvidia.com/gpu": "1" } } }] } } }
+    });
+    env.create::<k8s_openapi::api::batch::v1::Job>(job).await.unwrap();
+    env.wait_phase("default", "low", "Running", LONG).await;
+    // A higher-priority job of the same queue needs 4 of the 6 GPUs: the Job is preempted and suspended.
+    let mut urgent = real_job_of("urgent", "real-q", 2, 2, "sleep 1");
+    urgent["spec"]["priority"] = json!(10);
+    env.create::<ComputeJob>(urgent).await.unwrap();
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client.clone(), "default");
+    wait_for("the preempted Job suspended", LONG, || async {
+        jobs.get("low").await.ok()?.spec?.suspend.filter(|s| *s).map(|_| ())
+    })
+    .await;
+    env.wait_phase("default", "urgent", "Succeeded", LONG).await;
+    // Placed again, it runs as run 1 and completes.
+    let done = env.wait_phase("default", "low", "Succeeded", LONG).await;
+    let st = done.status.unwrap();
+    assert_eq!((st.preemptions, st.restarts), (1, 0));
+    wait_for("the Job to complete", LONG, || async {
+        let conds = jobs.get("low").await.ok()?.status?.conditions?;
+        conds.iter().any(|c| c.type_ == "Complete" && c.status == "True").then_some(())
+    })
+    .await;
+}

@@ -11,11 +11,11 @@ pub mod overlay;
 pub mod pod;
 pub mod queue;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use haiyun_api::job::{Failure, JobPhase, Placement as ApiPlacement};
-use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest, quantity};
+use haiyun_api::{ComputeJob, ComputePool, Dataset, JOB_UID_LABEL, Queue, QuotaRequest, RUN_LABEL, quantity};
 use haiyun_scheduler::Placement;
 use haiyun_scheduler::model::{Dataset as CoreDataset, GpuModels, JobId, Time};
 use haiyun_scheduler::schedule::{Scheduler, SchedulerConfig};
@@ -180,6 +180,8 @@ pub fn placement_of<'a>(
 /// What the placements of running jobs (but those in `held`) and bound plain pods hold.
 fn claims_of(objects: &Objects, overlay: &Overlay, held: &HashSet<String>) -> Claims {
     let mut claims = Claims::default();
+    // The runs of placed batch/v1 Jobs: their pods have their Job controller's names, not the placement's.
+    let mut batch_runs: HashMap<String, String> = HashMap::new();
     for cj in &objects.jobs {
         let uid = cj.uid().unwrap_or_default();
         if job::is_terminal(cj) || held.contains(&uid) {
@@ -190,6 +192,17 @@ fn claims_of(objects: &Objects, overlay: &Overlay, held: &HashSet<String>) -> Cl
         let run = cj.run().to_string();
         for t in &p.tasks {
             claims.hold_in(&p.pool, &t.node, &t.gpus, format!("{ns}/{}", t.pod), Some(run.clone()));
+        }
+        if cj.spec.batch_job.is_some() {
+            batch_runs.insert(uid, run);
+        }
+    }
+    if !batch_runs.is_empty() {
+        for p in &objects.pods {
+            let run = p.labels().get(JOB_UID_LABEL).and_then(|u| batch_runs.get(u));
+            if let Some(run) = run.filter(|r| p.labels().get(RUN_LABEL) == Some(*r)) {
+                claims.pods.insert(pod::key(p), Some(run.clone()));
+            }
         }
     }
     for p in objects.pods.iter().filter(|p| pod::is_plain(p)) {
