@@ -310,6 +310,22 @@ async fn install_batch_policy(env: &Env) {
     .await;
 }
 
+/// An Indexed batch/v1 Job of 4 one-GPU busybox pods in queue `real-q` running `script`, for Haiyun to gang.
+fn indexed_job(name: &str, script: &str) -> Value {
+    let image =
+        std::env::var("TESTENV_BUSYBOX_IMAGE").unwrap_or_else(|_| "localhost/testenv/busybox:latest".into());
+    json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": { "name": name, "namespace": "default", "labels": { "haiyun.io/queue": "real-q" } },
+        "spec": { "parallelism": 4, "completions": 4, "completionMode": "Indexed", "backoffLimit": 0,
+            "template": { "spec": { "schedulerName": "haiyun", "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{ "name": "main", "image": image, "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", script],
+                    "resources": { "limits": { "nvidia.com/gpu": "1" } } }] } } }
+    })
+}
+
 /// Every rank sends its rank to rank 0 at MASTER_ADDR:MASTER_PORT, which checks their sum: the environment and DNS
 /// name the admission policy and Haiyun's Service give an Indexed Job.
 const RANK_SUM: &str = r#"
@@ -332,18 +348,7 @@ async fn an_indexed_batch_job_of_4_pods_is_suspended_queued_placed_as_one_gang_a
     env.create::<ComputePool>(real_pool("real")).await.unwrap();
     env.create::<Queue>(queue("real-q", "nvidia.com/gpu:h100", 4)).await.unwrap();
     let _op = env.operator("only", &[]);
-    let image =
-        std::env::var("TESTENV_BUSYBOX_IMAGE").unwrap_or_else(|_| "localhost/testenv/busybox:latest".into());
-    let job = json!({
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": { "name": "ranks", "namespace": "default", "labels": { "haiyun.io/queue": "real-q" } },
-        "spec": { "parallelism": 4, "completions": 4, "completionMode": "Indexed", "backoffLimit": 0,
-            "template": { "spec": { "schedulerName": "haiyun", "restartPolicy": "Never",
-                "terminationGracePeriodSeconds": 1,
-                "containers": [{ "name": "main", "image": image, "imagePullPolicy": "Never",
-                    "command": ["sh", "-c", RANK_SUM],
-                    "resources": { "limits": { "nvidia.com/gpu": "1" } } }] } } }
-    });
+    let job = indexed_job("ranks", RANK_SUM);
     let created = env.create::<k8s_openapi::api::batch::v1::Job>(job).await.unwrap();
     assert_eq!(created.data["spec"]["suspend"], json!(true), "suspended at creation by the admission policy");
     // Its ComputeJob queues it, and all 4 pods are placed at once.
@@ -374,21 +379,9 @@ async fn a_preempted_batch_job_is_suspended_and_runs_again_as_a_new_run_once_pla
     env.create::<ComputePool>(real_pool("real")).await.unwrap();
     env.create::<Queue>(queue("real-q", "nvidia.com/gpu:h100", 6)).await.unwrap();
     let _op = env.operator("only", &[]);
-    let image =
-        std::env::var("TESTENV_BUSYBOX_IMAGE").unwrap_or_else(|_| "localhost/testenv/busybox:latest".into());
-    let job = json!({
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": { "name": "low", "namespace": "default", "labels": { "haiyun.io/queue": "real-q" } },
-        "spec": { "parallelism": 4, "completions": 4, "completionMode": "Indexed", "backoffLimit": 0,
-            "template": { "spec": { "schedulerName": "haiyun", "restartPolicy": "Never",
-                "terminationGracePeriodSeconds": 1,
-                "containers": [{ "name": "main", "image": image, "imagePullPolicy": "Never",
-                    // The first run outlasts its preemption; the run Haiyun starts again is short.
-                    "command": ["sh", "-c", "if [ \"$RUN\" = 0 ]; then sleep 300; else sleep 2; fi"],
-                    "env": [{ "name": "RUN", "valueFrom": { "fieldRef": {
-                        "fieldPath": "metadata.labels['haiyun.io/run']" } } }],
-                    "resources": { "limits": { "nvidia.com/gpu": "1" } } }] } } }
-    });
+    // The first run outlasts its preemption; the run Haiyun starts again is short.
+    let mut job = indexed_job("low", "if [ \"$RUN\" = 0 ]; then sleep 300; else sleep 2; fi");
+    job["spec"]["template"]["spec"]["containers"][0]["env"] = json!([{ "name": "RUN", "valueFrom": { "fieldRef": { "fieldPath": "metadata.labels['haiyun.io/run']" } } }]);
     env.create::<k8s_openapi::api::batch::v1::Job>(job).await.unwrap();
     env.wait_phase("default", "low", "Running", LONG).await;
     // A higher-priority job of the same queue needs 4 of the 6 GPUs: the Job is preempted and suspended.
