@@ -7,8 +7,6 @@ use std::time::Duration;
 use clap::Parser;
 use haiyun_agent::link::LinkConfig;
 use haiyun_agent::probe::GpuProbe;
-use haiyun_agent::probe::fake::{FakeProbe, FaultFile, FileFaultProbe};
-use haiyun_agent::probe::nvml::NvmlProbe;
 
 #[derive(Debug, Parser)]
 #[command(name = "haiyun-agent", version, about = "Haiyun's node agent")]
@@ -66,23 +64,7 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 }
 
 fn probe(cli: &Cli) -> Result<Box<dyn GpuProbe>, String> {
-    if cli.probe == "nvml" {
-        if cli.faults.is_some() {
-            return Err("--faults only works with a fake probe".into());
-        }
-        return NvmlProbe::open().map(|p| Box::new(p) as Box<dyn GpuProbe>).map_err(|e| e.to_string());
-    }
-    let Some(profile) = cli.probe.strip_prefix("fake:") else {
-        return Err(format!(
-            "unknown probe {:?}: use nvml or fake:<profile> (dgx-h100, dgx-a100, t4-edge, mixed)",
-            cli.probe
-        ));
-    };
-    let p = FakeProbe::profile(profile).map_err(|e| e.to_string())?;
-    Ok(match &cli.faults {
-        Some(path) => Box::new(FileFaultProbe { probe: p, faults: FaultFile::new(path) }),
-        None => Box::new(p),
-    })
+    haiyun_agent::probe::open(&cli.probe, cli.faults.as_deref())
 }
 
 fn main() -> ExitCode {

@@ -534,12 +534,67 @@ finish_real_nodes() {
     kc patch node "$name" --type=merge \
       -p "{\"spec\":{\"podCIDR\":\"$(pod_cidr "$n")\",\"podCIDRs\":[\"$(pod_cidr "$n")\"]}}" \
       >/dev/null || die "setting the pod CIDR of $name failed"
-    if ((REAL_GPUS_PER_NODE > 0)); then
+    # With Haiyun's GPU driver (--agent) the GPUs are DRA devices, not an
+    # extended resource: one owner of the node's GPUs.
+    if ((REAL_GPUS_PER_NODE > 0)) && [[ -z "${AGENT:-}" ]]; then
       kc patch node "$name" --subresource=status --type=merge \
         -p "{\"status\":{\"capacity\":{\"nvidia.com/gpu\":\"$REAL_GPUS_PER_NODE\"},\"allocatable\":{\"nvidia.com/gpu\":\"$REAL_GPUS_PER_NODE\"}}}" \
         >/dev/null || die "advertising nvidia.com/gpu on $name failed"
     fi
     n=$((n + 1))
+  done < "$(RD)/nodes"
+}
+
+# ------------------------------------------------- Haiyun's GPU driver ----
+
+# The driver binary: $HAIYUN_DRA_BIN, else cargo's debug build.
+dra_bin() {
+  local b="${HAIYUN_DRA_BIN:-${CARGO_TARGET_DIR:-$HERE/../target}/debug/haiyun-dra}"
+  [[ -x "$b" ]] || die "--agent needs Haiyun's GPU driver at $b: run 'cargo build -p haiyun-dra' (or set HAIYUN_DRA_BIN)"
+  echo "$b"
+}
+
+# start_gpu_drivers: haiyun-dra on each real node, as the chart's DaemonSet
+# would run it: its own identity with its own narrow RBAC, the node's kubelet
+# root and CDI directory, and a fault file tests append to (fake probes).
+# Returns once every node's ResourceSlice is published.
+start_gpu_drivers() {
+  local bin name nd
+  bin="$(dra_bin)"
+  kc apply -f - >/dev/null <<EOF || die "creating the GPU driver's RBAC and DeviceClass failed"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "testenv:haiyun-dra"}
+rules:
+- {apiGroups: [resource.k8s.io], resources: [resourceslices], verbs: [get, list, watch, create, update, patch, delete]}
+- {apiGroups: [resource.k8s.io], resources: [resourceclaims], verbs: [get]}
+- {apiGroups: [""], resources: [nodes], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "testenv:haiyun-dra"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "testenv:haiyun-dra"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "testenv:haiyun-dra"}]
+---
+apiVersion: resource.k8s.io/v1
+kind: DeviceClass
+metadata: {name: gpu.haiyun.io}
+spec:
+  selectors:
+  - cel: {expression: 'device.driver == "gpu.haiyun.io"'}
+EOF
+  while read -r name; do
+    nd="$(node_dir "$name")"
+    mkdir -p "$nd/dra"
+    : > "$nd/faults"
+    client_cert "haiyun-dra-$name" "haiyun-dra:$name" "testenv:haiyun-dra"
+    kubeconfig_for "$nd/dra.kubeconfig" "haiyun-dra-$name"
+    KUBECONFIG="$nd/dra.kubeconfig" start_in_ns "haiyun-dra@$name" "$bin" \
+      --probe "$AGENT" --faults "$nd/faults" --node-name "$name" \
+      --kubelet-dir "$nd/kubelet" --cdi-dir "$nd/cdi" --state-dir "$nd/dra"
+  done < "$(RD)/nodes"
+  while read -r name; do
+    wait_for "the ResourceSlice of $name" 60 "haiyun-dra@$name" kc get resourceslice "$name-gpu.haiyun.io"
   done < "$(RD)/nodes"
 }
 
@@ -632,6 +687,7 @@ stop_real() {
   local name nd sockets=() shims
   local -a names
   mapfile -t names < <(real_node_names)
+  for name in "${names[@]}"; do stop_label "haiyun-dra@$name"; done
   for name in "${names[@]}"; do stop_label "kubelet@$name"; done
   for name in "${names[@]}"; do
     nd="$(node_dir "$name")"

@@ -108,3 +108,24 @@ pub trait GpuProbe: Send {
         BTreeMap::new()
     }
 }
+
+/// The probe a command line names: `nvml` (this machine's NVIDIA GPUs) or `fake:<profile>`, the fake one optionally
+/// taking faults from a file.
+pub fn open(spec: &str, faults: Option<&std::path::Path>) -> Result<Box<dyn GpuProbe>, String> {
+    if spec == "nvml" {
+        if faults.is_some() {
+            return Err("--faults only works with a fake probe".into());
+        }
+        return nvml::NvmlProbe::open().map(|p| Box::new(p) as Box<dyn GpuProbe>).map_err(|e| e.to_string());
+    }
+    let Some(profile) = spec.strip_prefix("fake:") else {
+        return Err(format!(
+            "unknown probe {spec:?}: use nvml or fake:<profile> (dgx-h100, dgx-a100, t4-edge, mixed)"
+        ));
+    };
+    let p = fake::FakeProbe::profile(profile).map_err(|e| e.to_string())?;
+    Ok(match faults {
+        Some(path) => Box::new(fake::FileFaultProbe { probe: p, faults: fake::FaultFile::new(path) }),
+        None => Box::new(p),
+    })
+}

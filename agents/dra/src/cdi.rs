@@ -1,0 +1,181 @@
+//! The CDI spec of a prepared claim: one CDI device per claim whose edits give the container exactly its GPUs (by
+//! UUID in the environment, and their device nodes where the node has them) and, for a share, its MPS limits.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use haiyun_agent::probe::GpuInfo;
+use serde_json::{Value, json};
+
+use crate::CDI_KIND;
+use crate::allocation::Grant;
+
+/// The CDI spec version written (containerd 2 and CRI-O read it).
+const CDI_VERSION: &str = "0.6.0";
+/// Control devices every CUDA process opens, given with the GPUs where the node has them.
+const CONTROL_DEVICES: [&str; 4] =
+    ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset"];
+
+/// Why a spec could not be made or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CdiError {
+    /// A granted GPU is not on this node now.
+    #[error("gpu-{0} is not present on this node (the probe does not list it)")]
+    Missing(u32),
+    /// The spec file could not be written or removed.
+    #[error("failed to {what} CDI spec {path}: {source}")]
+    File {
+        /// Write or remove.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The fully qualified CDI device id of a claim's device.
+pub fn device_id(claim_uid: &str) -> String {
+    format!("{CDI_KIND}={claim_uid}")
+}
+
+/// The spec file of a claim in `dir`.
+pub fn path(dir: &Path, claim_uid: &str) -> PathBuf {
+    dir.join(format!("{}_{claim_uid}.json", CDI_KIND.replace('/', "-")))
+}
+
+/// The spec for a claim's grants; `dev` is where device nodes are looked for (`/dev` on a node).
+pub fn spec(
+    claim_uid: &str,
+    grants: &[Grant],
+    gpus: &BTreeMap<u32, GpuInfo>,
+    dev: &Path,
+) -> Result<Value, CdiError> {
+    let mut uuids = Vec::new();
+    let mut nodes = Vec::new();
+    let mut env = Vec::new();
+    for (ordinal, g) in grants.iter().enumerate() {
+        let info = gpus.get(&g.index).ok_or(CdiError::Missing(g.index))?;
+        uuids.push(info.uuid.clone());
+        let node = dev.join(format!("nvidia{}", g.index));
+        if node.exists() {
+            nodes.push(json!({ "path": format!("/dev/nvidia{}", g.index), "hostPath": node }));
+        }
+        if g.cores < 100 {
+            let mib = info.memory_total_bytes / (1 << 20) * u64::from(g.cores) / 100;
+            env.push(format!("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={}", g.cores));
+            env.push(format!("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT={ordinal}={mib}M"));
+            env.push(format!("HAIYUN_GPU_SHARE_PERCENT={}", g.cores));
+        }
+    }
+    if !nodes.is_empty() {
+        for c in CONTROL_DEVICES {
+            let p = dev.join(c.trim_start_matches("/dev/"));
+            if p.exists() {
+                nodes.push(json!({ "path": c, "hostPath": p }));
+            }
+        }
+    }
+    let list = uuids.join(",");
+    env.splice(
+        0..0,
+        [
+            format!("NVIDIA_VISIBLE_DEVICES={list}"),
+            format!("CUDA_VISIBLE_DEVICES={list}"),
+            format!("HAIYUN_GPU_UUIDS={list}"),
+        ],
+    );
+    let mut edits = json!({ "env": env });
+    if !nodes.is_empty() {
+        edits["deviceNodes"] = Value::Array(nodes);
+    }
+    Ok(json!({
+        "cdiVersion": CDI_VERSION,
+        "kind": CDI_KIND,
+        "devices": [{ "name": claim_uid, "containerEdits": edits }],
+    }))
+}
+
+/// Writes a claim's spec into `dir` (atomically: the runtime never reads half a file).
+pub fn write(dir: &Path, claim_uid: &str, spec: &Value) -> Result<(), CdiError> {
+    let target = path(dir, claim_uid);
+    let err = |what, source| CdiError::File { what, path: target.clone(), source };
+    std::fs::create_dir_all(dir).map_err(|e| err("write", e))?;
+    let tmp = dir.join(format!(".{claim_uid}.tmp"));
+    std::fs::write(&tmp, spec.to_string()).map_err(|e| err("write", e))?;
+    std::fs::rename(&tmp, &target).map_err(|e| err("write", e))
+}
+
+/// Removes a claim's spec from `dir`, if there.
+pub fn remove(dir: &Path, claim_uid: &str) -> Result<(), CdiError> {
+    let target = path(dir, claim_uid);
+    match std::fs::remove_file(&target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CdiError::File { what: "remove", path: target, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use haiyun_agent::probe::GpuProbe;
+    use haiyun_agent::probe::fake::FakeProbe;
+
+    fn gpus() -> BTreeMap<u32, GpuInfo> {
+        FakeProbe::profile("dgx-h100")
+            .unwrap()
+            .inventory()
+            .unwrap()
+            .into_iter()
+            .map(|g| (g.index, g))
+            .collect()
+    }
+
+    fn grant(index: u32, cores: u32) -> Grant {
+        Grant { request: "gpus".into(), index, cores, share_id: None }
+    }
+
+    #[test]
+    fn names_exactly_the_granted_uuids_and_the_device_nodes_that_exist() {
+        let dev = std::env::temp_dir().join(format!("haiyun-dra-dev-{}", std::process::id()));
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::write(dev.join("nvidia5"), "").unwrap();
+        std::fs::write(dev.join("nvidiactl"), "").unwrap();
+        let s = spec("uid-1", &[grant(2, 100), grant(5, 100)], &gpus(), &dev).unwrap();
+        assert_eq!(s["kind"], "haiyun.io/gpu");
+        assert_eq!(s["devices"][0]["name"], "uid-1");
+        let edits = &s["devices"][0]["containerEdits"];
+        let env: Vec<&str> = edits["env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert!(env.contains(&"NVIDIA_VISIBLE_DEVICES=GPU-fake-h100-02,GPU-fake-h100-05"), "{env:?}");
+        assert!(!env.iter().any(|e| e.starts_with("CUDA_MPS")), "whole GPUs get no MPS limits: {env:?}");
+        let nodes: Vec<&str> =
+            edits["deviceNodes"].as_array().unwrap().iter().map(|n| n["path"].as_str().unwrap()).collect();
+        assert_eq!(nodes, vec!["/dev/nvidia5", "/dev/nvidiactl"]);
+        std::fs::remove_dir_all(&dev).unwrap();
+    }
+
+    #[test]
+    fn a_share_gets_its_mps_limits_and_a_missing_gpu_is_refused() {
+        let s = spec("u", &[grant(1, 25)], &gpus(), Path::new("/nonexistent")).unwrap();
+        let edits = &s["devices"][0]["containerEdits"];
+        let env: Vec<&str> = edits["env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert!(env.contains(&"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25"), "{env:?}");
+        assert!(env.contains(&"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=20480M"), "{env:?}");
+        assert!(edits.get("deviceNodes").is_none());
+        assert!(matches!(spec("u", &[grant(9, 100)], &gpus(), Path::new("/")), Err(CdiError::Missing(9))));
+    }
+
+    #[test]
+    fn writes_and_removes_atomically() {
+        let dir = std::env::temp_dir().join(format!("haiyun-dra-cdi-{}", std::process::id()));
+        let s = spec("u2", &[grant(0, 100)], &gpus(), Path::new("/nonexistent")).unwrap();
+        write(&dir, "u2", &s).unwrap();
+        let back: Value = serde_json::from_str(&std::fs::read_to_string(path(&dir, "u2")).unwrap()).unwrap();
+        assert_eq!(back, s);
+        remove(&dir, "u2").unwrap();
+        remove(&dir, "u2").unwrap();
+        assert!(!path(&dir, "u2").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
