@@ -28,13 +28,15 @@ cargo run --release --quiet -p haiyun-benches --bin haiyun-bench -- fgd --policy
 echo "== test control plane (testenv: etcd, kube-apiserver, kwok with 4 fake 8-GPU nodes)"
 testenv_dir=$(mktemp -d)
 real_dir=$(mktemp -d)
+dra_dir=$(mktemp -d)
 slurm_dir=$(mktemp -d)
 log=$(mktemp)
 cleanup() {
   testenv/testenv down --dir "$testenv_dir" --purge >/dev/null 2>&1 || true
   testenv/testenv down --dir "$real_dir" --purge >/dev/null 2>&1 || true
+  testenv/testenv down --dir "$dra_dir" --purge >/dev/null 2>&1 || true
   testenv/slurm/slurm-down.sh "$slurm_dir/cluster" --purge >/dev/null 2>&1 || true
-  rm -rf "$testenv_dir" "$real_dir" "$slurm_dir" "$log"
+  rm -rf "$testenv_dir" "$real_dir" "$dra_dir" "$slurm_dir" "$log"
 }
 trap cleanup EXIT
 testenv/testenv up --dir "$testenv_dir" --nodes 4 --gpus-per-node 8 --gpu-model H100
@@ -48,6 +50,16 @@ if [ "$(id -u)" = 0 ]; then
   export TESTENV_BUSYBOX_IMAGE="${busybox:-localhost/testenv/busybox:latest}"
 else
   echo "skipped: real nodes need root; the real-node tests will be skipped"
+fi
+
+echo "== a real GPU node (a third control plane: 1 kubelet whose GPUs Haiyun's DRA driver serves, fake 2x4 H100 probe)"
+if [ "$(id -u)" = 0 ]; then
+  cargo build --quiet -p haiyun-dra
+  testenv/testenv up --dir "$dra_dir" --nodes 0 --real-nodes 1 --real-node-prefix gpu-node --gpu-model H100 \
+    --agent fake:hgx-h100-2x4
+  export HAIYUN_TEST_DRA_KUBECONFIG="$dra_dir/kubeconfig" HAIYUN_REQUIRE_DRA=1 TESTENV_DRA_DIR="$dra_dir"
+else
+  echo "skipped: real nodes need root; the GPU driver's tests will be skipped"
 fi
 
 echo "== Slurm 22.05 on loopback (munge, slurmctld, 4 slurmd with 8 fake H100 each, slurmrestd with JWT)"

@@ -7,6 +7,7 @@ use futures::StreamExt;
 use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::resource::v1::ResourceSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -26,6 +27,7 @@ pub struct Stores {
     nodes: Store<Node>,
     pods: Store<Pod>,
     batch_jobs: Store<Job>,
+    slices: Store<ResourceSlice>,
     /// Fires on every change.
     pub changed: Arc<Notify>,
 }
@@ -73,6 +75,12 @@ impl Stores {
             pods: spawn(Api::all(client.clone()), any(), c()),
             // Only Jobs that name a queue: the rest are kube-scheduler's.
             batch_jobs: spawn(Api::all(client.clone()), any().labels(haiyun_api::QUEUE_LABEL), c()),
+            // Only Haiyun's driver's slices.
+            slices: spawn(
+                Api::all(client.clone()),
+                any().fields(&format!("spec.driver={}", crate::backend::kubernetes::claims::DRIVER)),
+                c(),
+            ),
             changed,
         }
     }
@@ -93,6 +101,8 @@ impl Stores {
             self.nodes.wait_until_ready(),
             self.pods.wait_until_ready(),
             self.batch_jobs.wait_until_ready(),
+            // A cluster that does not serve resource.k8s.io/v1 never lists slices: its GPUs are extended resources.
+            tokio::time::timeout(std::time::Duration::from_secs(10), self.slices.wait_until_ready()),
         );
     }
 
@@ -107,6 +117,7 @@ impl Stores {
             nodes: self.nodes.state(),
             pods: self.pods.state(),
             batch_jobs: self.batch_jobs.state(),
+            slices: self.slices.state(),
         }
     }
 }

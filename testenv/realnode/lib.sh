@@ -568,7 +568,7 @@ metadata: {name: "testenv:haiyun-dra"}
 rules:
 - {apiGroups: [resource.k8s.io], resources: [resourceslices], verbs: [get, list, watch, create, update, patch, delete]}
 - {apiGroups: [resource.k8s.io], resources: [resourceclaims], verbs: [get]}
-- {apiGroups: [""], resources: [nodes], verbs: [get]}
+- {apiGroups: [""], resources: [nodes, pods], verbs: [get]}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding

@@ -57,9 +57,9 @@ pub fn spec(
     for (ordinal, g) in grants.iter().enumerate() {
         let info = gpus.get(&g.index).ok_or(CdiError::Missing(g.index))?;
         uuids.push(info.uuid.clone());
-        let node = dev.join(format!("nvidia{}", g.index));
-        if node.exists() {
-            nodes.push(json!({ "path": format!("/dev/nvidia{}", g.index), "hostPath": node }));
+        // Looked for under `dev` (the host's /dev, wherever the driver sees it); named by its host path.
+        if dev.join(format!("nvidia{}", g.index)).exists() {
+            nodes.push(json!({ "path": format!("/dev/nvidia{}", g.index) }));
         }
         if g.cores < 100 {
             let mib = info.memory_total_bytes / (1 << 20) * u64::from(g.cores) / 100;
@@ -70,9 +70,8 @@ pub fn spec(
     }
     if !nodes.is_empty() {
         for c in CONTROL_DEVICES {
-            let p = dev.join(c.trim_start_matches("/dev/"));
-            if p.exists() {
-                nodes.push(json!({ "path": c, "hostPath": p }));
+            if dev.join(c.trim_start_matches("/dev/")).exists() {
+                nodes.push(json!({ "path": c }));
             }
         }
     }

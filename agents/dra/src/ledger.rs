@@ -15,6 +15,9 @@ pub struct Prepared {
     pub claim: String,
     /// Its GPUs.
     pub grants: Vec<Grant>,
+    /// The pods it was reserved for, as `namespace/name/uid`.
+    #[serde(default)]
+    pub pods: Vec<String>,
 }
 
 /// Why a claim was not recorded.
@@ -113,6 +116,15 @@ impl Ledger {
         self.save()
     }
 
+    /// The other prepared claims holding any GPU of `grants`, by uid.
+    pub fn sharing(&self, uid: &str, grants: &[Grant]) -> Vec<(String, Prepared)> {
+        self.claims
+            .iter()
+            .filter(|(u, p)| *u != uid && p.grants.iter().any(|g| grants.iter().any(|a| a.index == g.index)))
+            .map(|(u, p)| (u.clone(), p.clone()))
+            .collect()
+    }
+
     /// Forgets a claim; returns whether it was there.
     pub fn release(&mut self, uid: &str) -> Result<bool, LedgerError> {
         let had = self.claims.remove(uid).is_some();
@@ -143,6 +155,7 @@ mod tests {
         Prepared {
             claim: claim.into(),
             grants: vec![Grant { request: "gpus".into(), index, cores, share_id: None }],
+            pods: Vec::new(),
         }
     }
 
@@ -160,6 +173,9 @@ mod tests {
         let e = l.admit("c", share("ns/c", 3, 50)).unwrap_err().to_string();
         assert!(e.contains("asks 50% of gpu-3, which already gives 100% to ns/a, ns/b"), "{e}");
         l.admit("d", share("ns/d", 4, 100)).unwrap();
+        let held: Vec<String> =
+            l.sharing("c", &share("ns/c", 3, 50).grants).into_iter().map(|(u, _)| u).collect();
+        assert_eq!(held, vec!["a", "b"]);
         let mut again = Ledger::open(&path).unwrap();
         assert_eq!(again.get("a"), Some(&share("ns/a", 3, 50)));
         assert!(again.release("a").unwrap());

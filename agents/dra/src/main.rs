@@ -18,7 +18,7 @@ use kube::Api;
 #[derive(Debug, Parser)]
 #[command(name = "haiyun-dra", about = "Haiyun's GPU driver for Kubernetes (DRA kubelet plugin)")]
 struct Cli {
-    /// The GPU probe: `nvml` or `fake:<profile>` (dgx-h100, dgx-a100, t4-edge, mixed).
+    /// The GPU probe: `nvml` or `fake:<profile>` (dgx-h100, hgx-h100-2x4, dgx-a100, t4-edge, mixed).
     #[arg(long, default_value = "nvml")]
     probe: String,
     /// A file of faults for the fake machine (as the agent's `--faults`).

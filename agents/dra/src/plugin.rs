@@ -89,13 +89,32 @@ impl Driver {
                 let rc =
                     api.get(&claim.name).await.map_err(|e| format!("failed to read claim {key}: {e}"))?;
                 let grants = allocation::grants(&rc, &claim.uid, &self.node).map_err(|e| e.to_string())?;
-                Prepared { claim: key.clone(), grants }
+                let pods = rc
+                    .status
+                    .and_then(|s| s.reserved_for)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|r| r.resource == "pods")
+                    .map(|r| format!("{}/{}/{}", claim.namespace, r.name, r.uid))
+                    .collect();
+                Prepared { claim: key.clone(), grants, pods }
             }
         };
         let gpus = self.gpus.lock().map(|g| g.clone()).unwrap_or_default();
         let spec =
             cdi::spec(&claim.uid, &prepared.grants, &gpus, &self.dev_dir).map_err(|e| e.to_string())?;
-        ledger.admit(&claim.uid, prepared.clone()).map_err(|e| e.to_string())?;
+        if ledger.admit(&claim.uid, prepared.clone()).is_err() {
+            // The kubelet may prepare a new claim before it unprepares the claim of a pod already gone: a holder
+            // whose pods all left the API server (which needs the kubelet to have stopped their containers) is
+            // released now rather than left to block the GPU.
+            for (uid, holder) in ledger.sharing(&claim.uid, &prepared.grants) {
+                if self.gone(&holder).await {
+                    eprintln!("haiyun-dra: released claim {} (its pods are gone)", holder.claim);
+                    ledger.release(&uid).map_err(|e| e.to_string())?;
+                }
+            }
+            ledger.admit(&claim.uid, prepared.clone()).map_err(|e| e.to_string())?;
+        }
         cdi::write(&self.cdi_dir, &claim.uid, &spec).map_err(|e| e.to_string())?;
         Ok(prepared
             .grants
@@ -112,9 +131,32 @@ impl Driver {
             .collect())
     }
 
+    /// Whether every pod a prepared claim was reserved for has left the API server (a pod of the same name with
+    /// another uid is a new pod).
+    async fn gone(&self, holder: &Prepared) -> bool {
+        if holder.pods.is_empty() {
+            return false;
+        }
+        for p in &holder.pods {
+            let mut parts = p.splitn(3, '/');
+            let (Some(ns), Some(name), Some(uid)) = (parts.next(), parts.next(), parts.next()) else {
+                return false;
+            };
+            let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), ns);
+            match api.get_opt(name).await {
+                Ok(None) => {}
+                Ok(Some(now)) if now.metadata.uid.as_deref() != Some(uid) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
     async fn unprepare(&self, claim: &dra::Claim) -> Result<(), String> {
         cdi::remove(&self.cdi_dir, &claim.uid).map_err(|e| e.to_string())?;
-        self.ledger.lock().await.release(&claim.uid).map_err(|e| e.to_string())?;
+        if self.ledger.lock().await.release(&claim.uid).map_err(|e| e.to_string())? {
+            eprintln!("haiyun-dra: unprepared claim {}/{}", claim.namespace, claim.name);
+        }
         Ok(())
     }
 }

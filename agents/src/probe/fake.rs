@@ -71,12 +71,19 @@ fn nvlinked(name: &str, gib: u64) -> Vec<FakeGpu> {
     (0..8).map(|i| gpu(i, name, gib, (0..8).filter(|j| *j != i).collect())).collect()
 }
 
+/// Eight GPUs in two NVLink domains of four (0–3 and 4–7).
+fn two_domains(name: &str, gib: u64) -> Vec<FakeGpu> {
+    (0..8).map(|i| gpu(i, name, gib, (0..8).filter(|j| *j != i && j / 4 == i / 4).collect())).collect()
+}
+
 impl FakeProbe {
-    /// A machine from a profile: `dgx-h100` (8×H100 80 GB, one NVLink domain), `dgx-a100` (8×A100 80 GB),
+    /// A machine from a profile: `dgx-h100` (8×H100 80 GB, one NVLink domain), `hgx-h100-2x4` (8×H100 80 GB in two
+    /// NVLink domains of four), `dgx-a100` (8×A100 80 GB),
     /// `t4-edge` (1×T4 16 GB) or `mixed` (2×A100 40 GB linked, 2×T4).
     pub fn profile(name: &str) -> Result<Self, ProbeError> {
         let gpus = match name {
             "dgx-h100" => nvlinked("NVIDIA H100 80GB HBM3", 80),
+            "hgx-h100-2x4" => two_domains("NVIDIA H100 80GB HBM3", 80),
             "dgx-a100" => nvlinked("NVIDIA A100-SXM4-80GB", 80),
             "t4-edge" => vec![gpu(0, "Tesla T4", 16, Vec::new())],
             "mixed" => vec![
@@ -190,6 +197,9 @@ mod tests {
         assert_eq!(inv[0].memory_total_bytes, 80 * GIB);
         assert_eq!(inv[3].nvlink_peers.len(), 7, "one NVLink domain");
         assert_eq!(FakeProbe::profile("t4-edge").unwrap().inventory().unwrap().len(), 1);
+        let two = FakeProbe::profile("hgx-h100-2x4").unwrap().inventory().unwrap();
+        assert_eq!(two[1].nvlink_peers, vec![0, 2, 3]);
+        assert_eq!(two[6].nvlink_peers, vec![4, 5, 7]);
         let mixed = FakeProbe::profile("mixed").unwrap().inventory().unwrap();
         assert_eq!(mixed[0].nvlink_peers, vec![1]);
         assert!(mixed[2].nvlink_peers.is_empty());

@@ -73,7 +73,7 @@ pub struct Xid {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
     /// An unknown fake profile.
-    #[error("failed to find fake profile {0:?}: use dgx-h100, dgx-a100, t4-edge or mixed")]
+    #[error("failed to find fake profile {0:?}: use dgx-h100, hgx-h100-2x4, dgx-a100, t4-edge or mixed")]
     UnknownProfile(String),
     /// NVML could not be loaded or initialised (no NVIDIA driver on this machine, or it is broken).
     #[error(
@@ -120,7 +120,7 @@ pub fn open(spec: &str, faults: Option<&std::path::Path>) -> Result<Box<dyn GpuP
     }
     let Some(profile) = spec.strip_prefix("fake:") else {
         return Err(format!(
-            "unknown probe {spec:?}: use nvml or fake:<profile> (dgx-h100, dgx-a100, t4-edge, mixed)"
+            "unknown probe {spec:?}: use nvml or fake:<profile> (dgx-h100, hgx-h100-2x4, dgx-a100, t4-edge, mixed)"
         ));
     };
     let p = fake::FakeProbe::profile(profile).map_err(|e| e.to_string())?;

@@ -124,6 +124,7 @@ struct Objects {
     nodes: Vec<Arc<Node>>,
     pods: Vec<Arc<Pod>>,
     batch_jobs: Vec<Arc<k8s_openapi::api::batch::v1::Job>>,
+    slices: Vec<Arc<k8s_openapi::api::resource::v1::ResourceSlice>>,
     fleet: Arc<FleetView>,
     slurm: Arc<SlurmViews>,
 }
@@ -139,6 +140,7 @@ fn cycle(given: &Objects) -> (World, Vec<Action>) {
         nodes: given.nodes.clone(),
         pods: given.pods.clone(),
         batch_jobs: given.batch_jobs.clone(),
+        slices: given.slices.clone(),
     };
     let backends = Backends::new(vec![
         Arc::new(KubernetesBackend::offline()) as Arc<dyn PoolBackend>,

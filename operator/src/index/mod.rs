@@ -48,6 +48,8 @@ pub struct Objects {
     pub pods: Vec<Arc<Pod>>,
     /// batch/v1 Jobs that name a queue (those whose pods name Haiyun run as gangs).
     pub batch_jobs: Vec<Arc<k8s_openapi::api::batch::v1::Job>>,
+    /// DRA ResourceSlices of Haiyun's GPU driver (the GPUs of the nodes it serves).
+    pub slices: Vec<Arc<k8s_openapi::api::resource::v1::ResourceSlice>>,
 }
 
 /// Why a running job was lost: it holds nothing any more and ends as Failed.

@@ -223,6 +223,7 @@ impl MemoryCluster {
             nodes: Vec::new(),
             pods: self.backend.kubelet().pods().cloned().map(Arc::new).collect(),
             batch_jobs: Vec::new(),
+            slices: Vec::new(),
         }
     }
 

@@ -42,6 +42,11 @@ impl Env {
         Env::start_with("HAIYUN_TEST_REAL_KUBECONFIG", "HAIYUN_REQUIRE_REAL_NODES", name).await
     }
 
+    /// The control plane whose real nodes run Haiyun's GPU driver (`testenv up --real-nodes N --agent fake:…`).
+    pub async fn start_dra(name: &str) -> Option<Env> {
+        Env::start_with("HAIYUN_TEST_DRA_KUBECONFIG", "HAIYUN_REQUIRE_DRA", name).await
+    }
+
     async fn start_with(var: &str, require: &str, name: &str) -> Option<Env> {
         let Some(path) = std::env::var_os(var) else {
             assert!(

@@ -2,7 +2,9 @@
 //! creates and binds; evicting or collecting a job deletes its pods.
 
 pub mod batch;
+pub mod claims;
 pub mod contract;
+pub mod devices;
 pub mod nodes;
 pub mod pods;
 

@@ -147,6 +147,7 @@ pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut
         .collect();
     mark_fenced(pools, inputs, f);
     let foreign = foreign(inputs);
+    let devices = super::devices::by_node(&inputs.objects.slices);
     let mut domains: HashMap<String, u32> = HashMap::new();
     let mut racks: HashMap<String, u32> = HashMap::new();
     let mut sorted_nodes: Vec<&Node> = inputs.objects.nodes.iter().map(|n| n.as_ref()).collect();
@@ -168,22 +169,41 @@ pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut
         let cpu = allocatable(node, "cpu").and_then(|q| quantity::milli(&q).ok()).unwrap_or(0);
         let mem = allocatable(node, "memory").and_then(|q| quantity::mib(&q).ok()).unwrap_or(0);
         let max_pods = allocatable(node, "pods").and_then(|q| q.parse::<u32>().ok()).unwrap_or(110);
-        let count = allocatable(node, GPU_RESOURCE).and_then(|q| q.parse::<u32>().ok()).unwrap_or(0);
+        // Haiyun's DRA driver, where it serves the node, says what its GPUs are; else the extended resource.
+        let dra = devices.get(&name);
+        let count = match dra {
+            Some(d) => d.count,
+            None => allocatable(node, GPU_RESOURCE).and_then(|q| q.parse::<u32>().ok()).unwrap_or(0),
+        };
         let count = count.min(haiyun_scheduler::model::MAX_GPUS_PER_NODE as u32);
-        let model_name = labels.get(GPU_MODEL_LABEL).or_else(|| labels.get(GFD_PRODUCT_LABEL));
-        let model = match model_name {
-            Some(m) if count > 0 => f.cluster.models.intern(&m.to_lowercase()),
-            _ => None,
-        };
-        let memory_mib =
-            labels.get(GFD_MEMORY_LABEL).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_GPU_MEMORY_MIB);
+        // A label names the model of all the node's GPUs; else each GPU's model from the driver.
+        let label_model = labels.get(GPU_MODEL_LABEL).or_else(|| labels.get(GFD_PRODUCT_LABEL));
+        let models: Vec<Option<_>> = (0..count as usize)
+            .map(|j| {
+                let m = label_model.cloned().or_else(|| dra.and_then(|d| d.models.get(j).cloned().flatten()));
+                m.and_then(|m| f.cluster.models.intern(&m.to_lowercase()))
+            })
+            .collect();
+        let memory_mib = labels
+            .get(GFD_MEMORY_LABEL)
+            .and_then(|v| v.parse().ok())
+            .or_else(|| dra.and_then(|d| d.memory_mib))
+            .unwrap_or(DEFAULT_GPU_MEMORY_MIB);
         let agent = inputs.fleet.get(&name);
-        // A label names the domain (e.g. an NVL72 rack); else the agent's NVLink links; else the whole node.
-        let keys: Vec<String> = match (labels.get(NVLINK_LABEL), agent.and_then(|a| linked(a, count))) {
-            (Some(l), _) => vec![l.clone(); count as usize],
-            (None, Some(roots)) => roots.iter().map(|r| format!("node:{name}:{r}")).collect(),
-            (None, None) => vec![format!("node:{name}"); count as usize],
-        };
+        // A label names the domain (e.g. an NVL72 rack); else the driver's or the agent's NVLink links; else the
+        // whole node.
+        let from_driver: Option<Vec<String>> = dra.and_then(|d| {
+            (0..count as usize)
+                .map(|j| d.domains.get(j).cloned().flatten().map(|k| format!("dra:{k}")))
+                .collect()
+        });
+        let keys: Vec<String> =
+            match (labels.get(NVLINK_LABEL), from_driver, agent.and_then(|a| linked(a, count))) {
+                (Some(l), _, _) => vec![l.clone(); count as usize],
+                (None, Some(keys), _) => keys,
+                (None, None, Some(roots)) => roots.iter().map(|r| format!("node:{name}:{r}")).collect(),
+                (None, None, None) => vec![format!("node:{name}"); count as usize],
+            };
         let domain_of: Vec<u32> = keys
             .into_iter()
             .map(|k| {
@@ -202,13 +222,29 @@ pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut
                     f.failed_gpus.insert((name.clone(), j), g.reason.clone());
                 }
             }
+            // The node's GPU driver tainted it (its own probe saw the fault).
+            if let Some(why) = dra.and_then(|d| d.taints.get(&j)) {
+                f.failed_gpus.entry((name.clone(), j)).or_insert_with(|| format!("GPU driver taint {why}"));
+            }
         }
-        let gpus = match model {
-            Some(model) => (0..count)
+        let tainted = dra.map_or(0, |d| d.tainted);
+        // A node whose GPUs' model is not known offers none.
+        let gpus = match models.iter().copied().collect::<Option<Vec<_>>>() {
+            Some(models) => (0..count)
                 .map(|j| {
-                    let health =
-                        if open && taken & (1 << j) == 0 { reported(agent, j) } else { Health::Unknown };
-                    Gpu { model, memory_mib, nvlink_domain: domain_of[j as usize], health }
+                    let health = if !open || taken & (1 << j) != 0 {
+                        Health::Unknown
+                    } else if tainted & (1 << j) != 0 {
+                        Health::Unhealthy
+                    } else {
+                        reported(agent, j)
+                    };
+                    Gpu {
+                        model: models[j as usize],
+                        memory_mib,
+                        nvlink_domain: domain_of[j as usize],
+                        health,
+                    }
                 })
                 .collect(),
             None => Vec::new(),

@@ -109,11 +109,25 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Pod
         return Err(PodError::Stale((*first).to_string()));
     }
     let mut bound = 0;
+    let mut served: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
     for ((i, task), found) in placement.tasks.iter().enumerate().zip(existing) {
         let pod = match found {
             Some(p) => p,
             None => {
-                let pod = pod_for(job, i, task, &run)?;
+                let mut pod = pod_for(job, i, task, &run)?;
+                if gpu_share(job, i).is_some() {
+                    let dra = match served.get(task.node.as_str()) {
+                        Some(d) => *d,
+                        None => {
+                            let d = super::claims::served(client, &task.node).await?;
+                            served.insert(&task.node, d);
+                            d
+                        }
+                    };
+                    if dra {
+                        super::claims::attach(&mut pod);
+                    }
+                }
                 match pods.create(&PostParams::default(), &pod).await {
                     Ok(p) => p,
                     Err(e) if is_status(&e, 409) => {
@@ -130,12 +144,34 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Pod
                 return Err(PodError::Stale(task.pod.clone()));
             }
             None => {
+                if uses_claim(&pod) {
+                    let share = gpu_share(job, i).flatten();
+                    super::claims::ensure(client, job, &pod, &task.node, &task.gpus, share).await?;
+                }
                 bind(&pods, &task.pod, &task.node).await?;
                 bound += 1;
             }
         }
     }
     Ok(bound)
+}
+
+/// Whether task `index` takes GPUs: `Some(None)` whole ones, `Some(Some(percent))` a share of one.
+fn gpu_share(job: &ComputeJob, index: usize) -> Option<Option<u32>> {
+    let (_, g) = job.spec.group_of_task(index)?;
+    match g.gpu_fraction {
+        Some(f) => Some(Some(super::claims::cores(f))),
+        None if g.gpus > 0 => Some(None),
+        None => None,
+    }
+}
+
+/// Whether a pod takes its GPUs through Haiyun's claim.
+fn uses_claim(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.resource_claims.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.name == super::claims::POD_CLAIM))
 }
 
 /// Creates the job's headless Service unless it exists.

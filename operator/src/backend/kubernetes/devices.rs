@@ -1,0 +1,106 @@
+//! The GPUs of nodes that Haiyun's DRA driver serves, as its ResourceSlices describe them: how many, their models,
+//! memory and NVLink domains (from the node's own probe), and which are tainted unhealthy.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::resource::v1::{Device, ResourceSlice};
+
+use super::claims::DRIVER;
+
+/// One node's GPUs by index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Devices {
+    /// How many (indices `0..count`).
+    pub count: u32,
+    /// Each GPU's model (as the slice's `model` attribute writes it), by index.
+    pub models: Vec<Option<String>>,
+    /// Device memory of the first GPU, MiB.
+    pub memory_mib: Option<u32>,
+    /// Each GPU's NVLink domain, by index.
+    pub domains: Vec<Option<String>>,
+    /// GPUs the driver tainted (bit per index).
+    pub tainted: u32,
+    /// Why, by index (`key=value` of the first taint).
+    pub taints: std::collections::BTreeMap<u32, String>,
+}
+
+fn string_attr(d: &Device, key: &str) -> Option<String> {
+    d.attributes.as_ref()?.get(key)?.string.clone()
+}
+
+fn index(d: &Device) -> Option<u32> {
+    d.name.strip_prefix("gpu-")?.parse().ok()
+}
+
+/// The GPUs of each node a slice of Haiyun's driver describes.
+pub fn by_node(slices: &[Arc<ResourceSlice>]) -> HashMap<String, Devices> {
+    let mut out: HashMap<String, Devices> = HashMap::new();
+    for s in slices.iter().filter(|s| s.spec.driver == DRIVER) {
+        let Some(node) = s.spec.node_name.clone() else { continue };
+        let e = out.entry(node).or_default();
+        for d in s.spec.devices.iter().flatten() {
+            let Some(i) = index(d).filter(|i| (*i as usize) < haiyun_scheduler::model::MAX_GPUS_PER_NODE)
+            else {
+                continue;
+            };
+            let n = i as usize + 1;
+            if e.models.len() < n {
+                e.models.resize(n, None);
+                e.domains.resize(n, None);
+            }
+            e.count = e.count.max(i + 1);
+            e.models[i as usize] = string_attr(d, "model");
+            e.domains[i as usize] = string_attr(d, "nvlinkDomain");
+            if e.memory_mib.is_none() {
+                e.memory_mib = d
+                    .capacity
+                    .as_ref()
+                    .and_then(|c| c.get("memory"))
+                    .and_then(|c| haiyun_api::quantity::mib(&c.value.0).ok())
+                    .map(|m| m as u32);
+            }
+            if let Some(t) = d.taints.as_ref().and_then(|t| t.first()) {
+                e.tainted |= 1 << i;
+                e.taints.insert(i, format!("{}={}", t.key, t.value.as_deref().unwrap_or_default()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_count_models_memory_domains_and_taints() {
+        let slice: ResourceSlice = serde_json::from_value(json!({
+            "metadata": {"name": "n1-gpu.haiyun.io"},
+            "spec": {"driver": DRIVER, "nodeName": "n1", "pool": {"name": "n1", "generation": 1, "resourceSliceCount": 1},
+              "devices": [
+                {"name": "gpu-0", "attributes": {"model": {"string": "A100"}, "nvlinkDomain": {"string": "n1-0"}},
+                 "capacity": {"memory": {"value": "42949672960"}}},
+                {"name": "gpu-1", "attributes": {"model": {"string": "T4"}, "nvlinkDomain": {"string": "n1-1"}},
+                 "taints": [{"key": "gpu.haiyun.io/unhealthy", "value": "XID-79", "effect": "NoSchedule"}]},
+              ]}
+        }))
+        .unwrap();
+        let other: ResourceSlice = serde_json::from_value(json!({
+            "metadata": {"name": "x"},
+            "spec": {"driver": "nic.example.com", "nodeName": "n2", "pool": {"name": "n2", "generation": 1, "resourceSliceCount": 1},
+              "devices": [{"name": "gpu-0"}]}
+        }))
+        .unwrap();
+        let got = by_node(&[Arc::new(slice), Arc::new(other)]);
+        assert_eq!(got.len(), 1, "other drivers' slices are not GPUs of Haiyun's");
+        let d = &got["n1"];
+        assert_eq!(d.count, 2);
+        assert_eq!(d.models, vec![Some("A100".into()), Some("T4".into())]);
+        assert_eq!(d.memory_mib, Some(40_960));
+        assert_eq!(d.domains[1].as_deref(), Some("n1-1"));
+        assert_eq!(d.tainted, 0b10);
+        assert_eq!(d.taints[&1], "gpu.haiyun.io/unhealthy=XID-79");
+    }
+}
