@@ -279,6 +279,21 @@ pub struct Placement {
     pub tasks: Vec<TaskPlacement>,
 }
 
+/// GPU energy a job's runs used, as its nodes' agents count it (the DCGM exporter's
+/// `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobEnergy {
+    /// Joules so far.
+    pub joules: f64,
+    /// The energy counter (millijoules) of each of its GPUs when last accounted, by `node/gpu`.
+    #[serde(default)]
+    pub counters: std::collections::BTreeMap<String, u64>,
+    /// When last accounted (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounted: Option<String>,
+}
+
 /// Why a run failed.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -375,6 +390,9 @@ pub struct ComputeJobStatus {
     /// GPU-hours used so far.
     #[serde(default)]
     pub gpu_hours: f64,
+    /// GPU energy its runs used, from its nodes' agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<JobEnergy>,
     /// Times preempted.
     #[serde(default)]
     pub preemptions: u32,

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cycle;
 pub mod dashboard;
 pub mod decision;
+pub mod energy;
 pub mod engine;
 pub mod fleet;
 pub mod http;

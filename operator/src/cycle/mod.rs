@@ -90,7 +90,8 @@ pub fn run(input: &Input<'_>, memory: &mut Memory) -> Result<Output, CycleError>
         index::build(objects, &memory.overlay, &mut memory.index, &federation, input.config, input.now)?;
     let kinds: BTreeMap<String, BackendKind> =
         objects.pools.iter().filter_map(|p| Some((p.name_any(), BackendKind::of(p)?))).collect();
-    let planned = plan::plan(&mut world, &kinds, input.now)?;
+    let mut planned = plan::plan(&mut world, &kinds, input.now)?;
+    account_energy(&mut planned, &world, input.fleet, input.now);
     let stamp = rfc3339(input.now);
     let mut out = Vec::with_capacity(planned.len());
     let mut decisions = Vec::new();
@@ -209,6 +210,29 @@ impl Memory {
                 decisions.push(Decision::new("reject", job, None, stamp.into()).detail(why.clone()));
                 self.rejected.insert(key, why);
             }
+        }
+    }
+}
+
+/// Energy: every status written this cycle carries an account of its GPUs' energy, and a running job whose account
+/// is due gets a status write of its own.
+pub(crate) fn account_energy(planned: &mut Vec<Action>, world: &World, fleet: &FleetView, now: Time) {
+    let mut written = HashSet::new();
+    for a in planned.iter_mut() {
+        if let Action::Status { job, status } = a {
+            crate::energy::account(status, fleet, now);
+            written.insert(job.uid().unwrap_or_default());
+        }
+    }
+    for t in &world.jobs {
+        let Some(old) = t.job.status.as_ref() else { continue };
+        if written.contains(&t.job.uid().unwrap_or_default()) || !crate::energy::due(old, now) {
+            continue;
+        }
+        let mut st = old.clone();
+        crate::energy::account(&mut st, fleet, now);
+        if st.energy.is_some() {
+            planned.push(Action::Status { job: t.job.clone(), status: Box::new(st) });
         }
     }
 }

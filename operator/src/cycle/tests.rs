@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::backend::kubernetes::KubernetesBackend;
 use crate::backend::slurm::{SlurmBackend, SlurmPools, SlurmViews};
 use crate::backend::{BackendKind, Backends, Inputs, PoolBackend};
-use crate::fleet::FleetView;
+use crate::fleet::{FleetView, GpuState, GpuView};
 use crate::index::{Cache, Claims, JobState, Overlay, World, build};
 use crate::plan::{Action, plan};
 
@@ -276,6 +276,7 @@ fn agent_view(unhealthy: &[u32], stale: bool) -> crate::fleet::NodeView {
                     uuid: String::new(),
                     utilization: None,
                     nvlink_peers: Vec::new(),
+                    energy_mj: None,
                 },
             )
         })
@@ -921,6 +922,7 @@ fn nvlink_domains_come_from_the_agents_links_and_a_label_overrides_them() {
                     uuid: format!("GPU-{i}"),
                     utilization: None,
                     nvlink_peers: vec![peer],
+                    energy_mj: None,
                 };
                 (i, v)
             })
@@ -965,4 +967,69 @@ fn nvlink_domains_come_from_the_agents_links_and_a_label_overrides_them() {
     objects.nodes = vec![Arc::new(labelled)];
     let (_, actions) = cycle(&objects);
     assert_eq!(admitted(&actions), ["linked"]);
+}
+
+#[test]
+fn a_running_job_accounts_its_gpus_energy_once_a_minute_from_the_agents_counters() {
+    let (a, a_pod) = running(job("a", "q", 2, 100), "n0", &[0, 1]);
+    let counters = |mj: u64| -> FleetView {
+        let gpus = (0..4u32)
+            .map(|i| {
+                let v = GpuView {
+                    state: GpuState::Healthy,
+                    reason: String::new(),
+                    uuid: String::new(),
+                    utilization: None,
+                    nvlink_peers: Vec::new(),
+                    // Each GPU of the node counts its own: GPU i has used i+1 times as much.
+                    energy_mj: Some(mj * u64::from(i + 1)),
+                };
+                (i, v)
+            })
+            .collect();
+        let view = crate::fleet::NodeView {
+            stale: false,
+            silent_seconds: 0.0,
+            gpus,
+            last_gap_seconds: 0.0,
+            lost: 0,
+            replayed: 0,
+        };
+        [("n0".to_string(), view)].into_iter().collect()
+    };
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![a],
+        nodes: vec![node("n0", 4, false)],
+        pods: vec![a_pod],
+        fleet: Arc::new(counters(1_000_000)),
+        ..Default::default()
+    };
+    let (world, mut actions) = cycle(&objects);
+    crate::cycle::account_energy(&mut actions, &world, &objects.fleet, NOW);
+    let first = actions.iter().find_map(|a| match a {
+        Action::Status { status, .. } => status.energy.clone(),
+        _ => None,
+    });
+    let first = first.expect("the first account starts the count");
+    assert_eq!((first.joules, first.counters["n0/1"]), (0.0, 2_000_000));
+    // A minute later its two GPUs used 1 kJ and 2 kJ; GPUs 2 and 3 are not its own.
+    let mut st = objects.jobs[0].status.clone().unwrap();
+    st.energy = Some(first);
+    let mut j = (*objects.jobs[0]).clone();
+    j.status = Some(st);
+    let later = Objects { jobs: vec![Arc::new(j)], fleet: Arc::new(counters(2_000_000)), ..objects };
+    let (world, mut actions) = cycle(&later);
+    crate::cycle::account_energy(&mut actions, &world, &later.fleet, NOW + 30.0);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Status { .. })),
+        "not due within the minute: {actions:?}"
+    );
+    crate::cycle::account_energy(&mut actions, &world, &later.fleet, NOW + 60.0);
+    let e = actions.iter().find_map(|a| match a {
+        Action::Status { status, .. } => status.energy.clone(),
+        _ => None,
+    });
+    assert_eq!(e.map(|e| e.joules), Some(3000.0));
 }

@@ -135,6 +135,7 @@ mod tests {
             uuid: "GPU-x".into(),
             utilization: None,
             nvlink_peers: Vec::new(),
+            energy_mj: None,
         };
         let mut v = NodeView {
             stale: false,

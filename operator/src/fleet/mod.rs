@@ -37,6 +37,8 @@ pub struct GpuView {
     pub utilization: Option<u32>,
     /// The GPUs of its node it has an NVLink to, by index, as the inventory reported them.
     pub nvlink_peers: Vec<u32>,
+    /// Its energy counter in the last sample, millijoules since the driver loaded.
+    pub energy_mj: Option<u64>,
 }
 
 /// What the scheduler and the node conditions need of one node.
@@ -76,6 +78,7 @@ struct Entry {
     peers: BTreeMap<u32, Vec<u32>>,
     health: BTreeMap<u32, (GpuState, String)>,
     utilization: BTreeMap<u32, u32>,
+    energy: BTreeMap<u32, u64>,
     samples: u64,
     replayed: u64,
     lost: u64,
@@ -129,6 +132,7 @@ impl Fleet {
             peers: BTreeMap::new(),
             health: BTreeMap::new(),
             utilization: BTreeMap::new(),
+            energy: BTreeMap::new(),
             samples: 0,
             replayed: 0,
             lost: 0,
@@ -186,6 +190,7 @@ impl Fleet {
         let changed = health != e.health;
         e.health = health;
         e.utilization = s.gpus.iter().filter_map(|r| Some((r.index, r.utilization_gpu_pct?))).collect();
+        e.energy = s.gpus.iter().filter_map(|r| Some((r.index, r.energy_mj?))).collect();
         drop(nodes);
         if changed {
             self.changed.notify_one();
@@ -222,6 +227,7 @@ impl Fleet {
                                 uuid,
                                 utilization,
                                 nvlink_peers,
+                                energy_mj: e.energy.get(i).copied(),
                             },
                         )
                     })
