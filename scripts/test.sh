@@ -13,6 +13,12 @@ if [ -n "$bad" ]; then
   echo "haiyun-scheduler must not depend on:"; echo "$bad"; exit 1
 fi
 
+echo "== haiyun-agent holds no Kubernetes client (the GPU driver that needs one is haiyun-dra)"
+bad=$(cargo tree -p haiyun-agent -e normal --prefix none | grep -E '^(kube-client|kube-runtime) ' || true)
+if [ -n "$bad" ]; then
+  echo "haiyun-agent must not depend on:"; echo "$bad"; exit 1
+fi
+
 echo "== rustfmt"
 cargo fmt --all -- --check
 
@@ -52,11 +58,11 @@ else
   echo "skipped: real nodes need root; the real-node tests will be skipped"
 fi
 
-echo "== a real GPU node (a third control plane: 1 kubelet whose GPUs Haiyun's DRA driver serves, fake 2x4 H100 probe)"
+echo "== real GPU nodes (a third control plane: 2 kubelets whose GPUs Haiyun's DRA driver serves: 8 H100 in two NVLink domains, 4 A100 two of them in MIG mode)"
 if [ "$(id -u)" = 0 ]; then
   cargo build --quiet -p haiyun-dra
-  testenv/testenv up --dir "$dra_dir" --nodes 0 --real-nodes 1 --real-node-prefix gpu-node --gpu-model H100 \
-    --agent fake:hgx-h100-2x4
+  testenv/testenv up --dir "$dra_dir" --nodes 0 --real-nodes 2 --real-node-prefix gpu-node \
+    --agent fake:hgx-h100-2x4,fake:a100-mig
   export HAIYUN_TEST_DRA_KUBECONFIG="$dra_dir/kubeconfig" HAIYUN_REQUIRE_DRA=1 TESTENV_DRA_DIR="$dra_dir"
 else
   echo "skipped: real nodes need root; the GPU driver's tests will be skipped"

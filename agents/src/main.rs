@@ -11,7 +11,7 @@ use haiyun_agent::probe::GpuProbe;
 #[derive(Debug, Parser)]
 #[command(name = "haiyun-agent", version, about = "Haiyun's node agent")]
 struct Cli {
-    /// The GPU probe: `nvml` (this machine's NVIDIA GPUs) or `fake:<profile>` (dgx-h100, hgx-h100-2x4, dgx-a100, t4-edge, mixed).
+    /// The GPU probe: `nvml` (this machine's NVIDIA GPUs) or `fake:<profile>` (dgx-h100, hgx-h100-2x4, a100-mig, dgx-a100, t4-edge, mixed).
     #[arg(long, default_value = "nvml")]
     probe: String,
     /// The node name reported (default: $NODE_NAME, else the host name).

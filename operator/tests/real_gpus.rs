@@ -1,8 +1,8 @@
 //! GPUs through Haiyun's DRA driver on real nodes (testenv's kubelet and containerd, the driver on a fake probe):
 //! the container gets exactly the GPUs Haiyun placed, shares of one GPU get their limits and cannot over-commit it,
 //! a 4-GPU NVLink-domain task lands inside one domain, and a GPU that fails under a job sends the job elsewhere.
-//! Needs `testenv up --real-nodes 1 --agent fake:hgx-h100-2x4` and `HAIYUN_TEST_DRA_KUBECONFIG` (scripts/test.sh
-//! starts one).
+//! A MIG instance is a flavor of its own. Needs `testenv up --real-nodes 2 --real-node-prefix gpu-node --agent
+//! fake:hgx-h100-2x4,fake:a100-mig` and `HAIYUN_TEST_DRA_KUBECONFIG` (scripts/test.sh starts one).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -18,6 +18,10 @@ use serde_json::{Value, json};
 use support::{Env, queue, wait_for};
 
 const LONG: Duration = Duration::from_secs(120);
+/// The node of 8 H100 in two NVLink domains.
+const H100_NODE: &str = "gpu-node-0";
+/// The node of 4 A100, two of them in MIG mode.
+const MIG_NODE: &str = "gpu-node-1";
 
 fn image() -> String {
     std::env::var("TESTENV_BUSYBOX_IMAGE").unwrap_or_else(|_| "localhost/testenv/busybox:latest".into())
@@ -46,25 +50,27 @@ fn share_job(name: &str, fraction: f64) -> Value {
     j
 }
 
-/// The driver's node and, by GPU index, each GPU's (UUID, NVLink domain) as its ResourceSlice says.
-async fn slice(env: &Env) -> (String, BTreeMap<u32, (String, String)>) {
+/// By device slot, each device's (UUID, NVLink domain, model) as the ResourceSlice of `node` says.
+async fn devices(env: &Env, node: &str) -> BTreeMap<u32, (String, String, String)> {
     let slices: Api<ResourceSlice> = Api::all(env.client.clone());
-    let list = slices.list(&ListParams::default().fields("spec.driver=gpu.haiyun.io")).await.unwrap();
-    let s = list.items.into_iter().next().expect("a ResourceSlice of gpu.haiyun.io");
-    let node = s.spec.node_name.clone().unwrap();
+    let s = slices.get(&format!("{node}-gpu.haiyun.io")).await.unwrap();
     let mut out = BTreeMap::new();
     for d in s.spec.devices.unwrap_or_default() {
         let a = d.attributes.unwrap_or_default();
-        let i = d.name.strip_prefix("gpu-").unwrap().parse().unwrap();
-        out.insert(i, (a["uuid"].string.clone().unwrap(), a["nvlinkDomain"].string.clone().unwrap()));
+        let i = a["index"].int.unwrap() as u32;
+        let text = |k: &str| a[k].string.clone().unwrap();
+        out.insert(i, (text("uuid"), text("nvlinkDomain"), text("model")));
     }
-    (node, out)
+    out
 }
 
-async fn setup(env: &Env) {
-    let pool = fixtures::pool("gpus").site("lab").kubernetes(&[("testenv.io/real", "true")]).value();
+/// The H100 node's pool and a queue for it.
+async fn setup(env: &Env) -> (String, BTreeMap<u32, (String, String, String)>) {
+    let pool =
+        fixtures::pool("gpus").site("lab").kubernetes(&[("kubernetes.io/hostname", H100_NODE)]).value();
     env.create::<ComputePool>(pool).await.unwrap();
     env.create::<Queue>(queue("gpu-q", "nvidia.com/gpu:h100", 16)).await.unwrap();
+    (H100_NODE.to_string(), devices(env, H100_NODE).await)
 }
 
 /// The line the task printed, once it has.
@@ -98,10 +104,9 @@ fn append(path: &str, line: &str) {
 #[tokio::test]
 async fn a_task_sees_exactly_the_gpus_haiyun_placed_and_an_nvlink_domain_task_stays_inside_one_domain() {
     let Some(env) = Env::start_dra("exact").await else { return };
-    setup(&env).await;
-    let (_, gpus) = slice(&env).await;
+    let (_, gpus) = setup(&env).await;
     assert_eq!(gpus.len(), 8);
-    let domains: BTreeSet<&String> = gpus.values().map(|(_, d)| d).collect();
+    let domains: BTreeSet<&String> = gpus.values().map(|(_, d, _)| d).collect();
     assert_eq!(domains.len(), 2, "the driver reports the probe's two NVLink domains: {gpus:?}");
     let _op = env.operator("only", &[]);
     env.create::<ComputeJob>(gpu_job("pair", 2, 300)).await.unwrap();
@@ -133,8 +138,7 @@ async fn a_task_sees_exactly_the_gpus_haiyun_placed_and_an_nvlink_domain_task_st
 #[tokio::test]
 async fn two_half_gpu_tasks_share_one_device_with_their_limits_and_a_third_share_cannot_over_commit_it() {
     let Some(env) = Env::start_dra("shares").await else { return };
-    setup(&env).await;
-    let (node, gpus) = slice(&env).await;
+    let (node, gpus) = setup(&env).await;
     let _op = env.operator("only", &[]);
     // Seven GPUs taken: the halves must share the last one.
     env.create::<ComputeJob>(gpu_job("filler", 7, 300)).await.unwrap();
@@ -213,8 +217,7 @@ async fn a_gpu_that_fails_under_a_running_job_is_tainted_and_the_job_runs_again_
         assert!(std::env::var_os("HAIYUN_REQUIRE_DRA").is_none(), "TESTENV_DRA_DIR is not set");
         return;
     };
-    setup(&env).await;
-    let (node, _) = slice(&env).await;
+    let (node, _) = setup(&env).await;
     let _op = env.operator("only", &[]);
     env.create::<ComputeJob>(gpu_job("victim", 2, 300)).await.unwrap();
     let first = placed(&env, "victim").await;
@@ -246,4 +249,40 @@ async fn a_gpu_that_fails_under_a_running_job_is_tainted_and_the_job_runs_again_
     let second = again.status.unwrap().placement.unwrap().tasks[0].gpus.clone();
     assert!(!second.contains(&bad), "never on the failed GPU until a reset: {second:?}");
     append(&faults, &format!("reset {bad}"));
+}
+
+#[tokio::test]
+async fn a_mig_instance_is_a_flavor_a_queue_holds_quota_for_and_the_task_sees_that_instance() {
+    let Some(env) = Env::start_dra("mig").await else { return };
+    let pool = fixtures::pool("mig").site("lab").kubernetes(&[("kubernetes.io/hostname", MIG_NODE)]).value();
+    env.create::<ComputePool>(pool).await.unwrap();
+    // Quota for the MIG flavor only: the node's whole A100s are not this queue's.
+    env.create::<Queue>(queue("mig-q", "nvidia.com/gpu:a100-1g.10gb", 3)).await.unwrap();
+    let slots = devices(&env, MIG_NODE).await;
+    let mig: BTreeSet<u32> = slots.iter().filter(|(_, d)| d.2 == "A100-1g.10gb").map(|(i, _)| *i).collect();
+    assert_eq!(mig.len(), 14, "two A100 in MIG mode, seven 1g.10gb each: {slots:?}");
+    let _op = env.operator("only", &[]);
+    let mut jobs = Vec::new();
+    for name in ["slice-a", "slice-b", "slice-c", "slice-d"] {
+        let mut j = gpu_job(name, 1, 300);
+        j["spec"]["queue"] = json!("mig-q");
+        j["spec"]["taskGroups"][0]["gpuModels"] = json!([{ "model": "a100-1g.10gb" }]);
+        env.create::<ComputeJob>(j).await.unwrap();
+        jobs.push(name);
+    }
+    let mut used = BTreeSet::new();
+    for name in &jobs[..3] {
+        let at = placed(&env, name).await;
+        assert_eq!(at.len(), 1);
+        assert!(mig.contains(&at[0]), "{name} on slot {at:?}, a MIG instance");
+        used.insert(at[0]);
+        let seen = uuids_of(&said(&env, &format!("{name}-w-0")).await);
+        assert_eq!(seen, BTreeSet::from([slots[&at[0]].0.clone()]), "{name} sees its instance's MIG UUID");
+        assert!(slots[&at[0]].0.starts_with("MIG-"));
+    }
+    assert_eq!(used.len(), 3, "three different instances");
+    // The fourth is over the queue's MIG quota of 3 and waits, though instances are free.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = env.job("default", "slice-d").await;
+    assert!(d.status.as_ref().and_then(|s| s.placement.as_ref()).is_none(), "{:?}", d.status);
 }

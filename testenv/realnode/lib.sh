@@ -402,13 +402,16 @@ start_kubelet() {
   local name="$1" n="$2" nd
   nd="$(node_dir "$name")"
   mkdir -p "$nd/device-plugins" "$nd/kubelet" /var/lib/kubelet/device-plugins
+  # With Haiyun's GPU driver the model of each GPU is in its ResourceSlice; no node-wide label overrides it.
+  local labels="$REAL_LABEL=true,type=real"
+  [[ -n "${AGENT:-}" ]] || labels+=",$GPU_MODEL_LABEL=$GPU_MODEL"
   mount --bind "$nd/kubelet" "$nd/kubelet" && mount --make-shared "$nd/kubelet" \
     || die "making $nd/kubelet a shared mount failed"
   start_in_ns "kubelet@$name" "$RN_HERE/kubelet-ns" "$nd/device-plugins" "$BIN/kubelet" \
     --config "$nd/kubelet.yaml" \
     --kubeconfig "$nd/kubeconfig" --hostname-override "$name" --node-ip "$(node_ip "$n")" \
     --root-dir "$nd/kubelet" --cert-dir "$nd/pki" \
-    --node-labels "$REAL_LABEL=true,type=real,$GPU_MODEL_LABEL=$GPU_MODEL" \
+    --node-labels "$labels" \
     --v "${TESTENV_KUBELET_V:-1}"
 }
 
@@ -583,15 +586,20 @@ spec:
   selectors:
   - cel: {expression: 'device.driver == "gpu.haiyun.io"'}
 EOF
+  local -a probes
+  IFS=, read -r -a probes <<< "$AGENT"
+  local n=0
   while read -r name; do
     nd="$(node_dir "$name")"
     mkdir -p "$nd/dra"
     : > "$nd/faults"
     client_cert "haiyun-dra-$name" "haiyun-dra:$name" "testenv:haiyun-dra"
     kubeconfig_for "$nd/dra.kubeconfig" "haiyun-dra-$name"
+    # Node n gets the n-th probe of the list, round robin.
     KUBECONFIG="$nd/dra.kubeconfig" start_in_ns "haiyun-dra@$name" "$bin" \
-      --probe "$AGENT" --faults "$nd/faults" --node-name "$name" \
+      --probe "${probes[n % ${#probes[@]}]}" --faults "$nd/faults" --node-name "$name" \
       --kubelet-dir "$nd/kubelet" --cdi-dir "$nd/cdi" --state-dir "$nd/dra"
+    n=$((n + 1))
   done < "$(RD)/nodes"
   while read -r name; do
     wait_for "the ResourceSlice of $name" 60 "haiyun-dra@$name" kc get resourceslice "$name-gpu.haiyun.io"

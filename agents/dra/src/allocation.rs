@@ -35,7 +35,7 @@ pub enum AllocationError {
     },
     /// A result names a device this driver does not publish.
     #[error(
-        "claim {claim} was allocated device {device:?}, which is not a GPU of this driver (use gpu-<index>)"
+        "claim {claim} was allocated device {device:?}, which is not a device of this driver (gpu-<slot> or mig-<slot>)"
     )]
     UnknownDevice {
         /// The claim.
@@ -125,7 +125,7 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_prepare() {
-        let c = claim(json!([{"request": "gpus", "driver": DRIVER, "pool": "n1", "device": "mig-1"}]));
+        let c = claim(json!([{"request": "gpus", "driver": DRIVER, "pool": "n1", "device": "nic-1"}]));
         assert!(matches!(grants(&c, "u1", "n1"), Err(AllocationError::UnknownDevice { .. })));
         assert!(matches!(grants(&c, "u2", "n1"), Err(AllocationError::Uid { .. })));
         let c = claim(json!([{"request": "gpus", "driver": DRIVER, "pool": "n1", "device": "gpu-1",

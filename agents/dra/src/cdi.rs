@@ -4,11 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use haiyun_agent::probe::GpuInfo;
 use serde_json::{Value, json};
 
-use crate::CDI_KIND;
 use crate::allocation::Grant;
+use crate::{CDI_KIND, Slot};
 
 /// The CDI spec version written (containerd 2 and CRI-O read it).
 const CDI_VERSION: &str = "0.6.0";
@@ -19,8 +18,8 @@ const CONTROL_DEVICES: [&str; 4] =
 /// Why a spec could not be made or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CdiError {
-    /// A granted GPU is not on this node now.
-    #[error("gpu-{0} is not present on this node (the probe does not list it)")]
+    /// A granted device is not on this node now.
+    #[error("device {0} is not present on this node (the probe does not list it)")]
     Missing(u32),
     /// The spec file could not be written or removed.
     #[error("failed to {what} CDI spec {path}: {source}")]
@@ -48,7 +47,7 @@ pub fn path(dir: &Path, claim_uid: &str) -> PathBuf {
 pub fn spec(
     claim_uid: &str,
     grants: &[Grant],
-    gpus: &BTreeMap<u32, GpuInfo>,
+    gpus: &BTreeMap<u32, Slot>,
     dev: &Path,
 ) -> Result<Value, CdiError> {
     let mut uuids = Vec::new();
@@ -57,12 +56,14 @@ pub fn spec(
     for (ordinal, g) in grants.iter().enumerate() {
         let info = gpus.get(&g.index).ok_or(CdiError::Missing(g.index))?;
         uuids.push(info.uuid.clone());
-        // Looked for under `dev` (the host's /dev, wherever the driver sees it); named by its host path.
-        if dev.join(format!("nvidia{}", g.index)).exists() {
-            nodes.push(json!({ "path": format!("/dev/nvidia{}", g.index) }));
+        // Looked for under `dev` (the host's /dev, wherever the driver sees it); named by its host path. A MIG
+        // instance needs its GPU's node.
+        let node = format!("nvidia{}", info.parent);
+        if dev.join(&node).exists() && !nodes.iter().any(|n: &Value| n["path"] == format!("/dev/{node}")) {
+            nodes.push(json!({ "path": format!("/dev/{node}") }));
         }
         if g.cores < 100 {
-            let mib = info.memory_total_bytes / (1 << 20) * u64::from(g.cores) / 100;
+            let mib = info.memory_bytes / (1 << 20) * u64::from(g.cores) / 100;
             env.push(format!("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={}", g.cores));
             env.push(format!("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT={ordinal}={mib}M"));
             env.push(format!("HAIYUN_GPU_SHARE_PERCENT={}", g.cores));
@@ -121,14 +122,20 @@ mod tests {
     use haiyun_agent::probe::GpuProbe;
     use haiyun_agent::probe::fake::FakeProbe;
 
-    fn gpus() -> BTreeMap<u32, GpuInfo> {
-        FakeProbe::profile("dgx-h100")
-            .unwrap()
-            .inventory()
-            .unwrap()
-            .into_iter()
-            .map(|g| (g.index, g))
-            .collect()
+    fn gpus() -> BTreeMap<u32, Slot> {
+        slots_of("dgx-h100")
+    }
+
+    fn slots_of(profile: &str) -> BTreeMap<u32, Slot> {
+        let inv = FakeProbe::profile(profile).unwrap().inventory().unwrap();
+        crate::slots(&inv).into_iter().map(|s| (s.slot, s)).collect()
+    }
+
+    #[test]
+    fn a_mig_instance_is_named_by_its_own_uuid() {
+        let s = spec("u", &[grant(8, 100)], &slots_of("a100-mig"), Path::new("/nonexistent")).unwrap();
+        let env = s["devices"][0]["containerEdits"]["env"].as_array().unwrap();
+        assert!(env.iter().any(|e| e == "NVIDIA_VISIBLE_DEVICES=MIG-fake-a100-01-1"), "{env:?}");
     }
 
     fn grant(index: u32, cores: u32) -> Grant {

@@ -17,24 +17,92 @@ pub const CORES: &str = "cores";
 /// The consumable capacity of device memory, bytes.
 pub const MEMORY: &str = "memory";
 
-/// A GPU's device name in the slice.
-pub fn device_name(index: u32) -> String {
-    format!("gpu-{index}")
+/// One device the driver offers: a whole GPU, or a MIG instance of a GPU in MIG mode. Devices are numbered in
+/// order (`slot`), GPU by GPU and a MIG GPU's instances in turn, and the slot is the index Haiyun places on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slot {
+    /// Its number on the node.
+    pub slot: u32,
+    /// The GPU it is, or is part of.
+    pub parent: u32,
+    /// Its UUID (`GPU-…` or `MIG-…`).
+    pub uuid: String,
+    /// The GPU's product name.
+    pub product: String,
+    /// The MIG profile, for a MIG instance.
+    pub mig: Option<String>,
+    /// Its memory, bytes.
+    pub memory_bytes: u64,
 }
 
-/// The GPU index a device name stands for.
+impl Slot {
+    /// Its device name in the slice: `gpu-<slot>`, or `mig-<slot>` for a MIG instance.
+    pub fn name(&self) -> String {
+        device_name(self.slot, self.mig.is_some())
+    }
+}
+
+/// The devices of a node's GPUs. A GPU in MIG mode offers its instances (none if its probe cannot list them), any
+/// other GPU itself.
+pub fn slots(gpus: &[haiyun_agent::probe::GpuInfo]) -> Vec<Slot> {
+    let mut out = Vec::new();
+    for g in gpus {
+        let mut push = |uuid: &str, mig: Option<&str>, memory_bytes: u64| {
+            let slot = out.len() as u32;
+            out.push(Slot {
+                slot,
+                parent: g.index,
+                uuid: uuid.into(),
+                product: g.name.clone(),
+                mig: mig.map(str::to_string),
+                memory_bytes,
+            });
+        };
+        if g.mig_enabled {
+            for m in &g.mig {
+                push(&m.uuid, Some(&m.profile), m.memory_total_bytes);
+            }
+        } else {
+            push(&g.uuid, None, g.memory_total_bytes);
+        }
+    }
+    out
+}
+
+/// A device's name in the slice.
+pub fn device_name(slot: u32, mig: bool) -> String {
+    if mig { format!("mig-{slot}") } else { format!("gpu-{slot}") }
+}
+
+/// The slot a device name stands for.
 pub fn device_index(name: &str) -> Option<u32> {
-    name.strip_prefix("gpu-")?.parse().ok()
+    name.strip_prefix("gpu-").or_else(|| name.strip_prefix("mig-"))?.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use haiyun_agent::probe::GpuProbe;
+    use haiyun_agent::probe::fake::FakeProbe;
+
     #[test]
     fn device_names_round_trip() {
-        assert_eq!(device_index(&device_name(7)), Some(7));
+        assert_eq!(device_index(&device_name(7, false)), Some(7));
+        assert_eq!(device_index(&device_name(9, true)), Some(9));
         assert_eq!(device_index("gpu-x"), None);
-        assert_eq!(device_index("mig-1"), None);
+        assert_eq!(device_index("nic-1"), None);
+    }
+
+    #[test]
+    fn a_gpu_in_mig_mode_offers_its_instances_in_turn() {
+        let s = slots(&FakeProbe::profile("a100-mig").unwrap().inventory().unwrap());
+        assert_eq!(s.len(), 16, "7 + 7 instances and 2 whole GPUs");
+        assert_eq!((s[0].name(), s[0].parent, s[0].mig.as_deref()), ("mig-0".into(), 0, Some("1g.10gb")));
+        assert_eq!((s[7].name(), s[7].parent, s[7].uuid.as_str()), ("mig-7".into(), 1, "MIG-fake-a100-01-0"));
+        assert_eq!((s[14].name(), s[14].parent, s[14].mig.as_deref()), ("gpu-14".into(), 2, None));
+        assert_eq!(s[0].memory_bytes, 10 << 30);
+        let whole = slots(&FakeProbe::profile("dgx-h100").unwrap().inventory().unwrap());
+        assert!(whole.iter().enumerate().all(|(i, s)| s.slot == i as u32 && s.parent == i as u32));
     }
 }

@@ -18,7 +18,7 @@ use kube::Api;
 #[derive(Debug, Parser)]
 #[command(name = "haiyun-dra", about = "Haiyun's GPU driver for Kubernetes (DRA kubelet plugin)")]
 struct Cli {
-    /// The GPU probe: `nvml` or `fake:<profile>` (dgx-h100, hgx-h100-2x4, dgx-a100, t4-edge, mixed).
+    /// The GPU probe: `nvml` or `fake:<profile>` (dgx-h100, hgx-h100-2x4, a100-mig, dgx-a100, t4-edge, mixed).
     #[arg(long, default_value = "nvml")]
     probe: String,
     /// A file of faults for the fake machine (as the agent's `--faults`).
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
 }
 
 fn print_cdi(cli: &Cli, round: Round) -> ExitCode {
-    let gpus: BTreeMap<_, _> = round.inventory.into_iter().map(|g| (g.index, g)).collect();
+    let gpus: BTreeMap<_, _> = haiyun_dra::slots(&round.inventory).into_iter().map(|s| (s.slot, s)).collect();
     let grants: Vec<_> = gpus
         .keys()
         .map(|i| haiyun_dra::allocation::Grant {
@@ -162,12 +162,9 @@ async fn run(cli: Cli, mut sampler: Sampler) -> Result<(), String> {
     }
 }
 
-fn set(
-    gpus: &Mutex<BTreeMap<u32, haiyun_agent::probe::GpuInfo>>,
-    inventory: &[haiyun_agent::probe::GpuInfo],
-) {
+fn set(gpus: &Mutex<BTreeMap<u32, haiyun_dra::Slot>>, inventory: &[haiyun_agent::probe::GpuInfo]) {
     if let Ok(mut g) = gpus.lock() {
-        *g = inventory.iter().map(|i| (i.index, i.clone())).collect();
+        *g = haiyun_dra::slots(inventory).into_iter().map(|s| (s.slot, s)).collect();
     }
 }
 

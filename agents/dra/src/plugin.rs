@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use haiyun_agent::probe::GpuInfo;
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::Api;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::ledger::{Ledger, Prepared};
-use crate::{DRIVER, allocation, cdi, device_name};
+use crate::{DRIVER, Slot, allocation, cdi};
 
 /// The kubelet's plugin registration protocol.
 pub mod registration {
@@ -62,8 +61,8 @@ pub struct Driver {
     pub cdi_dir: PathBuf,
     /// Where device nodes are looked for.
     pub dev_dir: PathBuf,
-    /// The node's GPUs as last probed, by index.
-    pub gpus: Arc<Mutex<BTreeMap<u32, GpuInfo>>>,
+    /// The node's devices as last probed, by slot.
+    pub gpus: Arc<Mutex<BTreeMap<u32, Slot>>>,
     /// Prepared claims.
     pub ledger: tokio::sync::Mutex<Ledger>,
 }
@@ -123,7 +122,9 @@ impl Driver {
             .map(|(i, g)| dra::Device {
                 request_names: vec![g.request.clone()],
                 pool_name: self.node.clone(),
-                device_name: device_name(g.index),
+                device_name: gpus
+                    .get(&g.index)
+                    .map_or_else(|| crate::device_name(g.index, false), Slot::name),
                 // One CDI device carries the whole claim; naming it once keeps the runtime from applying it twice.
                 cdi_device_ids: if i == 0 { vec![cdi::device_id(&claim.uid)] } else { Vec::new() },
                 share_id: g.share_id.clone(),

@@ -9,7 +9,7 @@ use k8s_openapi::api::resource::v1::ResourceSlice;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::{CORES, DRIVER, MEMORY, device_name};
+use crate::{CORES, DRIVER, MEMORY, slots};
 
 /// The taint key of a GPU that must not take work.
 pub const UNHEALTHY_TAINT: &str = "gpu.haiyun.io/unhealthy";
@@ -76,7 +76,9 @@ fn taint_value(reason: &str) -> String {
     v.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
 }
 
-/// The slice of `node` (whose Node has uid `node_uid`, its owner) for these GPUs and their health.
+/// The slice of `node` (whose Node has uid `node_uid`, its owner) for these GPUs and their health: a device per
+/// whole GPU (shareable by compute percent) and per MIG instance (whole only), each tainted while its GPU is
+/// unhealthy.
 pub fn build(
     node: &str,
     node_uid: &str,
@@ -84,14 +86,21 @@ pub fn build(
     health: &BTreeMap<u32, Health>,
 ) -> Result<ResourceSlice, SliceError> {
     let domain = domains(gpus);
-    let devices: Vec<Value> = gpus
-        .iter()
-        .map(|g| {
+    let parents: BTreeMap<u32, &GpuInfo> = gpus.iter().map(|g| (g.index, g)).collect();
+    let devices: Vec<Value> = slots(gpus)
+        .into_iter()
+        .filter_map(|s| Some((parents.get(&s.parent).copied()?, s)))
+        .map(|(g, s)| {
+            let model = match &s.mig {
+                Some(profile) => format!("{}-{profile}", model(&g.name)),
+                None => model(&g.name),
+            };
             let mut attrs = json!({
-                "uuid": { "string": g.uuid },
+                "uuid": { "string": s.uuid },
                 "productName": { "string": g.name },
-                "model": { "string": model(&g.name) },
-                "index": { "int": g.index },
+                "model": { "string": model },
+                "index": { "int": s.slot },
+                "parentIndex": { "int": g.index },
                 "pciBusID": { "string": g.pci_bus_id },
                 "migEnabled": { "bool": g.mig_enabled },
                 "nvlinkDomain": { "string": format!("{node}-{}", domain.get(&g.index).copied().unwrap_or(g.index)) },
@@ -99,16 +108,20 @@ pub fn build(
             if let Some(n) = g.numa_node {
                 attrs["numaNode"] = json!({ "int": n });
             }
+            if let Some(p) = &s.mig {
+                attrs["migProfile"] = json!({ "string": p });
+            }
             let mut d = json!({
-                "name": device_name(g.index),
+                "name": s.name(),
                 "attributes": attrs,
-                "capacity": {
-                    MEMORY: { "value": g.memory_total_bytes.to_string() },
-                    CORES: { "value": "100", "requestPolicy": {
-                        "default": "100", "validRange": { "min": "1", "max": "100", "step": "1" } } },
-                },
-                "allowMultipleAllocations": true,
+                "capacity": { MEMORY: { "value": s.memory_bytes.to_string() } },
             });
+            // A whole GPU may be shared by compute percent; a MIG instance is already a share.
+            if s.mig.is_none() {
+                d["capacity"][CORES] = json!({ "value": "100", "requestPolicy": {
+                    "default": "100", "validRange": { "min": "1", "max": "100", "step": "1" } } });
+                d["allowMultipleAllocations"] = json!(true);
+            }
             let bad = match health.get(&g.index) {
                 Some(Health::Unhealthy(why)) => Some(why.as_str()),
                 Some(Health::Unknown(why)) => Some(why.as_str()),
@@ -152,6 +165,26 @@ mod tests {
     use super::*;
     use haiyun_agent::probe::GpuProbe;
     use haiyun_agent::probe::fake::FakeProbe;
+
+    #[test]
+    fn mig_instances_are_devices_of_their_own_model_tainted_with_their_gpu() {
+        let gpus = FakeProbe::profile("a100-mig").unwrap().inventory().unwrap();
+        let mut health: BTreeMap<u32, Health> = (0..4).map(|i| (i, Health::Healthy)).collect();
+        health.insert(1, Health::Unhealthy("XID 48".into()));
+        let v = serde_json::to_value(build("n1", "u", &gpus, &health).unwrap()).unwrap();
+        let devs = v["spec"]["devices"].as_array().unwrap();
+        assert_eq!(devs.len(), 16);
+        assert_eq!(devs[3]["name"], "mig-3");
+        assert_eq!(devs[3]["attributes"]["model"]["string"], "A100-1g.10gb");
+        assert_eq!(devs[3]["attributes"]["uuid"]["string"], "MIG-fake-a100-00-3");
+        assert_eq!(devs[3]["capacity"]["memory"]["value"], (10u64 << 30).to_string());
+        assert!(devs[3].get("allowMultipleAllocations").is_none(), "a MIG instance is not shared further");
+        assert!(devs[3].get("taints").is_none());
+        assert!(devs[7..14].iter().all(|d| d["taints"][0]["value"] == "XID-48"), "GPU 1's seven instances");
+        assert_eq!(devs[14]["name"], "gpu-14");
+        assert_eq!(devs[14]["attributes"]["parentIndex"]["int"], 2);
+        assert_eq!(devs[14]["attributes"]["model"]["string"], "A100");
+    }
 
     #[test]
     fn models_read_like_the_labels() {

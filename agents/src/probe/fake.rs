@@ -1,7 +1,7 @@
 //! A fake machine from a named profile, with faults that tests inject: XID errors, double-bit ECC errors, failed row
 //! remapping, a GPU that disappears, and fields that stop answering.
 
-use super::{GpuInfo, GpuProbe, GpuSample, ProbeError, Xid};
+use super::{GpuInfo, GpuProbe, GpuSample, MigInfo, ProbeError, Xid};
 
 const GIB: u64 = 1 << 30;
 
@@ -57,6 +57,7 @@ fn gpu(index: u32, name: &str, gib: u64, peers: Vec<u32>) -> FakeGpu {
             nvlink_peers: peers,
             pci_bus_id: format!("00000000:{:02X}:00.0", 0x18 + index * 0x10),
             numa_node: Some(index / 4),
+            mig: Vec::new(),
         },
         present: true,
         ecc: 0,
@@ -71,6 +72,23 @@ fn nvlinked(name: &str, gib: u64) -> Vec<FakeGpu> {
     (0..8).map(|i| gpu(i, name, gib, (0..8).filter(|j| *j != i).collect())).collect()
 }
 
+/// Four linked A100 80 GB, the first two in MIG mode with seven `1g.10gb` instances each.
+fn a100_mig() -> Vec<FakeGpu> {
+    let mut gpus: Vec<FakeGpu> =
+        (0..4).map(|i| gpu(i, "NVIDIA A100-SXM4-80GB", 80, (0..4).filter(|j| *j != i).collect())).collect();
+    for g in gpus.iter_mut().take(2) {
+        g.info.mig_enabled = true;
+        g.info.mig = (0..7)
+            .map(|k| MigInfo {
+                profile: "1g.10gb".into(),
+                uuid: format!("MIG-fake-a100-{:02}-{k}", g.info.index),
+                memory_total_bytes: 10 * GIB,
+            })
+            .collect();
+    }
+    gpus
+}
+
 /// Eight GPUs in two NVLink domains of four (0–3 and 4–7).
 fn two_domains(name: &str, gib: u64) -> Vec<FakeGpu> {
     (0..8).map(|i| gpu(i, name, gib, (0..8).filter(|j| *j != i && j / 4 == i / 4).collect())).collect()
@@ -78,12 +96,13 @@ fn two_domains(name: &str, gib: u64) -> Vec<FakeGpu> {
 
 impl FakeProbe {
     /// A machine from a profile: `dgx-h100` (8×H100 80 GB, one NVLink domain), `hgx-h100-2x4` (8×H100 80 GB in two
-    /// NVLink domains of four), `dgx-a100` (8×A100 80 GB),
+    /// NVLink domains of four), `a100-mig` (4×A100 80 GB, two in MIG mode as 7×`1g.10gb`), `dgx-a100` (8×A100 80 GB),
     /// `t4-edge` (1×T4 16 GB) or `mixed` (2×A100 40 GB linked, 2×T4).
     pub fn profile(name: &str) -> Result<Self, ProbeError> {
         let gpus = match name {
             "dgx-h100" => nvlinked("NVIDIA H100 80GB HBM3", 80),
             "hgx-h100-2x4" => two_domains("NVIDIA H100 80GB HBM3", 80),
+            "a100-mig" => a100_mig(),
             "dgx-a100" => nvlinked("NVIDIA A100-SXM4-80GB", 80),
             "t4-edge" => vec![gpu(0, "Tesla T4", 16, Vec::new())],
             "mixed" => vec![

@@ -26,6 +26,20 @@ pub struct GpuInfo {
     pub pci_bus_id: String,
     /// NUMA node, when known.
     pub numa_node: Option<u32>,
+    /// Its MIG instances, in MIG mode.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mig: Vec<MigInfo>,
+}
+
+/// One MIG instance of a GPU in MIG mode.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MigInfo {
+    /// Its profile, e.g. `1g.10gb`.
+    pub profile: String,
+    /// Stable id (`MIG-…`).
+    pub uuid: String,
+    /// Its memory in bytes.
+    pub memory_total_bytes: u64,
 }
 
 /// One reading of one GPU; a field the device could not give is `None`.
@@ -73,7 +87,9 @@ pub struct Xid {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
     /// An unknown fake profile.
-    #[error("failed to find fake profile {0:?}: use dgx-h100, hgx-h100-2x4, dgx-a100, t4-edge or mixed")]
+    #[error(
+        "failed to find fake profile {0:?}: use dgx-h100, hgx-h100-2x4, a100-mig, dgx-a100, t4-edge or mixed"
+    )]
     UnknownProfile(String),
     /// NVML could not be loaded or initialised (no NVIDIA driver on this machine, or it is broken).
     #[error(
@@ -120,7 +136,7 @@ pub fn open(spec: &str, faults: Option<&std::path::Path>) -> Result<Box<dyn GpuP
     }
     let Some(profile) = spec.strip_prefix("fake:") else {
         return Err(format!(
-            "unknown probe {spec:?}: use nvml or fake:<profile> (dgx-h100, hgx-h100-2x4, dgx-a100, t4-edge, mixed)"
+            "unknown probe {spec:?}: use nvml or fake:<profile> (dgx-h100, hgx-h100-2x4, a100-mig, dgx-a100, t4-edge, mixed)"
         ));
     };
     let p = fake::FakeProbe::profile(profile).map_err(|e| e.to_string())?;

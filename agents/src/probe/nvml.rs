@@ -131,6 +131,9 @@ fn describe(device: &Device<'static>, index: u32) -> Result<GpuInfo, ProbeError>
         name: device.name().map_err(nvml_error("read a GPU's name"))?,
         memory_total_bytes: device.memory_info().map_err(nvml_error("read a GPU's memory"))?.total,
         mig_enabled: device.mig_mode().map(|m| m.current == 1).unwrap_or(false),
+        // nvml-wrapper 0.11 has no safe call that lists a GPU's MIG instances: a GPU in MIG mode is reported with
+        // the flag and without its instances (so it offers no devices to the GPU driver).
+        mig: Vec::new(),
         nvlink_peers: Vec::new(),
         pci_bus_id: pci.bus_id,
         numa_node: numa,

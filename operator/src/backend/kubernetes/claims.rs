@@ -95,22 +95,29 @@ pub fn claim_for(pod: &Pod, count: u32, share: Option<u32>) -> Result<ResourceCl
     }))
 }
 
-/// The claim's status: the GPUs `gpus` of `node` (each taking `share` percent, or all of it), reserved for the pod.
+/// A device of the driver's slice: its name, and whether several claims may share it (a whole GPU; a MIG
+/// instance may not).
+pub type SliceDevice = (String, bool);
+
+/// The claim's status: these devices of `node` (a shareable one taking `share` percent, or all of it), reserved
+/// for the pod.
 pub fn allocation(
     node: &str,
-    gpus: &[u32],
+    devices: &[SliceDevice],
     share: Option<u32>,
     claim_uid: &str,
     pod: &Pod,
 ) -> serde_json::Value {
     let cores = share.unwrap_or(100).to_string();
-    let results: Vec<_> = gpus
+    let results: Vec<_> = devices
         .iter()
-        .map(|g| {
-            json!({
-                "request": REQUEST, "driver": DRIVER, "pool": node, "device": format!("gpu-{g}"),
-                "consumedCapacity": { CORES: cores }, "shareID": claim_uid,
-            })
+        .map(|(name, shared)| {
+            let mut r = json!({ "request": REQUEST, "driver": DRIVER, "pool": node, "device": name });
+            if *shared {
+                r["consumedCapacity"] = json!({ CORES: cores });
+                r["shareID"] = json!(claim_uid);
+            }
+            r
         })
         .collect();
     json!({ "status": {
@@ -121,6 +128,25 @@ pub fn allocation(
         },
         "reservedFor": [{ "resource": "pods", "name": pod.name_any(), "uid": pod.uid() }],
     }})
+}
+
+/// The slice's devices at these slots of `node`.
+async fn devices(client: &Client, node: &str, slots: &[u32]) -> Result<Vec<SliceDevice>, PodError> {
+    let slices: Api<ResourceSlice> = Api::all(client.clone());
+    let slice =
+        slices.get(&slice_name(node)).await.map_err(api_err("read ResourceSlice", slice_name(node)))?;
+    let all = slice.spec.devices.unwrap_or_default();
+    slots
+        .iter()
+        .map(|s| {
+            all.iter()
+                .find(|d| super::devices::index(&d.name) == Some(*s))
+                .map(|d| (d.name.clone(), d.allow_multiple_allocations == Some(true)))
+                .ok_or_else(|| {
+                    PodError::Stale(format!("device {s} of {node} (its driver no longer offers it)"))
+                })
+        })
+        .collect()
 }
 
 /// Creates the pod's claim if missing and allocates it to the task's GPUs, reserved for the pod; an allocation
@@ -153,7 +179,8 @@ pub async fn ensure(
     if reserved {
         return Ok(());
     }
-    let status = allocation(node, gpus, share, &claim.uid().unwrap_or_default(), pod);
+    let devices = devices(client, node, gpus).await?;
+    let status = allocation(node, &devices, share, &claim.uid().unwrap_or_default(), pod);
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await.map_err(api_err(
         "allocate ResourceClaim",
         format!("{ns}/{name} of {}", crate::index::job::key(job)),
@@ -199,12 +226,14 @@ mod tests {
         assert_eq!(whole["metadata"]["ownerReferences"][0]["uid"], "0c7b1d8e-0000-4000-8000-000000000001");
         let share = serde_json::to_value(claim_for(&pod(), 1, Some(50)).unwrap()).unwrap();
         assert_eq!(share["spec"]["devices"]["requests"][0]["exactly"]["capacity"]["requests"]["cores"], "50");
-        let st = allocation("n1", &[2, 5], None, "u", &pod());
+        let placed = [("gpu-2".to_string(), true), ("mig-5".to_string(), false)];
+        let st = allocation("n1", &placed, None, "u", &pod());
         let results = st["status"]["allocation"]["devices"]["results"].as_array().unwrap();
         let devices: Vec<&str> = results.iter().map(|r| r["device"].as_str().unwrap()).collect();
-        assert_eq!(devices, vec!["gpu-2", "gpu-5"]);
+        assert_eq!(devices, vec!["gpu-2", "mig-5"]);
         assert_eq!(results[0]["pool"], "n1");
         assert_eq!(results[0]["consumedCapacity"]["cores"], "100");
+        assert!(results[1].get("consumedCapacity").is_none(), "a MIG instance is taken whole, not shared");
         assert_eq!(st["status"]["reservedFor"][0]["name"], "train-0");
         assert_eq!(cores(0.5), 50);
         assert_eq!(cores(0.001), 1);

@@ -29,8 +29,9 @@ fn string_attr(d: &Device, key: &str) -> Option<String> {
     d.attributes.as_ref()?.get(key)?.string.clone()
 }
 
-fn index(d: &Device) -> Option<u32> {
-    d.name.strip_prefix("gpu-")?.parse().ok()
+/// The slot of a device of Haiyun's driver: `gpu-<slot>` (a whole GPU) or `mig-<slot>` (a MIG instance).
+pub fn index(name: &str) -> Option<u32> {
+    name.strip_prefix("gpu-").or_else(|| name.strip_prefix("mig-"))?.parse().ok()
 }
 
 /// The GPUs of each node a slice of Haiyun's driver describes.
@@ -40,7 +41,8 @@ pub fn by_node(slices: &[Arc<ResourceSlice>]) -> HashMap<String, Devices> {
         let Some(node) = s.spec.node_name.clone() else { continue };
         let e = out.entry(node).or_default();
         for d in s.spec.devices.iter().flatten() {
-            let Some(i) = index(d).filter(|i| (*i as usize) < haiyun_scheduler::model::MAX_GPUS_PER_NODE)
+            let Some(i) =
+                index(&d.name).filter(|i| (*i as usize) < haiyun_scheduler::model::MAX_GPUS_PER_NODE)
             else {
                 continue;
             };
@@ -82,7 +84,7 @@ mod tests {
               "devices": [
                 {"name": "gpu-0", "attributes": {"model": {"string": "A100"}, "nvlinkDomain": {"string": "n1-0"}},
                  "capacity": {"memory": {"value": "42949672960"}}},
-                {"name": "gpu-1", "attributes": {"model": {"string": "T4"}, "nvlinkDomain": {"string": "n1-1"}},
+                {"name": "mig-1", "attributes": {"model": {"string": "A100-1g.10gb"}, "nvlinkDomain": {"string": "n1-1"}},
                  "taints": [{"key": "gpu.haiyun.io/unhealthy", "value": "XID-79", "effect": "NoSchedule"}]},
               ]}
         }))
@@ -97,7 +99,7 @@ mod tests {
         assert_eq!(got.len(), 1, "other drivers' slices are not GPUs of Haiyun's");
         let d = &got["n1"];
         assert_eq!(d.count, 2);
-        assert_eq!(d.models, vec![Some("A100".into()), Some("T4".into())]);
+        assert_eq!(d.models, vec![Some("A100".into()), Some("A100-1g.10gb".into())]);
         assert_eq!(d.memory_mib, Some(40_960));
         assert_eq!(d.domains[1].as_deref(), Some("n1-1"));
         assert_eq!(d.tainted, 0b10);

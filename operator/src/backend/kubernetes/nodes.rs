@@ -189,7 +189,9 @@ pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut
             .and_then(|v| v.parse().ok())
             .or_else(|| dra.and_then(|d| d.memory_mib))
             .unwrap_or(DEFAULT_GPU_MEMORY_MIB);
-        let agent = inputs.fleet.get(&name);
+        // On a node the driver serves, its slice (from its own probe) says which GPUs are healthy, by the slots it
+        // numbers (a MIG instance is one): the agent's per-GPU reports do not index those.
+        let agent = if dra.is_some() { None } else { inputs.fleet.get(&name) };
         // A label names the domain (e.g. an NVL72 rack); else the driver's or the agent's NVLink links; else the
         // whole node.
         let from_driver: Option<Vec<String>> = dra.and_then(|d| {
