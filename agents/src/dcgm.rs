@@ -2,6 +2,9 @@
 
 use std::fmt::Write;
 
+use std::collections::BTreeMap;
+
+use crate::holders::Holder;
 use crate::probe::{GpuInfo, GpuSample};
 
 /// One field: DCGM name, help, Prometheus type, and how to read it from a sample (None: not exported for that GPU).
@@ -60,29 +63,45 @@ fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
-/// The Prometheus text exposition of every GPU; `last_xid` gives the last XID per GPU index.
+/// The Prometheus text exposition of every GPU; `last_xid` gives the last XID per GPU index. A GPU that pods hold
+/// has one series per holding container, with its `pod`, `namespace` and `container` (as the DCGM exporter does).
 pub fn render(
     host: &str,
     inventory: &[GpuInfo],
     samples: &[GpuSample],
     last_xid: &dyn Fn(u32) -> Option<u32>,
+    holders: &BTreeMap<u32, Vec<Holder>>,
 ) -> String {
     let mut out = String::new();
+    let none = [None];
     for (name, help, kind, read) in FIELDS {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for g in inventory {
             let Some(s) = samples.iter().find(|s| s.index == g.index) else { continue };
             let Some(v) = read(g, s, last_xid(g.index)) else { continue };
-            let _ = writeln!(
-                out,
-                "{name}{{gpu=\"{}\",UUID=\"{}\",pci_bus_id=\"{}\",device=\"nvidia{}\",modelName=\"{}\",Hostname=\"{}\"}} {v}",
-                g.index,
-                esc(&g.uuid),
-                esc(&g.pci_bus_id),
-                g.index,
-                esc(&g.name),
-                esc(host)
-            );
+            let held: Vec<Option<&Holder>> =
+                holders.get(&g.index).map(|h| h.iter().map(Some).collect()).unwrap_or_default();
+            for h in if held.is_empty() { &none[..] } else { &held[..] } {
+                let pod = h.map(|h| {
+                    format!(
+                        ",container=\"{}\",namespace=\"{}\",pod=\"{}\"",
+                        esc(&h.container),
+                        esc(&h.namespace),
+                        esc(&h.pod)
+                    )
+                });
+                let _ = writeln!(
+                    out,
+                    "{name}{{gpu=\"{}\",UUID=\"{}\",pci_bus_id=\"{}\",device=\"nvidia{}\",modelName=\"{}\",Hostname=\"{}\"{}}} {v}",
+                    g.index,
+                    esc(&g.uuid),
+                    esc(&g.pci_bus_id),
+                    g.index,
+                    esc(&g.name),
+                    esc(host),
+                    pod.unwrap_or_default()
+                );
+            }
         }
     }
     out
@@ -100,7 +119,7 @@ mod tests {
         p.inject(Fault::TemperatureUnsupported(1));
         let inv = p.inventory().unwrap();
         let s = p.sample().unwrap();
-        let text = render("node-a", &inv, &s, &|i| (i == 3).then_some(79));
+        let text = render("node-a", &inv, &s, &|i| (i == 3).then_some(79), &BTreeMap::new());
         let util = text.lines().filter(|l| l.starts_with("DCGM_FI_DEV_GPU_UTIL{")).count();
         assert_eq!(util, 8);
         assert!(text.contains(r#"DCGM_FI_DEV_XID_ERRORS{gpu="3",UUID="GPU-fake-h100-03""#), "{text}");
@@ -118,12 +137,30 @@ mod tests {
             assert_eq!(text.lines().filter(|l| l.starts_with(&format!("{name}{{"))).count(), 8, "{name}");
         }
         let first = value("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{gpu=\"0\"");
-        let again = render("node-a", &inv, &p.sample().unwrap(), &|_| None);
+        let again = render("node-a", &inv, &p.sample().unwrap(), &|_| None, &BTreeMap::new());
         let second: f64 = again
             .lines()
             .find(|l| l.starts_with("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{gpu=\"0\""))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap();
         assert!(first > 0.0 && second > first, "the energy counter only grows: {first} then {second}");
+    }
+
+    #[test]
+    fn a_held_gpu_carries_its_pod_namespace_and_container_and_a_shared_one_each() {
+        let mut p = FakeProbe::profile("dgx-h100").unwrap();
+        let (inv, s) = (p.inventory().unwrap(), p.sample().unwrap());
+        let h = |pod: &str| Holder { pod: pod.into(), namespace: "ml".into(), container: "main".into() };
+        let holders: BTreeMap<u32, Vec<Holder>> = [(2, vec![h("a-0")]), (5, vec![h("b-0"), h("c-0")])].into();
+        let text = render("n", &inv, &s, &|_| None, &holders);
+        let util: Vec<&str> = text.lines().filter(|l| l.starts_with("DCGM_FI_DEV_GPU_UTIL{")).collect();
+        assert_eq!(util.len(), 9, "8 GPUs, GPU 5 twice");
+        assert!(
+            util[2].contains(r#"Hostname="n",container="main",namespace="ml",pod="a-0"}"#),
+            "{}",
+            util[2]
+        );
+        assert!(util[5].contains(r#"pod="b-0""#) && util[6].contains(r#"pod="c-0""#));
+        assert!(!util[0].contains("pod="), "a free GPU has no pod labels");
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod dcgm;
 pub mod health;
+pub mod holders;
 pub mod link;
 pub mod probe;
 pub mod report;

@@ -38,6 +38,10 @@ struct Cli {
     /// Samples kept while the operator is unreachable (at 1 s: 10 minutes).
     #[arg(long, default_value_t = 600)]
     buffer: usize,
+    /// The kubelet's PodResources socket (e.g. /var/lib/kubelet/pod-resources/kubelet.sock): GPUs in use get the
+    /// `pod`, `namespace` and `container` labels of their holders (run mode).
+    #[arg(long)]
+    pod_resources: Option<PathBuf>,
     /// A file of faults for the fake machine (`xid 3 79`, `ecc 1 2`, `remap 4`, `disappear 6`, `reset 6`).
     #[arg(long)]
     faults: Option<PathBuf>,
@@ -133,7 +137,13 @@ fn run(cli: Cli, node: String, probe: Box<dyn GpuProbe>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let opts = haiyun_agent::serve::Options { node, interval: cli.interval, addr: cli.metrics_addr, link };
+    let opts = haiyun_agent::serve::Options {
+        node,
+        interval: cli.interval,
+        addr: cli.metrics_addr,
+        link,
+        pod_resources: cli.pod_resources.clone(),
+    };
     rt.block_on(async move {
         match haiyun_agent::serve::run(probe, opts).await {
             Ok((local, task)) => {

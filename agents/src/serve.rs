@@ -83,6 +83,8 @@ pub struct Options {
     pub addr: SocketAddr,
     /// The link to the operator, if any.
     pub link: Option<LinkConfig>,
+    /// The kubelet's PodResources socket, to label GPUs in use with their pods.
+    pub pod_resources: Option<std::path::PathBuf>,
 }
 
 /// Samples `probe` every `interval`, streams the rounds to the operator when a link is configured, and serves
@@ -101,6 +103,31 @@ pub async fn run(
         tokio::spawn(crate::link::run(cfg, rx, stats));
     }
     let (node, interval) = (opts.node, opts.interval);
+    // Who holds which device, refreshed from the kubelet every few seconds (kept as the kubelet said it; each round
+    // maps it onto that round's GPUs).
+    let held = Arc::new(Mutex::new(crate::holders::pb::ListPodResourcesResponse::default()));
+    if let Some(socket) = opts.pod_resources {
+        let held = held.clone();
+        tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                match crate::holders::list(&socket).await {
+                    Ok(list) => {
+                        *held.lock().unwrap_or_else(|p| p.into_inner()) = list;
+                        warned = false;
+                    }
+                    Err(e) if !warned => {
+                        eprintln!(
+                            "warning: {e}; GPUs in use are exported without pod labels until it answers"
+                        );
+                        warned = true;
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+    }
     std::thread::spawn(move || {
         let mut sampler = Sampler::spawn(probe, interval, interval * 5);
         let mut last_xid: BTreeMap<u32, u32> = BTreeMap::new();
@@ -112,8 +139,17 @@ pub async fn run(
             for x in &round.xids {
                 last_xid.insert(x.index, x.code);
             }
-            let mut text =
-                crate::dcgm::render(&node, &round.inventory, &round.samples, &|i| last_xid.get(&i).copied());
+            let holders = {
+                let list = held.lock().unwrap_or_else(|p| p.into_inner());
+                crate::holders::by_gpu(&list, &round.inventory)
+            };
+            let mut text = crate::dcgm::render(
+                &node,
+                &round.inventory,
+                &round.samples,
+                &|i| last_xid.get(&i).copied(),
+                &holders,
+            );
             render_own(&mut text, link_stats.as_deref(), &round.field_errors);
             let health = round.health.clone();
             // A full channel means the link task is stuck; the round still reaches /metrics.
@@ -170,6 +206,7 @@ mod tests {
             interval: Duration::from_millis(50),
             addr: "127.0.0.1:0".parse().unwrap(),
             link: None,
+            pod_resources: None,
         };
         let (addr, _task) = run(probe, opts).await.unwrap();
         let util = |text: &str| {

@@ -52,6 +52,7 @@ impl Agent {
             interval: Duration::from_secs(1),
             addr: "127.0.0.1:0".parse().unwrap(),
             link: Some(link),
+            pod_resources: None,
         };
         let (metrics, _task) = haiyun_agent::serve::run(Box::new(probe), opts).await.unwrap();
         Agent { metrics, faults }

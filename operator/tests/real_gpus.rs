@@ -94,6 +94,16 @@ fn uuids_of(line: &str) -> BTreeSet<String> {
     list.split(',').filter(|u| !u.is_empty()).map(str::to_string).collect()
 }
 
+/// What a plain HTTP GET of `/metrics` at `addr` answers, or None.
+async fn metrics(addr: std::net::SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
 /// Appends a line to a fake probe's fault file (the probe applies each line once, in order).
 fn append(path: &str, line: &str) {
     use std::io::Write;
@@ -122,6 +132,31 @@ async fn a_task_sees_exactly_the_gpus_haiyun_placed_and_an_nvlink_domain_task_st
     let claims: Api<ResourceClaim> = Api::namespaced(env.client.clone(), "default");
     let claim = claims.get("pair-w-0-gpus").await.unwrap();
     assert_eq!(claim.status.unwrap().reserved_for.unwrap()[0].name, "pair-w-0");
+
+    // The node's agent, reading the kubelet's PodResources socket, labels the pair's GPUs with their pod.
+    if let Ok(dir) = std::env::var("TESTENV_DRA_DIR") {
+        let opts = haiyun_agent::serve::Options {
+            node: H100_NODE.into(),
+            interval: Duration::from_millis(500),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            link: None,
+            pod_resources: Some(format!("{dir}/real/{H100_NODE}/kubelet/pod-resources/kubelet.sock").into()),
+        };
+        let probe = haiyun_agent::probe::fake::FakeProbe::profile("hgx-h100-2x4").unwrap();
+        let (addr, task) = haiyun_agent::serve::run(Box::new(probe), opts).await.unwrap();
+        let line = wait_for("the pair's GPUs labelled with their pod", LONG, || async {
+            let text = metrics(addr).await?;
+            let held: BTreeSet<u32> = text
+                .lines()
+                .filter(|l| l.starts_with("DCGM_FI_DEV_GPU_UTIL{") && l.contains(r#"pod="pair-w-0""#))
+                .filter_map(|l| l.split("gpu=\"").nth(1)?.split('"').next()?.parse().ok())
+                .collect();
+            (held == pair.iter().copied().collect::<BTreeSet<u32>>()).then_some(text)
+        })
+        .await;
+        assert!(line.contains(r#"container="main",namespace="default",pod="pair-w-0""#));
+        task.abort();
+    }
 
     // Four GPUs in one NVLink domain: the domain the pair uses has two left, so the other one.
     let mut ring = gpu_job("ring", 4, 300);

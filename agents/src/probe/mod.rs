@@ -2,6 +2,7 @@
 
 pub mod fake;
 pub mod nvml;
+pub mod slot;
 
 use std::collections::BTreeMap;
 

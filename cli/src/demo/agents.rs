@@ -200,6 +200,7 @@ pub async fn start(pools: &[ComputePool], dir: &Path, grace: Duration) -> Result
             interval: Duration::from_secs(1),
             addr: ([127, 0, 0, 1], 0).into(),
             link: Some(link),
+            pod_resources: None,
         };
         haiyun_agent::serve::run(Box::new(probe), opts)
             .await
