@@ -10,7 +10,7 @@ use crate::probe::{GpuInfo, GpuSample};
 /// One field: DCGM name, help, Prometheus type, and how to read it from a sample (None: not exported for that GPU).
 type Field = (&'static str, &'static str, &'static str, fn(&GpuInfo, &GpuSample, Option<u32>) -> Option<f64>);
 
-const FIELDS: [Field; 12] = [
+const FIELDS: [Field; 14] = [
     ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", "gauge", |_, s, _| {
         s.utilization_gpu_pct.map(f64::from)
     }),
@@ -28,6 +28,18 @@ const FIELDS: [Field; 12] = [
         "The rate of data received over the PCIe bus (in bytes/s).",
         "gauge",
         |_, s, _| s.pcie_rx_bytes_per_s.map(|b| b as f64),
+    ),
+    (
+        "DCGM_FI_PROF_NVLINK_TX_BYTES",
+        "The rate of data transmitted over NVLink, not including protocol headers (in bytes/s).",
+        "gauge",
+        |_, s, _| s.nvlink_tx_bytes_per_s.map(|b| b as f64),
+    ),
+    (
+        "DCGM_FI_PROF_NVLINK_RX_BYTES",
+        "The rate of data received over NVLink, not including protocol headers (in bytes/s).",
+        "gauge",
+        |_, s, _| s.nvlink_rx_bytes_per_s.map(|b| b as f64),
     ),
     ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", "gauge", |_, s, _| {
         s.memory_used_bytes.map(|b| (b >> 20) as f64)
@@ -132,8 +144,13 @@ mod tests {
         let (used, free) = (value("DCGM_FI_DEV_FB_USED{gpu=\"0\""), value("DCGM_FI_DEV_FB_FREE{gpu=\"0\""));
         assert!((used + free - 81920.0).abs() <= 1.0, "used + free = 80 GiB in MiB: {used} + {free}");
         assert!(text.contains("# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter"));
-        for name in ["DCGM_FI_DEV_MEM_COPY_UTIL", "DCGM_FI_PROF_PCIE_TX_BYTES", "DCGM_FI_PROF_PCIE_RX_BYTES"]
-        {
+        for name in [
+            "DCGM_FI_DEV_MEM_COPY_UTIL",
+            "DCGM_FI_PROF_PCIE_TX_BYTES",
+            "DCGM_FI_PROF_PCIE_RX_BYTES",
+            "DCGM_FI_PROF_NVLINK_TX_BYTES",
+            "DCGM_FI_PROF_NVLINK_RX_BYTES",
+        ] {
             assert_eq!(text.lines().filter(|l| l.starts_with(&format!("{name}{{"))).count(), 8, "{name}");
         }
         let first = value("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{gpu=\"0\"");

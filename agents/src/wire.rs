@@ -52,6 +52,8 @@ pub fn sample(r: &Round, seq: u64, taken_unix_ms: i64) -> pb::Sample {
                 reading.memory_copy_pct = s.memory_copy_pct;
                 reading.pcie_tx_bytes_per_s = s.pcie_tx_bytes_per_s;
                 reading.pcie_rx_bytes_per_s = s.pcie_rx_bytes_per_s;
+                reading.nvlink_tx_bytes_per_s = s.nvlink_tx_bytes_per_s;
+                reading.nvlink_rx_bytes_per_s = s.nvlink_rx_bytes_per_s;
                 reading.sm_clock_mhz = s.sm_clock_mhz;
                 reading.ecc_double_bit = s.ecc_double_bit;
                 reading.remap_failed = s.remap_failed;

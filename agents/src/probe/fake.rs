@@ -179,6 +179,11 @@ impl GpuProbe for FakeProbe {
                     // 100 MB/s of PCIe traffic per percent of load, a third of it back to the host.
                     pcie_tx_bytes_per_s: Some(u64::from(util) * 100_000_000 / 3),
                     pcie_rx_bytes_per_s: Some(u64::from(util) * 100_000_000),
+                    // 2 GB/s of NVLink traffic per percent of load each way, on GPUs that have links.
+                    nvlink_tx_bytes_per_s: (!g.info.nvlink_peers.is_empty())
+                        .then(|| u64::from(util) * 2_000_000_000),
+                    nvlink_rx_bytes_per_s: (!g.info.nvlink_peers.is_empty())
+                        .then(|| u64::from(util) * 2_000_000_000),
                     temperature_c: g.temperature.then_some(35 + util / 3),
                     power_mw: Some(power_mw),
                     energy_mj: Some(g.energy_mj),

@@ -59,6 +59,10 @@ pub struct GpuSample {
     pub pcie_tx_bytes_per_s: Option<u64>,
     /// PCIe bytes received per second.
     pub pcie_rx_bytes_per_s: Option<u64>,
+    /// NVLink data bytes sent per second (GPUs with NVLink only).
+    pub nvlink_tx_bytes_per_s: Option<u64>,
+    /// NVLink data bytes received per second.
+    pub nvlink_rx_bytes_per_s: Option<u64>,
     /// Temperature, °C.
     pub temperature_c: Option<u32>,
     /// Power draw, milliwatts.

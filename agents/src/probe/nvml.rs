@@ -12,7 +12,10 @@ use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::struct_wrappers::device::FieldValueSample;
 use nvml_wrapper::structs::device::FieldId;
-use nvml_wrapper::sys_exports::field_id::NVML_FI_DEV_REMAPPED_FAILURE;
+use nvml_wrapper::sys_exports::field_id::{
+    NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+    NVML_FI_DEV_REMAPPED_FAILURE,
+};
 use nvml_wrapper::{Device, EventSet, Nvml};
 
 use super::{GpuInfo, GpuProbe, GpuSample, ProbeError, Xid};
@@ -26,6 +29,8 @@ struct Handle {
     info: GpuInfo,
     /// Whether it answered the last call (a GPU lost from the bus does not).
     present: bool,
+    /// The NVLink data counters (KiB sent, KiB received) and their time (µs) at the last sample.
+    nvlink: Option<(u64, u64, i64)>,
 }
 
 /// A probe over the real GPUs of this machine.
@@ -60,7 +65,7 @@ impl NvmlProbe {
             // A GPU already lost is left out (the operator sees it as unknown), rather than failing the whole node.
             let opened = nvml.device_by_index(index).map_err(nvml_error("open a GPU"));
             match opened.and_then(|device| describe(&device, index).map(|info| (device, info))) {
-                Ok((device, info)) => gpus.push(Handle { device, info, present: true }),
+                Ok((device, info)) => gpus.push(Handle { device, info, present: true, nvlink: None }),
                 Err(e) => {
                     eprintln!("warning: GPU {index} left out: {e}");
                     *errors.entry("open").or_insert(0) += 1;
@@ -149,6 +154,43 @@ fn sysfs_bus_id(nvml: &str) -> String {
     }
 }
 
+/// A field value as an unsigned counter.
+fn counter(v: &Result<FieldValueSample, NvmlError>) -> Option<(u64, i64)> {
+    let s = v.as_ref().ok()?;
+    let n = match s.value.as_ref().ok()? {
+        SampleValue::U64(v) => *v,
+        SampleValue::U32(v) => u64::from(*v),
+        SampleValue::I64(v) => u64::try_from(*v).ok()?,
+        SampleValue::F64(_) => return None,
+    };
+    Some((n, s.timestamp))
+}
+
+impl NvmlProbe {
+    /// NVLink data throughput of GPU `i` since its last sample, bytes/s, from NVML's cumulative KiB counters (as
+    /// nvml-wrapper reads them: link scope 0). None for a GPU without NVLink and on the first sample.
+    fn nvlink_rates(&mut self, i: usize) -> (Option<u64>, Option<u64>) {
+        if self.gpus[i].info.nvlink_peers.is_empty() {
+            return (None, None);
+        }
+        let ids =
+            [FieldId(NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX), FieldId(NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX)];
+        let values = self.gpus[i].device.field_values_for(&ids);
+        let Some(values) = self.field(i, "nvlink_throughput", values) else { return (None, None) };
+        let (Some((tx, t)), Some((rx, _))) =
+            (values.first().and_then(counter), values.get(1).and_then(counter))
+        else {
+            *self.errors.entry("nvlink_throughput").or_insert(0) += 1;
+            return (None, None);
+        };
+        let before = self.gpus[i].nvlink.replace((tx, rx, t));
+        let Some((tx0, rx0, t0)) = before.filter(|(_, _, t0)| t > *t0) else { return (None, None) };
+        let secs = (t - t0) as f64 / 1e6;
+        let rate = |now: u64, then: u64| Some((now.saturating_sub(then) as f64 * 1024.0 / secs) as u64);
+        (rate(tx, tx0), rate(rx, rx0))
+    }
+}
+
 fn remap_failed(values: Vec<Result<FieldValueSample, NvmlError>>) -> Option<bool> {
     match values.into_iter().next()?.ok()?.value.ok()? {
         SampleValue::U32(v) => Some(v != 0),
@@ -194,6 +236,7 @@ impl GpuProbe for NvmlProbe {
                 (d.pcie_throughput(PcieUtilCounter::Send), d.pcie_throughput(PcieUtilCounter::Receive));
             let util = self.field(i, "utilization", util);
             let index = self.gpus[i].info.index;
+            let (nvlink_tx, nvlink_rx) = self.nvlink_rates(i);
             let s = GpuSample {
                 index,
                 memory_used_bytes: self.field(i, "memory", mem).map(|m| m.used),
@@ -202,6 +245,8 @@ impl GpuProbe for NvmlProbe {
                 // NVML counts KB/s over its last 20 ms.
                 pcie_tx_bytes_per_s: self.field(i, "pcie_tx", tx).map(|k| u64::from(k) * 1024),
                 pcie_rx_bytes_per_s: self.field(i, "pcie_rx", rx).map(|k| u64::from(k) * 1024),
+                nvlink_tx_bytes_per_s: nvlink_tx,
+                nvlink_rx_bytes_per_s: nvlink_rx,
                 temperature_c: self.field(i, "temperature", temp),
                 power_mw: self.field(i, "power", power),
                 energy_mj: self.field(i, "energy", energy),
