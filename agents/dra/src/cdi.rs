@@ -43,16 +43,19 @@ pub fn path(dir: &Path, claim_uid: &str) -> PathBuf {
     dir.join(format!("{}_{claim_uid}.json", CDI_KIND.replace('/', "-")))
 }
 
-/// The spec for a claim's grants; `dev` is where device nodes are looked for (`/dev` on a node).
+/// The spec for a claim's grants; `dev` is where device nodes are looked for (`/dev` on a node), `mps` the host pipe
+/// directory of each shared GPU's MPS daemon, by slot.
 pub fn spec(
     claim_uid: &str,
     grants: &[Grant],
     gpus: &BTreeMap<u32, Slot>,
     dev: &Path,
+    mps: &BTreeMap<u32, std::path::PathBuf>,
 ) -> Result<Value, CdiError> {
     let mut uuids = Vec::new();
     let mut nodes = Vec::new();
     let mut env = Vec::new();
+    let mut mounts = Vec::new();
     for (ordinal, g) in grants.iter().enumerate() {
         let info = gpus.get(&g.index).ok_or(CdiError::Missing(g.index))?;
         uuids.push(info.uuid.clone());
@@ -67,6 +70,11 @@ pub fn spec(
             env.push(format!("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={}", g.cores));
             env.push(format!("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT={ordinal}={mib}M"));
             env.push(format!("HAIYUN_GPU_SHARE_PERCENT={}", g.cores));
+            if let Some(pipe) = mps.get(&g.index).filter(|_| mounts.is_empty()) {
+                env.push(format!("CUDA_MPS_PIPE_DIRECTORY={}", crate::mps::CONTAINER_PIPE_DIR));
+                mounts.push(json!({ "hostPath": pipe, "containerPath": crate::mps::CONTAINER_PIPE_DIR,
+                                    "options": ["rbind", "rw"] }));
+            }
         }
     }
     if !nodes.is_empty() {
@@ -88,6 +96,9 @@ pub fn spec(
     let mut edits = json!({ "env": env });
     if !nodes.is_empty() {
         edits["deviceNodes"] = Value::Array(nodes);
+    }
+    if !mounts.is_empty() {
+        edits["mounts"] = Value::Array(mounts);
     }
     Ok(json!({
         "cdiVersion": CDI_VERSION,
@@ -132,8 +143,22 @@ mod tests {
     }
 
     #[test]
+    fn a_share_with_an_mps_daemon_gets_its_pipe_directory() {
+        let mps: BTreeMap<u32, std::path::PathBuf> = [(1, "/state/mps/GPU-fake-h100-01/pipe".into())].into();
+        let s = spec("u", &[grant(1, 50)], &gpus(), Path::new("/nonexistent"), &mps).unwrap();
+        let edits = &s["devices"][0]["containerEdits"];
+        assert!(
+            edits["env"].as_array().unwrap().iter().any(|e| e == "CUDA_MPS_PIPE_DIRECTORY=/run/nvidia-mps")
+        );
+        assert_eq!(edits["mounts"][0]["hostPath"], "/state/mps/GPU-fake-h100-01/pipe");
+        assert_eq!(edits["mounts"][0]["containerPath"], "/run/nvidia-mps");
+    }
+
+    #[test]
     fn a_mig_instance_is_named_by_its_own_uuid() {
-        let s = spec("u", &[grant(8, 100)], &slots_of("a100-mig"), Path::new("/nonexistent")).unwrap();
+        let s =
+            spec("u", &[grant(8, 100)], &slots_of("a100-mig"), Path::new("/nonexistent"), &BTreeMap::new())
+                .unwrap();
         let env = s["devices"][0]["containerEdits"]["env"].as_array().unwrap();
         assert!(env.iter().any(|e| e == "NVIDIA_VISIBLE_DEVICES=MIG-fake-a100-01-1"), "{env:?}");
     }
@@ -148,7 +173,7 @@ mod tests {
         std::fs::create_dir_all(&dev).unwrap();
         std::fs::write(dev.join("nvidia5"), "").unwrap();
         std::fs::write(dev.join("nvidiactl"), "").unwrap();
-        let s = spec("uid-1", &[grant(2, 100), grant(5, 100)], &gpus(), &dev).unwrap();
+        let s = spec("uid-1", &[grant(2, 100), grant(5, 100)], &gpus(), &dev, &BTreeMap::new()).unwrap();
         assert_eq!(s["kind"], "haiyun.io/gpu");
         assert_eq!(s["devices"][0]["name"], "uid-1");
         let edits = &s["devices"][0]["containerEdits"];
@@ -163,19 +188,22 @@ mod tests {
 
     #[test]
     fn a_share_gets_its_mps_limits_and_a_missing_gpu_is_refused() {
-        let s = spec("u", &[grant(1, 25)], &gpus(), Path::new("/nonexistent")).unwrap();
+        let s = spec("u", &[grant(1, 25)], &gpus(), Path::new("/nonexistent"), &BTreeMap::new()).unwrap();
         let edits = &s["devices"][0]["containerEdits"];
         let env: Vec<&str> = edits["env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert!(env.contains(&"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25"), "{env:?}");
         assert!(env.contains(&"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=20480M"), "{env:?}");
         assert!(edits.get("deviceNodes").is_none());
-        assert!(matches!(spec("u", &[grant(9, 100)], &gpus(), Path::new("/")), Err(CdiError::Missing(9))));
+        assert!(matches!(
+            spec("u", &[grant(9, 100)], &gpus(), Path::new("/"), &BTreeMap::new()),
+            Err(CdiError::Missing(9))
+        ));
     }
 
     #[test]
     fn writes_and_removes_atomically() {
         let dir = std::env::temp_dir().join(format!("haiyun-dra-cdi-{}", std::process::id()));
-        let s = spec("u2", &[grant(0, 100)], &gpus(), Path::new("/nonexistent")).unwrap();
+        let s = spec("u2", &[grant(0, 100)], &gpus(), Path::new("/nonexistent"), &BTreeMap::new()).unwrap();
         write(&dir, "u2", &s).unwrap();
         let back: Value = serde_json::from_str(&std::fs::read_to_string(path(&dir, "u2")).unwrap()).unwrap();
         assert_eq!(back, s);

@@ -4,6 +4,7 @@
 pub mod allocation;
 pub mod cdi;
 pub mod ledger;
+pub mod mps;
 pub mod plugin;
 pub mod registrar;
 pub mod slice;

@@ -88,7 +88,7 @@ fn print_cdi(cli: &Cli, round: Round) -> ExitCode {
             share_id: None,
         })
         .collect();
-    match haiyun_dra::cdi::spec("all", &grants, &gpus, &cli.dev_dir) {
+    match haiyun_dra::cdi::spec("all", &grants, &gpus, &cli.dev_dir, &BTreeMap::new()) {
         Ok(s) => {
             println!("{s:#}");
             ExitCode::SUCCESS
@@ -119,6 +119,7 @@ async fn run(cli: Cli, mut sampler: Sampler) -> Result<(), String> {
         dev_dir: cli.dev_dir.clone(),
         gpus: gpus.clone(),
         ledger: tokio::sync::Mutex::new(ledger),
+        mps: haiyun_dra::mps::Mps::new(cli.state_dir.join("mps"), haiyun_dra::mps::find_control()),
     });
     // Rounds come from the sampler's blocking reads.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Round>(1);

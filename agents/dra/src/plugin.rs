@@ -65,6 +65,8 @@ pub struct Driver {
     pub gpus: Arc<Mutex<BTreeMap<u32, Slot>>>,
     /// Prepared claims.
     pub ledger: tokio::sync::Mutex<Ledger>,
+    /// The MPS daemons of shared GPUs.
+    pub mps: crate::mps::Mps,
 }
 
 impl std::fmt::Debug for Driver {
@@ -100,8 +102,16 @@ impl Driver {
             }
         };
         let gpus = self.gpus.lock().map(|g| g.clone()).unwrap_or_default();
-        let spec =
-            cdi::spec(&claim.uid, &prepared.grants, &gpus, &self.dev_dir).map_err(|e| e.to_string())?;
+        let mut pipes = BTreeMap::new();
+        for g in prepared.grants.iter().filter(|g| g.cores < 100) {
+            if let Some(slot) = gpus.get(&g.index).filter(|s| s.mig.is_none()) {
+                if let Some(pipe) = self.mps.start(&slot.uuid).map_err(|e| e.to_string())? {
+                    pipes.insert(g.index, pipe);
+                }
+            }
+        }
+        let spec = cdi::spec(&claim.uid, &prepared.grants, &gpus, &self.dev_dir, &pipes)
+            .map_err(|e| e.to_string())?;
         if ledger.admit(&claim.uid, prepared.clone()).is_err() {
             // The kubelet may prepare a new claim before it unprepares the claim of a pod already gone: a holder
             // whose pods all left the API server (which needs the kubelet to have stopped their containers) is
@@ -155,8 +165,20 @@ impl Driver {
 
     async fn unprepare(&self, claim: &dra::Claim) -> Result<(), String> {
         cdi::remove(&self.cdi_dir, &claim.uid).map_err(|e| e.to_string())?;
-        if self.ledger.lock().await.release(&claim.uid).map_err(|e| e.to_string())? {
+        let mut ledger = self.ledger.lock().await;
+        let held = ledger.get(&claim.uid).cloned();
+        if ledger.release(&claim.uid).map_err(|e| e.to_string())? {
             eprintln!("haiyun-dra: unprepared claim {}/{}", claim.namespace, claim.name);
+        }
+        // A shared GPU whose last share went stops its MPS daemon.
+        let gpus = self.gpus.lock().map(|g| g.clone()).unwrap_or_default();
+        for g in held.iter().flat_map(|p| &p.grants).filter(|g| g.cores < 100) {
+            let still = ledger.sharing(&claim.uid, std::slice::from_ref(g));
+            if still.iter().all(|(_, p)| p.grants.iter().all(|o| o.index != g.index || o.cores == 100)) {
+                if let Some(slot) = gpus.get(&g.index) {
+                    self.mps.stop(&slot.uuid).map_err(|e| e.to_string())?;
+                }
+            }
         }
         Ok(())
     }
