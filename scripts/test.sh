@@ -58,11 +58,11 @@ else
   echo "skipped: real nodes need root; the real-node tests will be skipped"
 fi
 
-echo "== real GPU nodes (a third control plane: 2 kubelets whose GPUs Haiyun's DRA driver serves: 8 H100 in two NVLink domains, 4 A100 two of them in MIG mode)"
+echo "== real GPU nodes (a third control plane: 2 kubelets whose GPUs Haiyun's DRA driver serves: 8 H100 in two NVLink domains, 4 A100 two of them in MIG mode; kube-scheduler for plain pods)"
 if [ "$(id -u)" = 0 ]; then
   cargo build --quiet -p haiyun-dra
   testenv/testenv up --dir "$dra_dir" --nodes 0 --real-nodes 2 --real-node-prefix gpu-node \
-    --agent fake:hgx-h100-2x4,fake:a100-mig
+    --agent fake:hgx-h100-2x4,fake:a100-mig --with-scheduler
   export HAIYUN_TEST_DRA_KUBECONFIG="$dra_dir/kubeconfig" HAIYUN_REQUIRE_DRA=1 TESTENV_DRA_DIR="$dra_dir"
 else
   echo "skipped: real nodes need root; the GPU driver's tests will be skipped"

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::api::resource::v1::ResourceSlice;
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -28,6 +28,7 @@ pub struct Stores {
     pods: Store<Pod>,
     batch_jobs: Store<Job>,
     slices: Store<ResourceSlice>,
+    resource_claims: Store<ResourceClaim>,
     /// Fires on every change.
     pub changed: Arc<Notify>,
 }
@@ -81,6 +82,7 @@ impl Stores {
                 any().fields(&format!("spec.driver={}", crate::backend::kubernetes::claims::DRIVER)),
                 c(),
             ),
+            resource_claims: spawn(Api::all(client.clone()), any(), c()),
             changed,
         }
     }
@@ -103,6 +105,7 @@ impl Stores {
             self.batch_jobs.wait_until_ready(),
             // A cluster that does not serve resource.k8s.io/v1 never lists slices: its GPUs are extended resources.
             tokio::time::timeout(std::time::Duration::from_secs(10), self.slices.wait_until_ready()),
+            tokio::time::timeout(std::time::Duration::from_secs(10), self.resource_claims.wait_until_ready()),
         );
     }
 
@@ -118,6 +121,7 @@ impl Stores {
             pods: self.pods.state(),
             batch_jobs: self.batch_jobs.state(),
             slices: self.slices.state(),
+            resource_claims: self.resource_claims.state(),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! GPUs through Haiyun's DRA driver on real nodes (testenv's kubelet and containerd, the driver on a fake probe):
 //! the container gets exactly the GPUs Haiyun placed, shares of one GPU get their limits and cannot over-commit it,
 //! a 4-GPU NVLink-domain task lands inside one domain, and a GPU that fails under a job sends the job elsewhere.
-//! A MIG instance is a flavor of its own. Needs `testenv up --real-nodes 2 --real-node-prefix gpu-node --agent
-//! fake:hgx-h100-2x4,fake:a100-mig` and `HAIYUN_TEST_DRA_KUBECONFIG` (scripts/test.sh starts one).
+//! A MIG instance is a flavor of its own, and a plain pod asking `nvidia.com/gpu` gets a device from kube-scheduler
+//! that Haiyun then places around. Needs `testenv up --real-nodes 2 --real-node-prefix gpu-node --agent
+//! fake:hgx-h100-2x4,fake:a100-mig --with-scheduler` and `HAIYUN_TEST_DRA_KUBECONFIG` (scripts/test.sh starts one).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -320,4 +321,46 @@ async fn a_mig_instance_is_a_flavor_a_queue_holds_quota_for_and_the_task_sees_th
     tokio::time::sleep(Duration::from_secs(3)).await;
     let d = env.job("default", "slice-d").await;
     assert!(d.status.as_ref().and_then(|s| s.placement.as_ref()).is_none(), "{:?}", d.status);
+}
+
+#[tokio::test]
+async fn a_plain_pod_asking_nvidia_gpu_gets_a_device_from_kube_scheduler_and_haiyun_places_around_it() {
+    let Some(env) = Env::start_dra("plain").await else { return };
+    let (node, gpus) = setup(&env).await;
+    // A pod of another scheduler (kube-scheduler maps nvidia.com/gpu to the driver's DeviceClass).
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    let plain: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "plain"},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+          "nodeSelector": {"kubernetes.io/hostname": node},
+          "containers": [{"name": "c", "image": image(), "imagePullPolicy": "Never",
+            "command": ["sh", "-c", "echo \"uuids=$NVIDIA_VISIBLE_DEVICES\"; sleep 300"],
+            "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &plain).await.unwrap();
+    let seen = uuids_of(&said(&env, "plain").await);
+    assert_eq!(seen.len(), 1, "the plain pod got one GPU: {seen:?}");
+    let slot = *gpus.iter().find(|(_, d)| seen.contains(&d.0)).expect("one of the node's GPUs").0;
+    let _op = env.operator("only", &[]);
+    // Eight GPUs do not fit beside it; seven do, and never on its GPU.
+    env.create::<ComputeJob>(gpu_job("eight", 8, 300)).await.unwrap();
+    env.create::<ComputeJob>(gpu_job("seven", 7, 300)).await.unwrap();
+    let seven = placed(&env, "seven").await;
+    assert!(!seven.contains(&slot), "{seven:?} avoids the plain pod's GPU {slot}");
+    let seen7 = uuids_of(&said(&env, "seven-w-0").await);
+    assert!(!seen7.iter().any(|u| seen.contains(u)));
+    let eight = env.job("default", "eight").await;
+    assert!(eight.status.as_ref().and_then(|s| s.placement.as_ref()).is_none(), "{:?}", eight.status);
+    // Gone with its claim before the next test counts the node's GPUs.
+    pods.delete("plain", &Default::default()).await.unwrap();
+    let claims: Api<ResourceClaim> = Api::namespaced(env.client.clone(), "default");
+    wait_for("the plain pod and its claim gone", LONG, || async {
+        let pod_gone = pods.get_opt("plain").await.ok()?.is_none();
+        let list = claims.list(&ListParams::default()).await.ok()?;
+        let claim_gone =
+            !list.items.iter().any(|c| c.metadata.name.as_deref().is_some_and(|n| n.starts_with("plain-")));
+        (pod_gone && claim_gone).then_some(())
+    })
+    .await;
 }

@@ -585,6 +585,8 @@ metadata: {name: gpu.haiyun.io}
 spec:
   selectors:
   - cel: {expression: 'device.driver == "gpu.haiyun.io"'}
+  # Pods that ask nvidia.com/gpu get these devices from kube-scheduler (DRA extended resources).
+  extendedResourceName: nvidia.com/gpu
 EOF
   local -a probes
   IFS=, read -r -a probes <<< "$AGENT"

@@ -125,6 +125,7 @@ struct Objects {
     pods: Vec<Arc<Pod>>,
     batch_jobs: Vec<Arc<k8s_openapi::api::batch::v1::Job>>,
     slices: Vec<Arc<k8s_openapi::api::resource::v1::ResourceSlice>>,
+    resource_claims: Vec<Arc<k8s_openapi::api::resource::v1::ResourceClaim>>,
     fleet: Arc<FleetView>,
     slurm: Arc<SlurmViews>,
 }
@@ -141,6 +142,7 @@ fn cycle(given: &Objects) -> (World, Vec<Action>) {
         pods: given.pods.clone(),
         batch_jobs: given.batch_jobs.clone(),
         slices: given.slices.clone(),
+        resource_claims: given.resource_claims.clone(),
     };
     let backends = Backends::new(vec![
         Arc::new(KubernetesBackend::offline()) as Arc<dyn PoolBackend>,

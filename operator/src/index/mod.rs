@@ -50,6 +50,8 @@ pub struct Objects {
     pub batch_jobs: Vec<Arc<k8s_openapi::api::batch::v1::Job>>,
     /// DRA ResourceSlices of Haiyun's GPU driver (the GPUs of the nodes it serves).
     pub slices: Vec<Arc<k8s_openapi::api::resource::v1::ResourceSlice>>,
+    /// DRA ResourceClaims (those allocated from Haiyun's driver by another scheduler hold its GPUs).
+    pub resource_claims: Vec<Arc<k8s_openapi::api::resource::v1::ResourceClaim>>,
 }
 
 /// Why a running job was lost: it holds nothing any more and ends as Failed.

@@ -224,6 +224,7 @@ impl MemoryCluster {
             pods: self.backend.kubelet().pods().cloned().map(Arc::new).collect(),
             batch_jobs: Vec::new(),
             slices: Vec::new(),
+            resource_claims: Vec::new(),
         }
     }
 

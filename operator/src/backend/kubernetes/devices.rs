@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::resource::v1::{Device, ResourceSlice};
+use k8s_openapi::api::resource::v1::{Device, ResourceClaim, ResourceSlice};
 
 use super::claims::DRIVER;
 
@@ -71,6 +71,30 @@ pub fn by_node(slices: &[Arc<ResourceSlice>]) -> HashMap<String, Devices> {
     out
 }
 
+/// The GPUs of each node that claims other schedulers allocated from Haiyun's driver hold (bit per slot): e.g.
+/// kube-scheduler's claim for a plain pod that asks `nvidia.com/gpu`. Claims of Haiyun's own jobs (labelled with
+/// their job) are their placements' and not counted here.
+pub fn held_by_others(claims: &[Arc<ResourceClaim>]) -> HashMap<String, u32> {
+    let mut out: HashMap<String, u32> = HashMap::new();
+    for c in claims {
+        if c.metadata.labels.as_ref().is_some_and(|l| l.contains_key(haiyun_api::JOB_UID_LABEL)) {
+            continue;
+        }
+        let results = c
+            .status
+            .as_ref()
+            .and_then(|s| s.allocation.as_ref())
+            .and_then(|a| a.devices.as_ref())
+            .and_then(|d| d.results.as_ref());
+        for r in results.into_iter().flatten().filter(|r| r.driver == DRIVER) {
+            if let Some(i) = index(&r.device).filter(|i| *i < 32) {
+                *out.entry(r.pool.clone()).or_default() |= 1 << i;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +119,26 @@ mod tests {
               "devices": [{"name": "gpu-0"}]}
         }))
         .unwrap();
+        let claim = |labels: serde_json::Value, device: &str| -> Arc<ResourceClaim> {
+            Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"name": "c", "namespace": "d", "labels": labels},
+                    "spec": {},
+                    "status": {"allocation": {"devices": {"results": [
+                        {"request": "r", "driver": DRIVER, "pool": "n1", "device": device}]}}}
+                }))
+                .unwrap(),
+            )
+        };
+        let held = held_by_others(&[
+            claim(json!({}), "gpu-3"),
+            claim(json!({}), "mig-5"),
+            claim(json!({"haiyun.io/job-uid": "u"}), "gpu-0"),
+        ]);
+        assert_eq!(
+            held["n1"], 0b10_1000,
+            "kube-scheduler's claims hold slots 3 and 5; Haiyun's own are placements"
+        );
         let got = by_node(&[Arc::new(slice), Arc::new(other)]);
         assert_eq!(got.len(), 1, "other drivers' slices are not GPUs of Haiyun's");
         let d = &got["n1"];

@@ -91,7 +91,10 @@ struct Foreign {
 
 /// What pods no placement of ours covers (other schedulers' pods, and ours that are terminating or left over) hold,
 /// by node.
-fn foreign<'a>(inputs: &Inputs<'a>) -> HashMap<&'a str, Foreign> {
+fn foreign<'a>(
+    inputs: &Inputs<'a>,
+    dra: &HashMap<String, super::devices::Devices>,
+) -> HashMap<&'a str, Foreign> {
     let mut out: HashMap<&str, Foreign> = HashMap::new();
     for pod in &inputs.objects.pods {
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else { continue };
@@ -105,7 +108,11 @@ fn foreign<'a>(inputs: &Inputs<'a>) -> HashMap<&'a str, Foreign> {
         e.mem += m;
         e.tasks += 1;
         let known = gpus_of(pod);
-        if known.is_empty() {
+        if dra.contains_key(node) {
+            // The driver's node advertises no nvidia.com/gpu: a pod asking it holds its GPUs through a claim
+            // (counted from the claims), and the GPUs of Haiyun's own earlier pods are in their annotation.
+            e.mask |= gpu_mask(&known);
+        } else if known.is_empty() {
             e.gpus += g;
         } else {
             e.mask |= gpu_mask(&known);
@@ -146,8 +153,14 @@ pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut
         .filter_map(|(id, p)| p.spec.backend.kubernetes.as_ref().map(|k| (*id, &k.node_selector)))
         .collect();
     mark_fenced(pools, inputs, f);
-    let foreign = foreign(inputs);
     let devices = super::devices::by_node(&inputs.objects.slices);
+    let mut foreign = foreign(inputs, &devices);
+    for (node, mask) in super::devices::held_by_others(&inputs.objects.resource_claims) {
+        if let Some(n) = inputs.objects.nodes.iter().find(|n| n.name_any() == node) {
+            let name: &str = n.metadata.name.as_deref().unwrap_or_default();
+            foreign.entry(name).or_default().mask |= mask;
+        }
+    }
     let mut domains: HashMap<String, u32> = HashMap::new();
     let mut racks: HashMap<String, u32> = HashMap::new();
     let mut sorted_nodes: Vec<&Node> = inputs.objects.nodes.iter().map(|n| n.as_ref()).collect();
