@@ -54,6 +54,10 @@ if [ "$(id -u)" = 0 ]; then
   busybox=$(sed -n 's/^TESTENV_BUSYBOX_IMAGE=//p' "$real_dir/testenv.env" | tr -d '"')
   export HAIYUN_TEST_REAL_KUBECONFIG="$real_dir/kubeconfig" HAIYUN_REQUIRE_REAL_NODES=1 TESTENV_REAL_DIR="$real_dir"
   export TESTENV_BUSYBOX_IMAGE="${busybox:-localhost/testenv/busybox:latest}"
+  echo "== Haiyun's images (scripts/images.sh: release binaries, assembled without a container engine), loaded into the real nodes"
+  scripts/images.sh --load "$real_dir"
+  tag=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/haiyun/Chart.yaml)
+  export HAIYUN_TEST_IMAGES="ghcr.io/haiyun:$tag"
 else
   echo "skipped: real nodes need root; the real-node tests will be skipped"
 fi

@@ -208,15 +208,49 @@ impl Env {
             .items
     }
 
-    /// Waits until a job reaches `phase`; returns it.
+    /// Waits until a job reaches `phase`; returns it. On a timeout the panic shows the job's status and every pod of
+    /// the namespace (phase, node, conditions), so a failure in CI says where it stood.
     pub async fn wait_phase(&self, ns: &str, name: &str, phase: &str, limit: Duration) -> ComputeJob {
         let api: Api<ComputeJob> = Api::namespaced(self.client.clone(), ns);
-        wait_for(&format!("job {ns}/{name} to be {phase}"), limit, || async {
-            let j = api.get(name).await.ok()?;
-            let now = j.status.as_ref().map(|s| format!("{:?}", s.phase)).unwrap_or_default();
-            (now == phase).then_some(j)
-        })
-        .await
+        let start = Instant::now();
+        loop {
+            if let Ok(j) = api.get(name).await {
+                let now = j.status.as_ref().map(|s| format!("{:?}", s.phase)).unwrap_or_default();
+                if now == phase {
+                    return j;
+                }
+            }
+            if start.elapsed() >= limit {
+                let status = api.get(name).await.ok().and_then(|j| serde_json::to_string(&j.status).ok());
+                let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+                let list = pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+                let pods: Vec<String> = list
+                    .iter()
+                    .map(|p| {
+                        let st = p.status.as_ref();
+                        let conds: Vec<String> = st
+                            .and_then(|s| s.conditions.as_ref())
+                            .into_iter()
+                            .flatten()
+                            .map(|c| format!("{}={}:{}", c.type_, c.status, c.reason.as_deref().unwrap_or("")))
+                            .collect();
+                        format!(
+                            "{} {} on {} [{}]",
+                            p.name_any(),
+                            st.and_then(|s| s.phase.as_deref()).unwrap_or("?"),
+                            p.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("-"),
+                            conds.join(" ")
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "timed out after {limit:?} waiting for job {ns}/{name} to be {phase}\nstatus: {}\npods:\n  {}",
+                    status.unwrap_or_default(),
+                    pods.join("\n  ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Events of an object, by reason.
