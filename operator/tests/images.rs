@@ -45,8 +45,18 @@ async fn every_image_runs_its_binary_on_a_real_kubelet_as_nonroot() {
     let cases = [
         ("img-operator", "haiyun-operator", vec!["--version"], "haiyun-operator "),
         ("img-cli", "haiyun-cli", vec!["--version"], "haiyun "),
-        ("img-agent", "haiyun-agent", vec!["--probe", "fake:dgx-h100", "--once", "--json"], "GPU-fake-h100-07"),
-        ("img-dra", "haiyun-dra", vec!["--probe", "fake:mixed", "--node-name", "n", "--print-cdi"], "haiyun.io/gpu"),
+        (
+            "img-agent",
+            "haiyun-agent",
+            vec!["--probe", "fake:dgx-h100", "--once", "--json"],
+            "GPU-fake-h100-07",
+        ),
+        (
+            "img-dra",
+            "haiyun-dra",
+            vec!["--probe", "fake:mixed", "--node-name", "n", "--print-cdi"],
+            "haiyun.io/gpu",
+        ),
     ];
     for (pod, image, args, _) in &cases {
         let p: Pod = serde_json::from_value(json!({
@@ -82,7 +92,13 @@ fn the_assembler_gives_the_same_digest_for_the_same_inputs() {
     let build = |out: &str, epoch: &str| -> serde_json::Value {
         let o = std::process::Command::new("python3")
             .arg(&script)
-            .args(["--out", dir.join(out).to_str().unwrap(), "--name", "example.invalid/tool:1", "--entrypoint"])
+            .args([
+                "--out",
+                dir.join(out).to_str().unwrap(),
+                "--name",
+                "example.invalid/tool:1",
+                "--entrypoint",
+            ])
             .arg("/usr/local/bin/tool")
             .arg("--file")
             .arg(format!("{}:/usr/local/bin/tool", bin.display()))
@@ -92,7 +108,8 @@ fn the_assembler_gives_the_same_digest_for_the_same_inputs() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice(&o.stdout).unwrap()
     };
-    let (a, b, c) = (build("a.tar", "1700000000"), build("b.tar", "1700000000"), build("c.tar", "1700000001"));
+    let (a, b, c) =
+        (build("a.tar", "1700000000"), build("b.tar", "1700000000"), build("c.tar", "1700000001"));
     assert_eq!(a["manifest"], b["manifest"], "same inputs, same digest");
     assert_eq!(std::fs::read(dir.join("a.tar")).unwrap(), std::fs::read(dir.join("b.tar")).unwrap());
     assert_ne!(a["manifest"], c["manifest"], "the timestamp is part of the image");

@@ -912,32 +912,8 @@ fn a_batch_job_is_mirrored_its_failed_pods_are_replaced_in_their_slots_and_it_en
 
 #[test]
 fn nvlink_domains_come_from_the_agents_links_and_a_label_overrides_them() {
-    use crate::fleet::{GpuState, GpuView};
     // Four GPUs in two NVLink pairs, {0, 1} and {2, 3}, as the agent's inventory reports them.
-    let paired = || {
-        let gpus = (0..4u32)
-            .map(|i| {
-                let peer = if i % 2 == 0 { i + 1 } else { i - 1 };
-                let v = GpuView {
-                    state: GpuState::Healthy,
-                    reason: String::new(),
-                    uuid: format!("GPU-{i}"),
-                    utilization: None,
-                    nvlink_peers: vec![peer],
-                    energy_mj: None,
-                };
-                (i, v)
-            })
-            .collect();
-        crate::fleet::NodeView {
-            stale: false,
-            silent_seconds: 0.0,
-            gpus,
-            last_gap_seconds: 0.0,
-            lost: 0,
-            replayed: 0,
-        }
-    };
+    let paired = || linked_view((0..4u32).map(|i| (i, vec![if i % 2 == 0 { i + 1 } else { i - 1 }], None)));
     let (a, a_pod) = running(job("a", "q", 1, 100), "n0", &[0]);
     let (b, b_pod) = running(job("b", "q", 1, 90), "n0", &[2]);
     let mut linked = job("linked", "q", 2, 10);
@@ -971,32 +947,38 @@ fn nvlink_domains_come_from_the_agents_links_and_a_label_overrides_them() {
     assert_eq!(admitted(&actions), ["linked"]);
 }
 
+/// A node's agent view of healthy GPUs, each with its NVLink peers and energy counter.
+fn linked_view(gpus: impl IntoIterator<Item = (u32, Vec<u32>, Option<u64>)>) -> crate::fleet::NodeView {
+    let gpus = gpus
+        .into_iter()
+        .map(|(i, nvlink_peers, energy_mj)| {
+            let v = GpuView {
+                state: GpuState::Healthy,
+                reason: String::new(),
+                uuid: format!("GPU-{i}"),
+                utilization: None,
+                nvlink_peers,
+                energy_mj,
+            };
+            (i, v)
+        })
+        .collect();
+    crate::fleet::NodeView {
+        stale: false,
+        silent_seconds: 0.0,
+        gpus,
+        last_gap_seconds: 0.0,
+        lost: 0,
+        replayed: 0,
+    }
+}
+
 #[test]
 fn a_running_job_accounts_its_gpus_energy_once_a_minute_from_the_agents_counters() {
     let (a, a_pod) = running(job("a", "q", 2, 100), "n0", &[0, 1]);
+    // Each GPU of the node counts its own energy: GPU i has used i+1 times as much.
     let counters = |mj: u64| -> FleetView {
-        let gpus = (0..4u32)
-            .map(|i| {
-                let v = GpuView {
-                    state: GpuState::Healthy,
-                    reason: String::new(),
-                    uuid: String::new(),
-                    utilization: None,
-                    nvlink_peers: Vec::new(),
-                    // Each GPU of the node counts its own: GPU i has used i+1 times as much.
-                    energy_mj: Some(mj * u64::from(i + 1)),
-                };
-                (i, v)
-            })
-            .collect();
-        let view = crate::fleet::NodeView {
-            stale: false,
-            silent_seconds: 0.0,
-            gpus,
-            last_gap_seconds: 0.0,
-            lost: 0,
-            replayed: 0,
-        };
+        let view = linked_view((0..4u32).map(|i| (i, Vec::new(), Some(mj * u64::from(i + 1)))));
         [("n0".to_string(), view)].into_iter().collect()
     };
     let objects = Objects {

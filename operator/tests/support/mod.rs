@@ -232,7 +232,9 @@ impl Env {
                             .and_then(|s| s.conditions.as_ref())
                             .into_iter()
                             .flatten()
-                            .map(|c| format!("{}={}:{}", c.type_, c.status, c.reason.as_deref().unwrap_or("")))
+                            .map(|c| {
+                                format!("{}={}:{}", c.type_, c.status, c.reason.as_deref().unwrap_or(""))
+                            })
                             .collect();
                         format!(
                             "{} {} on {} [{}]",
