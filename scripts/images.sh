@@ -54,12 +54,13 @@ for b in haiyun-operator haiyun-agent haiyun-dra haiyun; do
   [[ -x "$bin/$b" ]] || { echo "images.sh: $bin/$b is missing: run without --no-build" >&2; exit 1; }
 done
 
-# Line tables only name remapped paths; the symbols go, for size.
+# The symbols and line tables go, for size; so does the linker's build id, a hash over them that differs between
+# clones even when the code does not.
 stripped="$out/bin"
 mkdir -p "$stripped"
 for b in haiyun-operator haiyun-agent haiyun-dra haiyun; do
   if command -v objcopy >/dev/null 2>&1; then
-    objcopy --strip-all "$bin/$b" "$stripped/$b"
+    objcopy --strip-all --remove-section=.note.gnu.build-id "$bin/$b" "$stripped/$b"
   else
     cp "$bin/$b" "$stripped/$b"
   fi
