@@ -273,6 +273,7 @@ start_in_ns() {
   PATH="$BIN:$PATH" setsid nsenter --net="$(netns_path)" -- "$bin" "$@" \
     > "$DIR/logs/$label.log" 2>&1 < /dev/null &
   echo $! > "$DIR/pids/$label.pid"
+  await_exec "$label"
 }
 
 node_dir() { echo "$(RD)/$1"; }
