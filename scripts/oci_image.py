@@ -9,7 +9,7 @@ the files. Deterministic: entries sorted, owners 0, mtimes SOURCE_DATE_EPOCH (de
 JSON with sorted keys; the same inputs give the same digest. Load with `ctr -n k8s.io images import OUT.tar`; copy to
 a registry with any OCI tool (e.g. `skopeo copy oci-archive:OUT.tar docker://REGISTRY/NAME:TAG`).
 """
-import argparse, gzip, hashlib, io, json, os, re, subprocess, sys, tarfile
+import argparse, datetime, gzip, hashlib, io, json, os, re, subprocess, sys, tarfile
 
 CERTS = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -89,8 +89,7 @@ def main():
     layers = [layer(base, mtime), layer(app, mtime)]
     config = {
         "architecture": "amd64", "os": "linux",
-        "created": "1970-01-01T00:00:00Z" if mtime == 0 else
-        __import__("datetime").datetime.fromtimestamp(mtime, __import__("datetime").timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "config": {"Entrypoint": a.entrypoint, "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"] + a.env,
                    "User": "65532:65532", "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{sha(t)}" for t, _ in layers]},

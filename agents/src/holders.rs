@@ -68,8 +68,7 @@ pub async fn list(socket: &Path) -> Result<pb::ListPodResourcesResponse, Holders
 fn gpu_of(inventory: &[GpuInfo], driver: &str, device: &str) -> Option<u32> {
     match driver {
         HAIYUN_DRIVER => {
-            let slot: u32 =
-                device.strip_prefix("gpu-").or_else(|| device.strip_prefix("mig-"))?.parse().ok()?;
+            let slot = crate::probe::slot::device_index(device)?;
             crate::probe::slot::slots(inventory).into_iter().find(|s| s.slot == slot).map(|s| s.parent)
         }
         NVIDIA_DRIVER => device.strip_prefix("gpu-")?.split('-').next()?.parse().ok(),

@@ -15,9 +15,20 @@ pub struct Prepared {
     pub claim: String,
     /// Its GPUs.
     pub grants: Vec<Grant>,
-    /// The pods it was reserved for, as `namespace/name/uid`.
+    /// The pods it was reserved for.
     #[serde(default)]
-    pub pods: Vec<String>,
+    pub pods: Vec<PodRef>,
+}
+
+/// A pod a claim was reserved for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRef {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its uid (a pod of the same name with another uid is another pod).
+    pub uid: String,
 }
 
 /// Why a claim was not recorded.

@@ -18,17 +18,7 @@ pub const CORES: &str = "cores";
 /// The consumable capacity of device memory, bytes.
 pub const MEMORY: &str = "memory";
 
-pub use haiyun_agent::probe::slot::{Slot, slots};
-
-/// A device's name in the slice.
-pub fn device_name(slot: u32, mig: bool) -> String {
-    if mig { format!("mig-{slot}") } else { format!("gpu-{slot}") }
-}
-
-/// The slot a device name stands for.
-pub fn device_index(name: &str) -> Option<u32> {
-    name.strip_prefix("gpu-").or_else(|| name.strip_prefix("mig-"))?.parse().ok()
-}
+pub use haiyun_agent::probe::slot::{Slot, device_index, device_name, slots};
 
 #[cfg(test)]
 mod tests {

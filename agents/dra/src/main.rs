@@ -129,8 +129,7 @@ async fn run(cli: Cli, mut sampler: Sampler) -> Result<(), String> {
     set(&gpus, &inventory);
     let mut last = None;
     publish(&client, &cli.node_name, &node_uid, &inventory, &first, &mut last).await;
-    let server = {
-        let driver = driver.clone();
+    let mut server = {
         let dir = cli.kubelet_dir.clone();
         tokio::spawn(async move { serve(driver, &dir).await })
     };
@@ -140,7 +139,6 @@ async fn run(cli: Cli, mut sampler: Sampler) -> Result<(), String> {
         cli.node_name,
         cli.kubelet_dir.display()
     );
-    let mut server = server;
     loop {
         tokio::select! {
             r = &mut server => {

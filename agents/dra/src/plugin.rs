@@ -12,7 +12,7 @@ use kube::Api;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
-use crate::ledger::{Ledger, Prepared};
+use crate::ledger::{Ledger, PodRef, Prepared};
 use crate::{DRIVER, Slot, allocation, cdi};
 
 /// The kubelet's plugin registration protocol.
@@ -96,22 +96,11 @@ impl Driver {
                     .unwrap_or_default()
                     .into_iter()
                     .filter(|r| r.resource == "pods")
-                    .map(|r| format!("{}/{}/{}", claim.namespace, r.name, r.uid))
+                    .map(|r| PodRef { namespace: claim.namespace.clone(), name: r.name, uid: r.uid })
                     .collect();
                 Prepared { claim: key.clone(), grants, pods }
             }
         };
-        let gpus = self.gpus.lock().map(|g| g.clone()).unwrap_or_default();
-        let mut pipes = BTreeMap::new();
-        for g in prepared.grants.iter().filter(|g| g.cores < 100) {
-            if let Some(slot) = gpus.get(&g.index).filter(|s| s.mig.is_none()) {
-                if let Some(pipe) = self.mps.start(&slot.uuid).map_err(|e| e.to_string())? {
-                    pipes.insert(g.index, pipe);
-                }
-            }
-        }
-        let spec = cdi::spec(&claim.uid, &prepared.grants, &gpus, &self.dev_dir, &pipes)
-            .map_err(|e| e.to_string())?;
         if ledger.admit(&claim.uid, prepared.clone()).is_err() {
             // The kubelet may prepare a new claim before it unprepares the claim of a pod already gone: a holder
             // whose pods all left the API server (which needs the kubelet to have stopped their containers) is
@@ -124,7 +113,13 @@ impl Driver {
             }
             ledger.admit(&claim.uid, prepared.clone()).map_err(|e| e.to_string())?;
         }
-        cdi::write(&self.cdi_dir, &claim.uid, &spec).map_err(|e| e.to_string())?;
+        // Admitted: its shared GPUs' MPS daemons start, and the container's edits are written. A claim that fails
+        // here is forgotten, so the kubelet's retry starts over.
+        let gpus = self.gpus.lock().map(|g| g.clone()).unwrap_or_default();
+        if let Err(e) = self.write_spec(&claim.uid, &prepared, &gpus) {
+            let _ = ledger.release(&claim.uid);
+            return Err(e);
+        }
         Ok(prepared
             .grants
             .iter()
@@ -142,6 +137,21 @@ impl Driver {
             .collect())
     }
 
+    /// Starts the MPS daemons of a prepared claim's shared GPUs and writes its CDI spec.
+    fn write_spec(&self, uid: &str, prepared: &Prepared, gpus: &BTreeMap<u32, Slot>) -> Result<(), String> {
+        let mut pipes = BTreeMap::new();
+        for g in prepared.grants.iter().filter(|g| g.cores < 100) {
+            if let Some(slot) = gpus.get(&g.index).filter(|s| s.mig.is_none()) {
+                if let Some(pipe) = self.mps.start(&slot.uuid).map_err(|e| e.to_string())? {
+                    pipes.insert(g.index, pipe);
+                }
+            }
+        }
+        let spec =
+            cdi::spec(uid, &prepared.grants, gpus, &self.dev_dir, &pipes).map_err(|e| e.to_string())?;
+        cdi::write(&self.cdi_dir, uid, &spec).map_err(|e| e.to_string())
+    }
+
     /// Whether every pod a prepared claim was reserved for has left the API server (a pod of the same name with
     /// another uid is a new pod).
     async fn gone(&self, holder: &Prepared) -> bool {
@@ -149,14 +159,11 @@ impl Driver {
             return false;
         }
         for p in &holder.pods {
-            let mut parts = p.splitn(3, '/');
-            let (Some(ns), Some(name), Some(uid)) = (parts.next(), parts.next(), parts.next()) else {
-                return false;
-            };
-            let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), ns);
-            match api.get_opt(name).await {
+            let api: Api<k8s_openapi::api::core::v1::Pod> =
+                Api::namespaced(self.client.clone(), &p.namespace);
+            match api.get_opt(&p.name).await {
                 Ok(None) => {}
-                Ok(Some(now)) if now.metadata.uid.as_deref() != Some(uid) => {}
+                Ok(Some(now)) if now.metadata.uid.as_deref() != Some(p.uid.as_str()) => {}
                 _ => return false,
             }
         }

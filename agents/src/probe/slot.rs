@@ -20,10 +20,20 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Its device name in Haiyun's DRA driver: `gpu-<slot>`, or `mig-<slot>` for a MIG instance.
+    /// Its device name in Haiyun's DRA driver.
     pub fn name(&self) -> String {
-        if self.mig.is_some() { format!("mig-{}", self.slot) } else { format!("gpu-{}", self.slot) }
+        device_name(self.slot, self.mig.is_some())
     }
+}
+
+/// A device's name in Haiyun's DRA driver: `gpu-<slot>`, or `mig-<slot>` for a MIG instance.
+pub fn device_name(slot: u32, mig: bool) -> String {
+    if mig { format!("mig-{slot}") } else { format!("gpu-{slot}") }
+}
+
+/// The slot a device name of Haiyun's DRA driver stands for.
+pub fn device_index(name: &str) -> Option<u32> {
+    name.strip_prefix("gpu-").or_else(|| name.strip_prefix("mig-"))?.parse().ok()
 }
 
 /// The devices of a node's GPUs. A GPU in MIG mode offers its instances (none if its probe cannot list them), any

@@ -36,15 +36,47 @@ pub fn cores(fraction: f64) -> u32 {
     ((fraction * 100.0).round() as u32).clamp(1, 100)
 }
 
-/// Whether Haiyun's driver serves `node` (its slice exists).
-pub async fn served(client: &Client, node: &str) -> Result<bool, PodError> {
+/// The devices of a node Haiyun's driver serves, by slot; `None` when it does not serve the node (no slice).
+pub type NodeDevices = Option<std::collections::BTreeMap<u32, SliceDevice>>;
+
+/// The devices the driver's slice offers on `node` (one read of the slice).
+pub async fn node_devices(client: &Client, node: &str) -> Result<NodeDevices, PodError> {
     let slices: Api<ResourceSlice> = Api::all(client.clone());
-    match slices.get_opt(&slice_name(node)).await {
-        Ok(s) => Ok(s.is_some_and(|s| s.spec.driver == DRIVER)),
+    let slice = match slices.get_opt(&slice_name(node)).await {
+        Ok(s) => s.filter(|s| s.spec.driver == DRIVER),
         // A cluster without DRA (resource.k8s.io/v1 not served): GPUs stay an extended resource.
-        Err(e) if is_status(&e, 404) => Ok(false),
-        Err(e) => Err(api_err("read ResourceSlice", slice_name(node))(e)),
-    }
+        Err(e) if is_status(&e, 404) => None,
+        Err(e) => return Err(api_err("read ResourceSlice", slice_name(node))(e)),
+    };
+    Ok(slice.map(|s| {
+        s.spec
+            .devices
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|d| {
+                let slot = super::devices::index(&d.name)?;
+                Some((slot, (d.name, d.allow_multiple_allocations == Some(true))))
+            })
+            .collect()
+    }))
+}
+
+/// The node's devices at the slots placed for `pod`.
+pub fn pick(
+    devices: &std::collections::BTreeMap<u32, SliceDevice>,
+    pod: &str,
+    node: &str,
+    slots: &[u32],
+) -> Result<Vec<SliceDevice>, PodError> {
+    slots
+        .iter()
+        .map(|s| {
+            devices.get(s).cloned().ok_or_else(|| PodError::Devices {
+                pod: pod.into(),
+                why: format!("the GPU driver of {node} no longer offers device {s}"),
+            })
+        })
+        .collect()
 }
 
 /// Makes a pod take its GPUs through its claim: the claim in `spec.resourceClaims`, on its first container, and
@@ -130,40 +162,22 @@ pub fn allocation(
     }})
 }
 
-/// The slice's devices at these slots of `node`.
-async fn devices(client: &Client, node: &str, slots: &[u32]) -> Result<Vec<SliceDevice>, PodError> {
-    let slices: Api<ResourceSlice> = Api::all(client.clone());
-    let slice =
-        slices.get(&slice_name(node)).await.map_err(api_err("read ResourceSlice", slice_name(node)))?;
-    let all = slice.spec.devices.unwrap_or_default();
-    slots
-        .iter()
-        .map(|s| {
-            all.iter()
-                .find(|d| super::devices::index(&d.name) == Some(*s))
-                .map(|d| (d.name.clone(), d.allow_multiple_allocations == Some(true)))
-                .ok_or_else(|| {
-                    PodError::Stale(format!("device {s} of {node} (its driver no longer offers it)"))
-                })
-        })
-        .collect()
-}
-
-/// Creates the pod's claim if missing and allocates it to the task's GPUs, reserved for the pod; an allocation
-/// already there for this pod is left as it is.
+/// Creates the pod's claim if missing and allocates it to the task's devices of `node`, reserved for the pod; an
+/// allocation already there for this pod is left as it is.
 pub async fn ensure(
     client: &Client,
     job: &ComputeJob,
     pod: &Pod,
     node: &str,
-    gpus: &[u32],
+    devices: &[SliceDevice],
     share: Option<u32>,
 ) -> Result<(), PodError> {
     let ns = pod.namespace().unwrap_or_default();
     let name = claim_name(&pod.name_any());
     let api: Api<ResourceClaim> = Api::namespaced(client.clone(), &ns);
-    let count = u32::try_from(gpus.len()).unwrap_or(u32::MAX);
-    let want = claim_for(pod, count, share).map_err(|source| PodError::Template { group: 0, source })?;
+    let count = u32::try_from(devices.len()).unwrap_or(u32::MAX);
+    let want =
+        claim_for(pod, count, share).map_err(|source| PodError::Claim { claim: name.clone(), source })?;
     let claim = match api.create(&PostParams::default(), &want).await {
         Ok(c) => c,
         Err(e) if is_status(&e, 409) => api.get(&name).await.map_err(api_err("read ResourceClaim", &name))?,
@@ -173,14 +187,14 @@ pub async fn ensure(
     if owner != pod.uid() {
         // Left by an earlier pod of the same name: it goes, and the next round makes it anew.
         let _ = api.delete(&name, &Default::default()).await;
-        return Err(PodError::Stale(format!("{name} (claim of an earlier pod)")));
+        let why = format!("claim {name} of an earlier pod of that name is being deleted");
+        return Err(PodError::Devices { pod: pod.name_any(), why });
     }
     let reserved = claim.status.as_ref().and_then(|s| s.reserved_for.as_ref()).is_some_and(|r| !r.is_empty());
     if reserved {
         return Ok(());
     }
-    let devices = devices(client, node, gpus).await?;
-    let status = allocation(node, &devices, share, &claim.uid().unwrap_or_default(), pod);
+    let status = allocation(node, devices, share, &claim.uid().unwrap_or_default(), pod);
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await.map_err(api_err(
         "allocate ResourceClaim",
         format!("{ns}/{name} of {}", crate::index::job::key(job)),

@@ -154,13 +154,8 @@ pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut
         .collect();
     mark_fenced(pools, inputs, f);
     let devices = super::devices::by_node(&inputs.objects.slices);
-    let mut foreign = foreign(inputs, &devices);
-    for (node, mask) in super::devices::held_by_others(&inputs.objects.resource_claims) {
-        if let Some(n) = inputs.objects.nodes.iter().find(|n| n.name_any() == node) {
-            let name: &str = n.metadata.name.as_deref().unwrap_or_default();
-            foreign.entry(name).or_default().mask |= mask;
-        }
-    }
+    let foreign = foreign(inputs, &devices);
+    let held = super::devices::held_by_others(&inputs.objects.resource_claims);
     let mut domains: HashMap<String, u32> = HashMap::new();
     let mut racks: HashMap<String, u32> = HashMap::new();
     let mut sorted_nodes: Vec<&Node> = inputs.objects.nodes.iter().map(|n| n.as_ref()).collect();
@@ -178,7 +173,9 @@ pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut
         if !open && ours_tasks == 0 {
             continue;
         }
-        let used = foreign.get(name.as_str()).copied().unwrap_or_default();
+        let mut used = foreign.get(name.as_str()).copied().unwrap_or_default();
+        // GPUs other schedulers' claims hold on a driver's node.
+        used.mask |= held.get(&name).copied().unwrap_or(0);
         let cpu = allocatable(node, "cpu").and_then(|q| quantity::milli(&q).ok()).unwrap_or(0);
         let mem = allocatable(node, "memory").and_then(|q| quantity::mib(&q).ok()).unwrap_or(0);
         let max_pods = allocatable(node, "pods").and_then(|q| q.parse::<u32>().ok()).unwrap_or(110);

@@ -9,6 +9,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use super::claims::NodeDevices;
 use crate::index::pod::GPU_RESOURCE;
 
 pub use haiyun_api::RUN_LABEL;
@@ -39,6 +40,23 @@ pub enum PodError {
         /// The task.
         index: usize,
     },
+    /// A pod's GPUs cannot be allocated yet (its claim of an earlier pod is going, or the node's GPU driver no
+    /// longer offers a placed device); the next round tries again.
+    #[error("GPUs of pod {pod}: {why}")]
+    Devices {
+        /// The pod.
+        pod: String,
+        /// Why not yet.
+        why: String,
+    },
+    /// A pod's ResourceClaim could not be built (a bug: its fields are the operator's own).
+    #[error("failed to build ResourceClaim {claim}: {source}")]
+    Claim {
+        /// The claim.
+        claim: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
     /// A task group has a template that is not a pod template.
     #[error("spec.taskGroups[{group}].template is not a pod template: {source}")]
     Template {
@@ -59,7 +77,9 @@ impl PodError {
             {
                 Some(format!("{action} {object}: {}", s.message))
             }
-            PodError::Template { .. } | PodError::NoTask { .. } => Some(self.to_string()),
+            PodError::Template { .. } | PodError::NoTask { .. } | PodError::Claim { .. } => {
+                Some(self.to_string())
+            }
             _ => None,
         }
     }
@@ -109,24 +129,21 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Pod
         return Err(PodError::Stale((*first).to_string()));
     }
     let mut bound = 0;
-    let mut served: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
+    // The driver's slice of each node with GPU tasks, read once.
+    let mut slices: std::collections::HashMap<&str, NodeDevices> = std::collections::HashMap::new();
+    for (i, task) in placement.tasks.iter().enumerate() {
+        if gpu_share(job, i).is_some() && !slices.contains_key(task.node.as_str()) {
+            slices.insert(&task.node, super::claims::node_devices(client, &task.node).await?);
+        }
+    }
     for ((i, task), found) in placement.tasks.iter().enumerate().zip(existing) {
+        let devices = slices.get(task.node.as_str()).and_then(Option::as_ref);
         let pod = match found {
             Some(p) => p,
             None => {
                 let mut pod = pod_for(job, i, task, &run)?;
-                if gpu_share(job, i).is_some() {
-                    let dra = match served.get(task.node.as_str()) {
-                        Some(d) => *d,
-                        None => {
-                            let d = super::claims::served(client, &task.node).await?;
-                            served.insert(&task.node, d);
-                            d
-                        }
-                    };
-                    if dra {
-                        super::claims::attach(&mut pod);
-                    }
+                if devices.is_some() {
+                    super::claims::attach(&mut pod);
                 }
                 match pods.create(&PostParams::default(), &pod).await {
                     Ok(p) => p,
@@ -145,8 +162,13 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Pod
             }
             None => {
                 if uses_claim(&pod) {
+                    let Some(devices) = devices else {
+                        let why = format!("the GPU driver of {} publishes no devices", task.node);
+                        return Err(PodError::Devices { pod: task.pod.clone(), why });
+                    };
+                    let picked = super::claims::pick(devices, &task.pod, &task.node, &task.gpus)?;
                     let share = gpu_share(job, i).flatten();
-                    super::claims::ensure(client, job, &pod, &task.node, &task.gpus, share).await?;
+                    super::claims::ensure(client, job, &pod, &task.node, &picked, share).await?;
                 }
                 bind(&pods, &task.pod, &task.node).await?;
                 bound += 1;
