@@ -8,4 +8,5 @@ pub mod probe;
 pub mod report;
 pub mod sampler;
 pub mod serve;
+pub mod shutdown;
 pub mod wire;

@@ -148,7 +148,10 @@ fn run(cli: Cli, node: String, probe: Box<dyn GpuProbe>) -> ExitCode {
         match haiyun_agent::serve::run(probe, opts).await {
             Ok((local, task)) => {
                 eprintln!("serving /metrics and /healthz on {local}");
-                let _ = task.await;
+                tokio::select! {
+                    _ = task => {}
+                    () = haiyun_agent::shutdown::requested() => eprintln!("stopping (SIGTERM)"),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

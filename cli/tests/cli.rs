@@ -46,7 +46,7 @@ async fn the_cli_lists_explains_requests_and_approves_quota_and_refuses_bad_inpu
         let addrs = ["--metrics-addr", "127.0.0.1:0", "--telemetry-addr", "127.0.0.1:0"];
         let args = ["operator", "--kubeconfig", &kubeconfig, "--lease-name", &lease];
         let w = Wrap::parse_from(args.iter().chain(&flags).chain(&addrs));
-        if let Err(e) = haiyun_operator::run(w.settings) {
+        if let Err(e) = haiyun_operator::run(w.settings, "test") {
             eprintln!("operator stopped: {e}");
         }
     });

@@ -82,12 +82,26 @@ impl Engine {
         }
     }
 
-    /// Runs cycles until the process ends.
-    pub async fn run(mut self) {
-        loop {
-            let _ = tokio::time::timeout(self.config.interval, self.stores.changed.notified()).await;
+    /// Runs cycles until `stop` turns true, then waits (at most `drain`) for the writes in flight to end, so that
+    /// whoever leads next reads a cluster this replica no longer changes.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>, drain: Duration) {
+        while !*stop.borrow() {
+            tokio::select! {
+                _ = tokio::time::timeout(self.config.interval, self.stores.changed.notified()) => {}
+                _ = stop.changed() => break,
+            }
             tokio::time::sleep(self.config.debounce).await;
+            if *stop.borrow() {
+                break;
+            }
             self.cycle_once();
+        }
+        let deadline = tokio::time::Instant::now() + drain;
+        while !self.applier.idle() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !self.applier.idle() {
+            tracing::warn!(objects = ?self.applier.busy(), "stopping with writes still in flight");
         }
     }
 

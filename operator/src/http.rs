@@ -1,4 +1,5 @@
-//! The operator's HTTP endpoints: `/metrics`, `/healthz` and `/readyz`.
+//! The operator's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, and the dashboard with its JSON, live stream and
+//! history.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use axum::routing::get;
 use std::convert::Infallible;
 
 use crate::dashboard::Snapshot;
+use crate::history::History;
 use crate::metrics::Metrics;
 
 type Board = tokio::sync::watch::Receiver<Arc<Snapshot>>;
@@ -44,14 +46,19 @@ pub enum HttpError {
 /// The dashboard page: one file, no external assets (machines may have no internet).
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
 
+/// The utilisation history the dashboard charts.
+pub type HistoryFeed = tokio::sync::watch::Receiver<Arc<History>>;
+
 /// Serves the endpoints on `addr` until the process ends; returns once listening. The dashboard (`/`), its JSON
-/// (`/api/v1/snapshot`) and its live stream (`/api/v1/events`, server-sent events) read `board`.
+/// (`/api/v1/snapshot`), its live stream (`/api/v1/events`, server-sent events) read `board`; `/api/v1/history`
+/// reads `history`.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     board: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    history: HistoryFeed,
 ) -> Result<SocketAddr, HttpError> {
-    serve_with(addr, metrics, board, Router::new()).await
+    serve_with(addr, metrics, board, history, Router::new()).await
 }
 
 /// As [`serve`], with `extra` routes beside them (the demo's API).
@@ -59,8 +66,18 @@ pub async fn serve_with(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     board: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    history: HistoryFeed,
     extra: Router,
 ) -> Result<SocketAddr, HttpError> {
+    let past = Router::new()
+        .route(
+            "/api/v1/history",
+            get(|State(h): State<HistoryFeed>| async move {
+                let json = serde_json::to_string(&**h.borrow()).unwrap_or_default();
+                ([(axum::http::header::CONTENT_TYPE, "application/json")], json)
+            }),
+        )
+        .with_state(history);
     let dashboard = Router::new()
         .route("/", get(|| async { axum::response::Html(DASHBOARD) }))
         .route(
@@ -88,6 +105,7 @@ pub async fn serve_with(
         )
         .with_state(metrics)
         .merge(dashboard)
+        .merge(past)
         .merge(extra);
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr, source })?;

@@ -82,7 +82,7 @@ impl Elector {
                 Some((v, at)) if *v == version => at.elapsed() > held_for,
                 _ => {
                     *seen = Some((version, std::time::Instant::now()));
-                    spec.holder_identity.is_none()
+                    spec.holder_identity.as_deref().is_none_or(str::is_empty)
                 }
             }
         };
@@ -101,6 +101,30 @@ impl Elector {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(err("renew")(e)),
+        }
+    }
+
+    /// Gives the lease up if this replica holds it (no holder, expired at once), so that another replica takes over
+    /// without waiting for it to expire; returns whether it was held.
+    pub async fn release(&self) -> Result<bool, LeaseError> {
+        let err = |action| {
+            let name = self.name.clone();
+            move |source| LeaseError::Api { action, name, source }
+        };
+        let Some(mut lease) = self.api.get_opt(&self.name).await.map_err(err("read"))? else {
+            return Ok(false);
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(err("release")(e)),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod decision;
 pub mod energy;
 pub mod engine;
 pub mod fleet;
+pub mod history;
 pub mod http;
 pub mod index;
 pub mod lease;
@@ -19,6 +20,7 @@ pub mod report;
 pub mod status;
 pub mod telemetry;
 pub mod time;
+pub mod uninstall;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -49,6 +51,12 @@ pub struct Settings {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
+    /// Seconds between samples of the dashboard's utilisation history.
+    #[arg(long, default_value_t = 60)]
+    pub history_interval_seconds: u64,
+    /// Hours of utilisation history kept (in ConfigMap `<lease-name>-history`, so a new leader shows it too).
+    #[arg(long, default_value_t = 6)]
+    pub history_hours: u64,
     /// Append the decision log (JSON lines) to this file.
     #[arg(long)]
     pub decision_log: Option<String>,
@@ -124,14 +132,16 @@ pub enum RunError {
     LostLease(String),
 }
 
-/// Runs the operator until it fails or loses the lease.
-pub fn run(settings: Settings) -> Result<(), RunError> {
+/// Runs the operator (of release `version`) until it fails, loses the lease, or is told to stop (SIGTERM).
+pub fn run(settings: Settings, version: &str) -> Result<(), RunError> {
     let _telemetry = telemetry::init(settings.otlp_endpoint.as_deref())?;
     let rt = tokio::runtime::Runtime::new().map_err(RunError::Runtime)?;
-    rt.block_on(serve(settings))
+    rt.block_on(serve(settings, version))
 }
 
-async fn serve(settings: Settings) -> Result<(), RunError> {
+async fn serve(settings: Settings, version: &str) -> Result<(), RunError> {
+    let stop = shutdown();
+    tracing::info!(%version, "haiyun-operator starting");
     let client = connect(&settings).await?;
     let identity = settings.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -144,7 +154,9 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
     }
     let metrics = Arc::new(metrics::Metrics::default());
     let (board, board_rx) = tokio::sync::watch::channel(Arc::new(dashboard::Snapshot::default()));
-    let addr = http::serve(settings.metrics_addr, metrics.clone(), board_rx).await?;
+    let empty = history::History::new(Duration::from_secs(settings.history_interval_seconds.max(1)));
+    let (past, past_rx) = tokio::sync::watch::channel(Arc::new(empty.clone()));
+    let addr = http::serve(settings.metrics_addr, metrics.clone(), board_rx.clone(), past_rx).await?;
     tracing::info!(%addr, %identity, "serving the dashboard, /metrics, /healthz and /readyz");
     let log = decision::DecisionLog::open(settings.decision_log.as_deref())?;
     let stores = watch::Stores::start(&client);
@@ -159,7 +171,14 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
         &identity,
         Duration::from_secs(settings.lease_seconds.max(3)),
     );
-    lead(&elector, &settings).await;
+    let mut waiting = stop.clone();
+    tokio::select! {
+        () = lead(&elector, &settings) => {}
+        _ = waiting.wait_for(|stop| *stop) => {
+            tracing::info!("stopping (SIGTERM) while following");
+            return Ok(());
+        }
+    }
     metrics.set_leader(true);
     tracing::info!(lease = %settings.lease_name, "became the leader");
 
@@ -172,6 +191,10 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
         .await?;
     tracing::info!(addr = %at, "serving agent telemetry");
     tokio::spawn(fleet::conditions::run(client.clone(), fleet.clone()));
+    let store =
+        history::Store::new(client.clone(), &settings.namespace, &format!("{}-history", settings.lease_name));
+    let span = Duration::from_secs(settings.history_hours.max(1) * 3600);
+    tokio::spawn(history::keep(empty, span, board_rx, past, Some(store)));
     if let Some(pod) = &pod {
         label_leader(&client, &settings.namespace, pod, true).await;
     }
@@ -183,15 +206,56 @@ async fn serve(settings: Settings) -> Result<(), RunError> {
         fleet,
         engine::Sinks { log, metrics: metrics.clone(), board },
     );
-    let loop_task = tokio::spawn(engine.run());
-    let lost = hold(&elector, &settings, loop_task).await;
+    let loop_task = tokio::spawn(engine.run(stop.clone(), DRAIN));
+    let ended = hold(&elector, &settings, loop_task, &stop).await;
     metrics.set_leader(false);
-    Err(lost)
+    if ended.is_ok() {
+        if let Some(pod) = &pod {
+            label_leader(&client, &settings.namespace, pod, false).await;
+        }
+        match elector.release().await {
+            Ok(_) => tracing::info!(lease = %settings.lease_name, "stopped (SIGTERM) and gave the lease up"),
+            Err(e) => tracing::warn!(error = %e, "stopped (SIGTERM); the lease expires on its own"),
+        }
+    }
+    ended
+}
+
+/// How long a stopping leader waits for its writes in flight (the pod's grace period is 30 s by default).
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Turns true on SIGTERM or Ctrl-C. A process that is PID 1 in its container is not stopped by SIGTERM without a
+/// handler: without this the kubelet would wait out the grace period and kill a leader that still binds.
+fn shutdown() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    tokio::spawn(async move {
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot catch SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 /// A client from `--kubeconfig`, else the default configuration.
 async fn connect(settings: &Settings) -> Result<kube::Client, RunError> {
-    let Some(path) = &settings.kubeconfig else {
+    client(settings.kubeconfig.as_deref()).await
+}
+
+/// A client from the kubeconfig at `path`, else the default configuration (`KUBECONFIG`, ~/.kube/config, or the
+/// pod's service account in a cluster).
+pub async fn client(path: Option<&std::path::Path>) -> Result<kube::Client, RunError> {
+    let Some(path) = path else {
         return kube::Client::try_default().await.map_err(RunError::Config);
     };
     let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| RunError::Config(e.into()))?;
@@ -251,19 +315,23 @@ fn engine_for(
     engine::Engine::new(stores, applier, config, sinks, outcomes_rx, fleet, client.clone(), slurm)
 }
 
-/// Renews the lease while the loop runs; returns why this replica stops leading.
+/// Renews the lease while the loop runs; returns why this replica stops leading (`Ok` when told to stop).
 async fn hold(
     elector: &lease::Elector,
     settings: &Settings,
     mut loop_task: tokio::task::JoinHandle<()>,
-) -> RunError {
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), RunError> {
     let period = Duration::from_secs(settings.lease_seconds.max(3)) / 3;
     let mut last_renew = tokio::time::Instant::now();
     let deadline = Duration::from_secs(settings.lease_seconds.max(3)) * 2 / 3;
     loop {
         tokio::select! {
             ended = &mut loop_task => {
-                return RunError::LoopEnded(ended.err().map(|e| e.to_string()).unwrap_or_default());
+                if ended.is_ok() && *stop.borrow() {
+                    return Ok(());
+                }
+                return Err(RunError::LoopEnded(ended.err().map(|e| e.to_string()).unwrap_or_default()));
             }
             () = tokio::time::sleep(period) => {}
         }
@@ -280,7 +348,7 @@ async fn hold(
         }
     }
     loop_task.abort();
-    RunError::LostLease(settings.lease_name.clone())
+    Err(RunError::LostLease(settings.lease_name.clone()))
 }
 
 fn agent_auth(settings: &Settings, client: &kube::Client) -> Result<fleet::auth::Authenticator, RunError> {

@@ -5,8 +5,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The release, or `HAIYUN_VERSION` when the build sets it (`scripts/images.sh --version`).
+const VERSION: &str = match option_env!("HAIYUN_VERSION") {
+    Some(v) if !v.is_empty() => v,
+    _ => env!("CARGO_PKG_VERSION"),
+};
+
 #[derive(Debug, Parser)]
-#[command(name = "haiyun-operator", version, about = "Haiyun's Kubernetes operator")]
+#[command(name = "haiyun-operator", version = VERSION, about = "Haiyun's Kubernetes operator")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -14,21 +20,43 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Writes the CRDs as YAML into a folder (default: charts/haiyun/crds), or to stdout with `-`.
+    /// Writes the CRDs as YAML into a folder (default: charts/haiyun/files/crds), or to stdout with `-`.
     Crdgen {
         /// The folder, or `-` for stdout.
-        #[arg(default_value = "charts/haiyun/crds")]
+        #[arg(default_value = "charts/haiyun/files/crds")]
         out: String,
     },
     /// Runs the operator against the cluster of the current kubeconfig (or in-cluster config).
     Run(Box<haiyun_operator::Settings>),
+    /// Before `helm uninstall` (the chart's pre-delete hook): stops the operator's Deployment, then removes Haiyun's
+    /// finalizers from every ComputeJob so that deleting jobs or the CRDs never waits for an operator that is gone.
+    Uninstall {
+        /// The operator's namespace.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "haiyun-system")]
+        namespace: String,
+        /// The operator's Deployment.
+        #[arg(long, default_value = "haiyun-operator")]
+        deployment: String,
+        /// The operator's Lease (its history ConfigMap is `<lease>-history`).
+        #[arg(long, default_value = "haiyun-operator")]
+        lease: String,
+        /// Seconds to wait for its pods to end.
+        #[arg(long, default_value_t = 60)]
+        wait_seconds: u64,
+        /// A kubeconfig (default: the usual one, or in-cluster config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crdgen { out } => crdgen(&out),
-        Command::Run(settings) => haiyun_operator::run(*settings).map_err(anyhow::Error::from),
+        Command::Run(settings) => haiyun_operator::run(*settings, VERSION).map_err(anyhow::Error::from),
+        Command::Uninstall { namespace, deployment, lease, wait_seconds, kubeconfig } => {
+            uninstall(&namespace, &deployment, &lease, wait_seconds, kubeconfig)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,4 +84,27 @@ fn crdgen(out: &str) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn uninstall(
+    namespace: &str,
+    deployment: &str,
+    lease: &str,
+    wait: u64,
+    kubeconfig: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let client = haiyun_operator::client(kubeconfig.as_deref()).await?;
+        let wait = std::time::Duration::from_secs(wait);
+        let done = haiyun_operator::uninstall::run(&client, namespace, deployment, lease, wait).await?;
+        println!("stopped deployment {namespace}/{deployment}");
+        if done.jobs.is_empty() {
+            println!("no ComputeJob held a Haiyun finalizer");
+        }
+        for job in done.jobs {
+            println!("removed Haiyun's finalizers from ComputeJob {job}");
+        }
+        Ok(())
+    })
 }

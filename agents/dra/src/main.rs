@@ -139,8 +139,16 @@ async fn run(cli: Cli, mut sampler: Sampler) -> Result<(), String> {
         cli.node_name,
         cli.kubelet_dir.display()
     );
+    let stop = haiyun_agent::shutdown::requested();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
+            () = &mut stop => {
+                // Prepared claims stay in the ledger and their CDI specs stay on disk: running containers keep their
+                // GPUs, and the next start serves the kubelet from where this one left off.
+                eprintln!("haiyun-dra: stopping (SIGTERM)");
+                return Ok(());
+            }
             r = &mut server => {
                 return match r {
                     Ok(Ok(())) => Ok(()),

@@ -160,7 +160,17 @@ async fn serve(args: DemoArgs, limit: Option<Duration>) -> Result<(), CliError> 
     let metrics = Arc::new(haiyun_operator::metrics::Metrics::default());
     metrics.add_fleet(agents.fleet.clone());
     metrics.set_ready(true);
-    let at = haiyun_operator::http::serve_with(args.addr, metrics, watch, api::routes(shared))
+    // The dashboard's utilisation chart: a sample every 10 s of real time, the last hour.
+    let history = haiyun_operator::history::History::new(Duration::from_secs(10));
+    let (past, past_rx) = tokio::sync::watch::channel(Arc::new(history.clone()));
+    tokio::spawn(haiyun_operator::history::keep(
+        history,
+        Duration::from_secs(3600),
+        watch.clone(),
+        past,
+        None,
+    ));
+    let at = haiyun_operator::http::serve_with(args.addr, metrics, watch, past_rx, api::routes(shared))
         .await
         .map_err(|e| CliError::Start(e.to_string().replace("--metrics-addr", "--addr")))?;
     let kubeconfig = args.kubeconfig_out.clone().unwrap_or_else(|| dir.join("kubeconfig"));

@@ -104,6 +104,11 @@ impl Applier {
         self.locks.lock().map(|m| m.keys().cloned().collect()).unwrap_or_default()
     }
 
+    /// Whether no action is in flight or waiting.
+    pub fn idle(&self) -> bool {
+        self.locks.lock().map(|m| m.is_empty()).unwrap_or(false)
+    }
+
     /// Carries out a cycle's actions through `backends`: evictions first, and the admissions and bindings of the
     /// same cycle only once they are done (their room must be free).
     pub fn apply(&self, actions: Vec<Action>, backends: &Arc<Backends>) {
