@@ -2,11 +2,12 @@
 # Builds Haiyun's OCI images (operator, agent, GPU driver, CLI) from the workspace's release binaries, without a
 # container engine: scripts/oci_image.py assembles each image over the OCI image layout.
 #
-#   scripts/images.sh [--out DIR] [--registry REG] [--tag TAG] [--load TESTENV_DIR] [--no-build]
+#   scripts/images.sh [--out DIR] [--registry REG] [--tag TAG] [--version V] [--load TESTENV_DIR] [--no-build]
 #
 #   --out DIR        where the archives go (default: $CARGO_TARGET_DIR/images)
 #   --registry REG   image names REG/haiyun-…  (default: ghcr.io/haiyun, the chart's default)
 #   --tag TAG        (default: the chart's appVersion)
+#   --version V      the version the operator reports (default: the crate's); for a second build of one commit
 #   --load DIR       also import them into every real node of the testenv at DIR (ctr images import)
 #   --no-build       use the release binaries already built
 #
@@ -17,21 +18,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-out="" registry="ghcr.io/haiyun" tag="" load="" build=1
+out="" registry="ghcr.io/haiyun" tag="" load="" build=1 version=""
 while (($#)); do
   case "$1" in
     --out) out="${2:?--out needs a directory}"; shift ;;
     --registry) registry="${2:?--registry needs a value, e.g. registry.example.com/haiyun}"; shift ;;
     --tag) tag="${2:?--tag needs a value}"; shift ;;
+    --version) version="${2:?--version needs a value, e.g. 0.1.1}"; shift ;;
     --load) load="${2:?--load needs a testenv directory}"; shift ;;
     --no-build) build=0 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "images.sh: unknown flag '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
 done
 tag="${tag:-$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/haiyun/Chart.yaml)}"
 [[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || { echo "images.sh: '$tag' is not a valid image tag" >&2; exit 2; }
+[[ -z "$version" || "$version" =~ ^[0-9A-Za-z.+-]{1,64}$ ]] || { echo "images.sh: --version '$version' is not a version like 0.1.1-rc1" >&2; exit 2; }
 
 base="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/haiyun/target}"
 target="$base/images-build"
@@ -43,6 +46,8 @@ export SOURCE_DATE_EPOCH
 
 if ((build)); then
   t0=$SECONDS
+  # HAIYUN_VERSION is read only by the operator's main.rs: a second version rebuilds that one file.
+  env ${version:+HAIYUN_VERSION="$version"} \
   RUSTFLAGS="--remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target=/target" \
     CARGO_TARGET_DIR="$target" cargo build --release --locked --quiet \
       -p haiyun-operator --bin haiyun-operator -p haiyun-agent --bin haiyun-agent \

@@ -48,9 +48,9 @@ trap cleanup EXIT
 testenv/testenv up --dir "$testenv_dir" --nodes 4 --gpus-per-node 8 --gpu-model H100
 export HAIYUN_TEST_KUBECONFIG="$testenv_dir/kubeconfig" HAIYUN_REQUIRE_TESTENV=1
 
-echo "== real nodes (a second control plane: 3 kubelets with containerd and runc, controller manager, kube-proxy, CoreDNS)"
+echo "== real nodes (a second control plane: 3 kubelets with containerd and runc, controller manager, kube-scheduler, kube-proxy, CoreDNS)"
 if [ "$(id -u)" = 0 ]; then
-  testenv/testenv up --dir "$real_dir" --nodes 0 --real-nodes 3 --gpu-model H100 --real-gpus-per-node 2
+  testenv/testenv up --dir "$real_dir" --nodes 0 --real-nodes 3 --gpu-model H100 --real-gpus-per-node 2 --with-scheduler
   busybox=$(sed -n 's/^TESTENV_BUSYBOX_IMAGE=//p' "$real_dir/testenv.env" | tr -d '"')
   export HAIYUN_TEST_REAL_KUBECONFIG="$real_dir/kubeconfig" HAIYUN_REQUIRE_REAL_NODES=1 TESTENV_REAL_DIR="$real_dir"
   export TESTENV_BUSYBOX_IMAGE="${busybox:-localhost/testenv/busybox:latest}"
@@ -58,6 +58,9 @@ if [ "$(id -u)" = 0 ]; then
   scripts/images.sh --load "$real_dir"
   tag=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/haiyun/Chart.yaml)
   export HAIYUN_TEST_IMAGES="ghcr.io/haiyun:$tag"
+  echo "== a second build for helm upgrade (the operator reports another version; only its main.rs is rebuilt)"
+  scripts/images.sh --version "$tag-next" --tag "$tag-next" --out "$CARGO_TARGET_DIR/images-next" --load "$real_dir"
+  export HAIYUN_TEST_UPGRADE_IMAGES="ghcr.io/haiyun:$tag-next"
 else
   echo "skipped: real nodes need root; the real-node tests will be skipped"
 fi

@@ -49,7 +49,7 @@ fn fix_formats(v: &mut serde_json::Value) {
     }
 }
 
-/// Each CRD as `(file name, YAML)`, as committed under `charts/haiyun/crds/`.
+/// Each CRD as `(file name, YAML)`, as committed under `charts/haiyun/files/crds/`.
 pub fn yaml_files() -> Result<Vec<(String, String)>, CrdError> {
     all()
         .into_iter()
@@ -78,12 +78,12 @@ mod tests {
 
     #[test]
     fn committed_crds_match_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/haiyun/crds");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/haiyun/files/crds");
         for (file, yaml) in yaml_files().unwrap() {
             let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
             assert!(
                 committed == yaml,
-                "charts/haiyun/crds/{file} drifted from the API types: run `cargo run -p haiyun-operator -- crdgen` and commit"
+                "charts/haiyun/files/crds/{file} drifted from the API types: run `cargo run -p haiyun-operator -- crdgen` and commit"
             );
         }
     }

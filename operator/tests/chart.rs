@@ -4,59 +4,21 @@
 
 mod support;
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use support::Env;
+use support::tools::{root, run};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Where testenv keeps its binaries: `$TESTENV_BIN`, else `$XDG_CACHE_HOME/haiyun/testenv-bin`, else
-/// `~/.cache/haiyun/testenv-bin` (as `testenv/testenv` decides).
-fn testenv_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("TESTENV_BIN") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
-    cache.join("haiyun/testenv-bin")
-}
-
-/// helm from testenv's build, or `$HELM`; `None` (skip) when absent and testenv is not required.
 fn helm() -> Option<PathBuf> {
-    let path = std::env::var_os("HELM").map(PathBuf::from).unwrap_or_else(|| testenv_bin().join("helm"));
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("HAIYUN_REQUIRE_TESTENV").is_none(),
-        "helm is required: `testenv/testenv build` builds it into $TESTENV_BIN (default ~/.cache/haiyun/testenv-bin)"
-    );
-    eprintln!("skipped: no helm at {} (testenv/testenv build makes it)", path.display());
-    None
-}
-
-fn run(cmd: &mut Command, stdin: Option<&str>) -> (bool, String) {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    support::tools::helm("HAIYUN_REQUIRE_TESTENV")
 }
 
 fn kubectl(env: &Env) -> Command {
-    let mut c = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()));
-    c.env("KUBECONFIG", &env.kubeconfig);
-    c
+    support::tools::kubectl(&env.kubeconfig)
 }
 
-fn render(helm: &PathBuf, extra: &[&str]) -> (bool, String) {
+fn render(helm: &Path, extra: &[&str]) -> (bool, String) {
     let chart = root().join("charts/haiyun");
     run(
         Command::new(helm)
@@ -93,13 +55,90 @@ fn the_chart_lints_and_its_schema_refuses_bad_values() {
     assert!(!ok && out.contains("probe"), "a bad probe was accepted:\n{out}");
     let (ok, out) = render(&helm, &["--set", "agent.enabled=false"]);
     assert!(ok && !out.contains("kind: DaemonSet"), "{out}");
+    let (ok, out) = render(&helm, &["--set", "otlp.endpoint=collector:4318"]);
+    assert!(!ok && out.contains("otlp"), "an OTLP endpoint without a scheme was accepted:\n{out}");
+    let (ok, out) = render(&helm, &["--set", "otlp.endpoint=http://collector.obs:4318"]);
+    assert!(
+        ok && out.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && out.contains("http://collector.obs:4318"),
+        "{out}"
+    );
+}
+
+fn numbers_as_floats(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => serde_json::json!(n.as_f64()),
+        Value::Array(a) => Value::Array(a.into_iter().map(numbers_as_floats).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, numbers_as_floats(v))).collect()),
+        v => v,
+    }
+}
+
+#[test]
+fn the_chart_carries_the_crds_of_the_api_types_and_a_site_may_point_at_its_own_registry() {
+    let Some(helm) = helm() else { return };
+    let (ok, out) = render(&helm, &[]);
+    assert!(ok, "{out}");
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&out)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .collect();
+    let crds: Vec<&serde_json::Value> =
+        docs.iter().filter(|d| d["kind"] == "CustomResourceDefinition").collect();
+    let types = haiyun_api::crd::all();
+    assert_eq!(crds.len(), types.len(), "one CRD per API type");
+    for want in types {
+        let want = serde_json::to_value(&want).unwrap();
+        let got = crds.iter().find(|c| c["metadata"]["name"] == want["metadata"]["name"]).unwrap();
+        // Rendered through the template, unchanged: the same schema, validations and printer columns (helm writes
+        // 0.0 as 0; the API server reads both as the same number).
+        assert_eq!(
+            numbers_as_floats(got["spec"].clone()),
+            numbers_as_floats(want["spec"].clone()),
+            "{} changed on its way through the chart",
+            want["metadata"]["name"]
+        );
+        assert_eq!(
+            got["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "uninstall keeps the CRDs"
+        );
+        assert_eq!(got["metadata"]["labels"]["app.kubernetes.io/name"], "haiyun");
+    }
+    let (ok, out) = render(&helm, &["--set", "crds.install=false"]);
+    assert!(ok && !out.contains("kind: CustomResourceDefinition"), "{out}");
+    // The leader's dashboard, and helm uninstall's first step.
+    let dashboard =
+        docs.iter().find(|d| d["metadata"]["name"] == "haiyun-operator-dashboard").expect("dashboard");
+    assert_eq!(dashboard["spec"]["selector"]["haiyun.io/leader"], "true");
+    let hook =
+        docs.iter().find(|d| d["kind"] == "Job" && d["metadata"]["name"] == "haiyun-operator-uninstall");
+    let hook = hook.expect("the uninstall hook");
+    assert_eq!(hook["metadata"]["annotations"]["helm.sh/hook"], "pre-delete");
+    let images = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.trim().strip_prefix("image: "))
+            .map(|i| i.trim_matches('"').to_string())
+            .collect()
+    };
+    assert!(
+        images(&out).iter().all(|i| i.starts_with("ghcr.io/haiyun/haiyun-") && i.ends_with(":0.1.0")),
+        "{out}"
+    );
+    let (ok, out) =
+        render(&helm, &["--set", "imageRegistry=registry.example.com/ml", "--set", "image.tag=2.0"]);
+    assert!(ok, "{out}");
+    let all = images(&out);
+    assert!(all.contains(&"registry.example.com/ml/haiyun-operator:2.0".to_string()), "{all:?}");
+    assert!(all.contains(&"registry.example.com/ml/haiyun-agent:0.1.0".to_string()), "{all:?}");
+    let (ok, out) = render(&helm, &["--set", "image.repository=mirror.example.com/haiyun/op"]);
+    assert!(ok && images(&out).contains(&"mirror.example.com/haiyun/op:0.1.0".to_string()), "{out}");
 }
 
 #[tokio::test]
 async fn the_rendered_chart_applies_and_only_approvers_decide_quota_requests() {
     let Some(env) = Env::start("chart").await else { return };
     let Some(helm) = helm() else { return };
-    let (ok, rendered) = render(&helm, &["--include-crds"]);
+    // Hooks are helm's to run (on uninstall), not kubectl's.
+    let (ok, rendered) = render(&helm, &["--no-hooks"]);
     assert!(ok, "{rendered}");
     let _ = run(kubectl(&env).args(["create", "namespace", "haiyun-system"]), None);
     let (ok, out) =

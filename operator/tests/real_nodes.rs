@@ -7,38 +7,21 @@ mod support;
 
 use std::time::Duration;
 
-use haiyun_api::{ComputeJob, ComputePool, Queue, fixtures};
+use haiyun_api::{ComputeJob, ComputePool, Queue};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, LogParams};
 use serde_json::{Value, json};
-use support::{Env, queue, wait_for};
+use support::{Env, queue, real_pool, wait_for};
 
 const LONG: Duration = Duration::from_secs(120);
 
-/// A pool of the real nodes.
-fn real_pool(name: &str) -> Value {
-    fixtures::pool(name).site("lab").kubernetes(&[("testenv.io/real", "true")]).value()
-}
-
 /// A job of `replicas` one-GPU tasks running `script` in busybox on the real nodes.
 fn real_job(name: &str, queue: &str, replicas: u32, script: &str) -> Value {
-    real_job_of(name, queue, replicas, 1, script)
+    support::real_job(name, queue, replicas, 1, script)
 }
 
-/// A job of `replicas` tasks of `gpus` GPUs each running `script` in busybox on the real nodes.
 fn real_job_of(name: &str, queue: &str, replicas: u32, gpus: u32, script: &str) -> Value {
-    let image =
-        std::env::var("TESTENV_BUSYBOX_IMAGE").unwrap_or_else(|_| "localhost/testenv/busybox:latest".into());
-    let template = json!({ "spec": { "terminationGracePeriodSeconds": 1, "containers": [{
-        "name": "main", "image": image, "imagePullPolicy": "Never", "command": ["sh", "-c", script] }] } });
-    fixtures::job("default", name)
-        .queue(queue)
-        .group_name("worker")
-        .replicas(replicas)
-        .gpus(gpus)
-        .runtime("2m")
-        .template(template)
-        .value()
+    support::real_job(name, queue, replicas, gpus, script)
 }
 
 /// An all-reduce over TCP that uses only the injected environment and DNS: every rank sends its vector

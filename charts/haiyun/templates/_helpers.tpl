@@ -20,3 +20,13 @@ app.kubernetes.io/component: operator
 {{- define "haiyun.agentName" -}}
 {{- printf "%s-agent" .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* An image reference: a repository with no "/" is a name under .Values.imageRegistry. Call with
+(dict "image" .Values.x.image "root" $). */}}
+{{- define "haiyun.image" -}}
+{{- $repo := .image.repository -}}
+{{- if not (contains "/" $repo) -}}
+{{- $repo = printf "%s/%s" (.root.Values.imageRegistry | trimSuffix "/") $repo -}}
+{{- end -}}
+{{- printf "%s:%s" $repo (.image.tag | default .root.Chart.AppVersion) -}}
+{{- end -}}

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod slurm;
+pub mod tools;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -398,4 +399,25 @@ pub fn job(name: &str, queue: &str, replicas: u32, gpus: u32, duration: &str) ->
     });
     let j = fixtures::job("default", name).queue(queue).runtime("5m").group_name("worker");
     j.replicas(replicas).gpus(gpus).template(template).value()
+}
+
+/// A pool of testenv's real nodes (label `testenv.io/real=true`).
+pub fn real_pool(name: &str) -> Value {
+    fixtures::pool(name).site("lab").kubernetes(&[("testenv.io/real", "true")]).value()
+}
+
+/// A job of `replicas` tasks of `gpus` GPUs each running `script` in busybox on the real nodes.
+pub fn real_job(name: &str, queue: &str, replicas: u32, gpus: u32, script: &str) -> Value {
+    let image =
+        std::env::var("TESTENV_BUSYBOX_IMAGE").unwrap_or_else(|_| "localhost/testenv/busybox:latest".into());
+    let template = json!({ "spec": { "terminationGracePeriodSeconds": 1, "containers": [{
+        "name": "main", "image": image, "imagePullPolicy": "Never", "command": ["sh", "-c", script] }] } });
+    fixtures::job("default", name)
+        .queue(queue)
+        .group_name("worker")
+        .replicas(replicas)
+        .gpus(gpus)
+        .runtime("2m")
+        .template(template)
+        .value()
 }
