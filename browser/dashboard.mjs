@@ -1,5 +1,5 @@
 // Loads Haiyun's dashboard in headless Chromium and checks what a person would: every pool and queue is listed, the
-// numbers change live, and a pending job's explanation opens. Usage: node dashboard.mjs URL POOLS QUEUES JOB SHOT
+// numbers change live, utilisation over time is charted, and a pending job's explanation opens. Usage: node dashboard.mjs URL POOLS QUEUES JOB SHOT
 // [churn]; with `churn` the pools' figures must change too, not only the time of the last update.
 // Exits non-zero with a one-line reason when a check fails; writes a screenshot to SHOT either way.
 import { chromium } from "playwright-core";
@@ -26,6 +26,9 @@ try {
     await page.waitForFunction((old) => document.querySelector("#pools").innerText !== old, before, { timeout: 60000 })
       .catch(() => { throw new Error("the pools' figures did not change within 60 s"); });
   }
+  // Utilisation over time: a line of at least two samples per pool and model (the page refetches every 15 s).
+  await page.waitForFunction(() => [...document.querySelectorAll("#history polyline.alloc")].some(l => (l.getAttribute("points") || "").includes(" ")),
+    null, { timeout: 60000 }).catch(() => { throw new Error("no utilisation history on the dashboard within 60 s"); });
   await page.getByText(job, { exact: true }).click();
   const why = await text("#explain");
   if (!why.includes("Blocked at") || !why.includes("Estimated start")) throw new Error(`no explanation for ${job}: ${why}`);
@@ -39,4 +42,4 @@ if (failure) {
   console.error(String(failure.message || failure).split("\n")[0]);
   process.exit(1);
 }
-console.log("dashboard ok: pools, queues, live updates and an explanation; screenshot at " + shot);
+console.log("dashboard ok: pools, queues, live updates, utilisation history and an explanation; screenshot at " + shot);

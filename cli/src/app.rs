@@ -5,10 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::cluster::{CliError, Cluster};
-use crate::{quota, submission, view};
+use crate::view::Tabular;
+use crate::{description, logs, quota, submission, view, watch};
 use clap::error::ErrorKind;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use haiyun_api::{ComputeJob, ComputePool, Queue, QuotaRequest};
+use kube::{Api, Resource};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 #[derive(Debug, Parser)]
 #[command(name = "haiyun", version, about = "Jobs, pools, queues and quota of a Haiyun cluster")]
@@ -26,27 +30,46 @@ struct Cli {
     command: Command,
 }
 
+/// How a command prints what it got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
+pub enum Format {
+    /// Tables and sentences for people.
     Table,
+    /// JSON for scripts.
     Json,
+    /// YAML for scripts.
     Yaml,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Lists jobs, pools, queues or quota requests.
+    /// Lists jobs, pools, queues or quota requests, or shows one by name; `-w` then prints each change.
     #[command(alias = "list")]
     Get {
-        /// What to list.
+        /// What to list (kubectl's names work too: job, cjob, pool, queue, qr).
         #[arg(value_enum)]
         what: What,
+        /// Only this one (not found: exit code 3).
+        name: Option<String>,
+        /// After the list, print a row each time one changes (with -o json, one object per line), until Ctrl-C.
+        #[arg(short, long)]
+        watch: bool,
     },
-    /// Why a job waits, phase by phase, what would let it start sooner, and when it may start.
+    /// A job in detail: spec, status, conditions, why it waits, its pods and its events.
+    Describe {
+        /// What to describe: job.
+        #[arg(value_enum)]
+        what: Object,
+        /// Its name.
+        name: String,
+    },
+    /// Why a job waits, phase by phase, what would let it start sooner, when it may start, and what to run.
     Explain {
         /// The job.
         job: String,
     },
+    /// The log of a job's task (task 0 of its first task group unless told).
+    Logs(logs::LogsFlags),
     /// Submits a job from a YAML file (`-f`) or from flags.
     Submit {
         /// A ComputeJob manifest.
@@ -55,6 +78,14 @@ enum Command {
         #[command(flatten)]
         flags: submission::JobFlags,
     },
+    /// Deletes a job; its pods and Service go with it.
+    Delete {
+        /// What to delete: job.
+        #[arg(value_enum)]
+        what: Object,
+        /// Its name.
+        name: String,
+    },
     /// Quota requests: ask for more, decide, list.
     Quota {
         #[command(subcommand)]
@@ -62,6 +93,12 @@ enum Command {
     },
     /// Capacity and allocation by pool and GPU model, and queue usage.
     Top,
+    /// Prints a shell completion script, e.g. `source <(haiyun completion bash)`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Replays a job list (Gavel's CSV format) on a federation of GPU types and prints JCT, waits and utilisation;
     /// needs no cluster.
     Simulate {
@@ -88,10 +125,21 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum What {
+    #[value(aliases = ["job", "computejob", "computejobs", "cjob"])]
     Jobs,
+    #[value(aliases = ["pool", "computepool", "computepools"])]
     Pools,
+    #[value(aliases = ["queue", "hq"])]
     Queues,
+    #[value(aliases = ["quotarequest", "quotarequests", "qr"])]
     Quota,
+}
+
+/// What `describe` and `delete` take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Object {
+    #[value(aliases = ["jobs", "computejob", "computejobs", "cjob"])]
+    Job,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,26 +193,41 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Quota { action: QuotaAction::Request(f) } => Some(quota::request(f, &cli.namespace, now)?),
         _ => None,
     };
-    let client = crate::cluster::connect(cli.kubeconfig.as_deref()).await?;
+    // Watches and followed logs wait on the server as long as it takes; nothing else waits longer than 15 s.
+    let streaming = matches!(
+        &cli.command,
+        Command::Get { watch: true, .. } | Command::Logs(logs::LogsFlags { follow: true, .. })
+    );
+    let client = crate::cluster::connect(cli.kubeconfig.as_deref(), streaming).await?;
     let ns = job.as_ref().and_then(|j| j.metadata.namespace.clone()).unwrap_or_else(|| cli.namespace.clone());
     let cluster = Cluster::new(client, &ns);
     let f = cli.output;
     match cli.command {
-        Command::Get { what: What::Jobs } => {
-            let jobs = cluster.jobs().await?;
-            print(f, &jobs, || view::jobs(&jobs))
+        Command::Get { what, name, watch } => {
+            let (c, name) = (&cluster, name.as_deref());
+            match what {
+                What::Jobs => get(c, c.namespaced::<ComputeJob>(), name, watch, f).await,
+                What::Pools => get(c, c.all::<ComputePool>(), name, watch, f).await,
+                What::Queues => get(c, c.all::<Queue>(), name, watch, f).await,
+                What::Quota => get(c, c.namespaced::<QuotaRequest>(), name, watch, f).await,
+            }
         }
-        Command::Get { what: What::Pools } => {
-            let pools = cluster.pools().await?;
-            print(f, &pools, || view::pools(&pools))
+        Command::Quota { action: QuotaAction::List } => {
+            get(&cluster, cluster.namespaced::<QuotaRequest>(), None, false, f).await
         }
-        Command::Get { what: What::Queues } => {
-            let queues = cluster.queues().await?;
-            print(f, &queues, || view::queues(&queues))
+        Command::Describe { what: Object::Job, name } => {
+            let j = cluster.job(&name).await?;
+            let (pods, events) = (cluster.pods_of(&j).await?, cluster.events_of(&j).await?);
+            let now = jiff::Timestamp::now();
+            let all = serde_json::json!({"job": j, "pods": pods, "events": events});
+            print(f, &all, || description::job(&j, &pods, &events, now))
         }
-        Command::Get { what: What::Quota } | Command::Quota { action: QuotaAction::List } => {
-            let requests = cluster.requests().await?;
-            print(f, &requests, || view::requests(&requests))
+        Command::Logs(flags) => logs::print(&cluster, &flags).await,
+        Command::Delete { what: Object::Job, name } => {
+            cluster.delete_job(&name).await?;
+            let done =
+                serde_json::json!({"kind": "ComputeJob", "namespace": ns, "name": name, "deleted": true});
+            print(f, &done, || format!("computejob/{name} deleted\n"))
         }
         Command::Explain { job } => {
             let j = cluster.job(&job).await?;
@@ -192,11 +255,38 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let r = cluster.decide(&name, "Denied").await?;
             print(f, &r, || format!("quotarequest/{name} denied\n"))
         }
-        Command::Simulate { .. } | Command::Demo(_) => Ok(()), // handled before: they need no cluster
+        // Handled before: they need no cluster.
+        Command::Simulate { .. } | Command::Demo(_) | Command::Completion { .. } => Ok(()),
         Command::Top => {
             let (pools, queues) = (cluster.pools().await?, cluster.queues().await?);
             let both = serde_json::json!({"pools": pools, "queues": queues});
             print(f, &both, || view::top(&pools, &queues))
+        }
+    }
+}
+
+/// `haiyun get KIND [NAME] [-w]`: the list, or one object, or the list and then each change.
+async fn get<K>(
+    cluster: &Cluster,
+    api: Api<K>,
+    name: Option<&str>,
+    watch: bool,
+    f: Format,
+) -> Result<(), CliError>
+where
+    K: Tabular + Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug + Send + 'static,
+{
+    if watch {
+        return watch::run(api, name, f).await;
+    }
+    match name {
+        Some(n) => {
+            let one = cluster.get(&api, n).await?;
+            print(f, &one, || view::rows(std::slice::from_ref(&one)))
+        }
+        None => {
+            let all = cluster.list(api).await?;
+            print(f, &all, || view::rows(&all))
         }
     }
 }
@@ -255,6 +345,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Completion { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "haiyun", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     if let Command::Demo(args) = cli.command {
         return match crate::demo::run(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -277,5 +371,88 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(e.code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The words of a suggested command, as a shell splits them (suggestions quote nothing).
+    fn words(command: &str) -> Vec<&str> {
+        command.split_whitespace().collect()
+    }
+
+    #[test]
+    fn the_quota_request_explain_suggests_is_one_the_parser_and_the_request_builder_accept() {
+        let j: ComputeJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputeJob",
+            "metadata": {"name": "big", "namespace": "ml"},
+            "spec": {"queue": "team-a", "runtimeEstimate": "3h", "taskGroups": [{"name": "w", "replicas": 2, "gpus": 8}]},
+            "status": {"phase": "Queued", "pendingReasons": [{"phase": "quota",
+                "message": "quota: queue team-a needs 16 nvidia.com/gpu:h100, 6 left, cohort can lend 0",
+                "flavor": "nvidia.com/gpu:h100", "needed": "16", "left": "6", "cohortCanLend": "0"}]}
+        }))
+        .unwrap();
+        let text = view::explain(&j);
+        let line = text.lines().find(|l| l.starts_with("Run: haiyun quota request")).unwrap();
+        let command = line.strip_prefix("Run: ").unwrap().split("  # ").next().unwrap();
+        let cli = Cli::try_parse_from(words(command)).unwrap();
+        assert_eq!(cli.namespace, "ml");
+        let Command::Quota { action: QuotaAction::Request(flags) } = cli.command else { panic!("{command}") };
+        assert_eq!(
+            (flags.queue.as_str(), flags.flavor.as_str(), flags.amount.as_str(), flags.hours),
+            ("team-a", "nvidia.com/gpu:h100", "10", 3.0)
+        );
+        let r = quota::request(&flags, &cli.namespace, 1_800_000_000).unwrap();
+        assert_eq!((r.spec.amount.as_str(), r.metadata.namespace.as_deref()), ("10", Some("ml")));
+    }
+
+    #[test]
+    fn every_other_suggested_command_parses_too() {
+        let j: ComputeJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputeJob",
+            "metadata": {"name": "j", "namespace": "ml"},
+            "spec": {"queue": "q", "taskGroups": [{"name": "w", "replicas": 1, "gpus": 1}]},
+            "status": {"phase": "Queued", "pendingReasons": [
+                {"phase": "data-clearance", "message": "data clearance: no pool is cleared for core data"},
+                {"phase": "placement", "message": "placement: in pool p: no node has 1 free GPU"},
+                {"phase": "queue", "message": "queue q does not exist"},
+                {"phase": "quota", "message": "quota: queue q needs 64 GiB", "flavor": "memory", "needed": "64 GiB"}]}
+        }))
+        .unwrap();
+        let suggestions = view::suggestions(&j);
+        assert_eq!(suggestions.len(), 4, "{suggestions:?}");
+        for s in suggestions {
+            let cli = Cli::try_parse_from(words(&s.command)).unwrap_or_else(|e| panic!("{}: {e}", s.command));
+            if let Command::Quota { action: QuotaAction::Request(flags) } = &cli.command {
+                assert_eq!(quota::request(flags, "ml", 0).unwrap().spec.amount, "64Gi");
+            }
+        }
+    }
+
+    #[test]
+    fn get_takes_a_name_kubectl_s_kind_names_and_watch() {
+        let cli = Cli::try_parse_from(["haiyun", "get", "job", "train", "-w", "-o", "json"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Get { what: What::Jobs, name: Some(ref n), watch: true } if n == "train")
+        );
+        for (kind, what) in
+            [("pool", What::Pools), ("queue", What::Queues), ("qr", What::Quota), ("cjob", What::Jobs)]
+        {
+            let cli = Cli::try_parse_from(["haiyun", "get", kind]).unwrap();
+            assert!(matches!(cli.command, Command::Get { what: w, name: None, watch: false } if w == what));
+        }
+        let cli = Cli::try_parse_from(["haiyun", "logs", "train", "--task", "2", "--group", "worker", "-f"])
+            .unwrap();
+        let Command::Logs(l) = cli.command else { panic!("not logs") };
+        assert_eq!(
+            (l.job.as_str(), l.task, l.group.as_deref(), l.follow),
+            ("train", 2, Some("worker"), true)
+        );
+        assert!(Cli::try_parse_from(["haiyun", "describe", "job", "train"]).is_ok());
+        assert!(Cli::try_parse_from(["haiyun", "delete", "jobs", "train"]).is_ok());
+        assert!(Cli::try_parse_from(["haiyun", "delete", "pool", "p"]).is_err());
+        assert!(Cli::try_parse_from(["haiyun", "completion", "zsh"]).is_ok());
     }
 }

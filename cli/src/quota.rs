@@ -1,6 +1,7 @@
 //! Quota requests from flags: a queue, a flavor, an amount and a window (from now for `--hours`, or explicit times).
 
 use haiyun_api::QuotaRequest;
+use haiyun_api::quantity::QuantityError;
 use serde_json::json;
 
 use crate::cluster::CliError;
@@ -14,7 +15,7 @@ pub struct RequestFlags {
     /// `nvidia.com/gpu:<model>`, `cpu` or `memory`.
     #[arg(long)]
     pub flavor: String,
-    /// How much, e.g. `8`.
+    /// How much, e.g. `8` (GPUs or cores) or `64Gi` (memory).
     #[arg(long)]
     pub amount: String,
     /// For this many hours from now.
@@ -33,10 +34,14 @@ pub fn request(f: &RequestFlags, namespace: &str, now: i64) -> Result<QuotaReque
     if !(f.hours.is_finite() && f.hours > 0.0) {
         return Err(CliError::Input("--hours must be more than 0".into()));
     }
-    let amount: f64 = f
-        .amount
-        .parse()
-        .map_err(|_| CliError::Input(format!("--amount {:?} is not a number: write e.g. 8", f.amount)))?;
+    // A quantity, as the queue's quota is written: GPUs and cores as numbers ("8", "0.5"), memory as "64Gi".
+    let amount = haiyun_api::quantity::parse(&f.amount).map_err(|e| match e {
+        QuantityError::Negative(_) => CliError::Input("--amount must be more than 0".into()),
+        _ => CliError::Input(format!(
+            "--amount {:?} is not a number: write e.g. 8 (GPUs or cores) or 64Gi (memory)",
+            f.amount
+        )),
+    })?;
     if amount <= 0.0 {
         return Err(CliError::Input("--amount must be more than 0".into()));
     }
@@ -73,7 +78,9 @@ mod tests {
         assert_eq!(r.metadata.name.as_deref(), Some("team-a-1800000000"));
         let e = request(&RequestFlags { amount: "-3".into(), ..f.clone() }, "ml", 0).unwrap_err();
         assert!(e.to_string().contains("--amount must be more than 0"));
-        let e = request(&RequestFlags { amount: "lots".into(), ..f }, "ml", 0).unwrap_err();
+        let e = request(&RequestFlags { amount: "lots".into(), ..f.clone() }, "ml", 0).unwrap_err();
         assert!(e.to_string().contains("is not a number"));
+        let memory = RequestFlags { flavor: "memory".into(), amount: "64Gi".into(), ..f };
+        assert_eq!(request(&memory, "ml", 0).unwrap().spec.amount, "64Gi");
     }
 }

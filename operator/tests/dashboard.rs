@@ -36,7 +36,7 @@ async fn the_dashboard_shows_pools_gpus_queues_and_pending_jobs_with_reasons_and
     env.nodes("g", 2, 8, "H100").await;
     env.create::<ComputePool>(pool(&env, "dash-pool", "g", "public")).await.unwrap();
     env.create::<Queue>(queue("dash-q", "nvidia.com/gpu:h100", 8)).await.unwrap();
-    let op = env.operator("only", &[]);
+    let op = env.operator("only", &["--history-interval-seconds", "1"]);
     env.create::<ComputeJob>(job("running", "dash-q", 1, 8, "10m")).await.unwrap();
     env.wait_phase("default", "running", "Running", LONG).await;
     env.create::<ComputeJob>(job("waiting", "dash-q", 1, 8, "10m")).await.unwrap();
@@ -68,6 +68,21 @@ async fn the_dashboard_shows_pools_gpus_queues_and_pending_jobs_with_reasons_and
     assert_eq!(snap["queues"]["dash-q"]["pending"], 1);
     let waiting = snap["pending"].as_array().unwrap().iter().find(|j| j["job"] == "default/waiting").unwrap();
     assert_eq!(waiting["reasons"][0]["phase"], "quota", "{waiting}");
+
+    // Utilisation over time: samples of the pool's H100s (models are named in lower case), 8 of 16 allocated.
+    let history: Value = wait_for("two history samples", LONG, || async {
+        let v: Value = serde_json::from_str(&get(port, "/api/v1/history")).ok()?;
+        (v["samples"].as_array()?.len() >= 2).then_some(v)
+    })
+    .await;
+    let last = history["samples"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["cells"]["dash-pool/h100"]["gpus"], 16, "{history}");
+    assert_eq!(last["cells"]["dash-pool/h100"]["allocated"], 8.0, "{history}");
+    // Kept where the next leader reads it.
+    let maps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(env.client.clone(), "default");
+    let kept = maps.get(&format!("{}-history", env.lease())).await.unwrap();
+    assert!(kept.data.unwrap_or_default().get("history.json").is_some_and(|h| h.contains("dash-pool/h100")));
 
     // In a real browser (headless Chromium from Debian, driven by playwright-core): every pool and queue, live
     // numbers, and the waiting job's explanation; the screenshot is kept as a test artifact.
