@@ -237,6 +237,21 @@ fn the_demo_runs_a_federation_that_the_cli_and_a_browser_can_use() {
             .any(|g| g["health"] == "unknown")
             .then_some(())
     });
+    // A pool all of whose GPUs are unknown (its link is down) says so instead of "ready".
+    demo.until("an edge pool cut off and not ready", Duration::from_secs(120), |s| {
+        let pools = s["pools"].as_array()?;
+        let nodes = s["nodes"].as_array()?;
+        pools.iter().filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("edge-"))).find_map(|p| {
+            let gpus: Vec<&Value> = nodes
+                .iter()
+                .filter(|n| n["pool"] == p["name"])
+                .flat_map(|n| n["gpus"].as_array().into_iter().flatten())
+                .collect();
+            let cut = !gpus.is_empty() && gpus.iter().all(|g| g["health"] == "unknown");
+            let ready = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?;
+            (cut && ready["status"] == "False" && ready["reason"] == "NoPlaceableGPUs").then_some(())
+        })
+    });
 
     // The audit trail: jobs that read sensitive public data were placed only in the pool cleared for it.
     let log = std::fs::read_to_string(&demo.decisions).unwrap();

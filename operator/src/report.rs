@@ -7,7 +7,7 @@ use haiyun_api::pool::GpuCount;
 use haiyun_api::queue::FlavorUsage;
 use haiyun_api::quota::{Decision, RequestState};
 use haiyun_api::{ComputePoolStatus, QueueStatus, QuotaRequest, QuotaRequestStatus, condition};
-use haiyun_scheduler::model::Time;
+use haiyun_scheduler::model::{Health, Time};
 use haiyun_scheduler::queue::Flavor;
 use kube::ResourceExt;
 
@@ -142,11 +142,10 @@ pub fn pools(world: &World, now: Time) -> BTreeMap<String, ComputePoolStatus> {
         let ready = condition::Condition::new("Ready", true, "Serving", "", 0, &stamp);
         out.insert(name.clone(), ComputePoolStatus { conditions: vec![ready], ..Default::default() });
     }
+    let mut unknown: BTreeMap<String, u32> = BTreeMap::new();
     for (id, node) in c.nodes.iter().enumerate() {
-        let Some(st) = world.federation.pool_names.get(node.pool as usize).and_then(|n| out.get_mut(n))
-        else {
-            continue;
-        };
+        let Some(name) = world.federation.pool_names.get(node.pool as usize) else { continue };
+        let Some(st) = out.get_mut(name) else { continue };
         st.nodes += 1;
         let alloc = snap.allocated(id as u32);
         for (j, g) in node.gpus.iter().enumerate() {
@@ -164,7 +163,16 @@ pub fn pools(world: &World, now: Time) -> BTreeMap<String, ComputePoolStatus> {
             };
             entry.total += 1;
             entry.healthy += u32::from(g.health.is_placeable());
+            if g.health == Health::Unknown {
+                *unknown.entry(name.clone()).or_insert(0) += 1;
+            }
             entry.allocated += used;
+        }
+    }
+    for (name, st) in out.iter_mut() {
+        if let Some(why) = no_placeable_gpus(&st.by_model, &unknown.get(name).copied().unwrap_or(0)) {
+            st.conditions =
+                vec![condition::Condition::new("Ready", false, "NoPlaceableGPUs", why, 0, &stamp)];
         }
     }
     for (name, why) in &world.federation.unavailable {
@@ -172,6 +180,27 @@ pub fn pools(world: &World, now: Time) -> BTreeMap<String, ComputePoolStatus> {
         out.insert(name.clone(), ComputePoolStatus { conditions: vec![c], ..Default::default() });
     }
     out
+}
+
+/// Why a pool with GPUs can take no GPU work, when none of them is healthy: an edge pool whose link is down has every
+/// GPU unknown, and says so rather than "ready".
+fn no_placeable_gpus(by_model: &[GpuCount], unknown: &u32) -> Option<String> {
+    let total: u32 = by_model.iter().map(|m| m.total).sum();
+    let healthy: u32 = by_model.iter().map(|m| m.healthy).sum();
+    if total == 0 || healthy > 0 {
+        return None;
+    }
+    let failed = total - unknown;
+    let mut parts = Vec::new();
+    if *unknown > 0 {
+        parts.push(format!(
+            "{unknown} unknown (their nodes' agents are silent: a cut link or stopped agents)"
+        ));
+    }
+    if failed > 0 {
+        parts.push(format!("{failed} failed"));
+    }
+    Some(format!("none of its {total} GPUs can take work: {}", parts.join(", ")))
 }
 
 /// Each QuotaRequest's status, by `namespace/name`: decided ones follow their window; undecided ones are approved

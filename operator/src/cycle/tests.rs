@@ -323,6 +323,32 @@ fn gpus_follow_their_agent_a_failed_gpu_takes_no_work_and_the_job_on_it_runs_aga
     assert!(matches!(world.jobs[0].state, JobState::Placed(_)), "a failed GPU no job uses evicts nothing");
 }
 
+#[test]
+fn a_pool_whose_agents_are_all_silent_is_not_ready_and_says_why() {
+    let fleet = [("n0".to_string(), agent_view(&[], true)), ("n1".to_string(), agent_view(&[3], true))];
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        nodes: vec![node("n0", 8, false), node("n1", 8, false)],
+        fleet: Arc::new(fleet.into_iter().collect()),
+        ..Default::default()
+    };
+    let (world, _) = cycle(&objects);
+    let status = crate::report::pools(&world, NOW);
+    let ready = &status.values().next().unwrap().conditions[0];
+    assert_eq!(
+        (ready.type_.as_str(), ready.status.as_str(), ready.reason.as_str()),
+        ("Ready", "False", "NoPlaceableGPUs")
+    );
+    assert!(ready.message.contains("none of its 16 GPUs can take work: 16 unknown"), "{}", ready.message);
+    // One agent back: the pool serves again.
+    let fleet = [("n0".to_string(), agent_view(&[], false)), ("n1".to_string(), agent_view(&[3], true))];
+    let objects = Objects { fleet: Arc::new(fleet.into_iter().collect()), ..objects };
+    let (world, _) = cycle(&objects);
+    let status = crate::report::pools(&world, NOW);
+    assert_eq!(status.values().next().unwrap().conditions[0].status, "True");
+}
+
 fn slurm_view(time_limit_min: Option<u32>) -> crate::backend::slurm::SlurmView {
     let node = |name: &str| crate::backend::slurm::SlurmNode {
         name: name.into(),
