@@ -50,6 +50,8 @@ pub enum RequestState {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("timestamp(self.end) > timestamp(self.start)").message("end must be after start").field_path(".end"))]
 #[x_kube(validation = Rule::new("!has(oldSelf.decision) || (has(self.decision) && self.decision == oldSelf.decision)").message("decision cannot be changed once made; create a new request"))]
+#[x_kube(validation = Rule::new("!has(self.decidedBy) || has(self.decision)").message("decidedBy is stamped by the API server when decision is set (the chart's MutatingAdmissionPolicy): do not set it").field_path(".decidedBy"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.decidedBy) || (has(self.decidedBy) && self.decidedBy == oldSelf.decidedBy)").message("decidedBy cannot be changed once stamped").field_path(".decidedBy"))]
 pub struct QuotaRequestSpec {
     /// The queue.
     #[x_kube(validation = Rule::new("self == oldSelf").message("queue is immutable"))]
@@ -81,6 +83,11 @@ pub struct QuotaRequestSpec {
     /// An administrator's decision; only users allowed the verb `approve` on the queue may set it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
+    /// Who set `decision`: the API server stamps the requesting user here (the chart's MutatingAdmissionPolicy),
+    /// whatever the writer put; only with a decision, and never changed after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub decided_by: Option<String>,
 }
 
 /// Where a request stands.
@@ -90,7 +97,8 @@ pub struct QuotaRequestStatus {
     /// State.
     #[serde(default)]
     pub state: RequestState,
-    /// Who or what approved it (`auto` when the cohort had unlent capacity).
+    /// Who approved it: the user in `spec.decidedBy`, `administrator` when no policy stamped one, or `auto` when the
+    /// cohort had the amount unlent.
     #[serde(default)]
     pub approved_by: String,
     /// Conditions (`Approved`, `Active`).

@@ -154,7 +154,8 @@ pub fn queues(queues: &[Queue]) -> String {
 impl Tabular for QuotaRequest {
     const KIND: &'static str = "QuotaRequest";
     const PLURAL: &'static str = "quota";
-    const COLUMNS: &'static [&'static str] = &["NAME", "QUEUE", "FLAVOR", "AMOUNT", "START", "END", "STATE"];
+    const COLUMNS: &'static [&'static str] =
+        &["NAME", "QUEUE", "FLAVOR", "AMOUNT", "START", "END", "STATE", "APPROVED BY"];
 
     fn row(&self) -> Vec<String> {
         vec![
@@ -165,6 +166,7 @@ impl Tabular for QuotaRequest {
             self.spec.start.clone(),
             self.spec.end.clone(),
             self.status.as_ref().map_or("Pending".into(), |s| format!("{:?}", s.state)),
+            self.status.as_ref().map(|s| s.approved_by.clone()).unwrap_or_default(),
         ]
     }
 }

@@ -225,7 +225,12 @@ pub fn requests(
                 (RequestState::Denied, String::new(), "denied by an administrator".to_string())
             }
             (Some(Decision::Approved), _) => {
-                (in_window(window, now), Approver::Administrator.to_string(), String::new())
+                let by = r.spec.decided_by.clone().filter(|u| !u.is_empty());
+                (
+                    in_window(window, now),
+                    by.unwrap_or_else(|| Approver::Administrator.to_string()),
+                    String::new(),
+                )
             }
             (None, RequestState::Pending) => match auto_approval(world, r, &mut models, &mut granted, now) {
                 Ok(()) => (in_window(window, now), Approver::Auto.to_string(), String::new()),
@@ -238,7 +243,7 @@ pub fn requests(
         let reason = match state {
             RequestState::Denied => "Denied",
             RequestState::Pending => "AwaitingApproval",
-            _ if by == Approver::Auto.to_string() => "AutoApproved",
+            _ if r.spec.decision.is_none() && by == Approver::Auto.to_string() => "AutoApproved",
             _ => "Approved",
         };
         condition::set(

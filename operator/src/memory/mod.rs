@@ -57,6 +57,9 @@ pub enum MemoryError {
     /// A simulated step did not finish at once (it never waits on anything).
     #[error("a simulated step did not complete at once")]
     Pending,
+    /// A change the API server would refuse.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Finished jobs kept (the oldest are forgotten first).
@@ -155,18 +158,26 @@ impl MemoryCluster {
         Ok(r)
     }
 
-    /// Sets a QuotaRequest's decision, as an administrator would.
+    /// Sets a QuotaRequest's decision as administrator `by` would, stamping who decided (as the chart's admission
+    /// policy does on a cluster); a decision already made stands.
     pub fn decide(
         &mut self,
         namespace: &str,
         name: &str,
         decision: haiyun_api::quota::Decision,
+        by: &str,
     ) -> Result<QuotaRequest, MemoryError> {
         let r = self
             .requests
             .get_mut(&format!("{namespace}/{name}"))
             .ok_or_else(|| MemoryError::NotFound { kind: "QuotaRequest", name: name.into() })?;
+        if r.spec.decision.is_some_and(|d| d != decision) {
+            return Err(MemoryError::Refused(format!(
+                "QuotaRequest {name}: spec.decision cannot be changed once made; create a new request"
+            )));
+        }
         r.spec.decision = Some(decision);
+        r.spec.decided_by = Some(by.to_string());
         r.metadata.generation = Some(r.metadata.generation.unwrap_or(0) + 1);
         Ok(r.clone())
     }

@@ -142,9 +142,14 @@ fn an_approved_quota_request_raises_the_queue_and_names_are_checked() {
     .unwrap();
     c.add_request(r.clone(), T0).unwrap();
     assert!(c.add_request(r, T0).unwrap_err().to_string().contains("already exists"));
-    assert!(c.decide("ns", "ghost", haiyun_api::quota::Decision::Approved).is_err());
-    c.decide("ns", "more", haiyun_api::quota::Decision::Approved).unwrap();
+    assert!(c.decide("ns", "ghost", haiyun_api::quota::Decision::Approved, "boss").is_err());
+    c.decide("ns", "more", haiyun_api::quota::Decision::Approved, "boss").unwrap();
+    let again = c.decide("ns", "more", haiyun_api::quota::Decision::Denied, "other");
+    assert!(again.unwrap_err().to_string().contains("cannot be changed"));
     cycle(&mut c, 10.0);
+    // Who decided is who approved it.
+    let st = c.requests()["ns/more"].status.clone().unwrap();
+    assert_eq!((st.approved_by.as_str(), format!("{:?}", st.state).as_str()), ("boss", "Active"));
     cycle(&mut c, 11.0);
     assert!(matches!(phase(&c, "b"), JobPhase::Admitted | JobPhase::Running));
     let usage = &c.queues()["q"].status.as_ref().unwrap().usage;
