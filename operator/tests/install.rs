@@ -1,5 +1,5 @@
-//! The chart as a platform team runs it, on testenv's real nodes with Haiyun's images in their containerd: `helm
-//! install` (both operator replicas from the image with in-cluster config, one leads, the agents prove their nodes by
+//! The chart as a platform team runs it, on testenv's real nodes with Haiyun's images in their containerd: CRDs
+//! applied earlier with kubectl handed to the release with the README's commands; `helm install` (both operator replicas from the image with in-cluster config, one leads, the agents prove their nodes by
 //! TokenReview, the dashboard answers through its Service, a ComputeJob runs); `helm upgrade` to a second build and a
 //! changed CRD under a stream of jobs (none lost or run twice, no GPU held twice, the leader hands over); deleting the
 //! leader pod (the other replica leads within the Lease time); `helm uninstall` (CRDs and users' objects stay, no job
@@ -257,15 +257,26 @@ async fn helm_install_runs_a_job_and_upgrade_failover_and_uninstall_lose_nothing
     let Some(helm) = support::tools::helm("HAIYUN_REQUIRE_REAL_NODES") else { return };
     let client = env.client.clone();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    // A fresh cluster has no Haiyun CRDs; the fixtures applied them with kubectl, and helm installs only what it owns.
-    for crd in haiyun_api::crd::all() {
-        let _ = crds.delete(&crd.name_any(), &DeleteParams::default()).await;
+    // The fixtures applied the CRDs with kubectl, as a site that had them before the chart would; helm refuses to take
+    // over what it does not own, so they are handed to the release with the README's own commands, run as written.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let at =
+        readme.find("hand them to the release first:").expect("the README says how to hand the CRDs to helm");
+    let block = &readme[at..];
+    let start = block.find("```\n").unwrap() + 4;
+    let end = start + block[start..].find("```").unwrap();
+    let script: Vec<&str> = block[start..end].lines().map(str::trim_start).collect();
+    let mut bash = Command::new("bash");
+    bash.arg("-euc").arg(script.join("\n")).env("KUBECONFIG", &env.kubeconfig);
+    if let Some(kubectl) = std::env::var_os("KUBECTL").map(PathBuf::from) {
+        let dir = kubectl.parent().map(Path::to_path_buf).unwrap_or_default();
+        let path = std::env::join_paths(
+            [dir].into_iter().chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+        );
+        bash.env("PATH", path.unwrap());
     }
-    wait_for("the fixtures' CRDs to go", Duration::from_secs(60), || async {
-        let left = crds.list(&ListParams::default()).await.ok()?;
-        left.items.iter().all(|c| !c.name_any().ends_with(".haiyun.io")).then_some(())
-    })
-    .await;
+    let (ok, out) = run(&mut bash, None);
+    assert!(ok, "the README's steps to hand the CRDs to helm failed:\n{}\n{out}", script.join("\n"));
 
     // Install.
     let mut release = Release { helm, kubeconfig: env.kubeconfig.clone(), done: false };
