@@ -88,8 +88,9 @@ impl History {
         }
     }
 
-    /// Adds the sample of `snap` at `at` (seconds), then drops what is older than `span` or too big to keep.
-    pub fn record(&mut self, snap: &Snapshot, at: i64, span: Duration) {
+    /// Adds the sample of `snap` at `at` (seconds), then drops what is older than `span` or too big to keep; returns
+    /// the history as JSON (what it measured its size by, and what a ConfigMap keeps).
+    pub fn record(&mut self, snap: &Snapshot, at: i64, span: Duration) -> String {
         self.samples.push_back(sample(snap, at));
         let oldest = at - i64::try_from(span.as_secs()).unwrap_or(i64::MAX);
         while self.samples.front().is_some_and(|s| s.at < oldest) {
@@ -97,9 +98,10 @@ impl History {
         }
         // Samples are about the same size: drop as many of the oldest as the excess takes, then check again.
         loop {
-            let size = self.to_json().len();
+            let json = self.to_json();
+            let size = json.len();
             if size <= self.max_bytes || self.samples.len() <= 1 {
-                break;
+                return json;
             }
             let each = (size / self.samples.len()).max(1);
             let excess = (size - self.max_bytes).div_ceil(each).clamp(1, self.samples.len() - 1);
@@ -172,12 +174,12 @@ impl Store {
         serde_json::from_str(&text).map(Some).map_err(|e| HistoryError::Decode { name, why: e.to_string() })
     }
 
-    /// Writes `history` there (server-side apply).
-    pub async fn save(&self, history: &History) -> Result<(), HistoryError> {
+    /// Writes a history there, as `record` returned it (server-side apply).
+    pub async fn save(&self, json: &str) -> Result<(), HistoryError> {
         let cm = serde_json::json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": self.name, "labels": {"app.kubernetes.io/name": "haiyun"}},
-            "data": {KEY: history.to_json()},
+            "data": {KEY: json},
         });
         let params = PatchParams::apply(crate::apply::write::MANAGER).force();
         self.api
@@ -214,10 +216,10 @@ pub async fn keep(
         if snap.at.is_empty() {
             continue; // no cycle has run yet
         }
-        history.record(&snap, crate::time::now() as i64, span);
+        let json = history.record(&snap, crate::time::now() as i64, span);
         out.send_replace(Arc::new(history.clone()));
         if let Some(store) = &store {
-            if let Err(e) = store.save(&history).await {
+            if let Err(e) = store.save(&json).await {
                 tracing::warn!(error = %e, "failed to keep the utilisation history");
             }
         }
@@ -297,10 +299,12 @@ mod tests {
         let s = snap(nodes);
         let mut h = History::new(Duration::from_secs(60));
         h.max_bytes = 40 * 1024; // as MAX_BYTES, smaller
+        let mut json = String::new();
         for t in 0..200 {
-            h.record(&s, t * 60, Duration::from_secs(6 * 3600));
+            json = h.record(&s, t * 60, Duration::from_secs(6 * 3600));
         }
-        assert!(h.to_json().len() <= h.max_bytes, "{} bytes", h.to_json().len());
+        assert_eq!(json, h.to_json(), "record returns what a ConfigMap keeps");
+        assert!(json.len() <= h.max_bytes, "{} bytes", json.len());
         assert!(h.samples.len() > 10 && h.samples.len() < 200, "the oldest went first: {}", h.samples.len());
         assert_eq!(h.samples.back().unwrap().at, 199 * 60);
     }

@@ -142,7 +142,7 @@ pub fn run(settings: Settings, version: &str) -> Result<(), RunError> {
 async fn serve(settings: Settings, version: &str) -> Result<(), RunError> {
     let stop = shutdown();
     tracing::info!(%version, "haiyun-operator starting");
-    let client = connect(&settings).await?;
+    let client = client(settings.kubeconfig.as_deref()).await?;
     let identity = settings.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
@@ -245,11 +245,6 @@ fn shutdown() -> tokio::sync::watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
-}
-
-/// A client from `--kubeconfig`, else the default configuration.
-async fn connect(settings: &Settings) -> Result<kube::Client, RunError> {
-    client(settings.kubeconfig.as_deref()).await
 }
 
 /// A client from the kubeconfig at `path`, else the default configuration (`KUBECONFIG`, ~/.kube/config, or the

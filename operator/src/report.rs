@@ -170,7 +170,7 @@ pub fn pools(world: &World, now: Time) -> BTreeMap<String, ComputePoolStatus> {
         }
     }
     for (name, st) in out.iter_mut() {
-        if let Some(why) = no_placeable_gpus(&st.by_model, &unknown.get(name).copied().unwrap_or(0)) {
+        if let Some(why) = no_placeable_gpus(&st.by_model, unknown.get(name).copied().unwrap_or(0)) {
             st.conditions =
                 vec![condition::Condition::new("Ready", false, "NoPlaceableGPUs", why, 0, &stamp)];
         }
@@ -184,7 +184,7 @@ pub fn pools(world: &World, now: Time) -> BTreeMap<String, ComputePoolStatus> {
 
 /// Why a pool with GPUs can take no GPU work, when none of them is healthy: an edge pool whose link is down has every
 /// GPU unknown, and says so rather than "ready".
-fn no_placeable_gpus(by_model: &[GpuCount], unknown: &u32) -> Option<String> {
+fn no_placeable_gpus(by_model: &[GpuCount], unknown: u32) -> Option<String> {
     let total: u32 = by_model.iter().map(|m| m.total).sum();
     let healthy: u32 = by_model.iter().map(|m| m.healthy).sum();
     if total == 0 || healthy > 0 {
@@ -192,7 +192,7 @@ fn no_placeable_gpus(by_model: &[GpuCount], unknown: &u32) -> Option<String> {
     }
     let failed = total - unknown;
     let mut parts = Vec::new();
-    if *unknown > 0 {
+    if unknown > 0 {
         parts.push(format!(
             "{unknown} unknown (their nodes' agents are silent: a cut link or stopped agents)"
         ));

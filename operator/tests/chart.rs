@@ -213,20 +213,15 @@ async fn the_rendered_chart_applies_and_only_approvers_decide_quota_requests() {
     .await;
     let (ok, out) = run(kubectl(&env).args(["--as=trainer", "create", "-f", "-"]), Some(&request("")));
     assert!(ok, "a trainer may ask:\n{out}");
-    let patch = [
-        "patch",
-        "quotarequest",
-        "ask",
-        "-n",
-        "default",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"decision":"Approved"}}"#,
-    ];
-    let (ok, out) = run(kubectl(&env).arg("--as=trainer").args(patch), None);
+    // A merge patch of request `ask`'s spec, as `user`.
+    let patch = |user: &str, spec: &str| {
+        let body = format!(r#"{{"spec":{spec}}}"#);
+        let args = ["patch", "quotarequest", "ask", "-n", "default", "--type", "merge", "-p", &body];
+        run(kubectl(&env).arg(format!("--as={user}")).args(args), None)
+    };
+    let (ok, out) = patch("trainer", r#"{"decision":"Approved"}"#);
     assert!(!ok && out.contains("verb approve"), "a trainer approved their own request:\n{out}");
-    let (ok, out) = run(kubectl(&env).arg("--as=boss").args(patch), None);
+    let (ok, out) = patch("boss", r#"{"decision":"Approved"}"#);
     assert!(ok, "an approver may approve:\n{out}");
     // The API server stamped who decided (the MutatingAdmissionPolicy), and no one can change it.
     let (ok, out) = run(
@@ -242,20 +237,7 @@ async fn the_rendered_chart_applies_and_only_approvers_decide_quota_requests() {
         None,
     );
     assert!(ok && out.trim() == "boss", "decidedBy is {out:?}, not the approver");
-    let (ok, out) = run(
-        kubectl(&env).arg("--as=boss").args([
-            "patch",
-            "quotarequest",
-            "ask",
-            "-n",
-            "default",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"decidedBy":"someone-else"}}"#,
-        ]),
-        None,
-    );
+    let (ok, out) = patch("boss", r#"{"decidedBy":"someone-else"}"#);
     assert!(!ok && out.contains("decidedBy cannot be changed"), "decidedBy was changed:\n{out}");
     // A trainer cannot claim a decider without a decision either.
     let forged = request("")
@@ -266,19 +248,6 @@ async fn the_rendered_chart_applies_and_only_approvers_decide_quota_requests() {
         !ok && out.contains("decidedBy is stamped by the API server"),
         "a forged decidedBy was accepted:\n{out}"
     );
-    let (ok, out) = run(
-        kubectl(&env).arg("--as=boss").args([
-            "patch",
-            "quotarequest",
-            "ask",
-            "-n",
-            "default",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"decision":"Denied"}}"#,
-        ]),
-        None,
-    );
+    let (ok, out) = patch("boss", r#"{"decision":"Denied"}"#);
     assert!(!ok && out.contains("cannot be changed"), "a decision was changed:\n{out}");
 }
