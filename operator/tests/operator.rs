@@ -183,7 +183,11 @@ async fn a_job_naming_a_missing_queue_is_kept_says_so_and_starts_once_the_queue_
     })
     .await;
     assert!(why.message.contains("later-q") && why.message.contains("does not exist"), "{}", why.message);
-    assert!(env.event_reasons("default", "early").await.iter().any(|r| r == "NotQueued"));
+    // The event follows the status write that carries the reason: wait for it rather than race it.
+    wait_for("a NotQueued event", Duration::from_secs(20), || async {
+        env.event_reasons("default", "early").await.iter().any(|r| r == "NotQueued").then_some(())
+    })
+    .await;
     env.create::<Queue>(queue("later-q", "nvidia.com/gpu:h100", 8)).await.unwrap();
     env.wait_phase("default", "early", "Succeeded", LONG).await;
 }
