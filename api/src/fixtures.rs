@@ -54,6 +54,15 @@ impl PoolBuilder {
         self
     }
 
+    /// Nodes of another cluster whose labels match `selector`, its kubeconfig in the Secret `secret`.
+    pub fn remote(mut self, secret: &str, selector: &[(&str, &str)]) -> Self {
+        let sel: serde_json::Map<String, Value> =
+            selector.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        self.0["spec"]["backend"] =
+            json!({ "remoteKubernetes": { "secretName": secret, "nodeSelector": sel } });
+        self
+    }
+
     /// A Slurm cluster at `endpoint`, partition `partition`, its token in the Secret `secret`.
     pub fn slurm(mut self, endpoint: &str, partition: &str, secret: &str) -> Self {
         self.0["spec"]["backend"] =

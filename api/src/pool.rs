@@ -33,6 +33,20 @@ pub struct KubernetesBackend {
     pub node_selector: BTreeMap<String, String>,
 }
 
+/// Nodes of another Kubernetes cluster, reached with a kubeconfig kept in a Secret. Its pods are created there by
+/// the operator; a cluster that stops answering takes nothing new and keeps what runs there (policy `hold`).
+#[derive(KubeSchema, Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteKubernetesBackend {
+    /// Secret in the operator's namespace whose key `kubeconfig` reaches the cluster. Its credentials must be inline
+    /// (no exec plugin, auth provider or file reference) and verify TLS.
+    #[x_kube(validation = Rule::new("self != ''").message("secretName must name the Secret holding the kubeconfig"))]
+    pub secret_name: String,
+    /// Labels a Node of that cluster must carry to belong to the pool.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+}
+
 /// A Slurm cluster reached through slurmrestd.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -81,11 +95,14 @@ pub struct SimulatedNodes {
 /// Where a pool's work runs; exactly one is set.
 #[derive(KubeSchema, Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.kubernetes), has(self.slurm), has(self.simulated)].filter(x, x).size() == 1").message("set exactly one of backend.kubernetes, backend.slurm or backend.simulated"))]
+#[x_kube(validation = Rule::new("[has(self.kubernetes), has(self.remoteKubernetes), has(self.slurm), has(self.simulated)].filter(x, x).size() == 1").message("set exactly one of backend.kubernetes, backend.remoteKubernetes, backend.slurm or backend.simulated"))]
 pub struct Backend {
     /// Nodes of this cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesBackend>,
+    /// Nodes of another Kubernetes cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_kubernetes: Option<RemoteKubernetesBackend>,
     /// A Slurm cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm: Option<SlurmBackend>,
@@ -95,10 +112,12 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// `kubernetes`, `slurm` or `simulated`.
+    /// `kubernetes`, `remoteKubernetes`, `slurm` or `simulated`.
     pub fn name(&self) -> &'static str {
         if self.kubernetes.is_some() {
             "kubernetes"
+        } else if self.remote_kubernetes.is_some() {
+            "remoteKubernetes"
         } else if self.slurm.is_some() {
             "slurm"
         } else {
@@ -188,4 +207,8 @@ pub struct ComputePoolStatus {
     /// Conditions (`Ready`).
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// When its backend first stopped answering (RFC 3339), while it still does not answer: the start of a cut link,
+    /// kept across operator restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_since: Option<String>,
 }

@@ -11,6 +11,7 @@ use kube::ResourceExt;
 
 use crate::apply::Applier;
 use crate::backend::kubernetes::KubernetesBackend;
+use crate::backend::remote::Remotes;
 use crate::backend::slurm::SlurmPools;
 use crate::backend::{Backends, PoolBackend};
 use crate::cycle::{self, Memory};
@@ -54,10 +55,11 @@ pub struct Engine {
     fleet: Arc<Fleet>,
     kubernetes: KubernetesBackend,
     slurm: SlurmPools,
+    remotes: Remotes,
 }
 
 impl Engine {
-    /// A loop over `stores`, applying through `applier` to this cluster (`client`) and the Slurm pools.
+    /// A loop over `stores`, applying through `applier` to this cluster (`client`), the Slurm pools and the remote clusters.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         stores: Stores,
@@ -67,7 +69,7 @@ impl Engine {
         outcomes: tokio::sync::mpsc::UnboundedReceiver<crate::index::Outcome>,
         fleet: Arc<Fleet>,
         client: kube::Client,
-        slurm: SlurmPools,
+        (slurm, remotes): (SlurmPools, Remotes),
     ) -> Self {
         Engine {
             stores,
@@ -79,6 +81,7 @@ impl Engine {
             fleet,
             kubernetes: KubernetesBackend::new(client),
             slurm,
+            remotes,
         }
     }
 
@@ -113,7 +116,9 @@ impl Engine {
             actions = tracing::field::Empty
         );
         let _entered = span.enter();
-        let objects = self.stores.objects();
+        let mut objects = self.stores.objects();
+        let remote = self.remotes.backend();
+        remote.merge(&mut objects);
         let fleet: FleetView = self.fleet.view();
         while let Ok(o) = self.outcomes.try_recv() {
             self.memory.overlay.record(&o);
@@ -123,6 +128,7 @@ impl Engine {
         let backends = Arc::new(Backends::new(vec![
             Arc::new(self.kubernetes.clone()) as Arc<dyn PoolBackend>,
             Arc::new(self.slurm.backend()),
+            Arc::new(remote),
         ]));
         let busy = self.applier.busy();
         let started = Instant::now();

@@ -95,6 +95,15 @@ pub struct Settings {
     /// Milliseconds between polls of each Slurm pool (nodes, and jobs changed since the last poll).
     #[arg(long, default_value_t = 1000)]
     pub slurm_poll_ms: u64,
+    /// Milliseconds between heartbeats to each remote cluster (each waits at most this long for an answer).
+    #[arg(long, default_value_t = 2000)]
+    pub remote_heartbeat_ms: u64,
+    /// Seconds a remote cluster may go unanswered before its pool takes nothing new (its jobs keep their place).
+    #[arg(long, default_value_t = 10)]
+    pub remote_grace_seconds: u64,
+    /// Milliseconds between reads of the remote pools' kubeconfig Secrets (a rotated one takes effect then).
+    #[arg(long, default_value_t = 5000)]
+    pub remote_sync_ms: u64,
 }
 
 /// The label the leader puts on its own pod, so the telemetry Service reaches only the leader.
@@ -293,6 +302,19 @@ fn engine_for(
         stores.changed.clone(),
         Duration::from_millis(settings.slurm_poll_ms.max(100)),
     ));
+    let timing = backend::remote::Timing {
+        heartbeat: Duration::from_millis(settings.remote_heartbeat_ms.max(100)),
+        grace: Duration::from_secs(settings.remote_grace_seconds),
+    };
+    let origin = backend::remote::links::origin(&settings.lease_name, &settings.namespace);
+    let remotes = backend::remote::Remotes::new(origin, timing);
+    tokio::spawn(remotes.clone().run(
+        client.clone(),
+        settings.namespace.clone(),
+        stores.pools(),
+        stores.changed.clone(),
+        Duration::from_millis(settings.remote_sync_ms.max(100)),
+    ));
     let parts = apply::Parts {
         recorder: Recorder::new(client.clone(), reporter),
         concurrency: settings.concurrency,
@@ -307,7 +329,7 @@ fn engine_for(
         interval: Duration::from_millis(settings.interval_ms.max(10)),
         debounce: Duration::from_millis(settings.debounce_ms),
     };
-    engine::Engine::new(stores, applier, config, sinks, outcomes_rx, fleet, client.clone(), slurm)
+    engine::Engine::new(stores, applier, config, sinks, outcomes_rx, fleet, client.clone(), (slurm, remotes))
 }
 
 /// Renews the lease while the loop runs; returns why this replica stops leading (`Ok` when told to stop).

@@ -137,6 +137,9 @@ impl Action {
             Action::Collect { orphan: Orphan::Pods { namespace, uid }, .. } => {
                 format!("{namespace}/pods-of-{uid}")
             }
+            Action::Collect { orphan: Orphan::Remote { pool, namespace, uid, run }, .. } => {
+                format!("{pool}/{namespace}/pods-of-{uid}-{}", run.as_deref().unwrap_or("all"))
+            }
             Action::Collect { orphan: Orphan::Batch { pool, id, .. }, .. } => {
                 format!("{pool}/batch-job-{id}")
             }

@@ -175,9 +175,15 @@ pub fn pools(world: &World, now: Time) -> BTreeMap<String, ComputePoolStatus> {
                 vec![condition::Condition::new("Ready", false, "NoPlaceableGPUs", why, 0, &stamp)];
         }
     }
-    for (name, why) in &world.federation.unavailable {
-        let c = condition::Condition::new("Ready", false, "BackendUnavailable", why.clone(), 0, &stamp);
-        out.insert(name.clone(), ComputePoolStatus { conditions: vec![c], ..Default::default() });
+    let fed = &world.federation;
+    for (name, why) in &fed.unavailable {
+        let reason = fed.reasons.get(name).copied().unwrap_or("BackendUnavailable");
+        let c = condition::Condition::new("Ready", false, reason, why.clone(), 0, &stamp);
+        // A pool whose cluster does not answer keeps showing the nodes it last had (its jobs run on there).
+        let mut st = out.remove(name).unwrap_or_default();
+        st.conditions = vec![c];
+        st.unreachable_since = fed.unreachable_since.get(name).map(|t| rfc3339(*t));
+        out.insert(name.clone(), st);
     }
     out
 }

@@ -3,6 +3,7 @@
 //! reachable, names what runs there without a placement, and applies the cycle's decisions to its pools.
 
 pub mod kubernetes;
+pub mod remote;
 pub mod simulated;
 pub mod slurm;
 
@@ -24,6 +25,8 @@ pub enum BackendKind {
     Simulated,
     /// Nodes of this Kubernetes cluster.
     Kubernetes,
+    /// Nodes of another Kubernetes cluster, reached with a kubeconfig.
+    RemoteKubernetes,
     /// A Slurm cluster reached through slurmrestd.
     Slurm,
 }
@@ -36,6 +39,8 @@ impl BackendKind {
             Some(BackendKind::Slurm)
         } else if b.kubernetes.is_some() {
             Some(BackendKind::Kubernetes)
+        } else if b.remote_kubernetes.is_some() {
+            Some(BackendKind::RemoteKubernetes)
         } else if b.simulated.is_some() {
             Some(BackendKind::Simulated)
         } else {
@@ -50,6 +55,7 @@ impl BackendKind {
                 "simulated pools are served only by `haiyun demo`; use backend.kubernetes or backend.slurm"
             }
             BackendKind::Kubernetes => "Kubernetes pools are served only by the operator in a cluster",
+            BackendKind::RemoteKubernetes => "remote Kubernetes pools are served only by the operator",
             BackendKind::Slurm => "Slurm pools are served only by the operator",
         }
     }
@@ -86,6 +92,17 @@ pub enum Orphan {
         /// The job's uid.
         uid: String,
     },
+    /// Our pods (and, with no run, the Service) of a job in a remote cluster.
+    Remote {
+        /// The pool of that cluster.
+        pool: String,
+        /// Their namespace.
+        namespace: String,
+        /// The job's uid.
+        uid: String,
+        /// Only the pods of this run (an old one); `None`: everything of the job (it is gone).
+        run: Option<String>,
+    },
     /// A batch job the backend keeps (Slurm), by its id there and its run key.
     Batch {
         /// The pool.
@@ -103,8 +120,30 @@ impl Orphan {
     /// The uid of the job it belonged to.
     pub fn uid(&self) -> &str {
         match self {
-            Orphan::Pods { uid, .. } | Orphan::Batch { uid, .. } => uid,
+            Orphan::Pods { uid, .. } | Orphan::Remote { uid, .. } | Orphan::Batch { uid, .. } => uid,
         }
+    }
+}
+
+/// Why a pool cannot take work now: a condition reason and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The `Ready` condition's reason.
+    pub reason: &'static str,
+    /// Why, for people.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with this reason.
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Refusal { reason, message: message.into() }
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Refusal { reason: "BackendUnavailable", message }
     }
 }
 
@@ -117,6 +156,9 @@ pub enum BackendError {
     /// A Slurm call or submission failed.
     #[error(transparent)]
     Slurm(#[from] slurm::DispatchError),
+    /// A step in a remote cluster failed.
+    #[error(transparent)]
+    Remote(#[from] remote::RemoteError),
     /// A simulated step failed.
     #[error(transparent)]
     Simulated(#[from] simulated::KubeletError),
@@ -150,7 +192,7 @@ pub trait PoolBackend: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> BackendKind;
 
     /// Whether `pool` can take work now; `Err(why)` when it cannot (its jobs keep their place).
-    fn reachable(&self, pool: &ComputePool) -> Result<(), String>;
+    fn reachable(&self, pool: &ComputePool) -> Result<(), Refusal>;
 
     /// Adds the nodes of its `pools` (already in the federation, with their ids) and the runs it records.
     fn contribute(&self, pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, fed: &mut Federation);
@@ -217,7 +259,10 @@ impl Backends {
         for p in sorted {
             let name = kube::ResourceExt::name_any(p.as_ref());
             let Some(kind) = BackendKind::of(p) else {
-                fed.refuse(&name, "spec.backend names no backend: set kubernetes, slurm or simulated");
+                fed.refuse(
+                    &name,
+                    "spec.backend names no backend: set kubernetes, remoteKubernetes, slurm or simulated",
+                );
                 continue;
             };
             let Some(backend) = self.get(kind) else {
@@ -225,8 +270,8 @@ impl Backends {
                 continue;
             };
             let id = fed.add_pool(p);
-            if let Err(why) = backend.reachable(p) {
-                fed.refuse(&name, why);
+            if let Err(r) = backend.reachable(p) {
+                fed.refuse_because(&name, r.reason, r.message);
             }
             by_kind.entry(kind).or_default().push((id, p.as_ref()));
         }

@@ -20,6 +20,10 @@ pub struct Federation {
     pub pool_names: Vec<String>,
     /// Pools that exist but cannot take work here, with the reason.
     pub unavailable: BTreeMap<String, String>,
+    /// The condition reason of each unavailable pool whose backend gave one.
+    pub reasons: BTreeMap<String, &'static str>,
+    /// When each pool whose backend stopped answering first stopped (unix seconds).
+    pub unreachable_since: BTreeMap<String, Time>,
     /// Node id by name.
     pub node_ids: HashMap<String, u32>,
     /// Pools that run batch scripts (their jobs need a script and one task group).
@@ -89,6 +93,12 @@ impl Federation {
     /// Marks a pool unable to take work now, with why.
     pub fn refuse(&mut self, pool: &str, why: impl Into<String>) {
         self.unavailable.insert(pool.to_string(), why.into());
+    }
+
+    /// Marks a pool unavailable, with its condition's reason.
+    pub fn refuse_because(&mut self, pool: &str, reason: &'static str, why: impl Into<String>) {
+        self.reasons.insert(pool.to_string(), reason);
+        self.refuse(pool, why);
     }
 }
 

@@ -111,7 +111,7 @@ pub async fn ensure(client: &Client, cj: &ComputeJob, name: &str) -> Result<usiz
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let uid = cj.uid().unwrap_or_default();
     let run = cj.run().to_string();
-    ensure_service(client, cj).await?;
+    ensure_service(client, cj, &super::pods::Stamp::Local).await?;
     let job = jobs.get(name).await.map_err(api_err("read Job", name))?;
     if ended_run(&job).is_some() {
         // It ended (e.g. as it was being preempted): the next cycle ends the job from the Job's conditions.

@@ -18,7 +18,7 @@ use kube::{Client, ResourceExt};
 
 pub use pods::{DEFAULT_IMAGE, PodError, pod_for};
 
-use super::{BackendError, BackendKind, Inputs, Live, Orphan, PoolBackend};
+use super::{BackendError, BackendKind, Inputs, Live, Orphan, PoolBackend, Refusal};
 use crate::index::pod::holds_resources;
 use crate::index::{Federation, Objects};
 
@@ -55,7 +55,7 @@ impl PoolBackend for KubernetesBackend {
         BackendKind::Kubernetes
     }
 
-    fn reachable(&self, _pool: &ComputePool) -> Result<(), String> {
+    fn reachable(&self, _pool: &ComputePool) -> Result<(), Refusal> {
         Ok(())
     }
 
@@ -84,6 +84,10 @@ impl PoolBackend for KubernetesBackend {
         let mut found: BTreeSet<(String, String)> = BTreeSet::new();
         for p in &objects.pods {
             let Some(uid) = p.labels().get(JOB_UID_LABEL) else { continue };
+            // A remote cluster's pod: its own backend collects it.
+            if p.labels().contains_key(super::remote::CLUSTER_LABEL) {
+                continue;
+            }
             if live.placed.contains(uid) || !holds_resources(p) || p.metadata.deletion_timestamp.is_some() {
                 continue;
             }
@@ -101,7 +105,7 @@ impl PoolBackend for KubernetesBackend {
             let client = self.client()?;
             match job.spec.batch_job.as_deref() {
                 Some(name) => Ok(batch::ensure(client, job, name).await?),
-                None => Ok(pods::ensure_pods(client, job).await?),
+                None => Ok(pods::ensure_pods(client, job, &pods::Stamp::Local).await?),
             }
         }
         .boxed()
@@ -129,7 +133,7 @@ impl PoolBackend for KubernetesBackend {
                     }
                     Ok(n)
                 }
-                Orphan::Batch { .. } => Ok(0),
+                Orphan::Batch { .. } | Orphan::Remote { .. } => Ok(0),
             }
         }
         .boxed()

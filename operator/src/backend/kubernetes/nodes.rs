@@ -152,6 +152,18 @@ pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut
         .iter()
         .filter_map(|(id, p)| p.spec.backend.kubernetes.as_ref().map(|k| (*id, &k.node_selector)))
         .collect();
+    add(&selectors, pools, inputs, true, f);
+}
+
+/// Adds the Nodes in `inputs` to the first of `selectors` they match (as `contribute` says); with `open` false (a
+/// cluster that does not answer) they keep what runs on them but take nothing new.
+pub fn add(
+    selectors: &[(PoolId, &BTreeMap<String, String>)],
+    pools: &[(PoolId, &ComputePool)],
+    inputs: &Inputs<'_>,
+    open_pool: bool,
+    f: &mut Federation,
+) {
     mark_fenced(pools, inputs, f);
     let devices = super::devices::by_node(&inputs.objects.slices);
     let foreign = foreign(inputs, &devices);
@@ -168,7 +180,7 @@ pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut
             continue;
         };
         let name = node.name_any();
-        let open = usable(node);
+        let open = open_pool && usable(node);
         let (ours_mask, ours_tasks) = inputs.claims.nodes.get(&name).copied().unwrap_or_default();
         if !open && ours_tasks == 0 {
             continue;

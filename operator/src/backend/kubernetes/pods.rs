@@ -32,6 +32,14 @@ pub enum PodError {
     /// A pod exists, bound elsewhere (a previous run); it is being deleted.
     #[error("pod {0} from an earlier run is still terminating")]
     Stale(String),
+    /// A pod of that name exists in the remote cluster that another operator (or someone) made: it is not deleted.
+    #[error(
+        "pod {0} exists in the remote cluster and is not this operator's; delete it there or rename the job"
+    )]
+    Taken(String),
+    /// The job's Service name is taken by the Service of an earlier job of that name; it is being deleted.
+    #[error("Service {0} of an earlier job of this name is being deleted")]
+    StaleService(String),
     /// The placement names more tasks than the job has.
     #[error("placement task {index} (pod {pod}) has no task group in the job's spec")]
     NoTask {
@@ -85,7 +93,7 @@ impl PodError {
     }
 }
 
-pub(super) fn api_err(
+pub(crate) fn api_err(
     action: &'static str,
     object: impl Into<String>,
 ) -> impl FnOnce(kube::Error) -> PodError {
@@ -93,23 +101,54 @@ pub(super) fn api_err(
     move |source| PodError::Api { action, object, source }
 }
 
-pub(super) fn is_status(e: &kube::Error, code: u16) -> bool {
+pub(crate) fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
+/// Where a job's pods and Service are made: here, owned by the job (Kubernetes deletes them with it), or in a
+/// remote cluster, where the job does not exist: labelled with the operator's origin instead, for its collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stamp {
+    /// In the job's own cluster.
+    Local,
+    /// In a remote cluster, by the operator of this origin.
+    Remote {
+        /// The origin label's value.
+        origin: String,
+    },
+}
+
+impl Stamp {
+    /// Marks an object made for the job.
+    pub fn apply(&self, meta: &mut kube::api::ObjectMeta) {
+        if let Stamp::Remote { origin } = self {
+            meta.owner_references = None;
+            let labels = meta.labels.get_or_insert_with(Default::default);
+            labels.insert(crate::backend::remote::ORIGIN_LABEL.into(), origin.clone());
+        }
+    }
+}
+
 /// Creates the job's pods where missing and binds each where its placement says; returns how many it bound.
-pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, PodError> {
+pub async fn ensure_pods(client: &Client, job: &ComputeJob, stamp: &Stamp) -> Result<usize, PodError> {
     let Some(st) = job.status.as_ref() else { return Ok(0) };
     let Some(placement) = st.placement.as_ref() else { return Ok(0) };
     let ns = job.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let run = job.run().to_string();
-    ensure_service(client, job).await?;
+    let uid = job.uid().unwrap_or_default();
+    ensure_service(client, job, stamp).await?;
     // Pods of an earlier run go first, all of them, before any pod of this run is made: two runs never have pods
     // at once.
     let mut existing = Vec::with_capacity(placement.tasks.len());
     for task in &placement.tasks {
         existing.push(pods.get_opt(&task.pod).await.map_err(api_err("read pod", &task.pod))?);
+    }
+    if let Stamp::Remote { origin } = stamp {
+        let label = crate::backend::remote::ORIGIN_LABEL;
+        if let Some(p) = existing.iter().flatten().find(|p| p.labels().get(label) != Some(origin)) {
+            return Err(PodError::Taken(p.name_any()));
+        }
     }
     let stale: Vec<&str> = placement
         .tasks
@@ -117,7 +156,10 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Pod
         .zip(&existing)
         .filter(|(_, p)| {
             p.as_ref().is_some_and(|p| {
-                p.labels().get(RUN_LABEL) != Some(&run) || p.metadata.deletion_timestamp.is_some()
+                // Another job's of this name (one deleted and made again), an earlier run's, or going.
+                p.labels().get(JOB_UID_LABEL) != Some(&uid)
+                    || p.labels().get(RUN_LABEL) != Some(&run)
+                    || p.metadata.deletion_timestamp.is_some()
             })
         })
         .map(|(t, _)| t.pod.as_str())
@@ -142,6 +184,7 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob) -> Result<usize, Pod
             Some(p) => p,
             None => {
                 let mut pod = pod_for(job, i, task, &run)?;
+                stamp.apply(&mut pod.metadata);
                 if devices.is_some() {
                     super::claims::attach(&mut pod);
                 }
@@ -197,11 +240,31 @@ fn uses_claim(pod: &Pod) -> bool {
 }
 
 /// Creates the job's headless Service unless it exists.
-pub(super) async fn ensure_service(client: &Client, job: &ComputeJob) -> Result<(), PodError> {
+pub(super) async fn ensure_service(client: &Client, job: &ComputeJob, stamp: &Stamp) -> Result<(), PodError> {
     let services: Api<Service> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
-    match services.create(&PostParams::default(), &super::contract::service(job)).await {
+    let mut service = super::contract::service(job);
+    stamp.apply(&mut service.metadata);
+    let name = job.name_any();
+    match services.create(&PostParams::default(), &service).await {
         Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 409) => Ok(()),
+        Err(e) if is_status(&e, 409) => {
+            // Ours from an earlier job of this name (a remote cluster has no garbage collector for it) selects that
+            // job's pods: it goes. One that is not ours stays.
+            let found = services.get_opt(&name).await.map_err(api_err("read Service", &name))?;
+            let uid = job.uid().unwrap_or_default();
+            let Some(old) = found.filter(|s| s.labels().get(JOB_UID_LABEL).is_some_and(|u| *u != uid)) else {
+                return Ok(());
+            };
+            let dp = DeleteParams {
+                preconditions: Some(kube::api::Preconditions { uid: old.uid(), resource_version: None }),
+                ..DeleteParams::default()
+            };
+            match services.delete(&name, &dp).await {
+                Ok(_) => Err(PodError::StaleService(name)),
+                Err(e) if is_status(&e, 404) || is_status(&e, 409) => Err(PodError::StaleService(name)),
+                Err(e) => Err(api_err("delete Service", &name)(e)),
+            }
+        }
         Err(e) => Err(api_err("create the headless Service of", crate::index::job::key(job))(e)),
     }
 }
@@ -274,9 +337,23 @@ async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), PodError> {
 
 /// Deletes every pod of a job (by its uid label).
 pub async fn delete_pods(client: &Client, namespace: &str, uid: &str) -> Result<usize, PodError> {
+    delete_pods_of(client, namespace, uid, None).await
+}
+
+/// Deletes the pods of a job (by its uid label), only those of run `run` when given.
+pub async fn delete_pods_of(
+    client: &Client,
+    namespace: &str,
+    uid: &str,
+    run: Option<&str>,
+) -> Result<usize, PodError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut selector = format!("{JOB_UID_LABEL}={uid}");
+    if let Some(r) = run {
+        selector.push_str(&format!(",{RUN_LABEL}={r}"));
+    }
     let list = pods
-        .list(&ListParams::default().labels(&format!("{JOB_UID_LABEL}={uid}")))
+        .list(&ListParams::default().labels(&selector))
         .await
         .map_err(api_err("list pods of job", uid))?;
     for p in &list.items {

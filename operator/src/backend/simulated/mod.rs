@@ -35,7 +35,7 @@ impl PoolBackend for SimulatedBackend {
         BackendKind::Simulated
     }
 
-    fn reachable(&self, _pool: &ComputePool) -> Result<(), String> {
+    fn reachable(&self, _pool: &ComputePool) -> Result<(), super::Refusal> {
         Ok(())
     }
 

@@ -46,11 +46,11 @@ impl PoolBackend for SlurmBackend {
 
     /// A pool that does not answer stays, with its last known nodes taking nothing new, so the jobs running
     /// there keep their place.
-    fn reachable(&self, pool: &ComputePool) -> Result<(), String> {
+    fn reachable(&self, pool: &ComputePool) -> Result<(), super::Refusal> {
         match self.views.get(&pool.name_any()).map(|v| &v.available) {
             Some(Availability::Answering) => Ok(()),
-            Some(Availability::Down(why)) => Err(format!("its Slurm cluster does not answer: {why}")),
-            None => Err("its Slurm cluster has not been reached yet".into()),
+            Some(Availability::Down(why)) => Err(format!("its Slurm cluster does not answer: {why}").into()),
+            None => Err(String::from("its Slurm cluster has not been reached yet").into()),
         }
     }
 
