@@ -36,17 +36,26 @@ testenv_dir=$(mktemp -d)
 real_dir=$(mktemp -d)
 dra_dir=$(mktemp -d)
 slurm_dir=$(mktemp -d)
+remote_a=$(mktemp -d)
+remote_b=$(mktemp -d)
 log=$(mktemp)
 cleanup() {
   testenv/testenv down --dir "$testenv_dir" --purge >/dev/null 2>&1 || true
   testenv/testenv down --dir "$real_dir" --purge >/dev/null 2>&1 || true
   testenv/testenv down --dir "$dra_dir" --purge >/dev/null 2>&1 || true
+  testenv/testenv down --dir "$remote_a" --purge >/dev/null 2>&1 || true
+  testenv/testenv down --dir "$remote_b" --purge >/dev/null 2>&1 || true
   testenv/slurm/slurm-down.sh "$slurm_dir/cluster" --purge >/dev/null 2>&1 || true
-  rm -rf "$testenv_dir" "$real_dir" "$dra_dir" "$slurm_dir" "$log"
+  rm -rf "$testenv_dir" "$real_dir" "$dra_dir" "$slurm_dir" "$remote_a" "$remote_b" "$log"
 }
 trap cleanup EXIT
 testenv/testenv up --dir "$testenv_dir" --nodes 4 --gpus-per-node 8 --gpu-model H100
 export HAIYUN_TEST_KUBECONFIG="$testenv_dir/kubeconfig" HAIYUN_REQUIRE_TESTENV=1
+
+echo "== two remote clusters for the federation tests (more control planes with kwok; the tests make their nodes)"
+testenv/testenv up --dir "$remote_a" --nodes 0
+testenv/testenv up --dir "$remote_b" --nodes 0
+export HAIYUN_TEST_REMOTE_KUBECONFIGS="$remote_a/kubeconfig,$remote_b/kubeconfig" HAIYUN_REQUIRE_REMOTES=1
 
 echo "== real nodes (a second control plane: 3 kubelets with containerd and runc, controller manager, kube-scheduler, kube-proxy, CoreDNS)"
 if [ "$(id -u)" = 0 ]; then

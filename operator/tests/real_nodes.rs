@@ -11,7 +11,7 @@ use haiyun_api::{ComputeJob, ComputePool, Queue};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, LogParams};
 use serde_json::{Value, json};
-use support::{Env, queue, real_pool, wait_for};
+use support::{ALL_REDUCE, Env, queue, real_pool, wait_for};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -23,32 +23,6 @@ fn real_job(name: &str, queue: &str, replicas: u32, script: &str) -> Value {
 fn real_job_of(name: &str, queue: &str, replicas: u32, gpus: u32, script: &str) -> Value {
     support::real_job(name, queue, replicas, gpus, script)
 }
-
-/// An all-reduce over TCP that uses only the injected environment and DNS: every rank sends its vector
-/// (r+1, 2(r+1), 3(r+1)) to rank 0 at MASTER_ADDR:MASTER_PORT; rank 0 sums them and sends the sum to every rank
-/// at its own DNS name; each rank checks it against the closed form and exits 0, or 1 on a wrong sum.
-const ALL_REDUCE: &str = r#"
-set -u
-n=$PET_NNODES; r=$RANK; port=$MASTER_PORT
-a=$((r+1)); b=$((2*(r+1))); c=$((3*(r+1)))
-send() { until echo "$2" | nc -w 3 "$1" "$port"; do sleep 0.5; done; }
-if [ "$r" = 0 ]; then
-  i=1
-  while [ "$i" -lt "$n" ]; do
-    set -- $(nc -l -p "$port"); a=$((a+$1)); b=$((b+$2)); c=$((c+$3)); i=$((i+1))
-  done
-  i=1
-  while [ "$i" -lt "$n" ]; do
-    send "$HAIYUN_JOB-$HAIYUN_TASK_GROUP-$i.$HAIYUN_JOB" "$a $b $c"; i=$((i+1))
-  done
-else
-  send "$MASTER_ADDR" "$a $b $c"
-  set -- $(nc -l -p "$port"); a=$1; b=$2; c=$3
-fi
-s=$((n*(n+1)/2))
-echo "rank $r of $n (world $WORLD_SIZE): sum $a $b $c"
-[ "$a $b $c" = "$s $((2*s)) $((3*s))" ]
-"#;
 
 async fn logs(env: &Env, pod: &str) -> String {
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 pub mod browser;
+pub mod remote;
 pub mod slurm;
 pub mod tools;
 
@@ -400,6 +401,32 @@ pub fn job(name: &str, queue: &str, replicas: u32, gpus: u32, duration: &str) ->
     let j = fixtures::job("default", name).queue(queue).runtime("5m").group_name("worker");
     j.replicas(replicas).gpus(gpus).template(template).value()
 }
+
+/// An all-reduce over TCP that uses only the injected environment and DNS: every rank sends its vector
+/// (r+1, 2(r+1), 3(r+1)) to rank 0 at MASTER_ADDR:MASTER_PORT; rank 0 sums them and sends the sum to every rank
+/// at its own DNS name; each rank checks it against the closed form and exits 0, or 1 on a wrong sum.
+pub const ALL_REDUCE: &str = r#"
+set -u
+n=$PET_NNODES; r=$RANK; port=$MASTER_PORT
+a=$((r+1)); b=$((2*(r+1))); c=$((3*(r+1)))
+send() { until echo "$2" | nc -w 3 "$1" "$port"; do sleep 0.5; done; }
+if [ "$r" = 0 ]; then
+  i=1
+  while [ "$i" -lt "$n" ]; do
+    set -- $(nc -l -p "$port"); a=$((a+$1)); b=$((b+$2)); c=$((c+$3)); i=$((i+1))
+  done
+  i=1
+  while [ "$i" -lt "$n" ]; do
+    send "$HAIYUN_JOB-$HAIYUN_TASK_GROUP-$i.$HAIYUN_JOB" "$a $b $c"; i=$((i+1))
+  done
+else
+  send "$MASTER_ADDR" "$a $b $c"
+  set -- $(nc -l -p "$port"); a=$1; b=$2; c=$3
+fi
+s=$((n*(n+1)/2))
+echo "rank $r of $n (world $WORLD_SIZE): sum $a $b $c"
+[ "$a $b $c" = "$s $((2*s)) $((3*s))" ]
+"#;
 
 /// A pool of testenv's real nodes (label `testenv.io/real=true`).
 pub fn real_pool(name: &str) -> Value {
