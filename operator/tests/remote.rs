@@ -356,3 +356,51 @@ async fn a_gang_in_a_remote_cluster_of_real_nodes_rendezvous_there_and_its_exit_
     let failure = failed.status.unwrap().last_failure.unwrap();
     assert_eq!((failure.exit_code, failure.reason.as_str()), (Some(3), "Error"), "{failure:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_link_evicts_nothing_and_dispatches_nothing_again() {
+    let Some(env) = Env::start("flapping").await else { return };
+    let Some(rs) = remotes(1).await else { return };
+    rs[0].clean().await;
+    let relay = Relay::start(rs[0].addr).await;
+    rs[0].nodes(&env, "flap", 2, 8, "H100").await;
+    env.create::<Queue>(queue("flap-q", "nvidia.com/gpu:h100", 16)).await.unwrap();
+    secret(&env, "flap-kubeconfig", &rs[0].kubeconfig_via(relay.addr)).await;
+    env.create::<ComputePool>(remote_pool(&env, "flap", "flap-kubeconfig", "flap")).await.unwrap();
+    let op = env.operator("flap", &FAST);
+    wait_ready(&env, "flap", "True", "Serving", LONG).await;
+    env.create::<ComputeJob>(job("steady", "flap-q", 2, 8, "10m")).await.unwrap();
+    let before = env.wait_phase("default", "steady", "Running", LONG).await;
+    let pod_uids = |pods: Vec<Pod>| -> BTreeSet<String> { pods.iter().filter_map(|p| p.uid()).collect() };
+    let first = pod_uids(rs[0].pods(&origin(&env)).await);
+    assert_eq!(first.len(), 2);
+
+    // Down 5 s in every 12 (scaled from 5 s in 30 with a 3 s grace): each cut makes the pool Unreachable.
+    let mut cuts_seen = 0;
+    for _ in 0..3 {
+        relay.cut();
+        let seen = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if ready(&env, "flap").await.is_some_and(|(s, r, _)| s == "False" && r == "Unreachable") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        cuts_seen += usize::from(seen.is_ok());
+        relay.heal();
+        wait_ready(&env, "flap", "True", "Serving", Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    assert!(cuts_seen >= 2, "the pool was Unreachable in only {cuts_seen} of 3 cuts");
+
+    let after = env.job("default", "steady").await;
+    let (b, a) = (before.status.unwrap(), after.status.unwrap());
+    assert_eq!(format!("{:?}", a.phase), "Running");
+    assert_eq!((a.restarts, a.placement.clone()), (0, b.placement.clone()), "placed once, never again");
+    assert_eq!(pod_uids(rs[0].pods(&origin(&env)).await), first, "the same two pods ran throughout");
+    let reasons = env.event_reasons("default", "steady").await;
+    assert!(!reasons.iter().any(|r| r == "Preempted" || r == "NodeLost" || r == "Restarting"), "{reasons:?}");
+    assert!(!op.log_text().contains("panicked"));
+}
