@@ -45,6 +45,28 @@ pub struct RemoteKubernetesBackend {
     /// Labels a Node of that cluster must carry to belong to the pool.
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
+    /// What becomes of its jobs when the cluster stops answering: `hold` (default) keeps them where they run until
+    /// it answers again; `fenced` (for short jobs) places them elsewhere once the fence holder there
+    /// (`haiyun-operator fence`) has surely deleted them.
+    #[serde(default)]
+    pub partition_policy: PartitionPolicy,
+    /// With `fenced`: seconds without the operator's renewal of its fence Lease there after which the fence holder
+    /// deletes the operator's pods (default 60).
+    #[x_kube(validation = Rule::new("self >= 5 && self <= 3600").message("fenceSeconds must be between 5 and 3600"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_seconds: Option<u32>,
+}
+
+/// What becomes of a remote cluster's jobs while it does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionPolicy {
+    /// They keep their place: never evicted or placed again while the cluster is cut.
+    #[default]
+    Hold,
+    /// They are placed elsewhere, as a new run, once the fence timeout, their pods' termination grace and a
+    /// clock-skew margin have passed since the operator last renewed its fence Lease there.
+    Fenced,
 }
 
 /// A Slurm cluster reached through slurmrestd.

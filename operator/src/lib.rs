@@ -101,6 +101,9 @@ pub struct Settings {
     /// Seconds a remote cluster may go unanswered before its pool takes nothing new (its jobs keep their place).
     #[arg(long, default_value_t = 10)]
     pub remote_grace_seconds: u64,
+    /// Seconds of margin for clock skew and watch delay before a cut `fenced` cluster's jobs run elsewhere.
+    #[arg(long, default_value_t = 5)]
+    pub remote_skew_seconds: u64,
     /// Milliseconds between reads of the remote pools' kubeconfig Secrets (a rotated one takes effect then).
     #[arg(long, default_value_t = 5000)]
     pub remote_sync_ms: u64,
@@ -305,6 +308,7 @@ fn engine_for(
     let timing = backend::remote::Timing {
         heartbeat: Duration::from_millis(settings.remote_heartbeat_ms.max(100)),
         grace: Duration::from_secs(settings.remote_grace_seconds),
+        skew: Duration::from_secs(settings.remote_skew_seconds),
     };
     let origin = backend::remote::links::origin(&settings.lease_name, &settings.namespace);
     let remotes = backend::remote::Remotes::new(origin, timing);

@@ -28,6 +28,19 @@ enum Command {
     },
     /// Runs the operator against the cluster of the current kubeconfig (or in-cluster config).
     Run(Box<haiyun_operator::Settings>),
+    /// The fence holder of policy `fenced`, run inside a remote cluster: deletes the pods of operator `origin` there
+    /// once its fence Lease (namespace `haiyun-fence`) has not been renewed for the Lease's duration.
+    Fence {
+        /// The operator's origin (`<lease>.<namespace>`, as its pods' `haiyun.io/origin` label says).
+        #[arg(long)]
+        origin: String,
+        /// Milliseconds between reads of the Lease.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// A kubeconfig of this cluster (default: the usual one, or in-cluster config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
     /// Before `helm uninstall` (the chart's pre-delete hook): stops the operator's Deployment, then removes Haiyun's
     /// finalizers from every ComputeJob so that deleting jobs or the CRDs never waits for an operator that is gone.
     Uninstall {
@@ -54,6 +67,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crdgen { out } => crdgen(&out),
         Command::Run(settings) => haiyun_operator::run(*settings, VERSION).map_err(anyhow::Error::from),
+        Command::Fence { origin, interval_ms, kubeconfig } => fence(origin, interval_ms, kubeconfig),
         Command::Uninstall { namespace, deployment, lease, wait_seconds, kubeconfig } => {
             uninstall(&namespace, &deployment, &lease, wait_seconds, kubeconfig)
         }
@@ -84,6 +98,18 @@ fn crdgen(out: &str) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn fence(origin: String, interval_ms: u64, kubeconfig: Option<PathBuf>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let _telemetry = haiyun_operator::telemetry::init(None)?;
+        let client = haiyun_operator::client(kubeconfig.as_deref()).await?;
+        let interval = std::time::Duration::from_millis(interval_ms.max(100));
+        tracing::info!(%origin, "guarding the fence Lease");
+        haiyun_operator::backend::remote::fence::hold(client, origin, interval).await;
+        Ok(())
+    })
 }
 
 fn uninstall(

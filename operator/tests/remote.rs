@@ -404,3 +404,94 @@ async fn a_flapping_link_evicts_nothing_and_dispatches_nothing_again() {
     assert!(!reasons.iter().any(|r| r == "Preempted" || r == "NodeLost" || r == "Restarting"), "{reasons:?}");
     assert!(!op.log_text().contains("panicked"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_clusters_job_runs_elsewhere_only_after_its_fence_holder_deleted_the_old_pods() {
+    let Some(env) = Env::start("fenced").await else { return };
+    let Some(rs) = remotes(2).await else { return };
+    for r in &rs {
+        r.clean().await;
+    }
+    let relay = Relay::start(rs[0].addr).await;
+    rs[0].nodes(&env, "short", 1, 8, "H100").await;
+    rs[1].nodes(&env, "other", 1, 8, "H100").await;
+    env.create::<Queue>(queue("fence-q", "nvidia.com/gpu:h100", 8)).await.unwrap();
+    secret(&env, "short-kubeconfig", &rs[0].kubeconfig_via(relay.addr)).await;
+    secret(&env, "other-kubeconfig", &rs[1].kubeconfig).await;
+    let mut short = remote_pool(&env, "short", "short-kubeconfig", "short");
+    short["spec"]["backend"]["remoteKubernetes"]["partitionPolicy"] = serde_json::json!("fenced");
+    short["spec"]["backend"]["remoteKubernetes"]["fenceSeconds"] = serde_json::json!(5);
+    env.create::<ComputePool>(short).await.unwrap();
+
+    // The fence holder runs "inside" the short cluster: it reaches that API server directly, not through the relay.
+    let kubeconfig = env.dir.join("short-direct.kubeconfig");
+    std::fs::write(&kubeconfig, &rs[0].kubeconfig).unwrap();
+    let holder_log = env.dir.join("fence-holder.log");
+    let out = std::fs::File::create(&holder_log).unwrap();
+    let mut holder = std::process::Command::new(env!("CARGO_BIN_EXE_haiyun-operator"))
+        .args(["fence", "--origin", &origin(&env), "--interval-ms", "250", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut args = FAST.to_vec();
+    args.extend(["--remote-skew-seconds", "2"]);
+    let _op = env.operator("fenced", &args);
+    wait_ready(&env, "short", "True", "Serving", LONG).await;
+
+    let mut j = job("brief", "fence-q", 1, 8, "10m");
+    j["spec"]["taskGroups"][0]["template"]["spec"]["terminationGracePeriodSeconds"] = serde_json::json!(1);
+    env.create::<ComputeJob>(j).await.unwrap();
+    let first = env.wait_phase("default", "brief", "Running", LONG).await;
+    assert_eq!(pool_of(&first).as_deref(), Some("short"));
+    env.create::<ComputePool>(remote_pool(&env, "other", "other-kubeconfig", "other")).await.unwrap();
+    wait_ready(&env, "other", "True", "Serving", LONG).await;
+
+    // An outside watcher, reaching both clusters directly, never sees the job live in both.
+    let clusters = vec![
+        ("short", Api::<Pod>::namespaced(rs[0].client.clone(), "default")),
+        ("other", Api::<Pod>::namespaced(rs[1].client.clone(), "default")),
+    ];
+    let uid = first.uid().unwrap();
+    let cut_at = Instant::now();
+    relay.cut();
+    let (gone, moved) = {
+        let mut gone = None;
+        loop {
+            let live = live_pods(&clusters, &format!("{JOB_UID_LABEL}={uid}")).await;
+            let here = live.get(&uid).cloned().unwrap_or_default();
+            assert!(here.len() < 2, "the job is live in two clusters at once: {here:?}");
+            if gone.is_none() && !here.contains("short") {
+                gone = Some(cut_at.elapsed());
+            }
+            if here.contains("other") {
+                break (gone.expect("its old pods went first"), cut_at.elapsed());
+            }
+            assert!(
+                cut_at.elapsed() < Duration::from_secs(60),
+                "the job did not move within 60 s of the cut"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    eprintln!(
+        "cut → old pods deleted by the fence holder {:.1} s, → running in the other cluster {:.1} s",
+        gone.as_secs_f64(),
+        moved.as_secs_f64()
+    );
+    // Never before the fence timeout (5 s) plus the grace (1 s) plus the margin (2 s).
+    assert!(moved >= Duration::from_secs(8), "moved after {moved:?}");
+    let now = env.wait_phase("default", "brief", "Running", LONG).await;
+    assert_eq!(pool_of(&now).as_deref(), Some("other"));
+    assert!(std::fs::read_to_string(&holder_log).unwrap().contains("lapsed"));
+
+    // After the heal the short cluster takes work again and nothing of the old run comes back.
+    relay.heal();
+    wait_ready(&env, "short", "True", "Serving", Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let live = live_pods(&clusters, &format!("{JOB_UID_LABEL}={uid}")).await;
+    assert_eq!(live.get(&uid).cloned().unwrap_or_default(), BTreeSet::from(["other".to_string()]));
+    let _ = holder.kill();
+    let _ = holder.wait();
+}

@@ -25,6 +25,9 @@ pub struct Timing {
     pub heartbeat: Duration,
     /// Unanswered this long, the cluster is down (unplaceable).
     pub grace: Duration,
+    /// With policy `fenced`: the margin added for the clocks of the operator and the fence holder (and the holder's
+    /// watch delay) before a fenced cluster's jobs are placed elsewhere.
+    pub skew: Duration,
 }
 
 /// Whether a remote cluster answers, as its link last saw.
@@ -44,6 +47,8 @@ struct State {
     last_ok: Option<Instant>,
     /// When it first stopped answering (unix seconds), while it does not answer.
     since: Option<Time>,
+    /// When the fence Lease there was last renewed (or the link made).
+    renewed: Instant,
 }
 
 /// One remote cluster's link; dropping it stops its watches.
@@ -54,6 +59,7 @@ pub struct Link {
     pub source: String,
     /// The client, to apply decisions there.
     pub client: Client,
+    fence: Option<Duration>,
     nodes: Store<Node>,
     pods: Store<Pod>,
     foreign: Store<Pod>,
@@ -93,6 +99,8 @@ pub struct Seen {
     pub foreign: Vec<Arc<Pod>>,
     /// Our Services there (a job's headless Service).
     pub services: Vec<Arc<Service>>,
+    /// With policy `fenced`: the fence timeout, and how long ago the fence Lease there was last renewed.
+    pub fence: Option<(Duration, Duration)>,
 }
 
 fn spawn<K>(
@@ -150,28 +158,36 @@ fn rename_pod(pool: &str, p: &mut Pod) {
     p.metadata.labels.get_or_insert_with(Default::default).insert(CLUSTER_LABEL.into(), pool.into());
 }
 
+/// What a link is made for.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    /// The pool it serves.
+    pub pool: &'a str,
+    /// What it is made from (a change makes a new link).
+    pub source: String,
+    /// Labels of the Nodes that are the pool's.
+    pub selector: &'a std::collections::BTreeMap<String, String>,
+    /// The origin label of this operator's objects.
+    pub origin: &'a str,
+    /// When a cut began before this link (from the pool's status).
+    pub since: Option<Time>,
+    /// With policy `fenced`: the fence timeout; the heartbeat then renews the fence Lease there.
+    pub fence: Option<Duration>,
+}
+
 impl Link {
-    /// Starts watching the cluster behind `client` for pool `pool`: its Nodes matching `selector` and the pods
-    /// labelled with `origin` (and, for what they hold, the others that have not ended). `since` carries a cut that began before this link (from the pool's status).
-    #[allow(clippy::too_many_arguments)]
-    pub fn start(
-        pool: &str,
-        source: String,
-        client: Client,
-        selector: &std::collections::BTreeMap<String, String>,
-        origin: &str,
-        since: Option<Time>,
-        timing: Timing,
-        changed: Arc<Notify>,
-    ) -> Link {
-        let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    /// Starts watching the cluster behind `client` for the target pool: its Nodes matching the selector and the pods
+    /// labelled with the origin (and, for what they hold, the others that have not ended).
+    pub fn start(t: Target<'_>, client: Client, timing: Timing, changed: Arc<Notify>) -> Link {
+        let pool = t.pool;
+        let labels: Vec<String> = t.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut node_config = watcher::Config::default();
         if !labels.is_empty() {
             node_config = node_config.labels(&labels.join(","));
         }
         let (nodes, t1) =
             spawn(Api::all(client.clone()), node_config, pool.into(), changed.clone(), rename_node);
-        let pod_config = watcher::Config::default().labels(&format!("{ORIGIN_LABEL}={origin}"));
+        let pod_config = watcher::Config::default().labels(&format!("{ORIGIN_LABEL}={}", t.origin));
         let (pods, t2) =
             spawn(Api::all(client.clone()), pod_config, pool.into(), changed.clone(), rename_pod);
         let foreign_config = watcher::Config::default()
@@ -179,15 +195,24 @@ impl Link {
             .fields("status.phase!=Succeeded,status.phase!=Failed");
         let (foreign, t4) =
             spawn(Api::all(client.clone()), foreign_config, pool.into(), changed.clone(), rename_pod);
-        let ours = watcher::Config::default().labels(&format!("{ORIGIN_LABEL}={origin}"));
+        let ours = watcher::Config::default().labels(&format!("{ORIGIN_LABEL}={}", t.origin));
         let (services, t5) =
             spawn(Api::all(client.clone()), ours, pool.into(), changed.clone(), trim_service);
-        let state = Arc::new(Mutex::new(State { health: Health::Connecting, last_ok: None, since }));
-        let t3 = tokio::spawn(heartbeat(pool.to_string(), client.clone(), state.clone(), timing, changed));
+        let state = Arc::new(Mutex::new(State {
+            health: Health::Connecting,
+            last_ok: None,
+            since: t.since,
+            // Until this link renews the fence Lease, count from its start: an earlier operator may have renewed it
+            // until then, never later.
+            renewed: Instant::now(),
+        }));
+        let beat = Beat { pool: pool.into(), origin: t.origin.into(), fence: t.fence, timing };
+        let t3 = tokio::spawn(heartbeat(beat, client.clone(), state.clone(), changed));
         Link {
             pool: pool.into(),
-            source,
+            source: t.source,
             client,
+            fence: t.fence,
             nodes,
             pods,
             foreign,
@@ -210,25 +235,35 @@ impl Link {
             pods: self.pods.state(),
             foreign: self.foreign.state(),
             services: self.services.state(),
+            fence: self.fence.map(|f| (f, s.renewed.elapsed())),
         }
     }
 }
 
-/// Asks the API server its version every heartbeat: an answer marks the cluster up; no answer for longer than the
-/// grace marks it down, from the first unanswered heartbeat on.
-async fn heartbeat(
+/// What a heartbeat needs.
+struct Beat {
     pool: String,
-    client: Client,
-    state: Arc<Mutex<State>>,
+    origin: String,
+    fence: Option<Duration>,
     timing: Timing,
-    changed: Arc<Notify>,
-) {
+}
+
+/// Asks the API server its version every heartbeat (with policy `fenced`, renews the fence Lease instead): an answer
+/// marks the cluster up; no answer for longer than the grace marks it down, from the first unanswered heartbeat on.
+async fn heartbeat(beat: Beat, client: Client, state: Arc<Mutex<State>>, changed: Arc<Notify>) {
+    let (pool, timing) = (beat.pool.as_str(), beat.timing);
     let mut first_miss: Option<Time> = None;
     loop {
-        let answer = tokio::time::timeout(timing.heartbeat, client.apiserver_version()).await;
+        let call = async {
+            match beat.fence {
+                Some(d) => super::fence::renew(&client, &beat.origin, d).await.map_err(|e| e.to_string()),
+                None => client.apiserver_version().await.map(|_| ()).map_err(|e| e.to_string()),
+            }
+        };
+        let answer = tokio::time::timeout(timing.heartbeat, call).await;
         let error = match answer {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e.to_string()),
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
             Err(_) => Some(format!("no answer within {} ms", timing.heartbeat.as_millis())),
         };
         let now = Instant::now();
@@ -239,6 +274,7 @@ async fn heartbeat(
                 None => {
                     first_miss = None;
                     s.last_ok = Some(now);
+                    s.renewed = now;
                     s.since = None;
                     s.health = Health::Up;
                 }

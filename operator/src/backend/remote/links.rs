@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use haiyun_api::ComputePool;
+use haiyun_api::pool::PartitionPolicy;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 
 use super::kubeconfig::{self, KubeconfigError};
-use super::link::{Link, Timing};
+use super::link::{Link, Target, Timing};
 use super::{RemoteBackend, View, recorded_since};
 
 enum Entry {
@@ -84,7 +85,7 @@ impl Remotes {
                 (pool.clone(), v)
             })
             .collect();
-        RemoteBackend::new(views, self.origin.clone())
+        RemoteBackend::new(views, self.origin.clone(), self.timing.skew)
     }
 
     /// Keeps the links in step with the pools (in `pools`) and their Secrets (in `namespace`), every `period`.
@@ -121,8 +122,10 @@ impl Remotes {
                 }
                 Err(e) => Err(e),
             };
+            let fence = (spec.partition_policy == PartitionPolicy::Fenced)
+                .then(|| Duration::from_secs(u64::from(spec.fence_seconds.unwrap_or(60))));
             let source = match &text {
-                Ok(t) => format!("{t}\n{:?}", spec.node_selector),
+                Ok(t) => format!("{t}\n{:?}\n{fence:?}", spec.node_selector),
                 Err(e) => e.to_string(),
             };
             let same = self
@@ -140,18 +143,15 @@ impl Remotes {
                 Ok(kc) => match kubeconfig::client(&spec.secret_name, kc).await {
                     Err(e) => Entry::Bad(source, e),
                     Ok(c) => {
-                        let since = recorded_since(p);
-                        let sel = &spec.node_selector;
-                        Entry::Linked(Link::start(
-                            &name,
+                        let target = Target {
+                            pool: &name,
                             source,
-                            c,
-                            sel,
-                            &self.origin,
-                            since,
-                            self.timing,
-                            changed.clone(),
-                        ))
+                            selector: &spec.node_selector,
+                            origin: &self.origin,
+                            since: recorded_since(p),
+                            fence,
+                        };
+                        Entry::Linked(Link::start(target, c, self.timing, changed.clone()))
                     }
                 },
             };

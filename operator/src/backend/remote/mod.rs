@@ -5,6 +5,7 @@
 //! keeps what runs there (policy `hold`); after it answers again its pods are read afresh and the collector deletes
 //! ours whose job is gone or whose run is old.
 
+pub mod fence;
 pub mod kubeconfig;
 pub mod link;
 pub mod links;
@@ -69,17 +70,19 @@ pub struct RemoteBackend {
     origin: String,
     /// Every remote cluster stopped answering at once: this operator is the one cut off.
     isolated: bool,
+    /// The clock-skew margin of policy `fenced`.
+    skew: std::time::Duration,
 }
 
 impl RemoteBackend {
     /// The backend over these views.
-    pub fn new(views: BTreeMap<String, View>, origin: String) -> Self {
+    pub fn new(views: BTreeMap<String, View>, origin: String, skew: std::time::Duration) -> Self {
         let linked: Vec<&Seen> = views
             .values()
             .filter_map(|v| if let View::Linked(s, _) = v { Some(s.as_ref()) } else { None })
             .collect();
         let isolated = linked.len() >= 2 && linked.iter().all(|s| matches!(s.health, Health::Down(_)));
-        RemoteBackend { views: Arc::new(views), origin, isolated }
+        RemoteBackend { views: Arc::new(views), origin, isolated, skew }
     }
 
     /// Adds the remote clusters' pods (ours, as the federation names them) to the objects a cycle reads, so jobs
@@ -90,6 +93,33 @@ impl RemoteBackend {
                 objects.pods.extend(seen.pods.iter().cloned());
             }
         }
+    }
+
+    /// With policy `fenced`, once a cut cluster's fence holder has surely deleted our pods there (the fence timeout,
+    /// their termination grace and the skew margin since the last renewal, on this process's clock): why its jobs
+    /// may run elsewhere. Never while this operator is the one cut off.
+    fn fenced(&self, seen: &Seen) -> Option<String> {
+        let (timeout, ago) = seen.fence?;
+        if !matches!(seen.health, Health::Down(_)) || self.isolated {
+            return None;
+        }
+        let grace = seen
+            .pods
+            .iter()
+            .filter(|p| holds_resources(p))
+            .filter_map(|p| p.spec.as_ref().map(|s| s.termination_grace_period_seconds.unwrap_or(30)))
+            .max()
+            .unwrap_or(0);
+        let limit = timeout + std::time::Duration::from_secs(grace.max(0) as u64) + self.skew;
+        (ago >= limit).then(|| {
+            format!(
+                "is in a cluster cut for {} s with policy fenced: its fence holder deleted our pods there after {} s \
+                 without a renewal (their grace {grace} s, margin {} s)",
+                ago.as_secs(),
+                timeout.as_secs(),
+                self.skew.as_secs()
+            )
+        })
     }
 
     fn linked(&self, pool: &str) -> Result<(&Seen, &Client), BackendError> {
@@ -232,6 +262,11 @@ impl PoolBackend for RemoteBackend {
             }
             if !seen.listed {
                 continue;
+            }
+            if let Some(why) = self.fenced(seen) {
+                for n in &seen.nodes {
+                    fed.fenced.insert(n.name_any(), why.clone());
+                }
             }
             let pods = seen.pods.iter().chain(&seen.foreign).cloned().collect();
             let objects = Objects { nodes: seen.nodes.clone(), pods, ..Objects::default() };
