@@ -1,10 +1,13 @@
-//! What goes wrong in the demo, on a fixed schedule of real seconds: edge links drop for a while each minute, and
+//! What goes wrong in the demo, on a fixed schedule of real seconds: edge links drop for a while each minute (the
+//! agents' telemetry and the operator's workload control both: the pool takes nothing new and holds its jobs), and
 //! now and then a datacentre GPU raises XID 79 (fallen off the bus) and is reset half a minute later.
 
 use std::collections::BTreeMap;
 
 use haiyun_agent::probe::fake::Fault;
 use haiyun_scheduler::rng::SplitMix64;
+
+use haiyun_operator::backend::simulated::SimulatedBackend;
 
 use super::agents::Agents;
 
@@ -32,16 +35,18 @@ impl Chaos {
         Chaos { rng: SplitMix64::new(seed ^ 0xC4A0_5EED), resets: BTreeMap::new(), next_fault: FIRST_FAULT_S }
     }
 
-    /// Applies what is due at `real` seconds; returns what changed, for the progress lines.
-    pub fn tick(&mut self, real: u64, agents: &Agents) -> Vec<String> {
+    /// Applies what is due at `real` seconds (`now` on the demo's clock) to the agents and the pools' links;
+    /// returns what changed, for the progress lines.
+    pub fn tick(&mut self, real: u64, now: f64, agents: &Agents, pools: &SimulatedBackend) -> Vec<String> {
         let mut said = Vec::new();
         // Edge sites take turns: each pool's minute is offset by its position.
         for (i, (pool, relay)) in agents.relays.iter().enumerate() {
             let down = (real + 30 * i as u64) % 60 >= EDGE_UP_S;
             if down != relay.is_down() {
                 relay.set_down(down);
-                said.push(format!("{pool}: link {}", if down { "down" } else { "back" }));
+                said.push(format!("{pool}: link {}", if down { "down (its jobs are held)" } else { "back" }));
             }
+            pools.set_link(pool, down, now);
         }
         let mut faults: Vec<(String, Fault)> = Vec::new();
         let due: Vec<u64> = self.resets.range(..=real).map(|(t, _)| *t).collect();

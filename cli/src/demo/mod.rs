@@ -228,7 +228,7 @@ async fn serve(args: DemoArgs, limit: Option<Duration>) -> Result<(), CliError> 
                 Err(e) => eprintln!("warning: the demo made a job it cannot read: {e}"),
             }
         }
-        for line in chaos.tick(clock.real() as u64, &agents) {
+        for line in chaos.tick(clock.real() as u64, now, &agents, &c.backend()) {
             println!("  {line}");
         }
         let snap = match c.cycle(Arc::new(agents.fleet.view()), now) {

@@ -232,7 +232,7 @@ impl MemoryCluster {
             requests: self.requests.values().cloned().map(Arc::new).collect(),
             datasets: self.datasets.values().cloned().map(Arc::new).collect(),
             nodes: Vec::new(),
-            pods: self.backend.kubelet().pods().cloned().map(Arc::new).collect(),
+            pods: self.backend.pods().into_iter().map(Arc::new).collect(),
             batch_jobs: Vec::new(),
             slices: Vec::new(),
             resource_claims: Vec::new(),

@@ -183,3 +183,43 @@ fn the_operator_refuses_simulated_pools_it_cannot_serve() {
     assert!(why.contains("only by `haiyun demo`"), "{why}");
     assert!(out.snapshot.nodes.is_empty());
 }
+
+#[test]
+fn a_cut_link_holds_its_pools_jobs_takes_nothing_new_and_reports_what_ended_meanwhile_after_the_heal() {
+    let mut c = cluster(&[pool("edge", "public", 1, 8), pool("dc", "public", 1, 8)], 16);
+    c.submit(job("a", 4, "10m", json!({})), Some(120.0), T0).unwrap();
+    cycle(&mut c, 0.0);
+    cycle(&mut c, 1.0);
+    let placed = |c: &MemoryCluster, n: &str| {
+        c.jobs()[&format!("ns/{n}")].status.as_ref().and_then(|s| s.placement.clone()).map(|p| p.pool)
+    };
+    let edge_first = placed(&c, "a").as_deref() == Some("edge");
+    let (cut, other) = if edge_first { ("edge", "dc") } else { ("dc", "edge") };
+    assert_eq!(phase(&c, "a"), JobPhase::Running);
+    assert!(c.backend().set_link(cut, true, T0 + 2.0));
+    let snap = cycle(&mut c, 3.0);
+    let row = snap.pools.iter().find(|p| p.name == cut).unwrap();
+    assert!(row.unavailable.as_deref().unwrap_or_default().contains("policy hold"), "{row:?}");
+    assert_eq!(c.pools()[cut].status.as_ref().and_then(|s| s.unreachable_since.clone()), Some(rfc(2.0)));
+    // New work goes to the other pool even where the cut one has room.
+    c.submit(job("b", 4, "10m", json!({})), Some(60.0), T0 + 3.0).unwrap();
+    cycle(&mut c, 4.0);
+    assert_eq!(placed(&c, "b").as_deref(), Some(other));
+    // The site runs "a" to its end during the cut; the operator, cut off, still sees it running and holds it.
+    for t in [130.0, 200.0] {
+        cycle(&mut c, t);
+        assert_eq!(phase(&c, "a"), JobPhase::Running, "held at {t}");
+        assert_eq!(placed(&c, "a").as_deref(), Some(cut));
+    }
+    // Back: it is recorded as it ended, without a restart.
+    assert!(c.backend().set_link(cut, false, T0 + 201.0));
+    cycle(&mut c, 202.0);
+    cycle(&mut c, 203.0);
+    let st = c.jobs()["ns/a"].status.clone().unwrap();
+    assert_eq!((st.phase, st.restarts), (JobPhase::Succeeded, 0));
+    assert!(c.pools()[cut].status.as_ref().unwrap().unreachable_since.is_none());
+}
+
+fn rfc(t: f64) -> String {
+    crate::time::rfc3339(T0 + t)
+}

@@ -37,12 +37,22 @@ pub fn gpu_memory_mib(model: &str) -> u32 {
 /// Adds the nodes of simulated pools. A GPU is placeable when its agent reports it healthy (or the node has no
 /// agent); our own placements hold the GPUs they name.
 pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut Federation) {
+    contribute_linked(pools, inputs, &std::collections::BTreeSet::new(), f);
+}
+
+/// Adds the nodes of simulated pools; those of pools in `cut` keep what runs on them but take nothing new.
+pub fn contribute_linked(
+    pools: &[(PoolId, &ComputePool)],
+    inputs: &Inputs<'_>,
+    cut: &std::collections::BTreeSet<String>,
+    f: &mut Federation,
+) {
     for (id, p) in pools {
-        add_nodes(f, *id, p, inputs);
+        add_nodes(f, *id, p, inputs, !cut.contains(&p.name_any()));
     }
 }
 
-fn add_nodes(f: &mut Federation, pool: PoolId, spec: &ComputePool, inputs: &Inputs<'_>) {
+fn add_nodes(f: &mut Federation, pool: PoolId, spec: &ComputePool, inputs: &Inputs<'_>, open: bool) {
     for (i, (name, g)) in nodes(spec).into_iter().enumerate() {
         let model_name = g.gpu_model.to_lowercase();
         let count = g.gpus.min(haiyun_scheduler::model::MAX_GPUS_PER_NODE as u32);
@@ -56,7 +66,7 @@ fn add_nodes(f: &mut Federation, pool: PoolId, spec: &ComputePool, inputs: &Inpu
                     model,
                     memory_mib: gpu_memory_mib(&model_name),
                     nvlink_domain: node_id,
-                    health: reported(agent, j),
+                    health: if open { reported(agent, j) } else { haiyun_scheduler::model::Health::Unknown },
                 })
                 .collect(),
             None => Vec::new(),
@@ -70,7 +80,7 @@ fn add_nodes(f: &mut Federation, pool: PoolId, spec: &ComputePool, inputs: &Inpu
             cpu_milli: cpu,
             memory_mib: quantity::mib(&g.memory).unwrap_or(0),
             gpus,
-            max_tasks: (cpu / 1000).max(u64::from(ours_tasks)).max(1) as u32,
+            max_tasks: if open { (cpu / 1000).max(u64::from(ours_tasks)).max(1) as u32 } else { ours_tasks },
         });
     }
 }
