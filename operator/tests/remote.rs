@@ -485,6 +485,11 @@ async fn a_fenced_clusters_job_runs_elsewhere_only_after_its_fence_holder_delete
     let now = env.wait_phase("default", "brief", "Running", LONG).await;
     assert_eq!(pool_of(&now).as_deref(), Some("other"));
     assert!(std::fs::read_to_string(&holder_log).unwrap().contains("lapsed"));
+    // The move is told: a NodeLost event and the job's last failure name the fence.
+    let failure = now.status.as_ref().and_then(|s| s.last_failure.clone()).expect("last failure");
+    assert!(failure.message.contains("policy fenced"), "{failure:?}");
+    let reasons = env.event_reasons("default", "brief").await;
+    assert!(reasons.iter().any(|r| r == "NodeLost"), "{reasons:?}");
 
     // After the heal the short cluster takes work again and nothing of the old run comes back.
     relay.heal();

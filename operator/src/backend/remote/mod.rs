@@ -294,7 +294,8 @@ impl PoolBackend for RemoteBackend {
                 found.insert((pool.clone(), ns, uid.clone(), None));
                 continue;
             };
-            let old = run != current.to_string();
+            // Only an earlier run is old: the local store may not show yet the run whose pods were just made.
+            let old = run.parse::<u32>().is_ok_and(|r| r < *current);
             if holds_resources(p)
                 && p.metadata.deletion_timestamp.is_none()
                 && (old || !live.placed.contains(uid))
@@ -330,6 +331,14 @@ impl PoolBackend for RemoteBackend {
             let placement = job.status.as_ref().and_then(|s| s.placement.as_ref());
             let pool =
                 placement.map(|p| p.pool.clone()).ok_or_else(|| RemoteError::Unplaced(job.name_any()))?;
+            // A fenced cluster that does not answer: its fence holder has deleted the pods already.
+            if let Some(View::Linked(seen, _)) = self.views.get(&pool) {
+                if self.fenced(seen).is_some() {
+                    return Ok(format!(
+                        "its fence holder deleted its pods in the cut cluster of pool {pool}"
+                    ));
+                }
+            }
             let (_, client) = self.linked(&pool)?;
             let ns = job.namespace().unwrap_or_default();
             let n = delete_job(client, &ns, &job.uid().unwrap_or_default(), None).await?;
