@@ -60,6 +60,7 @@ pub struct Link {
     /// The client, to apply decisions there.
     pub client: Client,
     fence: Option<Duration>,
+    namespaces: Arc<Mutex<std::collections::HashSet<String>>>,
     nodes: Store<Node>,
     pods: Store<Pod>,
     foreign: Store<Pod>,
@@ -101,6 +102,8 @@ pub struct Seen {
     pub services: Vec<Arc<Service>>,
     /// With policy `fenced`: the fence timeout, and how long ago the fence Lease there was last renewed.
     pub fence: Option<(Duration, Duration)>,
+    /// Namespaces known to exist there (shared by every cycle's view of this link).
+    pub namespaces: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 fn spawn<K>(
@@ -213,6 +216,7 @@ impl Link {
             source: t.source,
             client,
             fence: t.fence,
+            namespaces: Arc::default(),
             nodes,
             pods,
             foreign,
@@ -236,6 +240,7 @@ impl Link {
             foreign: self.foreign.state(),
             services: self.services.state(),
             fence: self.fence.map(|f| (f, s.renewed.elapsed())),
+            namespaces: self.namespaces.clone(),
         }
     }
 }

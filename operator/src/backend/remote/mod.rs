@@ -318,10 +318,20 @@ impl PoolBackend for RemoteBackend {
             let placement = job.status.as_ref().and_then(|s| s.placement.as_ref());
             let pool =
                 placement.map(|p| p.pool.clone()).ok_or_else(|| RemoteError::Unplaced(job.name_any()))?;
-            let (_, client) = self.linked(&pool)?;
-            ensure_namespace(client, &pool, &job.namespace().unwrap_or_default(), &self.origin).await?;
+            let (seen, client) = self.linked(&pool)?;
+            let ns = job.namespace().unwrap_or_default();
+            let known = |s: &Seen| s.namespaces.lock().unwrap_or_else(|p| p.into_inner()).contains(&ns);
+            if !known(seen) {
+                ensure_namespace(client, &pool, &ns, &self.origin).await?;
+                seen.namespaces.lock().unwrap_or_else(|p| p.into_inner()).insert(ns.clone());
+            }
             let stamp = Stamp::Remote { origin: self.origin.clone() };
-            Ok(pods::ensure_pods(client, &localised(job), &stamp).await?)
+            let made = pods::ensure_pods(client, &localised(job), &stamp).await;
+            if made.is_err() {
+                // Someone may have deleted the namespace there: look again next time.
+                seen.namespaces.lock().unwrap_or_else(|p| p.into_inner()).remove(&ns);
+            }
+            Ok(made?)
         }
         .boxed()
     }
