@@ -237,7 +237,15 @@ fn the_demo_runs_a_federation_that_the_cli_and_a_browser_can_use() {
             .any(|g| g["health"] == "unknown")
             .then_some(())
     });
-    // A pool all of whose GPUs are unknown (its link is down) says so instead of "ready".
+    // An edge pool whose link is down says so instead of "ready": Unreachable (the link cuts workload control
+    // too, since when in its status), or, once back but before its agents report again, NoPlaceableGPUs.
+    demo.until("an edge pool cut off and Unreachable", Duration::from_secs(120), |s| {
+        s["pools"].as_array()?.iter().find_map(|p| {
+            let ready = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?;
+            let cut = ready["reason"] == "Unreachable" && p["status"]["unreachableSince"].is_string();
+            (p["kind"] == "edge" && ready["status"] == "False" && cut).then_some(())
+        })
+    });
     demo.until("an edge pool cut off and not ready", Duration::from_secs(120), |s| {
         let pools = s["pools"].as_array()?;
         let nodes = s["nodes"].as_array()?;
@@ -249,7 +257,8 @@ fn the_demo_runs_a_federation_that_the_cli_and_a_browser_can_use() {
                 .collect();
             let cut = !gpus.is_empty() && gpus.iter().all(|g| g["health"] == "unknown");
             let ready = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?;
-            (cut && ready["status"] == "False" && ready["reason"] == "NoPlaceableGPUs").then_some(())
+            let why = ready["reason"] == "NoPlaceableGPUs" || ready["reason"] == "Unreachable";
+            (cut && ready["status"] == "False" && why).then_some(())
         })
     });
 

@@ -52,7 +52,7 @@ impl BackendKind {
     pub fn not_served(self) -> &'static str {
         match self {
             BackendKind::Simulated => {
-                "simulated pools are served only by `haiyun demo`; use backend.kubernetes or backend.slurm"
+                "simulated pools are served only by `haiyun demo`; use backend.kubernetes, backend.remoteKubernetes or backend.slurm"
             }
             BackendKind::Kubernetes => "Kubernetes pools are served only by the operator in a cluster",
             BackendKind::RemoteKubernetes => "remote Kubernetes pools are served only by the operator",
