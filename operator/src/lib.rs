@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod backend;
+pub mod bench;
 pub mod cycle;
 pub mod dashboard;
 pub mod decision;

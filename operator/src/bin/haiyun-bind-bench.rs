@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use haiyun_api::{ComputeJob, ComputePool, JOB_NAME_LABEL, Queue};
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -58,21 +57,7 @@ enum BenchError {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: failed to start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(bench(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    haiyun_operator::bench::run(bench(Args::parse()))
 }
 
 async fn bench(args: Args) -> Result<(), BenchError> {
@@ -135,13 +120,7 @@ async fn bench(args: Args) -> Result<(), BenchError> {
 
 /// A pool over every GPU node, a queue with room for everything, and the bench namespaces.
 async fn setup(client: &Client, model: &str) -> Result<(), BenchError> {
-    let crds: Api<
-        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    > = Api::all(client.clone());
-    for crd in haiyun_api::crd::all() {
-        crds.patch(&crd.name_any(), &PatchParams::apply("haiyun-bench").force(), &Patch::Apply(&crd)).await?;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    haiyun_operator::bench::install_crds(client, "haiyun-bench").await?;
     let pool: ComputePool = serde_json::from_value(json!({
         "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputePool", "metadata": { "name": "bench" },
         "spec": { "kind": "ai", "backend": { "kubernetes": { "nodeSelector": { "type": "kwok" } } } }
@@ -192,19 +171,11 @@ async fn operator(args: &Args, client: &Client) -> Result<Child, BenchError> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| BenchError::Setup(format!("failed to start {}: {e}", path.display())))?;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
-    let start = Instant::now();
-    loop {
-        let holder = leases.get_opt("bench").await?.and_then(|l| l.spec?.holder_identity);
-        if holder.as_deref() == Some("bench") {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            return Ok(child);
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            return Err(BenchError::Setup("the operator did not take the lease within 60 s".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    haiyun_operator::bench::wait_leading(client, "bench", "bench", Duration::from_secs(60))
+        .await
+        .map_err(BenchError::Setup)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(child)
 }
 
 fn pod(name: &str, scheduler: &str, queue: Option<&str>) -> Pod {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use haiyun_api::{ComputeJob, ComputePool, JOB_NAME_LABEL, Queue};
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -49,21 +48,7 @@ const QUEUE: &str = "fed-bench";
 const LEASE: &str = "fed-bench";
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: failed to start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(bench(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    haiyun_operator::bench::run(bench(Args::parse()))
 }
 
 fn setup_err(e: impl std::fmt::Display) -> BenchError {
@@ -158,13 +143,7 @@ async fn bench(args: Args) -> Result<(), BenchError> {
 
 /// CRDs, the queue and the namespaces.
 async fn setup(client: &Client) -> Result<(), BenchError> {
-    let crds: Api<
-        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    > = Api::all(client.clone());
-    for crd in haiyun_api::crd::all() {
-        crds.patch(&crd.name_any(), &PatchParams::apply("haiyun-bench").force(), &Patch::Apply(&crd)).await?;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    haiyun_operator::bench::install_crds(client, "haiyun-bench").await?;
     let queue: Queue = serde_json::from_value(json!({
         "apiVersion": "haiyun.io/v1alpha1", "kind": "Queue", "metadata": { "name": QUEUE },
         "spec": { "resources": [
@@ -242,18 +221,10 @@ async fn operator(args: &Args, client: &Client) -> Result<Child, BenchError> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| setup_err(format!("failed to start {}: {e}", path.display())))?;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
-    let start = Instant::now();
-    loop {
-        let holder = leases.get_opt(LEASE).await?.and_then(|l| l.spec?.holder_identity);
-        if holder.as_deref() == Some("bench") {
-            return Ok(child);
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            return Err(setup_err("the operator did not take the lease within 60 s"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    haiyun_operator::bench::wait_leading(client, LEASE, "bench", Duration::from_secs(60))
+        .await
+        .map_err(BenchError::Setup)?;
+    Ok(child)
 }
 
 /// When each job (by name) was first seen placed, and its first pod first seen bound.

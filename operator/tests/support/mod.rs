@@ -125,42 +125,7 @@ impl Env {
 
     /// Creates `count` kwok nodes with `gpus` GPUs of `model`, labelled `haiyun.io/test=<test>` and `group`.
     pub async fn nodes(&self, group: &str, count: usize, gpus: u32, model: &str) -> Vec<String> {
-        let api: Api<Node> = Api::all(self.client.clone());
-        let mut names = Vec::new();
-        for i in 0..count {
-            let name = format!("{}-{group}-{i}", self.name);
-            let node: Node = serde_json::from_value(json!({
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {
-                    "name": name,
-                    "annotations": { "kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0" },
-                    "labels": {
-                        "kubernetes.io/hostname": name,
-                        "type": "kwok",
-                        "haiyun.io/test": self.name,
-                        "haiyun.io/group": group,
-                        "haiyun.io/gpu-model": model,
-                    }
-                },
-                "status": {
-                    "capacity": { "cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string() },
-                    "allocatable": { "cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string() }
-                }
-            }))
-            .unwrap();
-            api.create(&PostParams::default(), &node).await.unwrap();
-            names.push(name);
-        }
-        for n in &names {
-            wait_for(&format!("node {n} Ready"), Duration::from_secs(30), || async {
-                let node = api.get(n).await.ok()?;
-                let ready = node.status?.conditions?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-                ready.then_some(())
-            })
-            .await;
-        }
-        names
+        kwok_nodes(&self.client, &self.name, group, count, gpus, model).await
     }
 
     /// Creates an object from JSON (any Haiyun kind or core kind), returning the server's refusal as `Err`.
@@ -280,6 +245,54 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let _ = api.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
+}
+
+/// Creates `count` kwok nodes through `client` with `gpus` GPUs of `model`, labelled `haiyun.io/test=<test>` and
+/// `group`, named `<test>-<group>-<i>`; returns their names once Ready.
+pub async fn kwok_nodes(
+    client: &Client,
+    test: &str,
+    group: &str,
+    count: usize,
+    gpus: u32,
+    model: &str,
+) -> Vec<String> {
+    let api: Api<Node> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for i in 0..count {
+        let name = format!("{}-{group}-{i}", test);
+        let node: Node = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": { "kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0" },
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "type": "kwok",
+                    "haiyun.io/test": test,
+                    "haiyun.io/group": group,
+                    "haiyun.io/gpu-model": model,
+                }
+            },
+            "status": {
+                "capacity": { "cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string() },
+                "allocatable": { "cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string() }
+            }
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &node).await.unwrap();
+        names.push(name);
+    }
+    for n in &names {
+        wait_for(&format!("node {n} Ready"), Duration::from_secs(30), || async {
+            let node = api.get(n).await.ok()?;
+            let ready = node.status?.conditions?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(())
+        })
+        .await;
+    }
+    names
 }
 
 /// Polls `f` every 200 ms until it returns `Some`, or panics after `limit` naming `what`.

@@ -78,36 +78,7 @@ impl Remote {
 
     /// Creates kwok nodes here as `Env::nodes` does there.
     pub async fn nodes(&self, env: &Env, group: &str, count: usize, gpus: u32, model: &str) -> Vec<String> {
-        let api: Api<Node> = Api::all(self.client.clone());
-        let mut names = Vec::new();
-        for i in 0..count {
-            let name = format!("{}-{group}-{i}", env.name);
-            let node: Node = serde_json::from_value(json!({
-                "metadata": {
-                    "name": name,
-                    "annotations": { "kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0" },
-                    "labels": { "kubernetes.io/hostname": name, "type": "kwok", "haiyun.io/test": env.name,
-                        "haiyun.io/group": group, "haiyun.io/gpu-model": model }
-                },
-                "status": {
-                    "capacity": { "cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string() },
-                    "allocatable": { "cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string() }
-                }
-            }))
-            .unwrap();
-            let _ = api.delete(&name, &DeleteParams::default()).await;
-            api.create(&PostParams::default(), &node).await.unwrap();
-            names.push(name);
-        }
-        for n in &names {
-            wait_for(&format!("remote node {n} Ready"), Duration::from_secs(30), || async {
-                let node = api.get(n).await.ok()?;
-                let ready = node.status?.conditions?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-                ready.then_some(())
-            })
-            .await;
-        }
-        names
+        super::kwok_nodes(&self.client, &env.name, group, count, gpus, model).await
     }
 
     /// Our pods here (any origin), by namespace `default`.
