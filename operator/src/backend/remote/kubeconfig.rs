@@ -15,6 +15,14 @@ pub enum KubeconfigError {
         /// Why.
         why: String,
     },
+    /// The Secret could not be read because this cluster's API server did not answer (the link is kept as it is).
+    #[error("failed to read Secret {secret:?}: this cluster's API server did not answer: {why}")]
+    LocalApi {
+        /// The Secret.
+        secret: String,
+        /// Why.
+        why: String,
+    },
     /// The Secret has no `kubeconfig` key.
     #[error("Secret {0:?} has no key `kubeconfig`: put the remote cluster's kubeconfig under that key")]
     NoKey(String),

@@ -57,10 +57,13 @@ pub fn origin(lease: &str, namespace: &str) -> String {
 
 /// The kubeconfig text of a Secret, or why there is none.
 async fn read(secrets: &Api<Secret>, name: &str) -> Result<String, KubeconfigError> {
-    let s = secrets
-        .get(name)
-        .await
-        .map_err(|e| KubeconfigError::Secret { secret: name.into(), why: e.to_string() })?;
+    let s = secrets.get(name).await.map_err(|e| match &e {
+        // Refused (missing, forbidden): the pool says why. Anything else is this API server not answering.
+        kube::Error::Api(s) if s.code < 500 => {
+            KubeconfigError::Secret { secret: name.into(), why: e.to_string() }
+        }
+        _ => KubeconfigError::LocalApi { secret: name.into(), why: e.to_string() },
+    })?;
     let data = s.data.unwrap_or_default();
     let text = data.get("kubeconfig").ok_or_else(|| KubeconfigError::NoKey(name.into()))?;
     Ok(String::from_utf8_lossy(&text.0).into_owned())
@@ -114,9 +117,7 @@ impl Remotes {
             let text = match read(secrets, &spec.secret_name).await {
                 Ok(t) => Ok(t),
                 // The local API server did not answer: keep the link as it is.
-                Err(KubeconfigError::Secret { why, .. })
-                    if !why.contains("404") && !why.contains("NotFound") =>
-                {
+                Err(KubeconfigError::LocalApi { .. }) => {
                     wanted.insert(name, None);
                     continue;
                 }
