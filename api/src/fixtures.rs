@@ -63,6 +63,19 @@ impl PoolBuilder {
         self
     }
 
+    /// A capacity lease of `gpus` GPUs for the remote (edge) site, charged to `queue`, good `seconds` without renewal.
+    pub fn autonomy(mut self, queue: &str, gpus: u32, seconds: u32) -> Self {
+        self.0["spec"]["backend"]["remoteKubernetes"]["autonomy"] =
+            json!({ "queue": queue, "gpus": gpus, "leaseSeconds": seconds });
+        self
+    }
+
+    /// Marks a pool of this cluster as an edge site's own: its GPUs are used only within granted capacity leases.
+    pub fn granted(mut self) -> Self {
+        self.0["spec"]["backend"]["kubernetes"]["granted"] = json!(true);
+        self
+    }
+
     /// A Slurm cluster at `endpoint`, partition `partition`, its token in the Secret `secret`.
     pub fn slurm(mut self, endpoint: &str, partition: &str, secret: &str) -> Self {
         self.0["spec"]["backend"] =

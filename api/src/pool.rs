@@ -31,6 +31,36 @@ pub struct KubernetesBackend {
     /// Labels a Node must carry to belong to the pool.
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
+    /// An edge site's own pool, run by a site-local Haiyun: its GPUs are used only within the capacity leases a
+    /// federation grants this cluster (Leases in namespace `haiyun-fence` labelled `haiyun.io/grant`); without a live
+    /// grant it starts nothing new.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub granted: bool,
+}
+
+/// A slice of a remote (edge) cluster's GPUs granted to the site as a capacity lease: a site-local Haiyun places the
+/// jobs submitted there within it, also while the link is cut; the federation places nothing on those GPUs.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Autonomy {
+    /// The federation's queue the site's usage is charged to (its finished jobs' GPU-hours).
+    #[x_kube(validation = Rule::new("self != ''").message("autonomy.queue must name the queue the site's usage is charged to"))]
+    pub queue: String,
+    /// GPUs granted to the site.
+    #[x_kube(validation = Rule::new("self >= 1").message("autonomy.gpus must be at least 1"))]
+    pub gpus: u32,
+    /// Seconds the grant stays good at the site without a renewal, e.g. through a cut link (default 3600; 10 to
+    /// 604800).
+    #[x_kube(validation = Rule::new("self >= 10 && self <= 604800").message("autonomy.leaseSeconds must be between 10 and 604800"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<u32>,
+}
+
+impl Autonomy {
+    /// How long the grant stays good without a renewal.
+    pub fn seconds(&self) -> u32 {
+        self.lease_seconds.unwrap_or(3600)
+    }
 }
 
 /// Nodes of another Kubernetes cluster, reached with a kubeconfig kept in a Secret. Its pods are created there by
@@ -55,6 +85,9 @@ pub struct RemoteKubernetesBackend {
     #[x_kube(validation = Rule::new("self >= 5 && self <= 3600").message("fenceSeconds must be between 5 and 3600"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_seconds: Option<u32>,
+    /// A capacity lease for the site: GPUs its own Haiyun places on, cut off or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autonomy: Option<Autonomy>,
 }
 
 /// What becomes of a remote cluster's jobs while it does not answer.
@@ -233,4 +266,22 @@ pub struct ComputePoolStatus {
     /// kept across operator restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreachable_since: Option<String>,
+    /// With `autonomy`: the capacity lease granted to the site, as last written there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_lease: Option<CapacityLease>,
+}
+
+/// A capacity lease as granted to a site.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityLease {
+    /// The queue its usage is charged to.
+    pub queue: String,
+    /// GPUs granted (fewer than asked while the rest are busy).
+    pub gpus: u32,
+    /// Its epoch: grows each time the grant changes.
+    pub epoch: u32,
+    /// GPUs granted per node of the site (the site's own node names).
+    #[serde(default)]
+    pub nodes: BTreeMap<String, u32>,
 }

@@ -123,7 +123,15 @@ pub struct QueueStatus {
     /// GPU-hours of the queue's jobs that finished, wherever they ran (Kubernetes or Slurm pools).
     #[serde(default)]
     pub gpu_hours: f64,
+    /// Of those, the GPU-hours of jobs an edge site ran on its own within a capacity lease charged to this queue
+    /// (recomputed from the site's jobs, never copied).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub site_gpu_hours: f64,
     /// Conditions (`Ready`).
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }

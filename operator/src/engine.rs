@@ -56,6 +56,7 @@ pub struct Engine {
     kubernetes: KubernetesBackend,
     slurm: SlurmPools,
     remotes: Remotes,
+    grants: crate::backend::remote::grant::Clock,
 }
 
 impl Engine {
@@ -82,6 +83,7 @@ impl Engine {
             kubernetes: KubernetesBackend::new(client),
             slurm,
             remotes,
+            grants: Default::default(),
         }
     }
 
@@ -126,7 +128,8 @@ impl Engine {
         let live: HashSet<String> = objects.jobs.iter().filter_map(|j| j.uid()).collect();
         self.slurm.forget_gone(&live);
         let backends = Arc::new(Backends::new(vec![
-            Arc::new(self.kubernetes.clone()) as Arc<dyn PoolBackend>,
+            Arc::new(self.kubernetes.with_grants(self.grants.live(&objects.grants, Instant::now())))
+                as Arc<dyn PoolBackend>,
             Arc::new(self.slurm.backend()),
             Arc::new(remote),
         ]));

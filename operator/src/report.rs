@@ -61,6 +61,9 @@ pub fn queues(
             *gpu_hours.entry(t.job.spec.queue.as_str()).or_default() += st.gpu_hours;
         }
     }
+    for (queue, hours) in &world.federation.site_gpu_hours {
+        *gpu_hours.entry(queue.as_str()).or_default() += hours;
+    }
     for (name, id) in &world.queues {
         let usage = q.usage(*id);
         let mut flavors: Vec<Flavor> =
@@ -92,6 +95,7 @@ pub fn queues(
                 admitted: admitted.get(name).copied().unwrap_or(0),
                 usage,
                 gpu_hours: gpu_hours.get(name.as_str()).copied().unwrap_or(0.0),
+                site_gpu_hours: world.federation.site_gpu_hours.get(name).copied().unwrap_or(0.0),
                 conditions: vec![condition::Condition::new("Ready", true, "Valid", "", generation_, &stamp)],
             },
         );
@@ -184,6 +188,11 @@ pub fn pools(world: &World, now: Time) -> BTreeMap<String, ComputePoolStatus> {
         st.conditions = vec![c];
         st.unreachable_since = fed.unreachable_since.get(name).map(|t| rfc3339(*t));
         out.insert(name.clone(), st);
+    }
+    for (name, lease) in &fed.capacity_leases {
+        if let Some(st) = out.get_mut(name) {
+            st.capacity_lease = Some(lease.clone());
+        }
     }
     out
 }

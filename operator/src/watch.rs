@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use kube::runtime::reflector::{self, Store};
@@ -29,6 +30,7 @@ pub struct Stores {
     batch_jobs: Store<Job>,
     slices: Store<ResourceSlice>,
     resource_claims: Store<ResourceClaim>,
+    grants: Store<Lease>,
     /// Fires on every change.
     pub changed: Arc<Notify>,
 }
@@ -83,6 +85,12 @@ impl Stores {
                 c(),
             ),
             resource_claims: spawn(Api::all(client.clone()), any(), c()),
+            // Capacity leases a federation grants this cluster (an edge site's).
+            grants: spawn(
+                Api::namespaced(client.clone(), crate::backend::remote::fence::NAMESPACE),
+                any().labels(crate::backend::remote::grant::GRANT_LABEL),
+                c(),
+            ),
             changed,
         }
     }
@@ -122,6 +130,7 @@ impl Stores {
             batch_jobs: self.batch_jobs.state(),
             slices: self.slices.state(),
             resource_claims: self.resource_claims.state(),
+            grants: self.grants.state(),
         }
     }
 }

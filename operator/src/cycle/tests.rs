@@ -14,6 +14,7 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use crate::backend::kubernetes::KubernetesBackend;
+use crate::backend::remote::grant::{Clock, Grant};
 use crate::backend::slurm::{SlurmBackend, SlurmPools, SlurmViews};
 use crate::backend::{BackendKind, Backends, Inputs, PoolBackend};
 use crate::fleet::{FleetView, GpuState, GpuView};
@@ -126,6 +127,7 @@ struct Objects {
     batch_jobs: Vec<Arc<k8s_openapi::api::batch::v1::Job>>,
     slices: Vec<Arc<k8s_openapi::api::resource::v1::ResourceSlice>>,
     resource_claims: Vec<Arc<k8s_openapi::api::resource::v1::ResourceClaim>>,
+    grants: Vec<Arc<k8s_openapi::api::coordination::v1::Lease>>,
     fleet: Arc<FleetView>,
     slurm: Arc<SlurmViews>,
 }
@@ -143,9 +145,11 @@ fn cycle(given: &Objects) -> (World, Vec<Action>) {
         batch_jobs: given.batch_jobs.clone(),
         slices: given.slices.clone(),
         resource_claims: given.resource_claims.clone(),
+        grants: given.grants.clone(),
     };
+    let grants = Clock::default().live(&given.grants, std::time::Instant::now());
     let backends = Backends::new(vec![
-        Arc::new(KubernetesBackend::offline()) as Arc<dyn PoolBackend>,
+        Arc::new(KubernetesBackend::offline().with_grants(grants)) as Arc<dyn PoolBackend>,
         Arc::new(SlurmBackend::new(SlurmPools::default(), given.slurm.clone())),
     ]);
     let federation = |claims: &Claims, models| {
@@ -1042,4 +1046,84 @@ fn a_running_job_accounts_its_gpus_energy_once_a_minute_from_the_agents_counters
         _ => None,
     });
     assert_eq!(e.map(|e| e.joules), Some(3000.0));
+}
+
+/// An edge site's own pool (`granted`) over nodes n0 and n1 of 8 GPUs, with a capacity lease of `grant` GPUs per node.
+fn site(grant: &[(&str, u32)]) -> Objects {
+    let pool = fixtures::pool("a").kubernetes(&[("pool", "a")]).granted().build();
+    let grants = (!grant.is_empty()).then(|| {
+        let nodes = grant.iter().map(|(n, g)| (n.to_string(), *g)).collect();
+        let g = Grant { queue: "edge".into(), epoch: 1, nodes, seconds: 60 };
+        Arc::new(g.lease("a.fed", "fed"))
+    });
+    Objects {
+        pools: vec![Arc::new(pool)],
+        queues: vec![queue("q")],
+        nodes: vec![node("n0", 8, false), node("n1", 8, false)],
+        grants: grants.into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_edge_sites_own_pool_places_only_within_its_capacity_lease() {
+    // No grant: nothing starts, and the pool says why.
+    let objects = Objects { jobs: vec![Arc::new(job("one", "q", 1, 10))], ..site(&[]) };
+    let (world, actions) = cycle(&objects);
+    assert!(admitted(&actions).is_empty(), "{actions:?}");
+    assert!(
+        world.federation.unavailable["a"].contains("no federation has granted"),
+        "{:?}",
+        world.federation
+    );
+
+    // 4 GPUs granted on n1: a job of 4 fits there, one of 5 does not (16 GPUs idle or not).
+    let objects = Objects {
+        jobs: vec![Arc::new(job("big", "q", 5, 20)), Arc::new(job("fits", "q", 4, 10))],
+        ..site(&[("n1", 4)])
+    };
+    let (_, actions) = cycle(&objects);
+    assert_eq!(admitted(&actions), vec!["fits".to_string()]);
+    let nodes: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| if let Action::Admit { placement, .. } = a { Some(placement) } else { None })
+        .flat_map(|p| p.tasks.iter().map(|t| t.node.as_str()))
+        .collect();
+    assert_eq!(nodes, vec!["n1"], "only on the granted node");
+
+    // The federation's pods on n1 leave the grant as it is; its GPUs beyond the grant are not the site's.
+    let fed = pod(
+        "fed-w-0",
+        "n1",
+        None,
+        "haiyun",
+        &[("haiyun.io/origin", "fed"), ("haiyun.io/job-uid", "f")],
+        false,
+    );
+    let objects =
+        Objects { jobs: vec![Arc::new(job("fits", "q", 4, 10))], pods: vec![fed], ..site(&[("n1", 4)]) };
+    assert_eq!(admitted(&cycle(&objects).1), vec!["fits".to_string()]);
+    // But a federation pod on granted GPUs (it got there first) is never run beside.
+    let fed = pod(
+        "fed-w-0",
+        "n1",
+        None,
+        "haiyun",
+        &[("haiyun.io/origin", "fed"), ("haiyun.io/job-uid", "f")],
+        false,
+    );
+    let more = pod(
+        "fed-w-1",
+        "n1",
+        None,
+        "haiyun",
+        &[("haiyun.io/origin", "fed"), ("haiyun.io/job-uid", "f")],
+        false,
+    );
+    let objects = Objects {
+        jobs: vec![Arc::new(job("fits", "q", 4, 10))],
+        pods: vec![fed, more],
+        ..site(&[("n1", 4)])
+    };
+    assert!(admitted(&cycle(&objects).1).is_empty(), "8 GPUs of n1 are the federation's pods'");
 }

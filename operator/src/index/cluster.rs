@@ -24,6 +24,10 @@ pub struct Federation {
     pub reasons: BTreeMap<String, &'static str>,
     /// When each pool whose backend stopped answering first stopped (unix seconds).
     pub unreachable_since: BTreeMap<String, Time>,
+    /// The capacity lease granted to each remote pool's site, by pool name.
+    pub capacity_leases: BTreeMap<String, haiyun_api::pool::CapacityLease>,
+    /// GPU-hours of edge sites' own finished jobs, by the federation queue their capacity lease charges.
+    pub site_gpu_hours: BTreeMap<String, f64>,
     /// Node id by name.
     pub node_ids: HashMap<String, u32>,
     /// Pools that run batch scripts (their jobs need a script and one task group).

@@ -52,6 +52,8 @@ pub struct Objects {
     pub slices: Vec<Arc<k8s_openapi::api::resource::v1::ResourceSlice>>,
     /// DRA ResourceClaims (those allocated from Haiyun's driver by another scheduler hold its GPUs).
     pub resource_claims: Vec<Arc<k8s_openapi::api::resource::v1::ResourceClaim>>,
+    /// Capacity leases federations grant this cluster (Leases in `haiyun-fence` labelled `haiyun.io/grant`).
+    pub grants: Vec<Arc<k8s_openapi::api::coordination::v1::Lease>>,
 }
 
 /// Why a running job was lost: it holds nothing any more and ends as Failed.

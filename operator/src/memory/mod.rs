@@ -236,6 +236,7 @@ impl MemoryCluster {
             batch_jobs: Vec::new(),
             slices: Vec::new(),
             resource_claims: Vec::new(),
+            grants: Vec::new(),
         }
     }
 

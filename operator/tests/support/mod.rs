@@ -72,20 +72,7 @@ impl Env {
     }
 
     async fn install_crds(&self) {
-        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        for crd in haiyun_api::crd::all() {
-            let name = crd.name_any();
-            api.patch(&name, &PatchParams::apply("haiyun-tests").force(), &Patch::Apply(&crd)).await.unwrap();
-        }
-        for crd in haiyun_api::crd::all() {
-            let name = crd.name_any();
-            wait_for(&format!("CRD {name} established"), Duration::from_secs(20), || async {
-                let c = api.get(&name).await.ok()?;
-                let ok = c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
-                ok.then_some(())
-            })
-            .await;
-        }
+        install_crds(&self.client).await;
     }
 
     /// Deletes every Haiyun object, the pods of jobs and the nodes tests made.
@@ -144,7 +131,14 @@ impl Env {
 
     /// Starts an operator process for this test.
     pub fn operator(&self, label: &str, extra: &[&str]) -> OperatorProcess {
-        OperatorProcess::spawn(self, label, extra)
+        OperatorProcess::spawn(self, label, &self.kubeconfig, extra)
+    }
+
+    /// Starts an operator process for this test in another cluster (an edge site's own), given its kubeconfig text.
+    pub fn operator_in(&self, label: &str, kubeconfig: &str, extra: &[&str]) -> OperatorProcess {
+        let path = self.dir.join(format!("kubeconfig-{label}"));
+        std::fs::write(&path, kubeconfig).unwrap();
+        OperatorProcess::spawn(self, label, &path, extra)
     }
 
     /// The decision log the operators of this test append to.
@@ -240,6 +234,52 @@ impl Drop for Env {
     }
 }
 
+/// Installs (or updates) Haiyun's CRDs in the cluster behind `client` and waits until they are served.
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in haiyun_api::crd::all() {
+        let name = crd.name_any();
+        api.patch(&name, &PatchParams::apply("haiyun-tests").force(), &Patch::Apply(&crd)).await.unwrap();
+    }
+    for crd in haiyun_api::crd::all() {
+        let name = crd.name_any();
+        wait_for(&format!("CRD {name} established"), Duration::from_secs(20), || async {
+            let c = api.get(&name).await.ok()?;
+            let ok = c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+            ok.then_some(())
+        })
+        .await;
+    }
+}
+
+/// Creates an object from JSON in the cluster behind `client`, returning the server's refusal as `Err`.
+pub async fn create_in<K>(client: &Client, value: Value) -> Result<DynamicObject, String>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let ar = ApiResource::erase::<K>(&());
+    let obj: DynamicObject = serde_json::from_value(value).unwrap();
+    let api: Api<DynamicObject> = match obj.namespace() {
+        Some(ns) => Api::namespaced_with(client.clone(), &ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    api.create(&PostParams::default(), &obj).await.map_err(|e| e.to_string())
+}
+
+/// Deletes every Haiyun object in the cluster behind `client` (namespace `default` for the namespaced ones).
+pub async fn delete_haiyun_objects(client: &Client) {
+    let jobs: Api<ComputeJob> = Api::namespaced(client.clone(), "default");
+    for j in jobs.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+        if j.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
+            let patch = json!({"metadata": {"finalizers": null}});
+            let _ = jobs.patch(&j.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await;
+        }
+    }
+    delete_all::<ComputeJob>(jobs).await;
+    delete_all::<Queue>(Api::all(client.clone())).await;
+    delete_all::<ComputePool>(Api::all(client.clone())).await;
+}
+
 async fn delete_all<K>(api: Api<K>)
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -320,7 +360,7 @@ pub struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    fn spawn(env: &Env, label: &str, extra: &[&str]) -> Self {
+    fn spawn(env: &Env, label: &str, kubeconfig: &std::path::Path, extra: &[&str]) -> Self {
         let port = free_port();
         let telemetry_port = free_port();
         static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -340,7 +380,7 @@ impl OperatorProcess {
             .args(["--telemetry-addr", &format!("127.0.0.1:{telemetry_port}")])
             .args(["--decision-log", env.decision_log().to_str().unwrap()])
             .args(extra)
-            .env("KUBECONFIG", &env.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))

@@ -18,6 +18,7 @@ use kube::{Client, ResourceExt};
 
 pub use pods::{DEFAULT_IMAGE, PodError, pod_for};
 
+use super::remote::grant::Grants;
 use super::{BackendError, BackendKind, Inputs, Live, Orphan, PoolBackend, Refusal};
 use crate::index::pod::holds_resources;
 use crate::index::{Federation, Objects};
@@ -26,6 +27,8 @@ use crate::index::{Federation, Objects};
 #[derive(Clone)]
 pub struct KubernetesBackend {
     client: Option<Client>,
+    /// The capacity leases federations grant this cluster (for its `granted` pools, an edge site's own).
+    grants: std::sync::Arc<Grants>,
 }
 
 impl std::fmt::Debug for KubernetesBackend {
@@ -37,12 +40,17 @@ impl std::fmt::Debug for KubernetesBackend {
 impl KubernetesBackend {
     /// A backend applying decisions through `client`.
     pub fn new(client: Client) -> Self {
-        KubernetesBackend { client: Some(client) }
+        KubernetesBackend { client: Some(client), grants: Default::default() }
+    }
+
+    /// The same backend with the capacity leases live now.
+    pub fn with_grants(&self, grants: Grants) -> Self {
+        KubernetesBackend { client: self.client.clone(), grants: std::sync::Arc::new(grants) }
     }
 
     /// A backend that only reads (a cycle computed without a cluster to apply it to).
     pub fn offline() -> Self {
-        KubernetesBackend { client: None }
+        KubernetesBackend { client: None, grants: Default::default() }
     }
 
     fn client(&self) -> Result<&Client, BackendError> {
@@ -55,13 +63,28 @@ impl PoolBackend for KubernetesBackend {
         BackendKind::Kubernetes
     }
 
-    fn reachable(&self, _pool: &ComputePool) -> Result<(), Refusal> {
-        Ok(())
+    /// A `granted` pool (an edge site's own) takes work only while a federation's capacity lease is live.
+    fn reachable(&self, pool: &ComputePool) -> Result<(), Refusal> {
+        if !pool.spec.backend.kubernetes.as_ref().is_some_and(|k| k.granted) || !self.grants.live.is_empty() {
+            return Ok(());
+        }
+        let lapsed: Vec<&str> = self.grants.lapsed.values().map(String::as_str).collect();
+        let why = if lapsed.is_empty() {
+            "no federation has granted this cluster a capacity lease yet".to_string()
+        } else {
+            lapsed.join("; ")
+        };
+        Err(Refusal::new(
+            "NoCapacityLease",
+            format!(
+                "{why}: the pool is granted, so it starts nothing new until a grant is live (its jobs keep running)"
+            ),
+        ))
     }
 
     /// Its nodes, and the runs of mirrored batch/v1 Jobs that have ended (the Job's conditions say how).
     fn contribute(&self, pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, fed: &mut Federation) {
-        nodes::contribute(pools, inputs, fed);
+        nodes::contribute(pools, inputs, nodes::Hold::Granted(&self.grants.nodes), fed);
         let ended: std::collections::HashMap<(Option<String>, String), _> = inputs
             .objects
             .batch_jobs
@@ -84,8 +107,11 @@ impl PoolBackend for KubernetesBackend {
         let mut found: BTreeSet<(String, String)> = BTreeSet::new();
         for p in &objects.pods {
             let Some(uid) = p.labels().get(JOB_UID_LABEL) else { continue };
-            // A remote cluster's pod: its own backend collects it.
-            if p.labels().contains_key(super::remote::CLUSTER_LABEL) {
+            // A remote cluster's pod: its own backend collects it. A federation's pod in this cluster (an edge site
+            // running its own Haiyun): that federation's collector does.
+            if p.labels().contains_key(super::remote::CLUSTER_LABEL)
+                || p.labels().contains_key(super::remote::ORIGIN_LABEL)
+            {
                 continue;
             }
             if live.placed.contains(uid) || !holds_resources(p) || p.metadata.deletion_timestamp.is_some() {

@@ -36,7 +36,7 @@ fn fenced(node: &Node) -> bool {
 }
 
 /// Whether the node is Ready and schedulable (and not fenced).
-fn usable(node: &Node) -> bool {
+pub fn usable(node: &Node) -> bool {
     if fenced(node) {
         return false;
     }
@@ -77,6 +77,46 @@ fn allocatable(node: &Node, key: &str) -> Option<String> {
     node.status.as_ref()?.allocatable.as_ref()?.get(key).map(|q| q.0.clone())
 }
 
+/// The GPUs a node offers as the extended resource.
+pub fn gpu_count(node: &Node) -> u32 {
+    allocatable(node, GPU_RESOURCE).and_then(|q| q.parse::<u32>().ok()).unwrap_or(0)
+}
+
+/// GPUs of a pool held for the other side of a capacity lease, by node name (as the nodes are named here).
+#[derive(Debug, Clone, Copy)]
+pub enum Hold<'a> {
+    /// Nothing held.
+    Nothing,
+    /// The federation's side: these GPUs are granted to the site; the site's own pods (Haiyun's, of no origin) run
+    /// within them.
+    Lent(&'a BTreeMap<String, u32>),
+    /// The site's side: only these GPUs are granted to it; the federation's pods (of an origin) run on the rest.
+    Granted(&'a BTreeMap<String, u32>),
+}
+
+impl Hold<'_> {
+    /// Whether a foreign pod runs on the other side of the lease.
+    fn other_side(self, pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+        let labels = pod.labels();
+        let origin = labels.contains_key(crate::backend::remote::ORIGIN_LABEL);
+        match self {
+            Hold::Nothing => false,
+            Hold::Lent(_) => !origin && labels.contains_key(haiyun_api::JOB_UID_LABEL),
+            Hold::Granted(_) => origin,
+        }
+    }
+
+    /// GPUs held on a node of `count` GPUs beyond the foreign pods counted, where `other` GPUs run on the other
+    /// side's pods.
+    fn extra(self, node: &str, count: u32, other: u32) -> u32 {
+        match self {
+            Hold::Nothing => 0,
+            Hold::Lent(g) => g.get(node).copied().unwrap_or(0).saturating_sub(other),
+            Hold::Granted(g) => count.saturating_sub(g.get(node).copied().unwrap_or(0)).saturating_sub(other),
+        }
+    }
+}
+
 /// What pods no placement of ours covers hold on a node.
 #[derive(Debug, Clone, Copy, Default)]
 struct Foreign {
@@ -87,6 +127,8 @@ struct Foreign {
     gpus: u32,
     /// GPUs held at known indices (pods Haiyun bound once).
     mask: u32,
+    /// GPUs held by the pods of the other side of a capacity lease (any indices).
+    other: u32,
 }
 
 /// What pods no placement of ours covers (other schedulers' pods, and ours that are terminating or left over) hold,
@@ -94,6 +136,7 @@ struct Foreign {
 fn foreign<'a>(
     inputs: &Inputs<'a>,
     dra: &HashMap<String, super::devices::Devices>,
+    hold: Hold<'_>,
 ) -> HashMap<&'a str, Foreign> {
     let mut out: HashMap<&str, Foreign> = HashMap::new();
     for pod in &inputs.objects.pods {
@@ -107,6 +150,9 @@ fn foreign<'a>(
         e.cpu += c;
         e.mem += m;
         e.tasks += 1;
+        if hold.other_side(pod) {
+            e.other += g;
+        }
         let known = gpus_of(pod);
         if dra.contains_key(node) {
             // The driver's node advertises no nvidia.com/gpu: a pod asking it holds its GPUs through a claim
@@ -147,26 +193,33 @@ fn mark_fenced(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut Fe
 /// (so the jobs running there keep their place) but take nothing new. GPUs follow their node agent's report:
 /// unhealthy ones are never placed on, and a GPU the agent does not know, or any GPU of a node whose agent is
 /// stale, is unknown. Nodes without an agent take their GPUs as healthy.
-pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut Federation) {
+/// In a pool whose spec says `granted`, only the GPUs of `hold` (an edge site's capacity leases) are placed on.
+pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, hold: Hold<'_>, f: &mut Federation) {
     let selectors: Vec<(PoolId, &BTreeMap<String, String>)> = pools
         .iter()
         .filter_map(|(id, p)| p.spec.backend.kubernetes.as_ref().map(|k| (*id, &k.node_selector)))
         .collect();
-    add(&selectors, pools, inputs, true, f);
+    add(&selectors, pools, inputs, (true, hold), f);
 }
 
 /// Adds the Nodes in `inputs` to the first of `selectors` they match (as `contribute` says); with `open` false (a
-/// cluster that does not answer) they keep what runs on them but take nothing new.
+/// cluster that does not answer) they keep what runs on them but take nothing new. The GPUs `hold` holds for the
+/// other side of a capacity lease are never placed on (in the pools it applies to: granted ones, or all).
 pub fn add(
     selectors: &[(PoolId, &BTreeMap<String, String>)],
     pools: &[(PoolId, &ComputePool)],
     inputs: &Inputs<'_>,
-    open_pool: bool,
+    (open_pool, hold): (bool, Hold<'_>),
     f: &mut Federation,
 ) {
     mark_fenced(pools, inputs, f);
     let devices = super::devices::by_node(&inputs.objects.slices);
-    let foreign = foreign(inputs, &devices);
+    let foreign = foreign(inputs, &devices, hold);
+    let granted: std::collections::HashSet<PoolId> = pools
+        .iter()
+        .filter(|(_, p)| p.spec.backend.kubernetes.as_ref().is_none_or(|k| k.granted))
+        .map(|(id, _)| *id)
+        .collect();
     let held = super::devices::held_by_others(&inputs.objects.resource_claims);
     let mut domains: HashMap<String, u32> = HashMap::new();
     let mut racks: HashMap<String, u32> = HashMap::new();
@@ -198,6 +251,9 @@ pub fn add(
             None => allocatable(node, GPU_RESOURCE).and_then(|q| q.parse::<u32>().ok()).unwrap_or(0),
         };
         let count = count.min(haiyun_scheduler::model::MAX_GPUS_PER_NODE as u32);
+        if granted.contains(pool) {
+            used.gpus += hold.extra(&name, count, used.other);
+        }
         // A label names the model of all the node's GPUs; else each GPU's model from the driver.
         let label_model = labels.get(GPU_MODEL_LABEL).or_else(|| labels.get(GFD_PRODUCT_LABEL));
         let models: Vec<Option<_>> = (0..count as usize)

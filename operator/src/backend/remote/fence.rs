@@ -14,7 +14,8 @@ use kube::{Api, Client, ResourceExt};
 
 use super::ORIGIN_LABEL;
 
-/// The namespace of the fence Leases in a remote cluster (one Lease per operator, named by its origin).
+/// The namespace of the operator's Leases in a remote cluster: its fence Lease (named by its origin) and the capacity
+/// leases it grants there.
 pub const NAMESPACE: &str = "haiyun-fence";
 
 /// Why a fence step failed.
@@ -36,7 +37,6 @@ fn api(action: &'static str) -> impl FnOnce(kube::Error) -> FenceError {
 
 /// Renews this operator's fence Lease (named `origin`) for `duration`, making its namespace first if missing.
 pub async fn renew(client: &Client, origin: &str, duration: Duration) -> Result<(), FenceError> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
     let mut lease = Lease::default();
     lease.metadata.name = Some(origin.into());
     lease.metadata.labels = Some([(ORIGIN_LABEL.to_string(), origin.to_string())].into());
@@ -46,8 +46,16 @@ pub async fn renew(client: &Client, origin: &str, duration: Duration) -> Result<
         renew_time: Some(MicroTime(jiff::Timestamp::now())),
         ..LeaseSpec::default()
     });
+    apply(client, &lease).await.map_err(api("renew the fence Lease"))
+}
+
+/// Writes a Lease of this operator in the namespace `haiyun-fence` (server-side apply), making the namespace first
+/// if missing.
+pub async fn apply(client: &Client, lease: &Lease) -> Result<(), kube::Error> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let name = lease.name_any();
     let pp = PatchParams::apply("haiyun-operator").force();
-    match leases.patch(origin, &pp, &Patch::Apply(&lease)).await {
+    match leases.patch(&name, &pp, &Patch::Apply(lease)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => {
             let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -56,12 +64,11 @@ pub async fn renew(client: &Client, origin: &str, duration: Duration) -> Result<
             match namespaces.create(&PostParams::default(), &ns).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(api("create the fence namespace")(e)),
+                Err(e) => return Err(e),
             }
-            leases.patch(origin, &pp, &Patch::Apply(&lease)).await.map_err(api("renew the fence Lease"))?;
-            Ok(())
+            leases.patch(&name, &pp, &Patch::Apply(lease)).await.map(|_| ())
         }
-        Err(e) => Err(api("renew the fence Lease")(e)),
+        Err(e) => Err(e),
     }
 }
 

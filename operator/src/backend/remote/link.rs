@@ -7,16 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
+use haiyun_api::ComputeJob;
+use haiyun_api::pool::Autonomy;
 use haiyun_scheduler::model::Time;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::{CLUSTER_LABEL, ORIGIN_LABEL, node_name};
+use super::grant::{self, Grant};
+use super::{CLUSTER_LABEL, ORIGIN_LABEL, node_name, remote_name};
 
 /// How often a link is checked, and how long it may go unanswered before it counts as down.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +52,8 @@ struct State {
     since: Option<Time>,
     /// When the fence Lease there was last renewed (or the link made).
     renewed: Instant,
+    /// With autonomy: the capacity lease granted there, as last written (or read).
+    grant: Option<Grant>,
 }
 
 /// One remote cluster's link; dropping it stops its watches.
@@ -65,6 +70,9 @@ pub struct Link {
     pods: Store<Pod>,
     foreign: Store<Pod>,
     services: Store<Service>,
+    /// With autonomy: the site's own ComputeJobs.
+    site_jobs: Option<Store<ComputeJob>>,
+    autonomy: Option<Autonomy>,
     state: Arc<Mutex<State>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -104,6 +112,10 @@ pub struct Seen {
     pub fence: Option<(Duration, Duration)>,
     /// Namespaces known to exist there (shared by every cycle's view of this link).
     pub namespaces: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// With autonomy: what the pool asks, and the capacity lease granted there as last written.
+    pub autonomy: Option<(Autonomy, Option<Grant>)>,
+    /// With autonomy: the site's own ComputeJobs (their usage is charged to the slice's queue).
+    pub site_jobs: Vec<Arc<ComputeJob>>,
 }
 
 fn spawn<K>(
@@ -145,6 +157,11 @@ fn rename_node(pool: &str, n: &mut Node) {
     n.metadata.labels.get_or_insert_with(Default::default).insert(CLUSTER_LABEL.into(), pool.into());
 }
 
+/// A site's ComputeJob as kept: without its field managers.
+fn trim_job(_pool: &str, j: &mut ComputeJob) {
+    j.metadata.managed_fields = None;
+}
+
 /// A remote Service as kept: without its field managers.
 fn trim_service(_pool: &str, s: &mut Service) {
     s.metadata.managed_fields = None;
@@ -176,6 +193,8 @@ pub struct Target<'a> {
     pub since: Option<Time>,
     /// With policy `fenced`: the fence timeout; the heartbeat then renews the fence Lease there.
     pub fence: Option<Duration>,
+    /// A capacity lease for the site; the heartbeat then keeps its grant there.
+    pub autonomy: Option<Autonomy>,
 }
 
 impl Link {
@@ -208,9 +227,31 @@ impl Link {
             // Until this link renews the fence Lease, count from its start: an earlier operator may have renewed it
             // until then, never later.
             renewed: Instant::now(),
+            grant: None,
         }));
-        let beat = Beat { pool: pool.into(), origin: t.origin.into(), fence: t.fence, timing };
-        let t3 = tokio::spawn(heartbeat(beat, client.clone(), state.clone(), changed));
+        let mut tasks = vec![t1, t2, t4, t5];
+        let site_jobs = t.autonomy.as_ref().map(|_| {
+            let (store, task) = spawn(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                pool.into(),
+                changed.clone(),
+                trim_job,
+            );
+            tasks.push(task);
+            store
+        });
+        let granter = Granter {
+            name: grant::name(pool, t.origin),
+            autonomy: t.autonomy.clone(),
+            nodes: nodes.clone(),
+            pods: pods.clone(),
+            foreign: foreign.clone(),
+            loaded: false,
+            written: None,
+        };
+        let beat = Beat { pool: pool.into(), origin: t.origin.into(), fence: t.fence, timing, granter };
+        tasks.push(tokio::spawn(heartbeat(beat, client.clone(), state.clone(), changed)));
         Link {
             pool: pool.into(),
             source: t.source,
@@ -221,8 +262,10 @@ impl Link {
             pods,
             foreign,
             services,
+            site_jobs,
+            autonomy: t.autonomy,
             state,
-            tasks: vec![t1, t2, t3, t4, t5],
+            tasks,
         }
     }
 
@@ -241,6 +284,8 @@ impl Link {
             services: self.services.state(),
             fence: self.fence.map(|f| (f, s.renewed.elapsed())),
             namespaces: self.namespaces.clone(),
+            autonomy: self.autonomy.clone().map(|a| (a, s.grant.clone())),
+            site_jobs: self.site_jobs.as_ref().map(Store::state).unwrap_or_default(),
         }
     }
 }
@@ -251,12 +296,102 @@ struct Beat {
     origin: String,
     fence: Option<Duration>,
     timing: Timing,
+    granter: Granter,
+}
+
+/// What keeps a site's capacity lease: the pool's ask and what the link sees of the site's GPUs.
+struct Granter {
+    name: String,
+    autonomy: Option<Autonomy>,
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    foreign: Store<Pod>,
+    /// Whether the grant there has been read once (or, without autonomy, taken back).
+    loaded: bool,
+    /// When it was last written.
+    written: Option<Instant>,
+}
+
+impl Granter {
+    /// GPUs neither used nor granted, by the site's own node names (Ready, schedulable nodes only).
+    fn free(
+        &self,
+        current: &std::collections::BTreeMap<String, u32>,
+    ) -> std::collections::BTreeMap<String, u32> {
+        use crate::index::pod::{holds_resources, pod_requests};
+        let mut used: std::collections::HashMap<String, (u32, u32)> = std::collections::HashMap::new();
+        for p in self.pods.state().iter().chain(self.foreign.state().iter()) {
+            let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else { continue };
+            if !holds_resources(p) {
+                continue;
+            }
+            let g = pod_requests(p).2;
+            let site =
+                !p.labels().contains_key(ORIGIN_LABEL) && p.labels().contains_key(haiyun_api::JOB_UID_LABEL);
+            let e = used.entry(remote_name(node).to_string()).or_default();
+            e.0 += g;
+            e.1 += if site { g } else { 0 };
+        }
+        let mut free = std::collections::BTreeMap::new();
+        for n in self.nodes.state().iter().filter(|n| crate::backend::kubernetes::nodes::usable(n)) {
+            let name = remote_name(&n.name_any()).to_string();
+            let count = crate::backend::kubernetes::nodes::gpu_count(n);
+            let (all, site) = used.get(&name).copied().unwrap_or_default();
+            let held = current.get(&name).copied().unwrap_or(0).saturating_sub(site);
+            free.insert(name, count.saturating_sub(all).saturating_sub(held));
+        }
+        free
+    }
+
+    /// Keeps the grant there as the pool asks (a change is a new epoch); renews it now and then. Returns it.
+    async fn keep(
+        &mut self,
+        client: &Client,
+        origin: &str,
+        current: Option<Grant>,
+    ) -> Result<Option<Grant>, grant::GrantError> {
+        let Some(a) = self.autonomy.clone() else {
+            if !self.loaded {
+                grant::remove(client, &self.name).await?;
+                self.loaded = true;
+            }
+            return Ok(None);
+        };
+        let mut current = current;
+        if !self.loaded {
+            current = grant::read(client, &self.name).await?;
+            self.loaded = true;
+        }
+        let listed = self.nodes.wait_until_ready().now_or_never().is_some()
+            && self.pods.wait_until_ready().now_or_never().is_some()
+            && self.foreign.wait_until_ready().now_or_never().is_some();
+        if !listed {
+            return Ok(current);
+        }
+        let had = current.as_ref().map(|g| g.nodes.clone()).unwrap_or_default();
+        let nodes = grant::choose(&had, a.gpus, &self.free(&had));
+        let changed = current
+            .as_ref()
+            .is_none_or(|g| g.nodes != nodes || g.queue != a.queue || g.seconds != a.seconds());
+        let renew_every = Duration::from_secs(u64::from(a.seconds() / 6).max(1));
+        if !changed && self.written.is_some_and(|w| w.elapsed() < renew_every) {
+            return Ok(current);
+        }
+        let epoch = current.as_ref().map_or(1, |g| g.epoch + u32::from(changed));
+        let g = Grant { queue: a.queue.clone(), epoch, nodes, seconds: a.seconds() };
+        grant::write(client, &self.name, origin, &g).await?;
+        self.written = Some(Instant::now());
+        if changed {
+            tracing::info!(grant = %self.name, epoch, gpus = g.gpus(), nodes = ?g.nodes, "capacity lease granted to the site");
+        }
+        Ok(Some(g))
+    }
 }
 
 /// Asks the API server its version every heartbeat (with policy `fenced`, renews the fence Lease instead): an answer
 /// marks the cluster up; no answer for longer than the grace marks it down, from the first unanswered heartbeat on.
-async fn heartbeat(beat: Beat, client: Client, state: Arc<Mutex<State>>, changed: Arc<Notify>) {
-    let (pool, timing) = (beat.pool.as_str(), beat.timing);
+async fn heartbeat(mut beat: Beat, client: Client, state: Arc<Mutex<State>>, changed: Arc<Notify>) {
+    let (pool, timing) = (beat.pool.clone(), beat.timing);
     let mut first_miss: Option<Time> = None;
     loop {
         let call = async {
@@ -298,6 +433,27 @@ async fn heartbeat(beat: Beat, client: Client, state: Arc<Mutex<State>>, changed
             let h = state.lock().unwrap_or_else(|p| p.into_inner()).health.clone();
             tracing::info!(%pool, health = ?h, "remote cluster link changed");
             changed.notify_one();
+        }
+        let up = state.lock().unwrap_or_else(|p| p.into_inner()).health == Health::Up;
+        if up {
+            // The grant changes only while the cluster answers.
+            let current = state.lock().unwrap_or_else(|p| p.into_inner()).grant.clone();
+            let kept =
+                tokio::time::timeout(timing.heartbeat, beat.granter.keep(&client, &beat.origin, current))
+                    .await;
+            match kept {
+                Ok(Ok(g)) => {
+                    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                    if s.grant != g {
+                        s.grant = g;
+                        changed.notify_one();
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%pool, error = %e, "cannot keep the site's capacity lease; retrying")
+                }
+                Err(_) => tracing::debug!(%pool, "keeping the site's capacity lease timed out; retrying"),
+            }
         }
         tokio::time::sleep(timing.heartbeat).await;
     }

@@ -19,7 +19,7 @@ use super::{RemoteBackend, View, recorded_since};
 enum Entry {
     /// Its Secret or kubeconfig cannot be used (the text it was read from, and why).
     Bad(String, KubeconfigError),
-    Linked(Link),
+    Linked(Box<Link>),
 }
 
 impl Entry {
@@ -126,7 +126,7 @@ impl Remotes {
             let fence = (spec.partition_policy == PartitionPolicy::Fenced)
                 .then(|| Duration::from_secs(u64::from(spec.fence_seconds.unwrap_or(60))));
             let source = match &text {
-                Ok(t) => format!("{t}\n{:?}\n{fence:?}", spec.node_selector),
+                Ok(t) => format!("{t}\n{:?}\n{fence:?}\n{:?}", spec.node_selector, spec.autonomy),
                 Err(e) => e.to_string(),
             };
             let same = self
@@ -151,8 +151,9 @@ impl Remotes {
                             origin: &self.origin,
                             since: recorded_since(p),
                             fence,
+                            autonomy: spec.autonomy.clone(),
                         };
-                        Entry::Linked(Link::start(target, c, self.timing, changed.clone()))
+                        Entry::Linked(Box::new(Link::start(target, c, self.timing, changed.clone())))
                     }
                 },
             };

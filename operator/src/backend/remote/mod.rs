@@ -6,6 +6,7 @@
 //! ours whose job is gone or whose run is old.
 
 pub mod fence;
+pub mod grant;
 pub mod kubeconfig;
 pub mod link;
 pub mod links;
@@ -25,6 +26,7 @@ pub use kubeconfig::KubeconfigError;
 pub use link::{Health, Seen, Timing};
 pub use links::Remotes;
 
+use super::kubernetes::nodes::Hold;
 use super::kubernetes::pods::{self, PodError, Stamp};
 use super::{BackendError, BackendKind, Inputs, Live, Orphan, PoolBackend, Refusal};
 use crate::index::pod::holds_resources;
@@ -272,7 +274,9 @@ impl PoolBackend for RemoteBackend {
             let objects = Objects { nodes: seen.nodes.clone(), pods, ..Objects::default() };
             let own = Inputs { objects: &objects, fleet: inputs.fleet, claims: inputs.claims };
             let open = seen.health == Health::Up;
-            super::kubernetes::nodes::add(&[(*id, &BTreeMap::new())], &[(*id, *p)], &own, open, fed);
+            let lent = lend(&name, seen, fed);
+            let hold = Hold::Lent(&lent);
+            super::kubernetes::nodes::add(&[(*id, &BTreeMap::new())], &[(*id, *p)], &own, (open, hold), fed);
         }
     }
 
@@ -374,6 +378,31 @@ impl PoolBackend for RemoteBackend {
     fn release<'a>(&'a self, _job: &'a ComputeJob) -> BoxFuture<'a, Result<(), BackendError>> {
         async { Ok(()) }.boxed()
     }
+}
+
+/// With autonomy: the GPUs granted to the site, by federation node name, and (in `fed`) the grant as the pool's status
+/// shows it and the GPU-hours of the site's finished jobs charged to the slice's queue.
+fn lend(pool: &str, seen: &Seen, fed: &mut Federation) -> BTreeMap<String, u32> {
+    let Some((autonomy, grant)) = &seen.autonomy else { return BTreeMap::new() };
+    let hours: f64 = seen
+        .site_jobs
+        .iter()
+        .filter_map(|j| j.status.as_ref())
+        .filter(|s| s.completion_time.is_some())
+        .map(|s| s.gpu_hours)
+        .sum();
+    *fed.site_gpu_hours.entry(autonomy.queue.clone()).or_insert(0.0) += hours;
+    let Some(g) = grant else { return BTreeMap::new() };
+    fed.capacity_leases.insert(
+        pool.to_string(),
+        haiyun_api::pool::CapacityLease {
+            queue: g.queue.clone(),
+            gpus: g.gpus(),
+            epoch: g.epoch,
+            nodes: g.nodes.clone(),
+        },
+    );
+    g.nodes.iter().map(|(n, gpus)| (node_name(pool, n), *gpus)).collect()
 }
 
 /// When a remote pool's cut began, as its status recorded it (carried across operator restarts).
