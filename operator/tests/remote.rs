@@ -119,17 +119,17 @@ async fn a_queue_spans_three_clusters_with_every_gang_in_one_and_status_flowing_
         ];
         let (seen_twice, stop) = (seen_twice.clone(), stop.clone());
         tokio::spawn(async move {
-            let mut rounds = 0u32;
+            let mut seen: BTreeSet<String> = BTreeSet::new();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 for (uid, where_) in live_pods(&clusters, JOB_UID_LABEL).await {
                     if where_.len() > 1 {
                         seen_twice.lock().unwrap().push(format!("{uid} in {where_:?}"));
                     }
+                    seen.insert(uid);
                 }
-                rounds += 1;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            rounds
+            seen
         })
     };
 
@@ -197,8 +197,12 @@ async fn a_queue_spans_three_clusters_with_every_gang_in_one_and_status_flowing_
     .await;
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let rounds = watcher.await.unwrap();
-    assert!(rounds > 20, "the watcher looked only {rounds} times");
+    // The watcher looked while they ran: it saw every gang's pods live.
+    let seen = watcher.await.unwrap();
+    for g in gangs {
+        let uid = env.job("default", g).await.metadata.uid.unwrap();
+        assert!(seen.contains(&uid), "the watcher never saw {g}'s pods live");
+    }
     let twice = seen_twice.lock().unwrap().clone();
     assert!(twice.is_empty(), "jobs with live pods in two clusters: {twice:?}");
     assert!(!op.log_text().contains("panicked"), "{}", op.log_text());
