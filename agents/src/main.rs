@@ -17,6 +17,10 @@ struct Cli {
     /// The node name reported (default: $NODE_NAME, else the host name).
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
+    /// In a remote cluster of the federation: the operator's pool for that cluster. The node then reports as
+    /// `<pool>/<node>`, and its token is reviewed by that cluster's API server.
+    #[arg(long, env = "HAIYUN_POOL")]
+    pool: Option<String>,
     /// Print one report and exit.
     #[arg(long)]
     once: bool,
@@ -76,6 +80,10 @@ fn main() -> ExitCode {
     let node = cli.node.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
     });
+    let node = match &cli.pool {
+        Some(pool) => format!("{pool}/{node}"),
+        None => node,
+    };
     let mut probe = match probe(&cli) {
         Ok(p) => p,
         Err(e) => {

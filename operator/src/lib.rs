@@ -160,7 +160,8 @@ async fn serve(settings: Settings, version: &str) -> Result<(), RunError> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let auth = agent_auth(&settings, &client)?;
+    let remotes = remotes_for(&settings);
+    let auth = agent_auth(&settings, &client, &remotes)?;
     let pod = std::env::var("POD_NAME").ok();
     if let Some(pod) = &pod {
         label_leader(&client, &settings.namespace, pod, false).await;
@@ -203,7 +204,7 @@ async fn serve(settings: Settings, version: &str) -> Result<(), RunError> {
     let at = fleet::server::serve(settings.telemetry_addr, fleet::server::Service::new(fleet.clone(), auth))
         .await?;
     tracing::info!(addr = %at, "serving agent telemetry");
-    tokio::spawn(fleet::conditions::run(client.clone(), fleet.clone()));
+    tokio::spawn(fleet::conditions::run(client.clone(), fleet.clone(), remotes.clone()));
     let store =
         history::Store::new(client.clone(), &settings.namespace, &format!("{}-history", settings.lease_name));
     let span = Duration::from_secs(settings.history_hours.max(1) * 3600);
@@ -215,7 +216,7 @@ async fn serve(settings: Settings, version: &str) -> Result<(), RunError> {
         &settings,
         &client,
         &identity,
-        stores,
+        (stores, remotes),
         fleet,
         engine::Sinks { log, metrics: metrics.clone(), board },
     );
@@ -292,7 +293,7 @@ fn engine_for(
     settings: &Settings,
     client: &kube::Client,
     identity: &str,
-    stores: watch::Stores,
+    (stores, remotes): (watch::Stores, backend::remote::Remotes),
     fleet: Arc<fleet::Fleet>,
     sinks: engine::Sinks,
 ) -> engine::Engine {
@@ -306,13 +307,6 @@ fn engine_for(
         stores.changed.clone(),
         Duration::from_millis(settings.slurm_poll_ms.max(100)),
     ));
-    let timing = backend::remote::Timing {
-        heartbeat: Duration::from_millis(settings.remote_heartbeat_ms.max(100)),
-        grace: Duration::from_secs(settings.remote_grace_seconds),
-        skew: Duration::from_secs(settings.remote_skew_seconds),
-    };
-    let origin = backend::remote::links::origin(&settings.lease_name, &settings.namespace);
-    let remotes = backend::remote::Remotes::new(origin, timing);
     tokio::spawn(remotes.clone().run(
         client.clone(),
         settings.namespace.clone(),
@@ -373,7 +367,24 @@ async fn hold(
     Err(RunError::LostLease(settings.lease_name.clone()))
 }
 
-fn agent_auth(settings: &Settings, client: &kube::Client) -> Result<fleet::auth::Authenticator, RunError> {
+/// The links to the remote pools' clusters (none yet; the engine keeps them in step with the pools).
+fn remotes_for(settings: &Settings) -> backend::remote::Remotes {
+    let timing = backend::remote::Timing {
+        heartbeat: Duration::from_millis(settings.remote_heartbeat_ms.max(100)),
+        grace: Duration::from_secs(settings.remote_grace_seconds),
+        skew: Duration::from_secs(settings.remote_skew_seconds),
+    };
+    let origin = backend::remote::links::origin(&settings.lease_name, &settings.namespace);
+    backend::remote::Remotes::new(origin, timing)
+}
+
+/// How agents prove their node: TokenReview by the API server of the node's cluster (this one, or a remote pool's
+/// for an agent that reports as `<pool>/<node>`), or a token file.
+fn agent_auth(
+    settings: &Settings,
+    client: &kube::Client,
+    remotes: &backend::remote::Remotes,
+) -> Result<fleet::auth::Authenticator, RunError> {
     if let Some(path) = settings.agent_auth.strip_prefix("file:") {
         return fleet::auth::Authenticator::from_file(std::path::Path::new(path))
             .map_err(|e| RunError::AgentAuth(e.to_string()));
@@ -393,6 +404,7 @@ fn agent_auth(settings: &Settings, client: &kube::Client) -> Result<fleet::auth:
     Ok(fleet::auth::Authenticator::TokenReview {
         client: client.clone(),
         service_account: format!("system:serviceaccount:{ns}:{name}"),
+        remotes: Some(remotes.clone()),
     })
 }
 

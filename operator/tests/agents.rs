@@ -1,6 +1,7 @@
 //! Node agents streaming to the operator over loopback, on a real API server (testenv) with kwok GPU nodes: an XID
 //! makes a GPU unplaceable within 5 s and work goes elsewhere, a reset brings it back, a 60-second cut of the link
-//! loses nothing and evicts nothing, and a token for one node cannot speak for another.
+//! loses nothing and evicts nothing, and a token for one node cannot speak for another, in this cluster or in a remote
+//! pool's (whose API server reviews its agents' tokens).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -30,9 +31,11 @@ struct Agent {
 
 impl Agent {
     async fn start(env: &Env, node: &str, endpoint: String, token: &str) -> Agent {
-        let faults = env.dir.join(format!("faults-{node}"));
+        // A remote pool's node (`<pool>/<node>`) makes one file name.
+        let file = node.replace('/', "_");
+        let faults = env.dir.join(format!("faults-{file}"));
         std::fs::write(&faults, "").unwrap();
-        let token_file = env.dir.join(format!("token-{node}-{}", token.len()));
+        let token_file = env.dir.join(format!("token-{file}-{}", token.len()));
         std::fs::write(&token_file, token).unwrap();
         let probe = FileFaultProbe {
             probe: FakeProbe::profile("dgx-h100").unwrap(),
@@ -115,7 +118,11 @@ impl Relay {
 }
 
 async fn condition(env: &Env, node: &str, kind: &str) -> Option<(String, String)> {
-    let n = Api::<Node>::all(env.client.clone()).get(node).await.ok()?;
+    condition_in(&env.client, node, kind).await
+}
+
+async fn condition_in(client: &kube::Client, node: &str, kind: &str) -> Option<(String, String)> {
+    let n = Api::<Node>::all(client.clone()).get(node).await.ok()?;
     let c = n.status?.conditions?.into_iter().find(|c| c.type_ == kind)?;
     Some((c.status, c.message.unwrap_or_default()))
 }
@@ -314,4 +321,100 @@ async fn in_a_cluster_a_projected_token_proves_its_node_and_a_forged_identity_is
     assert_eq!(op.metric("haiyun_agents_connected").await, Some(1.0));
     let log = op.log_text();
     assert!(log.contains("refused an agent") && log.contains(&format!("belongs to node {a}")), "{log}");
+}
+
+/// A token of service account `default/haiyun-agent` in the cluster behind `client`, bound to a pod on `node`.
+async fn bound_token(client: &kube::Client, node: &str) -> String {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "haiyun-agent"}})).unwrap();
+    let _ = sas.create(&PostParams::default(), &sa).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let name = format!("haiyun-agent-{node}");
+    let _ = pods.delete(&name, &kube::api::DeleteParams::default().grace_period(0)).await;
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"nodeName": node, "serviceAccountName": "haiyun-agent",
+                 "containers": [{"name": "agent", "image": "example.invalid/haiyun-agent:1"}]}
+    }))
+    .unwrap();
+    let pod = wait_for("the agent's pod made", LONG, || async {
+        pods.create(&PostParams::default(), &pod).await.ok()
+    })
+    .await;
+    let request: k8s_openapi::api::authentication::v1::TokenRequest = serde_json::from_value(serde_json::json!({
+        "spec": {"audiences": [haiyun_api::agent::TOKEN_AUDIENCE], "expirationSeconds": 3600,
+                 "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": name, "uid": pod.metadata.uid}}
+    }))
+    .unwrap();
+    let token = sas.create_token_request("haiyun-agent", &PostParams::default(), &request).await.unwrap();
+    token.status.unwrap().token.expect("a token")
+}
+
+#[tokio::test]
+async fn an_agent_in_a_remote_cluster_proves_its_node_there_and_its_gpu_health_drives_that_pools_capacity() {
+    let Some(env) = Env::start("remote-ident").await else { return };
+    let Some(rs) = support::remote::remotes(1).await else { return };
+    let far = &rs[0];
+    far.clean().await;
+    let nodes = far.nodes(&env, "far", 2, 8, "H100").await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let token = bound_token(&far.client, a).await;
+    support::remote::secret(&env, "far-kubeconfig", &far.kubeconfig).await;
+    let selector = [("haiyun.io/test", env.name.as_str()), ("haiyun.io/group", "far")];
+    let far_pool = haiyun_api::fixtures::pool("far").site("far").remote("far-kubeconfig", &selector).value();
+    env.create::<ComputePool>(far_pool).await.unwrap();
+    let op = env.operator(
+        "only",
+        &[
+            "--agent-auth",
+            "tokenreview",
+            "--agent-service-account",
+            "default/haiyun-agent",
+            "--remote-sync-ms",
+            "1000",
+        ],
+    );
+    wait_for("the far pool linked", LONG, || async {
+        let p = Api::<ComputePool>::all(env.client.clone()).get("far").await.ok()?;
+        (p.status?.gpus == 16).then_some(())
+    })
+    .await;
+
+    // The agent reports as far/<node>: the far cluster's API server reviews its token and names its node.
+    let honest = Agent::start(&env, &format!("far/{a}"), endpoint(&op), &token).await;
+    let forger = Agent::start(&env, &format!("far/{b}"), endpoint(&op), &token).await;
+    // The token means nothing to this cluster's API server.
+    let stranger = Agent::start(&env, a, endpoint(&op), &token).await;
+    wait_for("a's health written on the far cluster's node", LONG, || async {
+        condition_in(&far.client, a, "HaiyunGPUHealthy")
+            .await
+            .filter(|(s, m)| s == "True" && m == "8 GPUs healthy")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(honest.metric("haiyun_agent_link_up").await, Some(1.0));
+    assert_eq!(forger.metric("haiyun_agent_link_up").await, Some(0.0), "a's token cannot speak for b");
+    assert_eq!(
+        stranger.metric("haiyun_agent_link_up").await,
+        Some(0.0),
+        "this cluster does not know the token"
+    );
+    assert!(condition_in(&far.client, b, "HaiyunGPUHealthy").await.is_none(), "nothing was recorded for b");
+    let log = op.log_text();
+    assert!(log.contains(&format!("belongs to node far/{a}")), "{log}");
+
+    // An XID on a's GPU 3: the far pool has one healthy GPU fewer, and the far node says why.
+    honest.fault("xid 3 79");
+    let (_, msg) = wait_for("the XID on the far node", Duration::from_secs(10), || async {
+        condition_in(&far.client, a, "HaiyunGPUHealthy").await.filter(|(s, _)| s == "False")
+    })
+    .await;
+    assert!(msg.contains("GPU 3 (GPU-fake-h100-03) unhealthy: XID 79"), "{msg}");
+    wait_for("the far pool's healthy GPUs", LONG, || async {
+        let st = Api::<ComputePool>::all(env.client.clone()).get("far").await.ok()?.status?;
+        let healthy: u32 = st.by_model.iter().map(|m| m.healthy).sum();
+        (healthy == 15).then_some(())
+    })
+    .await;
 }

@@ -18,6 +18,11 @@ pub enum AuthError {
     /// No token.
     #[error("no bearer token: send `authorization: Bearer <token>`")]
     Missing,
+    /// The agent reports as a node of a remote pool whose cluster is not linked.
+    #[error(
+        "node {0} names a remote pool whose cluster is not linked (yet): no API server there can review its token"
+    )]
+    NoCluster(String),
     /// The token is not valid.
     #[error("the token was not accepted: {0}")]
     Invalid(String),
@@ -54,12 +59,15 @@ pub enum AuthError {
 #[derive(Clone)]
 pub enum Authenticator {
     /// TokenReview against the API server; the token must belong to `service_account`
-    /// (`system:serviceaccount:<namespace>:<name>`) and be bound to a pod on a node.
+    /// (`system:serviceaccount:<namespace>:<name>`) and be bound to a pod on a node. An agent that reports as
+    /// `<pool>/<node>` runs in the cluster of remote pool `<pool>`: that cluster's API server reviews its token.
     TokenReview {
         /// The client.
         client: kube::Client,
-        /// The agent's service account user name.
+        /// The agent's service account user name (in every cluster).
         service_account: String,
+        /// The remote pools' clusters.
+        remotes: Option<crate::backend::remote::Remotes>,
     },
     /// Static tokens, node → token.
     Tokens(HashMap<String, String>),
@@ -118,8 +126,19 @@ impl Authenticator {
                     None => return Err(AuthError::Invalid("unknown token".into())),
                 }
             }
-            Authenticator::TokenReview { client, service_account } => {
-                review(client, service_account, token).await?
+            Authenticator::TokenReview { client, service_account, remotes } => {
+                match claimed.split_once('/') {
+                    // A node of a remote pool: its own cluster proves it, by the name it has there.
+                    Some((pool, _)) => {
+                        let remote = remotes.as_ref().and_then(|r| r.client(pool));
+                        let remote = remote.ok_or_else(|| AuthError::NoCluster(claimed.to_string()))?;
+                        crate::backend::remote::node_name(
+                            pool,
+                            &review(&remote, service_account, token).await?,
+                        )
+                    }
+                    None => review(client, service_account, token).await?,
+                }
             }
         };
         if node == claimed {

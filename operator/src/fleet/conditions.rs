@@ -81,9 +81,10 @@ pub fn wanted(v: &NodeView, grace: Duration) -> [Wanted; 2] {
     [gpu, agent]
 }
 
-/// Writes the conditions of every node in `fleet` once a second, only where they changed.
-pub async fn run(client: kube::Client, fleet: Arc<Fleet>) {
-    let api: Api<Node> = Api::all(client);
+/// Writes the conditions of every node in `fleet` once a second, only where they changed: on this cluster's Nodes,
+/// and on a remote pool's node (`<pool>/<node>`) in that pool's cluster.
+pub async fn run(client: kube::Client, fleet: Arc<Fleet>, remotes: crate::backend::remote::Remotes) {
+    let local: Api<Node> = Api::all(client);
     // node → (the conditions written, when each last changed status)
     let mut written: HashMap<String, ([Wanted; 2], [String; 2])> = HashMap::new();
     loop {
@@ -106,7 +107,15 @@ pub async fn run(client: kube::Client, fleet: Arc<Fleet>) {
                 })
                 .collect();
             let patch = json!({"status": {"conditions": conditions}});
-            match api.patch_status(&node, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+            let (api, name) = match node.split_once('/') {
+                Some((pool, name)) => match remotes.client(pool) {
+                    Some(c) => (Api::all(c), name),
+                    // Not linked (yet): written once it is.
+                    None => continue,
+                },
+                None => (local.clone(), node.as_str()),
+            };
+            match api.patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
                 Ok(_) => {
                     written.insert(node, (want, since));
                 }

@@ -49,7 +49,7 @@ impl Service {
 
 fn refused(e: AuthError) -> Status {
     match e {
-        AuthError::Review(_) => Status::unavailable(e.to_string()),
+        AuthError::Review(_) | AuthError::NoCluster(_) => Status::unavailable(e.to_string()),
         AuthError::Missing | AuthError::Invalid(_) => Status::unauthenticated(e.to_string()),
         _ => Status::permission_denied(e.to_string()),
     }

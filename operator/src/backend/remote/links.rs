@@ -75,6 +75,14 @@ impl Remotes {
         Remotes { entries: Arc::default(), origin, timing }
     }
 
+    /// The client of pool `pool`'s cluster, while it is linked.
+    pub fn client(&self, pool: &str) -> Option<Client> {
+        match self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(pool) {
+            Some(Entry::Linked(l)) => Some(l.client.clone()),
+            _ => None,
+        }
+    }
+
     /// The backend for one cycle: every remote pool as its link shows it now.
     pub fn backend(&self) -> RemoteBackend {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
