@@ -359,6 +359,20 @@ async fn a_gang_in_a_remote_cluster_of_real_nodes_rendezvous_there_and_its_exit_
     let failed = env.wait_phase("default", "three", "Failed", Duration::from_secs(120)).await;
     let failure = failed.status.unwrap().last_failure.unwrap();
     assert_eq!((failure.exit_code, failure.reason.as_str()), (Some(3), "Error"), "{failure:?}");
+
+    // A kubelet's warning over there (an image that is not on its node) is copied onto the job here.
+    let mut missing = support::real_job("missing", "lab-q", 1, 1, "true");
+    missing["spec"]["taskGroups"][0]["template"]["spec"]["containers"][0]["image"] =
+        serde_json::json!("localhost/testenv/missing:1");
+    env.create::<ComputeJob>(missing).await.unwrap();
+    let reasons = wait_for("the remote kubelet's warning on the job", Duration::from_secs(90), || async {
+        let r = env.event_reasons("default", "missing").await;
+        r.iter().any(|r| r == "RemoteErrImageNeverPull").then_some(r)
+    })
+    .await;
+    eprintln!("copied: {reasons:?}");
+    let jobs: Api<ComputeJob> = Api::namespaced(env.client.clone(), "default");
+    jobs.delete("missing", &DeleteParams::default()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

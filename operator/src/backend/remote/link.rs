@@ -195,6 +195,8 @@ pub struct Target<'a> {
     pub fence: Option<Duration>,
     /// A capacity lease for the site; the heartbeat then keeps its grant there.
     pub autonomy: Option<Autonomy>,
+    /// Where warnings about our pods there go (to be copied onto their jobs).
+    pub warnings: tokio::sync::mpsc::UnboundedSender<super::events::Copied>,
 }
 
 impl Link {
@@ -230,6 +232,7 @@ impl Link {
             grant: None,
         }));
         let mut tasks = vec![t1, t2, t4, t5];
+        tasks.push(super::events::watch(client.clone(), pods.clone(), pool.into(), t.warnings.clone()));
         let site_jobs = t.autonomy.as_ref().map(|_| {
             let (store, task) = spawn(
                 Api::all(client.clone()),

@@ -11,6 +11,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use super::events::Copied;
 
 use super::kubeconfig::{self, KubeconfigError};
 use super::link::{Link, Target, Timing};
@@ -31,12 +34,17 @@ impl Entry {
     }
 }
 
+/// The receiving end of the warnings, until the copier takes it.
+type Copier = Arc<Mutex<Option<UnboundedReceiver<Copied>>>>;
+
 /// Every remote pool's link, by pool name; shared by the keeper loop and each cycle (through a frozen view).
 #[derive(Clone)]
 pub struct Remotes {
     entries: Arc<Mutex<BTreeMap<String, Entry>>>,
     origin: String,
     timing: Timing,
+    /// Warnings about our pods in remote clusters, to copy onto their jobs (the copier takes the receiver).
+    warnings: (UnboundedSender<Copied>, Copier),
 }
 
 impl std::fmt::Debug for Remotes {
@@ -72,7 +80,8 @@ async fn read(secrets: &Api<Secret>, name: &str) -> Result<String, KubeconfigErr
 impl Remotes {
     /// No links yet; `origin` labels what this operator makes remotely.
     pub fn new(origin: String, timing: Timing) -> Self {
-        Remotes { entries: Arc::default(), origin, timing }
+        let (tx, rx) = super::events::channel();
+        Remotes { entries: Arc::default(), origin, timing, warnings: (tx, Arc::new(Mutex::new(Some(rx)))) }
     }
 
     /// The client of pool `pool`'s cluster, while it is linked.
@@ -108,6 +117,10 @@ impl Remotes {
         changed: Arc<Notify>,
         period: Duration,
     ) {
+        let copier = self.warnings.1.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(rx) = copier {
+            tokio::spawn(super::events::copy(client.clone(), rx));
+        }
         let secrets: Api<Secret> = Api::namespaced(client, &namespace);
         let _ = pools.wait_until_ready().await;
         loop {
@@ -160,6 +173,7 @@ impl Remotes {
                             since: recorded_since(p),
                             fence,
                             autonomy: spec.autonomy.clone(),
+                            warnings: self.warnings.0.clone(),
                         };
                         Entry::Linked(Box::new(Link::start(target, c, self.timing, changed.clone())))
                     }

@@ -5,6 +5,7 @@
 //! keeps what runs there (policy `hold`); after it answers again its pods are read afresh and the collector deletes
 //! ours whose job is gone or whose run is old.
 
+pub mod events;
 pub mod fence;
 pub mod grant;
 pub mod kubeconfig;
