@@ -1,6 +1,7 @@
 //! The chart as a platform team runs it, on testenv's real nodes with Haiyun's images in their containerd: CRDs
 //! applied earlier with kubectl handed to the release with the README's commands; `helm install` (both operator replicas from the image with in-cluster config, one leads, the agents prove their nodes by
-//! TokenReview, the dashboard answers through its Service, a ComputeJob runs); `helm upgrade` to a second build and a
+//! TokenReview, the dashboard answers through its Service, a ComputeJob runs, the fence holder deletes a lapsed
+//! federation's pods and only those); `helm upgrade` to a second build and a
 //! changed CRD under a stream of jobs (none lost or run twice, no GPU held twice, the leader hands over); deleting the
 //! leader pod (the other replica leads within the Lease time); `helm uninstall` (CRDs and users' objects stay, no job
 //! keeps a finalizer nothing would remove). No step reaches around the chart.
@@ -35,6 +36,9 @@ const LEASE: &str = "haiyun-operator";
 const LONG: Duration = Duration::from_secs(180);
 
 /// `REGISTRY:TAG` from an environment variable.
+/// The origin of a federation (elsewhere) whose fence holder the release runs here.
+const FENCED_BY: &str = "fed-elsewhere.haiyun-system";
+
 fn images(var: &str) -> Option<(String, String)> {
     let v = std::env::var(var).ok()?;
     let (registry, tag) = v.rsplit_once(':')?;
@@ -60,7 +64,7 @@ impl Release {
         // A history sample every 3 s, so that the failover below has some to carry over.
         let sets = format!(
             "imageRegistry={registry},image.tag={tag},agent.image.tag={tag},gpuDriver.image.tag={tag},\
-             dashboard.historyIntervalSeconds=3"
+             dashboard.historyIntervalSeconds=3,fenceHolder.enabled=true,fenceHolder.origin={FENCED_BY}"
         );
         let mut args = vec![verb, RELEASE, chart.to_str().unwrap(), "-n", NS, "-f", values.to_str().unwrap()];
         args.extend(["--set", &sets, "--wait", "--timeout", "5m"]);
@@ -327,6 +331,42 @@ async fn helm_install_runs_a_job_and_upgrade_failover_and_uninstall_lose_nothing
         .unwrap_or_else(|e| panic!("the dashboard's JSON did not parse ({e}): {out}"));
     assert!(snapshot.to_string().contains("\"lab\""), "the snapshot names no pool lab: {out}");
     assert!(out.contains("<html") || out.contains("<!DOCTYPE") || out.contains("<!doctype"), "{out}");
+
+    // The fence holder the chart runs for a federation that fences its pods here: once that federation's Lease goes
+    // unrenewed for its duration, the holder deletes the federation's pods, and only those.
+    let mut lease = k8s_openapi::api::coordination::v1::Lease::default();
+    lease.metadata.name = Some(FENCED_BY.into());
+    lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+        holder_identity: Some(FENCED_BY.into()),
+        lease_duration_seconds: Some(3),
+        renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now())),
+        ..Default::default()
+    });
+    haiyun_operator::backend::remote::fence::apply(&client, &lease).await.unwrap();
+    let busybox =
+        std::env::var("TESTENV_BUSYBOX_IMAGE").unwrap_or_else(|_| "localhost/testenv/busybox:latest".into());
+    for (name, origin) in [("fenced-theirs", FENCED_BY), ("fenced-other", "someone-else.elsewhere")] {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"haiyun.io/origin": origin}},
+            "spec": {"nodeName": real[0], "terminationGracePeriodSeconds": 1, "containers": [{
+                "name": "main", "image": busybox, "imagePullPolicy": "Never", "command": ["sleep", "600"]}]}
+        }))
+        .unwrap();
+        pods_api.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let fenced_at = Instant::now();
+    wait_for("the fence holder to delete the federation's pod", LONG, || async {
+        let p = pods_api.get_opt("fenced-theirs").await.ok()?;
+        p.is_none_or(|p| p.metadata.deletion_timestamp.is_some()).then_some(())
+    })
+    .await;
+    eprintln!(
+        "fence holder deleted the pod {:.1} s after a 3 s Lease was last renewed",
+        fenced_at.elapsed().as_secs_f64()
+    );
+    let other = pods_api.get("fenced-other").await.unwrap();
+    assert!(other.metadata.deletion_timestamp.is_none(), "another origin's pod is left alone");
+    pods_api.delete("fenced-other", &kube::api::DeleteParams::default().grace_period(0)).await.unwrap();
 
     // Upgrade to the second build and a changed CRD, under a stream of jobs.
     let seen = watch_pods(&client);
