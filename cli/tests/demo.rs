@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::browser::{browse, get};
 
-const POOLS: &str = "hpc-tianjin,ai-shanghai,public-data-base,general-guangzhou,edge-shenzhen,edge-chengdu";
+const POOLS: &str =
+    "hpc-tianjin,ai-shanghai,public-data-base,ai-xian-remote,general-guangzhou,edge-shenzhen,edge-chengdu";
 const QUEUES: &str = "llm,vision,analytics,public-data,edge";
 
 /// The demo in a child process; killed on drop.

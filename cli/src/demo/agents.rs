@@ -91,17 +91,19 @@ fn profile(model: &str, gpus: u32) -> Option<&'static str> {
 pub struct Relay {
     /// Where agents connect.
     pub addr: SocketAddr,
+    /// A datacentre's WAN link (annotation `haiyun.io/demo-link: wan`), else an edge site's link.
+    pub wan: bool,
     down: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Relay {
-    async fn start(target: SocketAddr) -> Result<Relay, CliError> {
+    async fn start(target: SocketAddr, wan: bool) -> Result<Relay, CliError> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| CliError::Start(format!("an edge relay on loopback: {e}")))?;
         let addr = listener.local_addr().map_err(|e| CliError::Start(e.to_string()))?;
-        let relay = Relay { addr, down: Arc::default(), conns: Arc::default() };
+        let relay = Relay { addr, wan, down: Arc::default(), conns: Arc::default() };
         let (down, conns) = (relay.down.clone(), relay.conns.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
@@ -138,6 +140,9 @@ impl Relay {
     }
 }
 
+/// The annotation that puts a datacentre pool of the demo behind a WAN link the demo cuts now and then.
+pub const LINK_ANNOTATION: &str = "haiyun.io/demo-link";
+
 /// The running telemetry server and agents.
 #[derive(Debug)]
 pub struct Agents {
@@ -145,7 +150,7 @@ pub struct Agents {
     pub fleet: Arc<Fleet>,
     /// Loads and faults for the fake machines.
     pub machines: SharedMachines,
-    /// Edge relays, by pool.
+    /// Relays of edge sites and WAN-linked datacentres, by pool.
     pub relays: BTreeMap<String, Relay>,
     /// GPU nodes with an agent, and their GPU count.
     pub nodes: BTreeMap<String, u32>,
@@ -172,10 +177,16 @@ pub async fn start(pools: &[ComputePool], dir: &Path, grace: Duration) -> Result
     let mut relays = BTreeMap::new();
     let mut nodes = BTreeMap::new();
     for (pool, node, profile, gpus) in wanted {
-        let target = if pool.spec.kind == haiyun_api::PoolKind::Edge {
+        let wan = pool
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LINK_ANNOTATION))
+            .is_some_and(|v| v == "wan");
+        let target = if pool.spec.kind == haiyun_api::PoolKind::Edge || wan {
             let name = pool.metadata.name.clone().unwrap_or_default();
             if !relays.contains_key(&name) {
-                relays.insert(name.clone(), Relay::start(at).await?);
+                relays.insert(name.clone(), Relay::start(at, wan).await?);
             }
             relays[&name].addr
         } else {

@@ -1,5 +1,6 @@
-//! What goes wrong in the demo, on a fixed schedule of real seconds: edge links drop for a while each minute (the
-//! agents' telemetry and the operator's workload control both: the pool takes nothing new and holds its jobs), and
+//! What goes wrong in the demo, on a fixed schedule of real seconds: edge links drop for a while each minute and a
+//! remote datacentre's WAN link 20 s in every two (the agents' telemetry and the operator's workload control both:
+//! the pool takes nothing new and holds its jobs), and
 //! now and then a datacentre GPU raises XID 79 (fallen off the bus) and is reset half a minute later.
 
 use std::collections::BTreeMap;
@@ -19,6 +20,14 @@ const FAULT_EVERY_S: u64 = 45;
 const RESET_AFTER_S: u64 = 30;
 /// Each edge link's minute: up this many seconds, then down for the rest.
 const EDGE_UP_S: u64 = 35;
+/// A datacentre's WAN link: up this many seconds of every `WAN_PERIOD_S`, then down for the rest.
+const WAN_UP_S: u64 = 100;
+const WAN_PERIOD_S: u64 = 120;
+
+/// Whether a link is down at `real` seconds: an edge site's (the `i`-th, so they take turns) or a WAN's.
+fn down(real: u64, i: u64, wan: bool) -> bool {
+    if wan { real % WAN_PERIOD_S >= WAN_UP_S } else { (real + 30 * i) % 60 >= EDGE_UP_S }
+}
 
 /// The schedule's state.
 #[derive(Debug)]
@@ -39,9 +48,9 @@ impl Chaos {
     /// returns what changed, for the progress lines.
     pub fn tick(&mut self, real: u64, now: f64, agents: &Agents, pools: &SimulatedBackend) -> Vec<String> {
         let mut said = Vec::new();
-        // Edge sites take turns: each pool's minute is offset by its position.
+        // Edge sites take turns: each pool's minute is offset by its position. A WAN link drops less often.
         for (i, (pool, relay)) in agents.relays.iter().enumerate() {
-            let down = (real + 30 * i as u64) % 60 >= EDGE_UP_S;
+            let down = down(real, i as u64, relay.wan);
             if down != relay.is_down() {
                 relay.set_down(down);
                 said.push(format!("{pool}: link {}", if down { "down (its jobs are held)" } else { "back" }));
@@ -71,5 +80,21 @@ impl Chaos {
             }
         }
         said
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edge_links_take_turns_each_minute_and_the_wan_drops_20_s_in_every_2_minutes() {
+        let downs = |i, wan| (0..240).filter(|t| down(*t, i, wan)).count();
+        assert_eq!(downs(0, false), 4 * 25, "an edge link is down 25 s of each minute");
+        assert_eq!(downs(0, true), 2 * 20, "the WAN 20 s of every 2 minutes");
+        // Two edge sites are never down together for long: their minutes are offset by half of one.
+        let both = (0..240).filter(|t| down(*t, 0, false) && down(*t, 1, false)).count();
+        assert!(both < downs(0, false) / 2, "{both}");
+        assert!(!down(99, 0, true) && down(100, 0, true) && down(119, 0, true) && !down(120, 0, true));
     }
 }
