@@ -77,7 +77,7 @@ async fn bench(args: Args) -> Result<(), BenchError> {
     }
     setup(&local).await?;
     let origin = haiyun_operator::backend::remote::links::origin(LEASE, "default");
-    let mut op = operator(&args, &local).await?;
+    let op = Operator(operator(&args, &local).await?);
 
     // The baseline: the same operator placing the same jobs on this cluster's own kwok nodes.
     apply_pool(&local, "bench-local", json!({ "kubernetes": { "nodeSelector": { "type": "kwok" } } }))
@@ -85,7 +85,11 @@ async fn bench(args: Args) -> Result<(), BenchError> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let base = phase(&local, &[(local.clone(), String::new())], "fed-bench-local", args.jobs).await?;
     say(format!("one cluster: {} jobs in {:.1} s ({:.1}/s)", args.jobs, base.seconds, base.per_s));
-    Api::<ComputePool>::all(local.clone()).delete("bench-local", &DeleteParams::default()).await?;
+    match Api::<ComputePool>::all(local.clone()).delete("bench-local", &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
     delete_jobs(&local, "fed-bench-local").await?;
 
     // The federation: one pool per remote cluster, its kubeconfig in a Secret.
@@ -122,9 +126,8 @@ async fn bench(args: Args) -> Result<(), BenchError> {
         objects += Api::<Service>::all(c.clone()).list(&lp).await?.items.len();
     }
     delete_jobs(&local, "fed-bench-remote").await?;
-    let peak_mib = peak_rss_mib(op.id());
-    let _ = op.kill();
-    let _ = op.wait();
+    let peak_mib = peak_rss_mib(op.0.id());
+    drop(op);
     let out = json!({
         "remote_clusters": remotes.len(),
         "jobs": args.jobs,
@@ -207,6 +210,17 @@ async fn wait_ready(client: &Client, n: usize) -> Result<(), BenchError> {
     }
 }
 
+/// The operator under test, stopped when the bench ends, by an error or not: one left running would go on placing
+/// the next run's jobs.
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the operator and waits until it leads.
 async fn operator(args: &Args, client: &Client) -> Result<Child, BenchError> {
     let path = match &args.operator {
@@ -214,7 +228,18 @@ async fn operator(args: &Args, client: &Client) -> Result<Child, BenchError> {
         None => std::env::current_exe().map_err(setup_err)?.with_file_name("haiyun-operator"),
     };
     let child = Command::new(&path)
-        .args(["run", "--namespace", "default", "--lease-name", LEASE, "--identity", "bench"])
+        // A long Lease: with many control planes on few cores a renewal can be slow, and a lost Lease ends the run.
+        .args([
+            "run",
+            "--namespace",
+            "default",
+            "--lease-name",
+            LEASE,
+            "--identity",
+            "bench",
+            "--lease-seconds",
+            "60",
+        ])
         .args(["--metrics-addr", "127.0.0.1:0", "--telemetry-addr", "127.0.0.1:0"])
         .args(["--concurrency", "64", "--interval-ms", "1000", "--remote-sync-ms", "2000"])
         .stdout(Stdio::null())
