@@ -13,7 +13,7 @@ use haiyun_api::{ComputeJob, ComputePool, JOB_UID_LABEL, Queue, fixtures};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
-use support::remote::{Relay, remotes, secret};
+use support::remote::{Relay, remotes, secret, wait_pool_ready};
 use support::{Env, create_in, delete_haiyun_objects, install_crds, job, queue, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
@@ -22,21 +22,6 @@ const FAST: [&str; 6] =
     ["--remote-heartbeat-ms", "500", "--remote-grace-seconds", "3", "--remote-sync-ms", "1000"];
 /// Seconds a grant stays good at the site without a renewal.
 const LEASE_SECONDS: u32 = 20;
-
-/// The Ready condition of a pool in the cluster behind `client`: (status, reason, message).
-async fn ready(client: &Client, name: &str) -> Option<(String, String, String)> {
-    let pools: Api<ComputePool> = Api::all(client.clone());
-    let c = pools.get(name).await.ok()?.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
-    Some((c.status, c.reason, c.message))
-}
-
-async fn wait_ready(client: &Client, name: &str, status: &str, reason: &str, limit: Duration) -> String {
-    wait_for(&format!("pool {name} Ready={status} ({reason})"), limit, || async {
-        let (s, r, m) = ready(client, name).await?;
-        (s == status && r == reason).then_some(m)
-    })
-    .await
-}
 
 async fn phase(client: &Client, name: &str) -> String {
     let jobs: Api<ComputeJob> = Api::namespaced(client.clone(), "default");
@@ -124,7 +109,7 @@ async fn an_edge_site_places_its_own_jobs_within_its_capacity_lease_through_a_cu
     })
     .await;
     assert_eq!(grant, BTreeMap::from([(nodes[0].clone(), 4)]), "whole free nodes first, by name");
-    wait_ready(&site.client, "own", "True", "Serving", LONG).await;
+    wait_pool_ready(&site.client, "own", "True", "Serving", LONG).await;
 
     // The federation fills what is not granted: 8 on one node, 4 beside the grant; a fifth GPU has no room.
     env.create::<ComputeJob>(job("wide", "main", 1, 8, "10m")).await.unwrap();
@@ -147,7 +132,7 @@ async fn an_edge_site_places_its_own_jobs_within_its_capacity_lease_through_a_cu
     // runs too).
     relay.cut();
     let cut_at = Instant::now();
-    wait_ready(&env.client, "edge", "False", "Unreachable", Duration::from_secs(30)).await;
+    wait_pool_ready(&env.client, "edge", "False", "Unreachable", Duration::from_secs(30)).await;
     create_in::<ComputeJob>(&site.client, job("s-cut", "local", 1, 2, "4s")).await.unwrap();
     wait_phase(&site.client, "s-first", "Succeeded", LONG).await;
     wait_phase(&site.client, "s-next", "Succeeded", LONG).await;
@@ -158,7 +143,7 @@ async fn an_edge_site_places_its_own_jobs_within_its_capacity_lease_through_a_cu
     }
 
     // Unrenewed for its duration, the grant lapses at the site: nothing new starts, and the pool says why.
-    let why = wait_ready(&site.client, "own", "False", "NoCapacityLease", LONG).await;
+    let why = wait_pool_ready(&site.client, "own", "False", "NoCapacityLease", LONG).await;
     let lapsed_after = cut_at.elapsed();
     assert!(why.contains("lapsed"), "{why}");
     // Renewed every sixth of its duration: the last renewal came at most that long before the cut.
@@ -171,7 +156,7 @@ async fn an_edge_site_places_its_own_jobs_within_its_capacity_lease_through_a_cu
     // Heal: the federation renews the same grant (same epoch), the site runs what waited, and the site's GPU-hours
     // are charged to the slice's queue, recomputed from the site's jobs.
     relay.heal();
-    wait_ready(&site.client, "own", "True", "Serving", LONG).await;
+    wait_pool_ready(&site.client, "own", "True", "Serving", LONG).await;
     wait_phase(&site.client, "s-late", "Succeeded", LONG).await;
     let (after, epoch_after) = granted(&env).await.unwrap();
     assert_eq!((after, epoch_after), (grant.clone(), epoch), "an unchanged grant keeps its epoch");

@@ -36,17 +36,11 @@ fn remote_pool(env: &Env, name: &str, secret: &str, group: &str) -> serde_json::
 
 /// The Ready condition of a pool: (status, reason, message).
 async fn ready(env: &Env, name: &str) -> Option<(String, String, String)> {
-    let pools: Api<ComputePool> = Api::all(env.client.clone());
-    let c = pools.get(name).await.ok()?.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
-    Some((c.status, c.reason, c.message))
+    support::remote::pool_ready(&env.client, name).await
 }
 
 async fn wait_ready(env: &Env, name: &str, status: &str, reason: &str, limit: Duration) -> String {
-    wait_for(&format!("pool {name} Ready={status} ({reason})"), limit, || async {
-        let (s, r, m) = ready(env, name).await?;
-        (s == status && r == reason).then_some(m)
-    })
-    .await
+    support::remote::wait_pool_ready(&env.client, name, status, reason, limit).await
 }
 
 /// The pool a job's status places it in.

@@ -1048,6 +1048,11 @@ fn a_running_job_accounts_its_gpus_energy_once_a_minute_from_the_agents_counters
     assert_eq!(e.map(|e| e.joules), Some(3000.0));
 }
 
+/// A pod of the federation (origin `fed`) on n1, holding 4 GPUs.
+fn fed_pod(name: &str) -> Arc<Pod> {
+    pod(name, "n1", None, "haiyun", &[("haiyun.io/origin", "fed"), ("haiyun.io/job-uid", "f")], false)
+}
+
 /// An edge site's own pool (`granted`) over nodes n0 and n1 of 8 GPUs, with a capacity lease of `grant` GPUs per node.
 fn site(grant: &[(&str, u32)]) -> Objects {
     let pool = fixtures::pool("a").kubernetes(&[("pool", "a")]).granted().build();
@@ -1092,34 +1097,13 @@ fn an_edge_sites_own_pool_places_only_within_its_capacity_lease() {
     assert_eq!(nodes, vec!["n1"], "only on the granted node");
 
     // The federation's pods on n1 leave the grant as it is; its GPUs beyond the grant are not the site's.
-    let fed = pod(
-        "fed-w-0",
-        "n1",
-        None,
-        "haiyun",
-        &[("haiyun.io/origin", "fed"), ("haiyun.io/job-uid", "f")],
-        false,
-    );
+    let fed = fed_pod("fed-w-0");
     let objects =
         Objects { jobs: vec![Arc::new(job("fits", "q", 4, 10))], pods: vec![fed], ..site(&[("n1", 4)]) };
     assert_eq!(admitted(&cycle(&objects).1), vec!["fits".to_string()]);
     // But a federation pod on granted GPUs (it got there first) is never run beside.
-    let fed = pod(
-        "fed-w-0",
-        "n1",
-        None,
-        "haiyun",
-        &[("haiyun.io/origin", "fed"), ("haiyun.io/job-uid", "f")],
-        false,
-    );
-    let more = pod(
-        "fed-w-1",
-        "n1",
-        None,
-        "haiyun",
-        &[("haiyun.io/origin", "fed"), ("haiyun.io/job-uid", "f")],
-        false,
-    );
+    let fed = fed_pod("fed-w-0");
+    let more = fed_pod("fed-w-1");
     let objects = Objects {
         jobs: vec![Arc::new(job("fits", "q", 4, 10))],
         pods: vec![fed, more],

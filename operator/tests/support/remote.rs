@@ -192,3 +192,25 @@ impl Drop for Relay {
         self.drop_all();
     }
 }
+
+/// The Ready condition of a pool in the cluster behind `client`: (status, reason, message).
+pub async fn pool_ready(client: &Client, name: &str) -> Option<(String, String, String)> {
+    let pools: Api<haiyun_api::ComputePool> = Api::all(client.clone());
+    let c = pools.get(name).await.ok()?.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status, c.reason, c.message))
+}
+
+/// Waits until a pool there is Ready=`status` with `reason`; returns the condition's message.
+pub async fn wait_pool_ready(
+    client: &Client,
+    name: &str,
+    status: &str,
+    reason: &str,
+    limit: Duration,
+) -> String {
+    wait_for(&format!("pool {name} Ready={status} ({reason})"), limit, || async {
+        let (s, r, m) = pool_ready(client, name).await?;
+        (s == status && r == reason).then_some(m)
+    })
+    .await
+}
