@@ -114,6 +114,7 @@ pub struct TaskGroup {
     validation = Rule::new("self.spec.taskGroups.all(g, size(self.metadata.name) + size(g.name) + size(string(g.replicas - 1)) <= 61)").message("metadata.name is too long: each pod's hostname <name>-<group>-<index> must fit in 63 characters; shorten the job's or the task group's name")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.submittedBy) == has(oldSelf.submittedBy)").message("submittedBy is stamped by the API server at creation (the chart's MutatingAdmissionPolicy): it cannot be added or removed later").field_path(".submittedBy"))]
 #[x_kube(validation = Rule::new("!has(self.minAvailable)").message("minAvailable is not supported: Haiyun starts every task of a gang at once (elastic gangs are not built); remove spec.minAvailable").field_path(".minAvailable"))]
 pub struct ComputeJobSpec {
     /// The Queue it is submitted to (immutable).
@@ -185,6 +186,12 @@ pub struct ComputeJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("batchJob is immutable"))]
     pub batch_job: Option<String>,
+    /// Who submitted it: stamped by the API server from the creating request's user (the chart's
+    /// MutatingAdmissionPolicy, whatever the writer put there), carried into the usage ledger; it never changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("submittedBy is stamped at creation and cannot be changed"))]
+    pub submitted_by: Option<String>,
 }
 
 impl ComputeJobSpec {

@@ -40,3 +40,5 @@ pub const QUEUE_LABEL: &str = "haiyun.io/queue";
 pub const RUNTIME_ANNOTATION: &str = "haiyun.io/runtime-estimate";
 /// Node label giving its GPU model.
 pub const GPU_MODEL_LABEL: &str = "haiyun.io/gpu-model";
+/// The user who created a batch/v1 Job that Haiyun runs (stamped by the chart's admission policy).
+pub const SUBMITTER_ANNOTATION: &str = "haiyun.io/submitted-by";

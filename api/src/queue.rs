@@ -120,7 +120,8 @@ pub struct QueueStatus {
     /// Usage per flavor.
     #[serde(default)]
     pub usage: Vec<FlavorUsage>,
-    /// GPU-hours of the queue's jobs that finished, wherever they ran (Kubernetes or Slurm pools).
+    /// GPU-hours of the queue's runs that ended, wherever they ran: with the usage ledger, every run it recorded
+    /// (preempted and failed ones too, and jobs since deleted); without it, the finished jobs still in the cluster.
     #[serde(default)]
     pub gpu_hours: f64,
     /// Of those, the GPU-hours of jobs an edge site ran on its own within a capacity lease charged to this queue

@@ -41,6 +41,9 @@ pub struct Sinks {
     pub metrics: Arc<Metrics>,
     /// The dashboard's latest snapshot.
     pub board: crate::dashboard::Board,
+    /// The usage ledger, when one is configured (empty until it connects: no cycle runs before, so that no run
+    /// starts and ends unrecorded).
+    pub ledger: Option<crate::ledger::api::Slot>,
 }
 
 /// The scheduling loop.
@@ -108,6 +111,12 @@ impl Engine {
         if !self.applier.idle() {
             tracing::warn!(objects = ?self.applier.busy(), "stopping with writes still in flight");
         }
+        if let Some(l) = self.sinks.ledger.as_ref().and_then(|s| s.get()) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !l.flush(left.max(Duration::from_secs(1))).await {
+                tracing::warn!("stopping with usage records not written; the next leader reconciles them");
+            }
+        }
     }
 
     /// One cycle: read everything, run the cycle, log, publish and hand out the actions.
@@ -133,6 +142,15 @@ impl Engine {
             Arc::new(self.slurm.backend()),
             Arc::new(remote),
         ]));
+        if let Some(slot) = &self.sinks.ledger
+            && self.memory.runs.is_none()
+        {
+            self.memory.runs = slot.get().and_then(|l| l.take_open());
+            if self.memory.runs.is_none() {
+                tracing::info!("waiting for the usage ledger before scheduling");
+                return;
+            }
+        }
         let busy = self.applier.busy();
         let started = Instant::now();
         let input = cycle::Input {
@@ -143,6 +161,7 @@ impl Engine {
             config: self.config.scheduler,
             now: now(),
         };
+        let at = input.now;
         let out = match cycle::run(&input, &mut self.memory) {
             Ok(out) => out,
             Err(e) => {
@@ -155,6 +174,10 @@ impl Engine {
         span.record("actions", out.actions.len());
         for d in &out.decisions {
             self.sinks.log.write(d);
+        }
+        if let Some(l) = self.sinks.ledger.as_ref().and_then(|s| s.get()) {
+            l.record(out.ledger);
+            self.sinks.metrics.set_usage(&l.totals(at));
         }
         self.sinks.board.send_replace(Arc::new(out.snapshot));
         self.applier.apply(out.actions, &backends);

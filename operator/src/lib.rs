@@ -1,6 +1,7 @@
 //! Haiyun's Kubernetes operator: the index, the scheduling loop, the Kubernetes backend, leader election, metrics.
 
 pub mod apply;
+pub mod audit;
 pub mod backend;
 pub mod bench;
 pub mod cycle;
@@ -13,6 +14,7 @@ pub mod history;
 pub mod http;
 pub mod index;
 pub mod lease;
+pub mod ledger;
 pub mod limit;
 pub mod memory;
 pub mod metrics;
@@ -61,6 +63,10 @@ pub struct Settings {
     /// Append the decision log (JSON lines) to this file.
     #[arg(long)]
     pub decision_log: Option<String>,
+    /// The usage ledger: `sqlite:///<file>` (one replica; the file on a persistent volume) or
+    /// `postgres://<user>:<password>@<host>/<database>` (any number of replicas; the leader writes).
+    #[arg(long, env = "HAIYUN_LEDGER")]
+    pub ledger: Option<String>,
     /// Milliseconds between cycles when nothing changes.
     #[arg(long, default_value_t = 2000)]
     pub interval_ms: u64,
@@ -170,7 +176,10 @@ async fn serve(settings: Settings, version: &str) -> Result<(), RunError> {
     let (board, board_rx) = tokio::sync::watch::channel(Arc::new(dashboard::Snapshot::default()));
     let empty = history::History::new(Duration::from_secs(settings.history_interval_seconds.max(1)));
     let (past, past_rx) = tokio::sync::watch::channel(Arc::new(empty.clone()));
-    let addr = http::serve(settings.metrics_addr, metrics.clone(), board_rx.clone(), past_rx).await?;
+    let ledger: ledger::api::Slot = Default::default();
+    let usage = ledger::api::routes(ledger.clone(), settings.ledger.is_some(), Arc::new(time::now));
+    let addr =
+        http::serve_with(settings.metrics_addr, metrics.clone(), board_rx.clone(), past_rx, usage).await?;
     tracing::info!(%addr, %identity, "serving the dashboard, /metrics, /healthz and /readyz");
     let log = decision::DecisionLog::open(settings.decision_log.as_deref())?;
     let stores = watch::Stores::start(&client);
@@ -212,13 +221,21 @@ async fn serve(settings: Settings, version: &str) -> Result<(), RunError> {
     if let Some(pod) = &pod {
         label_leader(&client, &settings.namespace, pod, true).await;
     }
+    if let Some(url) = settings.ledger.clone() {
+        tokio::spawn(connect_ledger(url, ledger.clone()));
+    }
     let engine = engine_for(
         &settings,
         &client,
         &identity,
         (stores, remotes),
         fleet,
-        engine::Sinks { log, metrics: metrics.clone(), board },
+        engine::Sinks {
+            log,
+            metrics: metrics.clone(),
+            board,
+            ledger: settings.ledger.as_ref().map(|_| ledger),
+        },
     );
     let loop_task = tokio::spawn(engine.run(stop.clone(), DRAIN));
     let ended = hold(&elector, &settings, loop_task, &stop).await;
@@ -233,6 +250,22 @@ async fn serve(settings: Settings, version: &str) -> Result<(), RunError> {
         }
     }
     ended
+}
+
+/// Connects to the usage ledger at `url`, trying again every 5 s until it answers; the cycle records runs from then on
+/// (the runs that started or ended before are reconciled then).
+async fn connect_ledger(url: String, slot: ledger::api::Slot) {
+    loop {
+        match ledger::Ledger::open(&url).await {
+            Ok(l) => {
+                tracing::info!("usage ledger connected");
+                let _ = slot.set(l);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "failed to open the usage ledger; retrying in 5 s"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 /// How long a stopping leader waits for its writes in flight (the pod's grace period is 30 s by default).

@@ -1,4 +1,5 @@
-//! Prometheus metrics: cycle latency, pending and admitted jobs per queue, pool capacity and allocation by model.
+//! Prometheus metrics: cycle latency, pending and admitted jobs per queue, pool capacity and allocation by model,
+//! and usage (GPU-seconds, energy, cost) per queue, pool and model from the ledger.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -37,6 +38,7 @@ pub struct Metrics {
     leader: AtomicBool,
     ready: AtomicBool,
     fleet: std::sync::OnceLock<std::sync::Arc<crate::fleet::Fleet>>,
+    usage: Mutex<crate::ledger::usage::Totals>,
 }
 
 impl Metrics {
@@ -61,6 +63,18 @@ impl Metrics {
     /// The fleet's figures, when there is a fleet.
     pub fn render_fleet(&self) -> String {
         self.fleet.get().map(|f| f.render()).unwrap_or_default()
+    }
+
+    /// Sets the usage counters from the ledger's totals; a counter never goes down (a run that closes a little
+    /// before the last sample of its open run keeps the higher figure).
+    pub fn set_usage(&self, totals: &crate::ledger::usage::Totals) {
+        let mut u = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, v) in &totals.by_key {
+            let e = u.by_key.entry(key.clone()).or_default();
+            for (old, new) in e.iter_mut().zip(v) {
+                *old = old.max(*new);
+            }
+        }
     }
 
     /// Counts pods bound.
@@ -146,6 +160,33 @@ impl Metrics {
             "Actions that failed and will be retried.",
             self.errors.load(Ordering::Relaxed),
         );
+        let u = self.usage.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (i, (name, help)) in [
+            (
+                "haiyun_usage_gpu_seconds_total",
+                "GPU-seconds used per queue, pool and GPU model (the usage ledger).",
+            ),
+            (
+                "haiyun_usage_energy_joules_total",
+                "Joules used per queue, pool and GPU model (runs that ended).",
+            ),
+            ("haiyun_usage_cost_total", "Cost per queue, pool and GPU model, from each pool's spec.cost."),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+            for ((q, p, m), v) in &u.by_key {
+                let _ = writeln!(
+                    s,
+                    "{name}{{queue=\"{}\",pool=\"{}\",model=\"{}\"}} {}",
+                    esc(q),
+                    esc(p),
+                    esc(m),
+                    v[i]
+                );
+            }
+        }
         gauge(
             &mut s,
             "haiyun_leader",
@@ -191,5 +232,24 @@ mod tests {
         assert!(text.contains("haiyun_cycle_duration_seconds_bucket{le=\"0.01\"} 0"));
         assert!(text.contains("haiyun_queue_pending_jobs{queue=\"team-a\"} 3"));
         assert!(text.contains("haiyun_pool_gpus{pool=\"ai\",model=\"h100\"} 32"));
+    }
+
+    #[test]
+    fn usage_counters_are_labelled_by_queue_pool_and_model_and_never_go_down() {
+        let m = Metrics::default();
+        let key = ("team-a".to_string(), "ai".to_string(), "h100".to_string());
+        let mut t = crate::ledger::usage::Totals::default();
+        t.add(key.clone(), 3600.0, 0.0, 2.5);
+        m.set_usage(&t);
+        // The run closed a little before the last open sample: its closed figure is lower, and energy arrives.
+        let mut t = crate::ledger::usage::Totals::default();
+        t.add(key, 3599.0, 1800.0, 2.4);
+        m.set_usage(&t);
+        let text = m.render();
+        let labels = "{queue=\"team-a\",pool=\"ai\",model=\"h100\"}";
+        assert!(text.contains(&format!("haiyun_usage_gpu_seconds_total{labels} 3600\n")), "{text}");
+        assert!(text.contains(&format!("haiyun_usage_energy_joules_total{labels} 1800\n")), "{text}");
+        assert!(text.contains(&format!("haiyun_usage_cost_total{labels} 2.5\n")), "{text}");
+        assert!(text.contains("# TYPE haiyun_usage_cost_total counter"));
     }
 }

@@ -43,12 +43,14 @@ pub fn job_counts(world: &World) -> JobCounts {
     c
 }
 
-/// Each valid or invalid queue's status, by name.
+/// Each valid or invalid queue's status, by name. Its GPU-hours are those of the runs the usage ledger closed
+/// (`ledger`: GPU-seconds by queue) when there is one, else those of the finished jobs still in the cluster.
 pub fn queues(
     world: &World,
     counts: &JobCounts,
     now: Time,
     generation: &BTreeMap<String, i64>,
+    ledger: Option<&BTreeMap<String, f64>>,
 ) -> BTreeMap<String, QueueStatus> {
     let mut out = BTreeMap::new();
     let q = world.scheduler.quotas();
@@ -56,9 +58,18 @@ pub fn queues(
     let (pending, admitted) = (&counts.pending, &counts.admitted);
     let stamp = rfc3339(now);
     let mut gpu_hours: BTreeMap<&str, f64> = BTreeMap::new();
-    for t in &world.jobs {
-        if let Some(st) = t.job.status.as_ref().filter(|s| s.completion_time.is_some()) {
-            *gpu_hours.entry(t.job.spec.queue.as_str()).or_default() += st.gpu_hours;
+    match ledger {
+        Some(seconds) => {
+            for (queue, s) in seconds {
+                gpu_hours.insert(queue.as_str(), (s / 3600.0 * 1000.0).round() / 1000.0);
+            }
+        }
+        None => {
+            for t in &world.jobs {
+                if let Some(st) = t.job.status.as_ref().filter(|s| s.completion_time.is_some()) {
+                    *gpu_hours.entry(t.job.spec.queue.as_str()).or_default() += st.gpu_hours;
+                }
+            }
         }
     }
     for (queue, hours) in &world.federation.site_gpu_hours {

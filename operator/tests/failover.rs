@@ -87,7 +87,8 @@ fn watch_pods(env: &Env) -> Arc<Mutex<Seen>> {
 }
 
 #[tokio::test]
-async fn twenty_sigkills_during_binding_lose_no_job_bind_no_pod_twice_and_keep_quota_usage_exact() {
+async fn twenty_sigkills_during_binding_lose_no_job_or_ledger_run_bind_no_pod_twice_and_keep_quota_usage_exact()
+ {
     let Some(env) = Env::start("crash").await else { return };
     env.nodes("a", 4, 8, "H100").await;
     env.create::<ComputePool>(pool(&env, "crash-pool", "a", "public")).await.unwrap();
@@ -119,8 +120,10 @@ async fn twenty_sigkills_during_binding_lose_no_job_bind_no_pod_twice_and_keep_q
             }
         })
     };
+    let ledger = format!("sqlite://{}", env.dir.join("ledger.db").display());
+    let with_ledger = ["--ledger", ledger.as_str()];
     for _ in 0..20 {
-        let mut op = env.operator("crashy", &[]);
+        let mut op = env.operator("crashy", &with_ledger);
         tokio::time::sleep(Duration::from_millis(400 + rng.next_u64() % 1200)).await;
         op.kill();
     }
@@ -130,7 +133,7 @@ async fn twenty_sigkills_during_binding_lose_no_job_bind_no_pod_twice_and_keep_q
         placed_while_crashing >= 10,
         "the kills did not interleave with binding: {placed_while_crashing} placed"
     );
-    let _op = env.operator("crashy", &[]);
+    let _op = env.operator("crashy", &with_ledger);
     let api: Api<ComputeJob> = Api::namespaced(env.client.clone(), "default");
     wait_for("every job to succeed", Duration::from_secs(180), || async {
         let list = api.list(&Default::default()).await.ok()?;
@@ -158,13 +161,15 @@ async fn twenty_sigkills_during_binding_lose_no_job_bind_no_pod_twice_and_keep_q
         assert_eq!(s.bound.len(), expected, "every task ran exactly once");
     }
 
+    ledger_matches_the_decision_log(&env, &ledger, jobs).await;
+
     // Quota usage the operator reports equals what the API says is admitted, across one more kill.
     for i in 0..3 {
         let obj = job(&format!("long{i}"), "crash-q", 1, 8, "60s");
         env.create::<ComputeJob>(obj).await.unwrap();
     }
     drop(_op);
-    let _op = env.operator("crashy", &[]);
+    let _op = env.operator("crashy", &with_ledger);
     let queues: Api<Queue> = Api::all(env.client.clone());
     wait_for("queue usage to match the admitted jobs", Duration::from_secs(60), || async {
         let list = api.list(&Default::default()).await.ok()?;
@@ -184,6 +189,55 @@ async fn twenty_sigkills_during_binding_lose_no_job_bind_no_pod_twice_and_keep_q
         (admitted == 24 && used == "24").then_some(())
     })
     .await;
+}
+
+/// Every run of the decision log is in the usage ledger with the same GPU-seconds: each `place` line starts a run,
+/// the last `finish` or `preempt` after it ends it (a finish logged by an operator killed before its status landed is
+/// logged again by the next, which is the one that counts).
+async fn ledger_matches_the_decision_log(env: &Env, url: &str, jobs: usize) {
+    use haiyun_operator::ledger::store::Store;
+    use haiyun_operator::ledger::usage::{By, Usage};
+    let store = Store::open(url).await.unwrap();
+    wait_for("the ledger to close every run", Duration::from_secs(30), || async {
+        store.open_runs().await.ok()?.is_empty().then_some(())
+    })
+    .await;
+    let time = |d: &serde_json::Value| d["time"].as_str().and_then(haiyun_operator::time::parse).unwrap();
+    let mut runs: BTreeMap<String, Vec<(f64, f64, Option<f64>)>> = BTreeMap::new();
+    for d in env.decisions().iter().filter(|d| d["queue"] == "crash-q") {
+        let job = d["job"].as_str().unwrap().to_string();
+        match d["event"].as_str().unwrap() {
+            "place" => {
+                let gpus: f64 = d["tasks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| {
+                        t["gpus"].as_array().unwrap().len() as f64 * t["gpu_milli"].as_f64().unwrap() / 1000.0
+                    })
+                    .sum();
+                runs.entry(job).or_default().push((time(d), gpus, None));
+            }
+            "finish" | "preempt" => {
+                if let Some(last) = runs.get_mut(&job).and_then(|r| r.last_mut()) {
+                    last.2 = Some(time(d));
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(runs.len(), jobs, "every job has a place line");
+    let logged_runs: usize = runs.values().map(Vec::len).sum();
+    let logged: f64 = runs.values().flatten().map(|(start, gpus, end)| gpus * (end.unwrap() - start)).sum();
+    let now = haiyun_operator::time::now();
+    let rows = store.usage(&Usage { by: By::Queue, from: None, to: None }, now).await.unwrap();
+    let row = rows.iter().find(|r| r.key == "crash-q").unwrap();
+    eprintln!(
+        "ledger: {} runs, {:.3} GPU-seconds; decision log: {logged_runs} runs, {logged:.3}",
+        row.runs, row.gpu_seconds
+    );
+    assert_eq!(row.runs as usize, logged_runs, "the ledger holds every run of the log");
+    assert!((row.gpu_seconds - logged).abs() < 1e-6 * logged.max(1.0), "{} vs {logged}", row.gpu_seconds);
 }
 
 #[tokio::test]

@@ -189,23 +189,21 @@ impl Applier {
         let backend = |kind: BackendKind| backends.get(kind).ok_or(BackendError::NotServed(kind));
         match action {
             Action::Admit { job, placement, backend: kind } => {
-                let status = crate::status::admitted(job, placement, crate::time::now());
+                let at = crate::time::now();
+                let status = crate::status::admitted(job, placement, at);
                 write::job_status(&self.client, job, &status).await?;
+                // The placement stands once it is in the job's status (pods made later, after a restart, resume
+                // it): the line is written now, at the run's start time, so that a crash before the pods exist
+                // loses no run from the log (a run the API server then refuses ends as a failure).
+                if let Some(line) = Decision::placed(action, crate::time::rfc3339(at)) {
+                    self.log.write(&line);
+                }
                 let nodes: Vec<&str> = placement.tasks.iter().map(|t| t.node.as_str()).collect();
                 let note = format!("placed in pool {} on {}", placement.pool, summarise(&nodes));
                 self.event(job, EventType::Normal, "Admitted", &note).await;
                 let mut admitted = job.as_ref().clone();
                 admitted.status = Some(status);
-                let result = self.dispatch(&admitted, backend(*kind)?.as_ref(), true).await;
-                // The placement stands once it is in the job's status (pods made later resume it), unless the API
-                // server refused the run outright.
-                let refused = matches!(&result, Err(ApplyError::Backend(e)) if e.refusal().is_some());
-                if !refused {
-                    if let Some(line) = Decision::placed(action, crate::time::rfc3339(crate::time::now())) {
-                        self.log.write(&line);
-                    }
-                }
-                result
+                self.dispatch(&admitted, backend(*kind)?.as_ref(), true).await
             }
             Action::Bind { job, backend: kind } => self.dispatch(job, backend(*kind)?.as_ref(), false).await,
             Action::Evict { job, backend: kind, lost } => {

@@ -50,6 +50,9 @@ pub struct Memory {
     rejected: BTreeMap<String, String>,
     /// Jobs whose finish is logged (uid).
     finished: HashSet<String>,
+    /// The runs open in the usage ledger and what the closed ones used (None: no ledger, or not loaded yet: nothing
+    /// is recorded).
+    pub runs: Option<crate::ledger::runs::Book>,
 }
 
 /// What a cycle decided.
@@ -65,6 +68,8 @@ pub struct Output {
     pub gauges: Gauges,
     /// Jobs and plain pods the cycle considered.
     pub jobs: usize,
+    /// What the usage ledger must record (runs that ended, then runs that started).
+    pub ledger: Vec<crate::ledger::runs::Op>,
 }
 
 /// Why a cycle could not run (a broken invariant: the next cycle tries again).
@@ -108,13 +113,19 @@ pub fn run(input: &Input<'_>, memory: &mut Memory) -> Result<Output, CycleError>
             .filter(|j| !busy.contains(&j.uid().unwrap_or_default()))
             .map(|j| Action::Mirror { job: j.clone() }),
     );
+    let ledger = memory
+        .runs
+        .as_mut()
+        .map(|book| crate::ledger::runs::reconcile(objects, book, input.now))
+        .unwrap_or_default();
     let counts = report::job_counts(&world);
     let pools = report::pools(&world, input.now);
     let gauges = gauges(&counts, &pools);
-    let (snapshot, writes) = statuses(&world, input, &counts, pools);
+    let hours = memory.runs.as_ref().map(|b| &b.closed_gpu_seconds);
+    let (snapshot, writes) = statuses(&world, input, &counts, pools, hours);
     out.extend(writes.into_iter().filter(|w| !input.busy.contains(&w.key())).map(Action::WriteStatus));
     let jobs = world.jobs.len() + world.pods.len();
-    Ok(Output { actions: out, decisions, snapshot, gauges, jobs })
+    Ok(Output { actions: out, decisions, snapshot, gauges, jobs, ledger })
 }
 
 impl Memory {
@@ -291,11 +302,12 @@ fn statuses(
     input: &Input<'_>,
     counts: &report::JobCounts,
     pools: BTreeMap<String, ComputePoolStatus>,
+    ledger: Option<&BTreeMap<String, f64>>,
 ) -> (Snapshot, Vec<status::StatusWrite>) {
     let objects = input.objects;
     let gens: BTreeMap<String, i64> =
         objects.queues.iter().map(|q| (q.name_any(), q.metadata.generation.unwrap_or(0))).collect();
-    let queues = report::queues(world, counts, input.now, &gens);
+    let queues = report::queues(world, counts, input.now, &gens, ledger);
     let requests = report::requests(world, &objects.requests, input.now);
     let snap =
         dashboard::snapshot(world, objects, &pools, &queues, &requests, input.fleet, rfc3339(input.now));

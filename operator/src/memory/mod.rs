@@ -77,6 +77,8 @@ pub struct MemoryCluster {
     memory: Memory,
     config: SchedulerConfig,
     log: DecisionLog,
+    ledger: Option<crate::ledger::Ledger>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     next_uid: u64,
 }
 
@@ -101,8 +103,22 @@ impl MemoryCluster {
             memory: Memory::default(),
             config,
             log,
+            ledger: None,
+            metrics: None,
             next_uid: 0,
         }
+    }
+
+    /// Records each cycle's latency, gauges and the ledger's usage in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Records every run in `ledger` from the next cycle on.
+    pub fn with_ledger(mut self, ledger: crate::ledger::Ledger) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// Fills what the API server would: uid, creation time, generation; refuses a missing or taken name.
@@ -254,9 +270,22 @@ impl MemoryCluster {
             config: self.config,
             now,
         };
+        if self.memory.runs.is_none() {
+            self.memory.runs = self.ledger.as_ref().and_then(|l| l.take_open());
+        }
+        let started = std::time::Instant::now();
         let out = cycle::run(&input, &mut self.memory)?;
+        if let Some(m) = &self.metrics {
+            m.observe_cycle(started.elapsed().as_secs_f64(), out.gauges.clone());
+        }
         for d in &out.decisions {
             self.log.write(d);
+        }
+        if let Some(l) = &self.ledger {
+            l.record(out.ledger);
+            if let Some(m) = &self.metrics {
+                m.set_usage(&l.totals(now));
+            }
         }
         for a in out.actions {
             self.apply(a, now)?;

@@ -64,6 +64,9 @@ pub fn mirror(job: &Job) -> Result<ComputeJob, String> {
     if let Some(r) = job.annotations().get(RUNTIME_ANNOTATION) {
         cj_spec["runtimeEstimate"] = json!(r);
     }
+    if let Some(u) = job.annotations().get(haiyun_api::SUBMITTER_ANNOTATION) {
+        cj_spec["submittedBy"] = json!(u);
+    }
     let owner = OwnerReference {
         api_version: "batch/v1".into(),
         kind: "Job".into(),

@@ -1,0 +1,205 @@
+//! Runs from the cluster's objects, with no IO: which runs are live now, and what the ledger must open and close so
+//! that it matches them (level-triggered, so a restart, a failover or a lost write only delays a record).
+
+use std::collections::{BTreeMap, HashMap};
+
+use haiyun_api::job::JobPhase;
+use haiyun_api::{ComputeJob, ComputePool};
+use haiyun_scheduler::model::Time;
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+
+use crate::index::Objects;
+
+/// A run: `(job uid, run number)`.
+pub type RunKey = (String, u32);
+
+/// One run of one job, as opened in the ledger: who, where, with what, from when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// The job's uid.
+    pub uid: String,
+    /// Its run number (each preemption and each restart starts a new one).
+    pub run: u32,
+    /// `namespace/name`.
+    pub job: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its queue.
+    pub queue: String,
+    /// Who submitted it (`spec.submittedBy`, stamped by the API server; empty where no policy stamps it).
+    pub submitter: String,
+    /// The pool it runs in.
+    pub pool: String,
+    /// The pool's site.
+    pub site: String,
+    /// Its nodes, comma-separated.
+    pub nodes: String,
+    /// Its GPU model (empty: CPU only).
+    pub gpu_model: String,
+    /// GPUs it holds (fractions count as such).
+    pub gpus: f64,
+    /// CPU cores it requested.
+    pub cpu_cores: f64,
+    /// Memory it requested, GiB.
+    pub memory_gib: f64,
+    /// Datasets it reads.
+    pub datasets: Vec<String>,
+    /// What an hour of it costs (`spec.cost` of its pool: per GPU-hour of its model, per core-hour).
+    pub cost_per_hour: f64,
+    /// When it started, unix seconds.
+    pub start: Time,
+    /// The job's energy (joules, over all its runs) when the run started: the run used what it adds.
+    pub energy_start: f64,
+}
+
+/// The end of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Close {
+    /// The job's uid.
+    pub uid: String,
+    /// The run number.
+    pub run: u32,
+    /// When it ended, unix seconds.
+    pub end: Time,
+    /// How: Succeeded, Failed, Preempted, NodeLost, GPUFailed or Deleted.
+    pub outcome: String,
+    /// Joules its GPUs used (the agents' energy counters).
+    pub energy_joules: f64,
+}
+
+/// What the ledger must record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// A run started.
+    Open(Box<Run>),
+    /// A run ended.
+    Close(Close),
+}
+
+/// What the cycle keeps of the ledger: the runs it holds open, and the GPU-seconds of the closed ones per queue (for
+/// the queues' `gpuHours`, which then outlive the jobs).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Book {
+    /// The open runs.
+    pub open: BTreeMap<RunKey, Run>,
+    /// GPU-seconds of closed runs by queue.
+    pub closed_gpu_seconds: BTreeMap<String, f64>,
+}
+
+/// The runs live in `objects` at `now`: every job admitted or running with a placement.
+pub fn live(objects: &Objects, now: Time) -> BTreeMap<RunKey, Run> {
+    let pools: HashMap<String, &ComputePool> = objects.pools.iter().map(|p| (p.name_any(), &**p)).collect();
+    objects.jobs.iter().filter_map(|j| run_of(j, &pools, now)).map(|r| ((r.uid.clone(), r.run), r)).collect()
+}
+
+/// The live run of `job`, if it has one.
+fn run_of(job: &ComputeJob, pools: &HashMap<String, &ComputePool>, now: Time) -> Option<Run> {
+    let st = job.status.as_ref()?;
+    if !matches!(st.phase, JobPhase::Admitted | JobPhase::Running) {
+        return None;
+    }
+    let placement = st.placement.as_ref()?;
+    let (mut gpus, mut cpu, mut mem) = (0.0, 0.0, 0.0);
+    let mut nodes: Vec<&str> = Vec::new();
+    for (i, t) in placement.tasks.iter().enumerate() {
+        gpus += t.gpus.len() as f64 * f64::from(t.gpu_milli) / 1000.0;
+        if let Some((_, g)) = job.spec.group_of_task(i) {
+            cpu += g.cpu.as_deref().and_then(|q| haiyun_api::quantity::parse(q).ok()).unwrap_or(0.0);
+            mem += g.memory.as_deref().and_then(|q| haiyun_api::quantity::parse(q).ok()).unwrap_or(0.0);
+        }
+        if !nodes.contains(&t.node.as_str()) {
+            nodes.push(&t.node);
+        }
+    }
+    let pool = pools.get(&placement.pool);
+    let cost = pool.and_then(|p| p.spec.cost.as_ref());
+    // A model's price by its name as the pool's nodes give it, or in any case (`H100` and `h100` are one model).
+    let cost_per_hour = cost.map_or(0.0, |c| {
+        let model = &placement.gpu_model;
+        let per_gpu = c
+            .gpu_hour
+            .get(model)
+            .or_else(|| c.gpu_hour.iter().find(|(m, _)| m.eq_ignore_ascii_case(model)).map(|(_, v)| v));
+        per_gpu.copied().unwrap_or(0.0) * gpus + c.core_hour * cpu
+    });
+    Some(Run {
+        uid: job.uid()?,
+        run: job.run(),
+        job: crate::index::job::key(job),
+        namespace: job.namespace().unwrap_or_default(),
+        queue: job.spec.queue.clone(),
+        submitter: job.spec.submitted_by.clone().unwrap_or_default(),
+        pool: placement.pool.clone(),
+        site: pool.map(|p| p.spec.site.clone()).unwrap_or_default(),
+        nodes: nodes.join(","),
+        gpu_model: placement.gpu_model.clone(),
+        gpus,
+        cpu_cores: cpu,
+        memory_gib: mem / f64::from(1u32 << 30),
+        datasets: job.spec.datasets.clone(),
+        cost_per_hour,
+        start: st.start_time.as_deref().and_then(crate::time::parse).unwrap_or(now).min(now),
+        energy_start: st.energy.as_ref().map_or(0.0, |e| e.joules),
+    })
+}
+
+/// What to record so that the ledger's open runs (`book.open`, updated here with its closed sums) match the runs live
+/// in `objects` at `now`: the runs that ended are closed first, then the new ones opened.
+pub fn reconcile(objects: &Objects, book: &mut Book, now: Time) -> Vec<Op> {
+    let open = &mut book.open;
+    let live = live(objects, now);
+    let jobs: HashMap<String, &ComputeJob> =
+        objects.jobs.iter().filter_map(|j| Some((j.uid()?, &**j))).collect();
+    let mut ops = Vec::new();
+    let ended: Vec<RunKey> = open.keys().filter(|k| !live.contains_key(*k)).cloned().collect();
+    for key in ended {
+        if let Some(run) = open.remove(&key) {
+            let close = ending(jobs.get(&key.0).copied(), &run, now);
+            *book.closed_gpu_seconds.entry(run.queue.clone()).or_default() +=
+                run.gpus * (close.end - run.start);
+            ops.push(Op::Close(close));
+        }
+    }
+    for (key, run) in live {
+        if let std::collections::btree_map::Entry::Vacant(e) = open.entry(key) {
+            ops.push(Op::Open(Box::new(run.clone())));
+            e.insert(run);
+        }
+    }
+    ops
+}
+
+/// How and when `run` of `job` (None: deleted) ended, as far as its status tells; `now` where it does not.
+fn ending(job: Option<&ComputeJob>, run: &Run, now: Time) -> Close {
+    let close = |end: Time, outcome: &str, joules: f64| Close {
+        uid: run.uid.clone(),
+        run: run.run,
+        end: end.clamp(run.start, now.max(run.start)),
+        outcome: outcome.into(),
+        energy_joules: (joules - run.energy_start).max(0.0),
+    };
+    let Some(st) = job.and_then(|j| j.status.as_ref()) else {
+        return close(now, "Deleted", run.energy_start);
+    };
+    let joules = st.energy.as_ref().map_or(run.energy_start, |e| e.joules);
+    let at = |t: Option<&str>| t.and_then(crate::time::parse).filter(|t| *t >= run.start);
+    // A failure or a loss recorded after the run started is what ended it.
+    let failure = st.last_failure.as_ref().and_then(|f| Some((at(Some(&f.time))?, f.reason.as_str())));
+    match st.phase {
+        JobPhase::Succeeded => close(at(st.completion_time.as_deref()).unwrap_or(now), "Succeeded", joules),
+        JobPhase::Failed => close(at(st.completion_time.as_deref()).unwrap_or(now), "Failed", joules),
+        JobPhase::Preempted => match failure {
+            Some((t, reason @ ("NodeLost" | "GPUFailed"))) => close(t, reason, joules),
+            _ => close(now, "Preempted", joules),
+        },
+        // Waiting again after a failed run (a restart).
+        _ => match failure {
+            Some((t, _)) => close(t, "Failed", joules),
+            None => close(now, "Preempted", joules),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;
