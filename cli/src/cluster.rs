@@ -39,10 +39,14 @@ pub enum CliError {
     /// A server or process this command runs could not start (a port in use, a file it cannot write).
     #[error("failed to start: {0}")]
     Start(String),
+    /// The audit trail does not verify.
+    #[error("the audit trail does not verify: {0}")]
+    Tampered(String),
 }
 
 impl CliError {
-    /// The exit code: 1 could not start, 2 bad input, 3 not found, 4 unreachable, 5 refused.
+    /// The exit code: 1 could not start, 2 bad input, 3 not found, 4 unreachable, 5 refused, 6 an audit trail that
+    /// does not verify.
     pub fn code(&self) -> u8 {
         match self {
             CliError::Start(_) => 1,
@@ -50,6 +54,7 @@ impl CliError {
             CliError::NotFound { .. } => 3,
             CliError::Unreachable(_) => 4,
             CliError::Refused(_) => 5,
+            CliError::Tampered(_) => 6,
         }
     }
 }
@@ -146,6 +151,11 @@ impl Cluster {
     /// Objects in `namespace`.
     pub fn new(client: Client, namespace: &str) -> Self {
         Cluster { client, namespace: namespace.into() }
+    }
+
+    /// Its client.
+    pub fn client(&self) -> Client {
+        self.client.clone()
     }
 
     fn jobs_api(&self) -> Api<ComputeJob> {

@@ -1,4 +1,5 @@
-//! The decision log: one JSON object per line for every place, preempt, finish and reject (the audit trail).
+//! The decision log: one JSON object per line for every place, preempt, finish and reject — the audit trail, each
+//! line chained to the one before by its hash (see [`crate::audit`]).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,9 @@ pub struct Decision {
     pub job: String,
     /// Its queue.
     pub queue: String,
+    /// Who submitted it (its `spec.submittedBy`; empty where no policy stamps it).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub submitter: String,
     /// The pool (empty for reject).
     pub pool: String,
     /// GPU model (empty: CPU only or not placed).
@@ -75,6 +79,7 @@ impl Decision {
             event,
             job: crate::index::pod::key(pod),
             queue: kube::ResourceExt::labels(pod).get(haiyun_api::QUEUE_LABEL).cloned().unwrap_or_default(),
+            submitter: String::new(),
             pool: String::new(),
             gpu_model: String::new(),
             tasks: Vec::new(),
@@ -107,6 +112,7 @@ impl Decision {
             event,
             job: crate::index::job::key(job),
             queue: job.spec.queue.clone(),
+            submitter: job.spec.submitted_by.clone().unwrap_or_default(),
             pool: placement.map(|p| p.pool.clone()).unwrap_or_default(),
             gpu_model: placement.map(|p| p.gpu_model.clone()).unwrap_or_default(),
             tasks: if event == "place" { tasks } else { Vec::new() },
@@ -137,10 +143,19 @@ impl Decision {
     }
 }
 
-/// Where lines go: a file (appended) or nowhere. Clones write to the same file, a line at a time.
+/// Where lines go: a file (appended, each line chained to the one before) or nowhere. Clones write to the same file,
+/// a line at a time.
 #[derive(Debug, Default, Clone)]
 pub struct DecisionLog {
-    out: Option<Arc<Mutex<std::fs::File>>>,
+    out: Option<Arc<Mutex<Chain>>>,
+}
+
+/// The file and where its chain stands, as of `len` bytes (another process that appended since is read first).
+#[derive(Debug)]
+struct Chain {
+    file: std::fs::File,
+    head: crate::audit::Head,
+    len: u64,
 }
 
 /// Why the log could not be opened or written.
@@ -154,31 +169,64 @@ pub enum DecisionLogError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Its last line could not be read to continue the chain.
+    #[error("the decision log {path} cannot be continued: {source} (move it aside to start a new chain)")]
+    Chain {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: crate::audit::AuditError,
+    },
+}
+
+/// A line as written: its place in the chain, then the decision.
+#[derive(Serialize)]
+struct Chained<'a> {
+    seq: u64,
+    prev: &'a str,
+    #[serde(flatten)]
+    decision: &'a Decision,
 }
 
 impl DecisionLog {
-    /// Appends to `path` (None: discard).
+    /// Appends to `path` (None: discard), continuing the chain of what it holds.
     pub fn open(path: Option<&str>) -> Result<Self, DecisionLogError> {
-        let out = path
-            .map(|p| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|source| DecisionLogError::Open { path: p.into(), source })
-            })
-            .transpose()?;
-        Ok(DecisionLog { out: out.map(|f| Arc::new(Mutex::new(f))) })
+        let Some(p) = path else { return Ok(DecisionLog::default()) };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(p)
+            .map_err(|source| DecisionLogError::Open { path: p.into(), source })?;
+        let head = crate::audit::resume(&mut f)
+            .map_err(|source| DecisionLogError::Chain { path: p.into(), source })?;
+        let len = f.metadata().map_err(|source| DecisionLogError::Open { path: p.into(), source })?.len();
+        Ok(DecisionLog { out: Some(Arc::new(Mutex::new(Chain { file: f, head, len }))) })
     }
 
-    /// Writes one line; a failed write is logged, never fatal.
+    /// Writes one line; a failed write is logged, never fatal (the chain goes on from the last line written). A
+    /// replica that leads after another appended to the same file continues that one's chain.
     pub fn write(&self, d: &Decision) {
-        let Some(f) = self.out.as_ref() else { return };
-        match serde_json::to_string(d) {
-            Ok(line) => {
-                let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(e) = writeln!(f, "{line}") {
-                    tracing::warn!(error = %e, "failed to write the decision log");
+        let Some(out) = self.out.as_ref() else { return };
+        let mut c = out.lock().unwrap_or_else(|p| p.into_inner());
+        let len = c.file.metadata().map(|m| m.len()).unwrap_or(c.len);
+        if len != c.len {
+            match crate::audit::resume(&mut c.file) {
+                Ok(head) => c.head = head,
+                Err(e) => tracing::warn!(error = %e, "failed to read the decision log's last line"),
+            }
+        }
+        let chained = Chained { seq: c.head.seq + 1, prev: &c.head.hash, decision: d };
+        match serde_json::to_string(&chained) {
+            Ok(body) => {
+                let (line, next) = crate::audit::seal(&body, &c.head);
+                // One write of the whole line, so that appends of two processes never interleave within a line.
+                match c.file.write_all(format!("{line}\n").as_bytes()) {
+                    Ok(()) => {
+                        c.head = next;
+                        c.len = c.file.metadata().map(|m| m.len()).unwrap_or(0);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "failed to write the decision log"),
                 }
             }
             Err(e) => tracing::warn!(error = %e, "failed to serialise a decision"),
