@@ -45,4 +45,28 @@ pub struct DatasetSpec {
     /// Who answers for it.
     #[serde(default)]
     pub owner: String,
+    /// Who may read it (absent: every namespace and queue). A job that names it from elsewhere is refused at
+    /// admission (the chart's ValidatingAdmissionPolicy) or, where that policy is not installed, held with a reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<DataAccess>,
+}
+
+/// The namespaces and queues whose jobs may read a dataset: a job may if its namespace or its queue is listed.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("size(self.namespaces) + size(self.queues) > 0").message("access must list at least one namespace or queue; remove access to let every job read the dataset"))]
+pub struct DataAccess {
+    /// Namespaces whose jobs may read it.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Queues whose jobs may read it.
+    #[serde(default)]
+    pub queues: Vec<String>,
+}
+
+impl DataAccess {
+    /// Whether a job of `namespace` in `queue` may read the dataset.
+    pub fn allows(&self, namespace: &str, queue: &str) -> bool {
+        self.namespaces.iter().any(|n| n == namespace) || self.queues.iter().any(|q| q == queue)
+    }
 }

@@ -1111,3 +1111,36 @@ fn an_edge_sites_own_pool_places_only_within_its_capacity_lease() {
     };
     assert!(admitted(&cycle(&objects).1).is_empty(), "8 GPUs of n1 are the federation's pods'");
 }
+
+#[test]
+fn a_job_whose_namespace_and_queue_may_not_read_its_dataset_is_held_with_the_reason_and_others_run() {
+    let dataset = |access: serde_json::Value| -> Arc<Dataset> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "haiyun.io/v1alpha1", "kind": "Dataset", "metadata": { "name": "census" },
+                "spec": { "size": "1Ti", "classification": "public", "access": access }
+            }))
+            .unwrap(),
+        )
+    };
+    let reader = |name: &str, queue: &str| {
+        let mut j = job(name, queue, 1, 10);
+        j.spec.datasets = vec!["census".into()];
+        Arc::new(j)
+    };
+    // Namespace ns is not listed; queue "stats" is.
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q"), queue("stats")],
+        jobs: vec![reader("outsider", "q"), reader("statistician", "stats")],
+        datasets: vec![dataset(json!({ "namespaces": ["research"], "queues": ["stats"] }))],
+        nodes: vec![node("n0", 8, false)],
+        ..Default::default()
+    };
+    let (world, actions) = cycle(&objects);
+    assert_eq!(admitted(&actions), vec!["statistician".to_string()]);
+    let outsider = world.jobs.iter().find(|t| t.job.metadata.name.as_deref() == Some("outsider")).unwrap();
+    let JobState::Problem(p) = &outsider.state else { panic!("{:?}", outsider.state) };
+    assert_eq!(p.phase(), "data-access");
+    assert!(p.to_string().contains("namespace \"ns\" (queue \"q\") may not read dataset \"census\""), "{p}");
+}

@@ -25,6 +25,7 @@ struct RefsKey {
     invalid: BTreeMap<String, String>,
     namespaces: BTreeMap<String, Vec<String>>,
     datasets: BTreeMap<String, u32>,
+    access: BTreeMap<String, haiyun_api::dataset::DataAccess>,
     pools: Vec<(String, String, String)>,
     scripts: BTreeSet<PoolId>,
     time_limits: BTreeMap<PoolId, u32>,
@@ -135,6 +136,7 @@ fn refs_key(refs: &Refs<'_>, cluster: &Cluster) -> RefsKey {
         invalid: refs.invalid_queues.clone(),
         namespaces: refs.namespaces.clone(),
         datasets: refs.datasets.clone(),
+        access: refs.access.clone(),
         pools: cluster
             .pools
             .iter()

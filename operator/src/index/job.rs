@@ -39,6 +39,18 @@ pub enum JobProblem {
     /// A dataset it reads does not exist.
     #[error("dataset {0:?} does not exist; create the Dataset or fix spec.datasets")]
     NoDataset(String),
+    /// A dataset it reads does not let its namespace or queue read it.
+    #[error(
+        "spec.datasets: namespace {namespace:?} (queue {queue:?}) may not read dataset {dataset:?} (its spec.access); ask its owner to add one of them"
+    )]
+    DataAccess {
+        /// The dataset.
+        dataset: String,
+        /// The job's namespace.
+        namespace: String,
+        /// The job's queue.
+        queue: String,
+    },
     /// No pool matches its kinds and sites.
     #[error("no ComputePool matches spec.poolKinds {kinds:?} and spec.sites {sites:?}")]
     NoPool {
@@ -76,6 +88,7 @@ impl JobProblem {
         match self {
             JobProblem::NoQueue { .. } | JobProblem::Namespace { .. } | JobProblem::Duplicate(_) => "queue",
             JobProblem::NoDataset(_) => "data-clearance",
+            JobProblem::DataAccess { .. } => "data-access",
             JobProblem::NoPool { .. } | JobProblem::NoNode { .. } => "placement",
             JobProblem::Field { .. } => "validation",
         }
@@ -93,6 +106,8 @@ pub struct Refs<'a> {
     pub namespaces: &'a BTreeMap<String, Vec<String>>,
     /// Dataset ids by name.
     pub datasets: &'a BTreeMap<String, DatasetId>,
+    /// Who may read each dataset that says (datasets without `spec.access` are absent: anyone may).
+    pub access: &'a BTreeMap<String, haiyun_api::dataset::DataAccess>,
     /// Pools that run batch scripts.
     pub scripts: &'a std::collections::BTreeSet<PoolId>,
     /// The longest time limit per pool, minutes, where one is set.
@@ -179,6 +194,15 @@ pub fn core_job(cj: &ComputeJob, refs: &Refs<'_>, cluster: &mut Cluster) -> Resu
         .iter()
         .map(|d| refs.datasets.get(d).copied().ok_or_else(|| JobProblem::NoDataset(d.clone())))
         .collect::<Result<Vec<_>, _>>()?;
+    let namespace = cj.namespace().unwrap_or_default();
+    if let Some((d, _)) = s
+        .datasets
+        .iter()
+        .filter_map(|d| Some((d, refs.access.get(d)?)))
+        .find(|(_, a)| !a.allows(&namespace, &s.queue))
+    {
+        return Err(JobProblem::DataAccess { dataset: d.clone(), namespace, queue: s.queue.clone() });
+    }
     let pools = allowed_pools(cj, cluster, refs)?;
     let runtime = match &s.runtime_estimate {
         Some(r) => quantity::seconds(r)

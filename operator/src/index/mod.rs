@@ -269,6 +269,8 @@ fn assemble(
     let namespaces: BTreeMap<String, Vec<String>> =
         objects.queues.iter().map(|q| (q.name_any(), q.spec.namespaces.clone())).collect();
     let (datasets, dataset_ids) = datasets(objects, &fed);
+    let access: BTreeMap<String, haiyun_api::dataset::DataAccess> =
+        objects.datasets.iter().filter_map(|d| Some((d.name_any(), d.spec.access.clone()?))).collect();
     let mut cluster = fed.cluster.clone();
     let preempt_inference: BTreeSet<String> =
         objects.queues.iter().filter(|q| q.spec.preempt_inference).map(|q| q.name_any()).collect();
@@ -277,6 +279,7 @@ fn assemble(
         invalid_queues: &book.invalid,
         namespaces: &namespaces,
         datasets: &dataset_ids,
+        access: &access,
         scripts: &fed.scripts,
         time_limits: &fed.time_limits,
         preempt_inference: &preempt_inference,
@@ -323,6 +326,7 @@ fn assemble(
         invalid_queues: &world.invalid_queues,
         namespaces: &world.queue_namespaces,
         datasets: &dataset_ids,
+        access: &access,
         scripts: &BTreeSet::new(),
         time_limits: &BTreeMap::new(),
         preempt_inference: &BTreeSet::new(),
