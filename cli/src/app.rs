@@ -39,6 +39,8 @@ pub enum Format {
     Json,
     /// YAML for scripts.
     Yaml,
+    /// CSV (`haiyun report` only).
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +95,22 @@ enum Command {
     },
     /// Capacity and allocation by pool and GPU model, and queue usage.
     Top,
+    /// Usage from the ledger, one row per queue, namespace, user, pool, site, GPU model or dataset: GPU-seconds,
+    /// CPU core-seconds, energy and cost inside a window (runs that overlap it are clipped to it), like `sreport`.
+    Report {
+        /// What to group by: queue, namespace, user, pool, site, model or dataset.
+        #[arg(long, default_value = "queue")]
+        by: String,
+        /// The window's start: an RFC 3339 time or a date (default: all time).
+        #[arg(long)]
+        from: Option<String>,
+        /// The window's end: an RFC 3339 time or a date (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// The operator's dashboard Service, reached through the API server's service proxy.
+        #[arg(long, default_value = "haiyun-system/haiyun-dashboard:http")]
+        service: String,
+    },
     /// Prints a shell completion script, e.g. `source <(haiyun completion bash)`.
     Completion {
         /// The shell.
@@ -118,9 +136,34 @@ enum Command {
         #[arg(long)]
         decisions: Option<PathBuf>,
     },
+    /// The audit trail (a decision log file): verify its hash chain, or show the runs that read a dataset.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Runs a whole federation in this process, without Kubernetes: simulated pools, node agents streaming over
     /// gRPC, five teams' queues and a stream of jobs; serves the dashboard and an API this CLI can use.
     Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Checks that no record was edited, removed, added or moved (exit 6 naming the first bad line).
+    Verify {
+        /// The decision log (the operator's --decision-log, the demo's).
+        file: PathBuf,
+    },
+    /// The runs that read a dataset (or of a job): when they started, who submitted them, where they ran.
+    Show {
+        /// The decision log.
+        file: PathBuf,
+        /// Only runs that read this dataset.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Only runs of this job (`namespace/name`).
+        #[arg(long)]
+        job: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -167,6 +210,7 @@ fn print<T: Serialize>(format: Format, items: &T, table: impl FnOnce() -> String
             serde_json::to_string_pretty(items).map_err(|e| CliError::Input(e.to_string()))? + "\n"
         }
         Format::Yaml => serde_yaml::to_string(items).map_err(|e| CliError::Input(e.to_string()))?,
+        Format::Csv => return Err(CliError::Input("-o csv: only `haiyun report` prints CSV".into())),
     };
     print!("{text}");
     Ok(())
@@ -187,6 +231,21 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     };
     if let Command::Simulate { jobs, federation, throughputs, policy, decisions } = &cli.command {
         return simulate(cli.output, jobs, federation, throughputs, policy, decisions.as_deref());
+    }
+    if let Command::Audit { action } = &cli.command {
+        return audit(cli.output, action);
+    }
+    let report = match &cli.command {
+        Command::Report { by, from, to, service } => {
+            let query =
+                haiyun_operator::ledger::usage::Usage::parse(Some(by), from.as_deref(), to.as_deref())
+                    .map_err(|e| CliError::Input(format!("--{e}").replacen('=', " ", 1)))?;
+            Some(crate::usage::path(service, &query)?)
+        }
+        _ => None,
+    };
+    if cli.output == Format::Csv && report.is_none() {
+        return Err(CliError::Input("-o csv: only `haiyun report` prints CSV".into()));
     }
     let now = jiff::Timestamp::now().as_second();
     let request = match &cli.command {
@@ -256,7 +315,19 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             print(f, &r, || format!("quotarequest/{name} denied\n"))
         }
         // Handled before: they need no cluster.
-        Command::Simulate { .. } | Command::Demo(_) | Command::Completion { .. } => Ok(()),
+        Command::Simulate { .. } | Command::Demo(_) | Command::Completion { .. } | Command::Audit { .. } => {
+            Ok(())
+        }
+        Command::Report { .. } => {
+            let r = crate::usage::fetch(&cluster.client(), report.as_deref().unwrap_or_default()).await?;
+            match f {
+                Format::Csv => {
+                    print!("{}", crate::usage::csv(&r));
+                    Ok(())
+                }
+                _ => print(f, &r, || crate::usage::table(&r)),
+            }
+        }
         Command::Top => {
             let (pools, queues) = (cluster.pools().await?, cluster.queues().await?);
             let both = serde_json::json!({"pools": pools, "queues": queues});
@@ -287,6 +358,23 @@ where
         None => {
             let all = cluster.list(api).await?;
             print(f, &all, || view::rows(&all))
+        }
+    }
+}
+
+/// `haiyun audit verify|show`.
+fn audit(f: Format, action: &AuditAction) -> Result<(), CliError> {
+    match action {
+        AuditAction::Verify { file } => {
+            let head = crate::audit::verify(file)?;
+            let out = serde_json::json!({ "records": head.seq, "lastHash": head.hash });
+            print(f, &out, || {
+                format!("{}: {} records, chain intact (last hash {})\n", file.display(), head.seq, head.hash)
+            })
+        }
+        AuditAction::Show { file, dataset, job } => {
+            let runs = crate::audit::show(file, dataset.as_deref(), job.as_deref())?;
+            print(f, &runs, || crate::audit::table(&runs))
         }
     }
 }

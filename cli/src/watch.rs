@@ -40,7 +40,7 @@ impl Printer {
     /// Prints one object as it is now; false once stdout is closed.
     fn object<K: Tabular + Serialize>(&self, o: &K) -> bool {
         let text = match self.format {
-            Format::Table => line(&self.widths, &o.row()),
+            Format::Table | Format::Csv => line(&self.widths, &o.row()),
             Format::Json => serde_json::to_string(o).map(|s| s + "\n").unwrap_or_default(),
             Format::Yaml => serde_yaml::to_string(o).map(|s| format!("---\n{s}")).unwrap_or_default(),
         };

@@ -3,108 +3,17 @@
 //! demo, data that stays in cleared pools (the decision log), bad input, and the dashboard in a real browser.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../operator/tests/support/mod.rs"]
-mod support;
+mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::demo::{Demo, run, scratch};
+use common::support::browser::{browse, get};
 use serde_json::Value;
-use support::browser::{browse, get};
 
 const POOLS: &str =
     "hpc-tianjin,ai-shanghai,public-data-base,ai-xian-remote,general-guangzhou,edge-shenzhen,edge-chengdu";
 const QUEUES: &str = "llm,vision,analytics,public-data,edge";
-
-/// The demo in a child process; killed on drop.
-struct Demo {
-    child: Child,
-    port: u16,
-    kubeconfig: PathBuf,
-    decisions: PathBuf,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("haiyun-demo-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-impl Demo {
-    fn start(dir: &Path) -> Demo {
-        let kubeconfig = dir.join("kubeconfig");
-        let decisions = dir.join("decisions.jsonl");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_haiyun"))
-            .args(["demo", "--addr", "127.0.0.1:0", "--speed", "120", "--duration", "10m"])
-            .args(["--kubeconfig-out", kubeconfig.to_str().unwrap()])
-            .args(["--decision-log", decisions.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut port = None;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let mut line = String::new();
-        while port.is_none() && out.read_line(&mut line).unwrap() > 0 {
-            // "  dashboard:  http://127.0.0.1:PORT/"
-            port = line.trim().strip_prefix("dashboard:").and_then(|u| {
-                u.trim().trim_end_matches('/').rsplit(':').next().and_then(|p| p.parse::<u16>().ok())
-            });
-            lines.lock().unwrap().push(std::mem::take(&mut line));
-        }
-        let keep = lines.clone();
-        std::thread::spawn(move || {
-            for l in out.lines().map_while(Result::ok) {
-                keep.lock().unwrap().push(l);
-            }
-        });
-        let port = port.expect("the demo prints its dashboard URL");
-        Demo { child, port, kubeconfig, decisions, lines }
-    }
-
-    fn snapshot(&self) -> Value {
-        serde_json::from_str(&get(self.port, "/api/v1/snapshot")).unwrap_or(Value::Null)
-    }
-
-    /// Polls the snapshot until `f` finds something.
-    fn until<T>(&self, what: &str, limit: Duration, mut f: impl FnMut(&Value) -> Option<T>) -> T {
-        let end = Instant::now() + limit;
-        loop {
-            if let Some(v) = f(&self.snapshot()) {
-                return v;
-            }
-            assert!(Instant::now() < end, "timed out waiting for {what}; the demo said:\n{}", self.said());
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    fn said(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// Runs `haiyun ARGS` against the demo; returns (exit code, stdout, stderr).
-    fn haiyun(&self, args: &[&str]) -> (i32, String, String) {
-        run(&[&["--kubeconfig", self.kubeconfig.to_str().unwrap()], args].concat())
-    }
-}
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_haiyun")).args(args).env_remove("KUBECONFIG").output().unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
-}
 
 fn gpus(s: &Value) -> impl Iterator<Item = &Value> {
     s["nodes"].as_array().into_iter().flatten().flat_map(|n| n["gpus"].as_array().into_iter().flatten())
@@ -282,9 +191,85 @@ fn the_demo_runs_a_federation_that_the_cli_and_a_browser_can_use() {
     assert!(!sensitive.is_empty(), "no job read sensitive data");
     assert!(sensitive.iter().all(|d| d["pool"] == "public-data-base"), "{sensitive:?}");
 
+    // The trail is a hash chain: it verifies, `audit show` lists who ran what on a dataset and where, and an edited
+    // copy fails at the edited line.
+    let file = demo.decisions.to_str().unwrap();
+    let (code, out, err) = run(&["audit", "verify", file]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("chain intact"), "{out}");
+    let (code, out, err) = run(&["audit", "show", file, "--dataset", "census-2025-microdata", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert!(
+        !shown.is_empty() && shown.iter().all(|d| d["pool"] == "public-data-base" && d["event"] == "place")
+    );
+    let (_, table, _) = run(&["audit", "show", file, "--dataset", "census-2025-microdata"]);
+    assert!(table.contains("SUBMITTER") && table.contains("public-data-base"), "{table}");
+    let copy = dir.join("tampered.jsonl");
+    let mut lines: Vec<String> = log.lines().map(String::from).collect();
+    let at = lines.iter().position(|l| l.contains("\"pool\":\"public-data-base\"")).unwrap();
+    lines[at] = lines[at].replace("\"pool\":\"public-data-base\"", "\"pool\":\"edge-shenzhen\"");
+    std::fs::write(&copy, lines.join("\n") + "\n").unwrap();
+    let (code, _, err) = run(&["audit", "verify", copy.to_str().unwrap()]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains(&format!("line {}: its hash does not match", at + 1)), "{err}");
+
+    // The usage ledger: every run placed so far is in `haiyun report`, per queue and per pool, and in /metrics.
+    let places = |demo: &Demo| {
+        std::fs::read_to_string(&demo.decisions)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"event\":\"place\""))
+            .count()
+    };
+    let before = places(&demo);
+    std::thread::sleep(Duration::from_secs(3)); // a few cycles: the ledger records a run once its status says so
+    let (code, out, err) = demo.haiyun(&["report", "--by", "queue", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let after = places(&demo);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let runs: i64 = rows.iter().map(|r| r["runs"].as_i64().unwrap()).sum();
+    assert!(before as i64 <= runs && runs <= after as i64, "{before} ≤ {runs} ≤ {after} runs: {out}");
+    assert!(rows.iter().all(|r| QUEUES.split(',').any(|q| r["key"] == q)), "{out}");
+    assert!(
+        rows.iter().any(|r| r["gpu_seconds"].as_f64().unwrap() > 0.0 && r["cost"].as_f64().unwrap() > 0.0)
+    );
+    let (code, csv, err) = demo.haiyun(&["report", "--by", "pool", "-o", "csv"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        csv.starts_with("pool,runs,gpu_seconds,cpu_core_seconds,memory_gib_seconds,energy_joules,cost\n"),
+        "{csv}"
+    );
+    assert!(csv.lines().skip(1).all(|l| POOLS.split(',').any(|p| l.starts_with(&format!("{p},")))), "{csv}");
+    let (code, table, _) = demo.haiyun(&["report", "--by", "model", "--from", "2020-01-01"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("MODEL")
+            && table.contains("GPU_SECONDS")
+            && table.contains("usage from 2020-01-01T00:00:00"),
+        "{table}"
+    );
+    let (code, _, err) = demo.haiyun(&["report", "--by", "colour"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--by colour") && err.contains("queue, namespace, user"), "{err}");
+    let (code, _, err) = demo.haiyun(&["report", "--from", "yesterday"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--from yesterday") && err.contains("RFC 3339"), "{err}");
+    let metrics = get(demo.port, "/metrics");
+    assert!(metrics.contains("haiyun_usage_gpu_seconds_total{queue=\"llm\""), "{metrics}");
+
     // In a real browser: every pool and queue, figures that change live, and a waiting job's explanation.
     let job = latest_waiting(&demo);
-    browse(&format!("http://127.0.0.1:{}/", demo.port), POOLS, QUEUES, &job, "demo-dashboard.png", true);
+    browse(
+        &format!("http://127.0.0.1:{}/", demo.port),
+        POOLS,
+        QUEUES,
+        &job,
+        "demo-dashboard.png",
+        true,
+        true,
+    );
 }
 
 /// The waiting job whose estimated start is furthest away (`namespace/name`).

@@ -93,6 +93,7 @@ async fn the_dashboard_shows_pools_gpus_queues_and_pending_jobs_with_reasons_and
         "default/waiting",
         "dashboard.png",
         false,
+        false,
     );
 
     // Live: two events arrive on the stream, each a full snapshot, and the second is newer.

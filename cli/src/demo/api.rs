@@ -190,3 +190,15 @@ pub fn kubeconfig(addr: std::net::SocketAddr, namespace: &str) -> String {
          current-context: haiyun-demo\nusers:\n- name: demo\n  user: {{}}\n"
     )
 }
+
+/// The ledger's report at `/api/v1/usage`, and at the path `haiyun report` asks the API server's service proxy for
+/// (the chart's dashboard Service), so the CLI reads the demo's usage unchanged.
+pub fn usage_routes(ledger: haiyun_operator::ledger::Ledger, clock: Clock) -> Router {
+    use haiyun_operator::ledger::api;
+    let slot: api::Slot = Default::default();
+    let _ = slot.set(ledger);
+    let now: api::Now = Arc::new(move || clock.now());
+    let direct = api::routes(slot.clone(), true, now.clone());
+    let proxied = api::routes(slot, true, now);
+    direct.nest("/api/v1/namespaces/haiyun-system/services/haiyun-dashboard:http/proxy", proxied)
+}

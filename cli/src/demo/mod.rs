@@ -52,6 +52,10 @@ pub struct DemoArgs {
     /// Append the decision log (JSON lines) to this file.
     #[arg(long)]
     pub decision_log: Option<String>,
+    /// The usage ledger: sqlite:///<file> or postgres://… (default: a SQLite file in the demo's temporary directory,
+    /// gone when it stops). `haiyun report` reads it.
+    #[arg(long)]
+    pub ledger: Option<String>,
     /// Real seconds a node agent may be silent before its node is stale.
     #[arg(long, default_value_t = 10)]
     pub agent_grace_seconds: u64,
@@ -150,16 +154,20 @@ pub fn run(args: DemoArgs) -> Result<(), CliError> {
 async fn serve(args: DemoArgs, limit: Option<Duration>) -> Result<(), CliError> {
     let clock = Clock::new(args.speed);
     let (cluster, fed) = build(&args, clock.now())?;
-    let cluster = Arc::new(Mutex::new(cluster));
     let dir = std::env::temp_dir().join(format!("haiyun-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| CliError::Start(format!("{}: {e}", dir.display())))?;
+    let url = args.ledger.clone().unwrap_or_else(|| format!("sqlite://{}", dir.join("ledger.db").display()));
+    let ledger =
+        haiyun_operator::ledger::Ledger::open(&url).await.map_err(|e| CliError::Start(e.to_string()))?;
+    let metrics = Arc::new(haiyun_operator::metrics::Metrics::default());
+    let cluster = Arc::new(Mutex::new(cluster.with_ledger(ledger.clone()).with_metrics(metrics.clone())));
     let grace = Duration::from_secs(args.agent_grace_seconds.max(1));
     let agents = agents::start(&fed.pools, &dir, grace).await?;
     let (board, watch) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
     let shared = api::Shared { cluster: cluster.clone(), clock };
-    let metrics = Arc::new(haiyun_operator::metrics::Metrics::default());
     metrics.add_fleet(agents.fleet.clone());
     metrics.set_ready(true);
+    metrics.set_leader(true); // the demo's one operator leads
     // The dashboard's utilisation chart: a sample every 10 s of real time, the last hour.
     let history = haiyun_operator::history::History::new(Duration::from_secs(10));
     let (past, past_rx) = tokio::sync::watch::channel(Arc::new(history.clone()));
@@ -170,7 +178,8 @@ async fn serve(args: DemoArgs, limit: Option<Duration>) -> Result<(), CliError> 
         past,
         None,
     ));
-    let at = haiyun_operator::http::serve_with(args.addr, metrics, watch, past_rx, api::routes(shared))
+    let routes = api::routes(shared).merge(api::usage_routes(ledger.clone(), clock));
+    let at = haiyun_operator::http::serve_with(args.addr, metrics.clone(), watch, past_rx, routes)
         .await
         .map_err(|e| CliError::Start(e.to_string().replace("--metrics-addr", "--addr")))?;
     let kubeconfig = args.kubeconfig_out.clone().unwrap_or_else(|| dir.join("kubeconfig"));

@@ -15,8 +15,8 @@ pub fn get(port: u16, path: &str) -> String {
 
 /// Runs `browser/dashboard.mjs` against `url`; skipped (saying so) when the browser tooling is not installed,
 /// unless `HAIYUN_REQUIRE_BROWSER` is set. The screenshot goes to `target/test-artifacts/<shot>`; with `churn`, the
-/// pools' numbers must change too, not just the time.
-pub fn browse(url: &str, pools: &str, queues: &str, job: &str, shot: &str, churn: bool) {
+/// pools' numbers must change too, not just the time; with `usage`, the usage ledger's table must have rows.
+pub fn browse(url: &str, pools: &str, queues: &str, job: &str, shot: &str, churn: bool, usage: bool) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let script = root.join("browser/dashboard.mjs");
     let ready = root.join("browser/node_modules/playwright-core").exists()
@@ -36,6 +36,7 @@ pub fn browse(url: &str, pools: &str, queues: &str, job: &str, shot: &str, churn
     let out = std::process::Command::new("node")
         .arg(&script)
         .args([url, pools, queues, job, shot.to_str().unwrap(), if churn { "churn" } else { "" }])
+        .arg(if usage { "usage" } else { "" })
         .output()
         .unwrap();
     let say = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
