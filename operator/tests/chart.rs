@@ -55,6 +55,17 @@ fn the_chart_lints_and_its_schema_refuses_bad_values() {
     assert!(!ok && out.contains("probe"), "a bad probe was accepted:\n{out}");
     let (ok, out) = render(&helm, &["--set", "agent.enabled=false"]);
     assert!(ok && !out.contains("kind: DaemonSet"), "{out}");
+    // The usage ledger: SQLite takes one replica on its volume, recreated on upgrade; PostgreSQL any number.
+    let (ok, out) = render(&helm, &["--set", "ledger.url=sqlite:///var/lib/haiyun/ledger.db"]);
+    assert!(!ok && out.contains("set replicas: 1"), "a SQLite ledger with two replicas was accepted:\n{out}");
+    let sqlite = ["--set", "ledger.url=sqlite:///var/lib/haiyun/ledger.db", "--set", "replicas=1"];
+    let (ok, out) = render(&helm, &sqlite);
+    assert!(ok && out.contains("- --ledger=sqlite:///var/lib/haiyun/ledger.db"), "{out}");
+    assert!(out.contains("type: Recreate") && out.contains("mountPath: /var/lib/haiyun"), "{out}");
+    let (ok, out) = render(&helm, &["--set", "ledger.urlSecret.name=ledger-db"]);
+    assert!(ok && out.contains("name: HAIYUN_LEDGER") && out.contains("type: RollingUpdate"), "{out}");
+    let (ok, out) = render(&helm, &["--set", "ledger.url=mysql://db/x"]);
+    assert!(!ok && out.contains("ledger"), "a MySQL ledger was accepted:\n{out}");
     let (ok, out) = render(&helm, &["--set", "otlp.endpoint=collector:4318"]);
     assert!(!ok && out.contains("otlp"), "an OTLP endpoint without a scheme was accepted:\n{out}");
     let (ok, out) = render(&helm, &["--set", "otlp.endpoint=http://collector.obs:4318"]);
@@ -250,4 +261,55 @@ async fn the_rendered_chart_applies_and_only_approvers_decide_quota_requests() {
     );
     let (ok, out) = patch("boss", r#"{"decision":"Denied"}"#);
     assert!(!ok && out.contains("cannot be changed"), "a decision was changed:\n{out}");
+
+    // Who submitted a job is stamped from the request (a forged name is overwritten) and never changes.
+    let job = "apiVersion: haiyun.io/v1alpha1\nkind: ComputeJob\nmetadata: {name: stamped, namespace: default}\n\
+               spec: {queue: team-a, submittedBy: boss, taskGroups: [{name: w, replicas: 1}]}\n";
+    let get = || {
+        let args = ["get", "computejob", "stamped", "-n", "default", "-o", "jsonpath={.spec.submittedBy}"];
+        run(kubectl(&env).args(args), None)
+    };
+    support::wait_for("the submitter to be stamped", std::time::Duration::from_secs(30), || async {
+        let (ok, out) = run(kubectl(&env).args(["--as=trainer", "create", "-f", "-"]), Some(job));
+        assert!(ok, "a trainer may submit a job:\n{out}");
+        let (_, by) = get();
+        if by.trim() == "trainer" {
+            return Some(());
+        }
+        // Made before the policy took effect: made again.
+        let _ = run(kubectl(&env).args(["delete", "computejob", "stamped", "-n", "default"]), None);
+        None
+    })
+    .await;
+    let body = r#"{"spec":{"submittedBy":"boss"}}"#;
+    let args =
+        ["--as=trainer", "patch", "computejob", "stamped", "-n", "default", "--type", "merge", "-p", body];
+    let (ok, out) = run(kubectl(&env).args(args), None);
+    assert!(!ok && out.contains("submittedBy is stamped at creation"), "submittedBy was changed:\n{out}");
+    // A dataset's readers: a job from a namespace and queue it does not list is refused by the API server.
+    let dataset = "apiVersion: haiyun.io/v1alpha1\nkind: Dataset\nmetadata: {name: chart-census}\n\
+                   spec: {size: 1Ti, classification: core, access: {namespaces: [research]}}\n";
+    let (ok, out) = run(kubectl(&env).args(["apply", "-f", "-"]), Some(dataset));
+    assert!(ok, "{out}");
+    let reader = "apiVersion: haiyun.io/v1alpha1\nkind: ComputeJob\nmetadata: {name: reader, namespace: default}\n\
+                  spec: {queue: team-a, datasets: [chart-census], taskGroups: [{name: w, replicas: 1}]}\n";
+    support::wait_for(
+        "the dataset policy to refuse a reader",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (ok, out) = run(kubectl(&env).args(["--as=trainer", "create", "-f", "-"]), Some(reader));
+            if ok {
+                let _ = run(kubectl(&env).args(["delete", "computejob", "reader", "-n", "default"]), None);
+                return None;
+            }
+            let refused = out.contains("namespace default (queue team-a) may not read dataset chart-census");
+            refused.then_some(())
+        },
+    )
+    .await;
+    let body = r#"{"spec":{"submittedBy":null}}"#;
+    let args =
+        ["--as=trainer", "patch", "computejob", "stamped", "-n", "default", "--type", "merge", "-p", body];
+    let (ok, out) = run(kubectl(&env).args(args), None);
+    assert!(!ok && out.contains("cannot be added or removed"), "submittedBy was removed:\n{out}");
 }
