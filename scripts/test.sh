@@ -38,6 +38,7 @@ dra_dir=$(mktemp -d)
 slurm_dir=$(mktemp -d)
 remote_a=$(mktemp -d)
 remote_b=$(mktemp -d)
+pg_dir=$(mktemp -d)
 log=$(mktemp)
 cleanup() {
   testenv/testenv down --dir "$testenv_dir" --purge >/dev/null 2>&1 || true
@@ -46,7 +47,10 @@ cleanup() {
   testenv/testenv down --dir "$remote_a" --purge >/dev/null 2>&1 || true
   testenv/testenv down --dir "$remote_b" --purge >/dev/null 2>&1 || true
   testenv/slurm/slurm-down.sh "$slurm_dir/cluster" --purge >/dev/null 2>&1 || true
-  rm -rf "$testenv_dir" "$real_dir" "$dra_dir" "$slurm_dir" "$remote_a" "$remote_b" "$log"
+  if [ -f "$pg_dir/data/postmaster.pid" ]; then
+    su postgres -s /bin/sh -c "$pg_bin/pg_ctl -D $pg_dir/data stop -m immediate" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$testenv_dir" "$real_dir" "$dra_dir" "$slurm_dir" "$remote_a" "$remote_b" "$pg_dir" "$log"
 }
 trap cleanup EXIT
 testenv/testenv up --dir "$testenv_dir" --nodes 4 --gpus-per-node 8 --gpu-model H100
@@ -91,6 +95,34 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   export HAIYUN_TEST_SLURM="$slurm_dir/cluster/slurm-env.sh" HAIYUN_REQUIRE_SLURM=1
 else
   echo "skipped: starting Slurm needs root and Debian's packages; the Slurm tests will be skipped"
+fi
+
+echo "== PostgreSQL (Debian's package) on loopback, for the usage ledger's tests"
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  if [ ! -x "$pg_bin/initdb" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  fi
+  chown postgres "$pg_dir"
+  su postgres -s /bin/sh -c "$pg_bin/initdb -D $pg_dir/data -A trust -U postgres" >/dev/null
+  su postgres -s /bin/sh -c "$pg_bin/pg_ctl -D $pg_dir/data -l $pg_dir/log -w start \
+    -o '-p 55432 -k $pg_dir -c listen_addresses=127.0.0.1'" >/dev/null
+  export HAIYUN_TEST_POSTGRES="postgres://postgres@127.0.0.1:55432/postgres" HAIYUN_REQUIRE_POSTGRES=1
+else
+  echo "skipped: PostgreSQL needs root and Debian's packages; the ledger's PostgreSQL test will be skipped"
+fi
+
+echo "== Prometheus (Debian's package) for the chart's dashboards and alert rules"
+if [ ! -x /usr/bin/prometheus ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+fi
+if [ -x /usr/bin/prometheus ]; then
+  export HAIYUN_REQUIRE_PROMETHEUS=1
+else
+  echo "skipped: the monitoring test needs Debian's prometheus package"
 fi
 
 echo "== browser (headless Chromium from Debian, playwright-core from npm) for the dashboard's test"
