@@ -144,6 +144,37 @@ fn a_job_reading_core_data_runs_only_in_a_cleared_pool_and_says_why_it_waits() {
 }
 
 #[test]
+fn core_data_never_leaves_the_pools_holding_a_replica_even_when_a_cleared_pool_is_free() {
+    // Both pools are cleared for core data; only pool 1 holds the dataset, and a blocker fills it.
+    let mut c = federation(1, 1);
+    c.pools[0].clearance = Classification::Core;
+    let mut s = scheduler(c, vec![QueueSpec::new("q", big_quota())]);
+    let census = s.add_dataset(Dataset {
+        name: "census".into(),
+        size_mib: 1,
+        classification: Classification::Core,
+        replicas: vec![1],
+    });
+    let mut blocker = job("blocker", 0, 8, 100.0, 0.0);
+    blocker.pools = vec![1];
+    let blocker = s.submit(blocker).unwrap();
+    s.cycle(0.0).unwrap();
+    assert_eq!(s.placement(blocker).map(|p| p.1), Some(1));
+    let mut reader = job("reader", 0, 8, 100.0, 0.0);
+    reader.datasets = vec![census];
+    let reader = s.submit(reader).unwrap();
+    s.cycle(1.0).unwrap();
+    assert_eq!(
+        s.status(reader).unwrap().phase,
+        Phase::Pending,
+        "pool 0 is free and cleared but holds no replica"
+    );
+    s.finish(blocker, 100.0).unwrap();
+    s.cycle(100.0).unwrap();
+    assert_eq!(s.placement(reader).map(|p| p.1), Some(1), "it runs where its core data is");
+}
+
+#[test]
 fn placement_prefers_the_pool_holding_the_data_and_otherwise_charges_the_transfer() {
     let mut c = federation(1, 1);
     c.pools[0].clearance = Classification::Core;

@@ -39,14 +39,26 @@ impl Scheduler {
             .fold(ModelSet::ANY, |acc, t| ModelSet(acc.0 & t.models.0))
     }
 
-    /// Pools with nodes whose clearance covers every dataset the job reads.
+    /// Pools with nodes whose clearance covers every dataset the job reads and that hold a replica of each core
+    /// dataset it reads: core data never moves, even where a transfer would be faster.
     pub(crate) fn cleared_pools(&self, e: &Entry) -> Vec<PoolId> {
         let needs = self.needs(e);
         let c = self.snap.cluster();
         (0..c.pools.len() as PoolId)
             .filter(|p| c.pools[*p as usize].clearance >= needs && self.snap.groups().pools.contains_key(p))
             .filter(|p| e.job.pools.is_empty() || e.job.pools.contains(p))
+            .filter(|p| self.holds_core(e, *p))
             .collect()
+    }
+
+    /// Whether `pool` holds a replica of every core dataset `e` reads.
+    fn holds_core(&self, e: &Entry, pool: PoolId) -> bool {
+        e.job
+            .datasets
+            .iter()
+            .filter_map(|d| self.datasets.get(*d as usize))
+            .filter(|d| d.classification == Classification::Core)
+            .all(|d| d.replicas.contains(&pool))
     }
 
     fn needs(&self, e: &Entry) -> Classification {
