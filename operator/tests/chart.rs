@@ -271,6 +271,10 @@ async fn the_rendered_chart_applies_and_only_approvers_decide_quota_requests() {
     };
     support::wait_for("the submitter to be stamped", std::time::Duration::from_secs(30), || async {
         let (ok, out) = run(kubectl(&env).args(["--as=trainer", "create", "-f", "-"]), Some(job));
+        // The admission policies resolve the just-applied CRD's schema a moment after it changes.
+        if !ok && out.contains("not declared in schema") {
+            return None;
+        }
         assert!(ok, "a trainer may submit a job:\n{out}");
         let (_, by) = get();
         if by.trim() == "trainer" {

@@ -191,9 +191,9 @@ async fn twenty_sigkills_during_binding_lose_no_job_or_ledger_run_bind_no_pod_tw
     .await;
 }
 
-/// Every run of the decision log is in the usage ledger with the same GPU-seconds: each `place` line starts a run,
-/// the last `finish` or `preempt` after it ends it (a finish logged by an operator killed before its status landed is
-/// logged again by the next, which is the one that counts).
+/// Every run of the decision log is in the usage ledger with the same GPU-seconds. Both kinds of line are written
+/// before the status they stand for, so a kill while that write is in flight may leave one the next operator writes
+/// again: a run is the last `place` line before its end, and ends at the last `finish` or `preempt` after it.
 async fn ledger_matches_the_decision_log(env: &Env, url: &str, jobs: usize) {
     use haiyun_operator::ledger::store::Store;
     use haiyun_operator::ledger::usage::{By, Usage};
@@ -216,7 +216,11 @@ async fn ledger_matches_the_decision_log(env: &Env, url: &str, jobs: usize) {
                         t["gpus"].as_array().unwrap().len() as f64 * t["gpu_milli"].as_f64().unwrap() / 1000.0
                     })
                     .sum();
-                runs.entry(job).or_default().push((time(d), gpus, None));
+                let job = runs.entry(job).or_default();
+                if job.last().is_some_and(|r| r.2.is_none()) {
+                    job.pop(); // placed again: the earlier line's status write did not land
+                }
+                job.push((time(d), gpus, None));
             }
             "finish" | "preempt" => {
                 if let Some(last) = runs.get_mut(&job).and_then(|r| r.last_mut()) {

@@ -191,13 +191,14 @@ impl Applier {
             Action::Admit { job, placement, backend: kind } => {
                 let at = crate::time::now();
                 let status = crate::status::admitted(job, placement, at);
-                write::job_status(&self.client, job, &status).await?;
-                // The placement stands once it is in the job's status (pods made later, after a restart, resume
-                // it): the line is written now, at the run's start time, so that a crash before the pods exist
-                // loses no run from the log (a run the API server then refuses ends as a failure).
+                // The line goes first, at the run's start time: once the status is written the placement stands
+                // (pods made later, after a restart, resume it), and a process killed while that write is in
+                // flight never learns that the API server took it. So no run is missing from the trail; a write
+                // that fails leaves a line the next placement of the job follows (a run is its last place line).
                 if let Some(line) = Decision::placed(action, crate::time::rfc3339(at)) {
                     self.log.write(&line);
                 }
+                write::job_status(&self.client, job, &status).await?;
                 let nodes: Vec<&str> = placement.tasks.iter().map(|t| t.node.as_str()).collect();
                 let note = format!("placed in pool {} on {}", placement.pool, summarise(&nodes));
                 self.event(job, EventType::Normal, "Admitted", &note).await;

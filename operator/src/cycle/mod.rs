@@ -60,7 +60,7 @@ pub struct Memory {
 pub struct Output {
     /// What to apply: evictions before the admissions they make room for.
     pub actions: Vec<Action>,
-    /// Decision lines to write now (preempt, finish, reject; `place` is written when its action succeeds).
+    /// Decision lines to write now (preempt, finish, reject; `place` is written as its action writes the job's status).
     pub decisions: Vec<Decision>,
     /// The dashboard's view of this cycle.
     pub snapshot: Snapshot,

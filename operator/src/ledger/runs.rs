@@ -139,7 +139,8 @@ fn run_of(job: &ComputeJob, pools: &HashMap<String, &ComputePool>, now: Time) ->
         memory_gib: mem / f64::from(1u32 << 30),
         datasets: job.spec.datasets.clone(),
         cost_per_hour,
-        start: st.start_time.as_deref().and_then(crate::time::parse).unwrap_or(now).min(now),
+        // As the status says (whole seconds, as the decision log's lines), even a moment ahead of this cycle.
+        start: st.start_time.as_deref().and_then(crate::time::parse).unwrap_or(now),
         energy_start: st.energy.as_ref().map_or(0.0, |e| e.joules),
     })
 }
@@ -175,7 +176,7 @@ fn ending(job: Option<&ComputeJob>, run: &Run, now: Time) -> Close {
     let close = |end: Time, outcome: &str, joules: f64| Close {
         uid: run.uid.clone(),
         run: run.run,
-        end: end.clamp(run.start, now.max(run.start)),
+        end: end.max(run.start),
         outcome: outcome.into(),
         energy_joules: (joules - run.energy_start).max(0.0),
     };
