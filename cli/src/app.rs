@@ -108,7 +108,7 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
         /// The operator's dashboard Service, reached through the API server's service proxy.
-        #[arg(long, default_value = "haiyun-system/haiyun-dashboard:http")]
+        #[arg(long, default_value = "haiyun-system/haiyun-operator-dashboard:http")]
         service: String,
     },
     /// Prints a shell completion script, e.g. `source <(haiyun completion bash)`.

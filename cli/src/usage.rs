@@ -11,7 +11,7 @@ use crate::cluster::CliError;
 pub fn path(service: &str, query: &Usage) -> Result<String, CliError> {
     let bad = || {
         CliError::Input(format!(
-            "--service {service}: expected <namespace>/<name>:<port>, e.g. haiyun-system/haiyun-dashboard:http"
+            "--service {service}: expected <namespace>/<name>:<port>, e.g. haiyun-system/haiyun-operator-dashboard:http"
         ))
     };
     let (ns, rest) = service.split_once('/').ok_or_else(bad)?;

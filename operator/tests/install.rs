@@ -331,6 +331,17 @@ async fn helm_install_runs_a_job_and_upgrade_failover_and_uninstall_lose_nothing
         .unwrap_or_else(|e| panic!("the dashboard's JSON did not parse ({e}): {out}"));
     assert!(snapshot.to_string().contains("\"lab\""), "the snapshot names no pool lab: {out}");
     assert!(out.contains("<html") || out.contains("<!DOCTYPE") || out.contains("<!doctype"), "{out}");
+    // The path `haiyun report` asks the API server's service proxy for reaches the leader's usage endpoint, which
+    // says how to turn the ledger on (this release runs none: two replicas need PostgreSQL).
+    let path = "/api/v1/namespaces/haiyun-system/services/haiyun-operator-dashboard:http/proxy/api/v1/usage?by=queue";
+    let req = http::Request::get(path).body(Vec::new()).unwrap();
+    match client.request_text(req).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 503, "{s:?}");
+            assert!(s.message.contains("no usage ledger: start the operator with --ledger"), "{s:?}");
+        }
+        other => panic!("the usage endpoint through the service proxy answered {other:?}"),
+    }
 
     // The fence holder the chart runs for a federation that fences its pods here: once that federation's Lease goes
     // unrenewed for its duration, the holder deletes the federation's pods, and only those.

@@ -200,5 +200,5 @@ pub fn usage_routes(ledger: haiyun_operator::ledger::Ledger, clock: Clock) -> Ro
     let now: api::Now = Arc::new(move || clock.now());
     let direct = api::routes(slot.clone(), true, now.clone());
     let proxied = api::routes(slot, true, now);
-    direct.nest("/api/v1/namespaces/haiyun-system/services/haiyun-dashboard:http/proxy", proxied)
+    direct.nest("/api/v1/namespaces/haiyun-system/services/haiyun-operator-dashboard:http/proxy", proxied)
 }
