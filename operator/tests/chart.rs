@@ -64,6 +64,17 @@ fn the_chart_lints_and_its_schema_refuses_bad_values() {
     assert!(out.contains("type: Recreate") && out.contains("mountPath: /var/lib/haiyun"), "{out}");
     let (ok, out) = render(&helm, &["--set", "ledger.urlSecret.name=ledger-db"]);
     assert!(ok && out.contains("name: HAIYUN_LEDGER") && out.contains("type: RollingUpdate"), "{out}");
+    let audit = [
+        "--set",
+        "operator.decisionLog=/var/log/haiyun/decisions.jsonl",
+        "--set",
+        "operator.decisionLogClaim=audit",
+    ];
+    let (ok, out) = render(&helm, &audit);
+    assert!(
+        ok && out.contains("claimName: \"audit\"") && out.contains("mountPath: /var/log/haiyun"),
+        "{out}"
+    );
     let (ok, out) = render(&helm, &["--set", "ledger.url=mysql://db/x"]);
     assert!(!ok && out.contains("ledger"), "a MySQL ledger was accepted:\n{out}");
     let (ok, out) = render(&helm, &["--set", "otlp.endpoint=collector:4318"]);
