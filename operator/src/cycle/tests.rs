@@ -283,6 +283,7 @@ fn agent_view(unhealthy: &[u32], stale: bool) -> crate::fleet::NodeView {
                     utilization: None,
                     nvlink_peers: Vec::new(),
                     energy_mj: None,
+                    power_mw: None,
                 },
             )
         })
@@ -989,6 +990,7 @@ fn linked_view(gpus: impl IntoIterator<Item = (u32, Vec<u32>, Option<u64>)>) -> 
                 utilization: None,
                 nvlink_peers,
                 energy_mj,
+                power_mw: None,
             };
             (i, v)
         })

@@ -145,6 +145,7 @@ mod tests {
             utilization: None,
             nvlink_peers: Vec::new(),
             energy_mj: None,
+            power_mw: None,
         };
         let mut v = NodeView {
             stale: false,

@@ -39,6 +39,8 @@ pub struct GpuView {
     pub nvlink_peers: Vec<u32>,
     /// Its energy counter in the last sample, millijoules since the driver loaded.
     pub energy_mj: Option<u64>,
+    /// Its power draw (milliwatts), where the agent reports one: energy where there is no counter.
+    pub power_mw: Option<u32>,
 }
 
 /// What the scheduler and the node conditions need of one node.
@@ -79,6 +81,7 @@ struct Entry {
     health: BTreeMap<u32, (GpuState, String)>,
     utilization: BTreeMap<u32, u32>,
     energy: BTreeMap<u32, u64>,
+    power: BTreeMap<u32, u32>,
     samples: u64,
     replayed: u64,
     lost: u64,
@@ -133,6 +136,7 @@ impl Fleet {
             health: BTreeMap::new(),
             utilization: BTreeMap::new(),
             energy: BTreeMap::new(),
+            power: BTreeMap::new(),
             samples: 0,
             replayed: 0,
             lost: 0,
@@ -191,6 +195,7 @@ impl Fleet {
         e.health = health;
         e.utilization = s.gpus.iter().filter_map(|r| Some((r.index, r.utilization_gpu_pct?))).collect();
         e.energy = s.gpus.iter().filter_map(|r| Some((r.index, r.energy_mj?))).collect();
+        e.power = s.gpus.iter().filter_map(|r| Some((r.index, r.power_mw?))).collect();
         drop(nodes);
         if changed {
             self.changed.notify_one();
@@ -228,6 +233,7 @@ impl Fleet {
                                 utilization,
                                 nvlink_peers,
                                 energy_mj: e.energy.get(i).copied(),
+                                power_mw: e.power.get(i).copied(),
                             },
                         )
                     })
