@@ -283,21 +283,22 @@ fn indexed_job(name: &str, script: &str) -> Value {
     })
 }
 
-/// Every rank sends its rank to rank 0 at MASTER_ADDR, on MASTER_PORT plus its rank, and rank 0 checks their sum: the
-/// environment and DNS name the admission policy and Haiyun's Service give an Indexed Job. One port per sender, opened
-/// in turn: with one shared port, a second sender's connection could wait in the backlog of a listener about to close
-/// and be dropped after its sender had already succeeded.
+/// Every rank reaches rank 0 at MASTER_ADDR on MASTER_PORT plus its rank, and rank 0 waits for each rank in turn
+/// and adds it up: the environment and DNS name the admission policy and Haiyun's Service give an Indexed Job. The
+/// connection itself is the message, not data sent over it (rank 0's busybox nc once read something other than the
+/// rank from a sender that had succeeded; why was not found), and with one port per rank no sender waits in the backlog
+/// of a listener that is about to close.
 const RANK_SUM: &str = r#"
 set -u
 [ "$RANK" = "$JOB_COMPLETION_INDEX" ] || exit 2
 if [ "$RANK" = 0 ]; then
   i=1; s=0
   while [ "$i" -lt "$WORLD_SIZE" ]; do
-    r=$(nc -l -p $((MASTER_PORT+i))); [ "$r" = "$i" ] || exit 3; s=$((s+r)); i=$((i+1))
+    nc -l -p $((MASTER_PORT+i)) </dev/null >/dev/null || exit 3; s=$((s+i)); i=$((i+1))
   done
   echo "sum $s of $WORLD_SIZE ranks"; [ "$s" = $(( (WORLD_SIZE-1)*WORLD_SIZE/2 )) ]
 else
-  until echo "$RANK" | nc -w 3 "$MASTER_ADDR" $((MASTER_PORT+RANK)); do sleep 0.5; done
+  until nc -w 3 "$MASTER_ADDR" $((MASTER_PORT+RANK)) </dev/null; do sleep 0.5; done
 fi
 "#;
 
