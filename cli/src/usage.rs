@@ -39,11 +39,12 @@ pub async fn fetch(client: &Client, path: &str) -> Result<Report, CliError> {
         .map_err(|e| CliError::Input(format!("the report's request: {e}")))?;
     let text = client.request_text(req).await.map_err(|e| match e {
         kube::Error::Api(s) => {
-            // The operator says why in {"error": …}; the API server in its Status.
-            let why = serde_json::from_str::<serde_json::Value>(&s.message)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|m| m.as_str()).map(String::from))
-                .unwrap_or(s.message);
+            // The operator and the API server both say why in a Status.
+            let why = if s.message.is_empty() {
+                format!("HTTP {} for the usage report", s.code)
+            } else {
+                s.message
+            };
             match s.code {
                 404 => CliError::NotFound {
                     kind: "Service",

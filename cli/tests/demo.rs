@@ -253,6 +253,11 @@ fn the_demo_runs_a_federation_that_the_cli_and_a_browser_can_use() {
     let (code, _, err) = demo.haiyun(&["report", "--by", "colour"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--by colour") && err.contains("queue, namespace, user"), "{err}");
+    // What the operator refuses, it says in a Kubernetes Status (what a client through the service proxy reads).
+    let path = "/api/v1/namespaces/haiyun-system/services/haiyun-operator-dashboard:http/proxy/api/v1/usage?by=colour";
+    let status: Value = serde_json::from_str(&get(demo.port, path)).unwrap();
+    assert_eq!((status["kind"].as_str(), status["code"].as_u64()), (Some("Status"), Some(400)), "{status}");
+    assert!(status["message"].as_str().unwrap().starts_with("by=colour: expected one of queue"), "{status}");
     let (code, _, err) = demo.haiyun(&["report", "--from", "yesterday"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--from yesterday") && err.contains("RFC 3339"), "{err}");

@@ -53,8 +53,12 @@ pub fn routes(slot: Slot, configured: bool, now: Now) -> Router {
     Router::new().route("/api/v1/usage", get(usage)).with_state(Shared { slot, configured, now })
 }
 
+/// An error as a Kubernetes `Status`, so that a client reading through the API server's service proxy (kube's, the
+/// CLI's) gets its message and code.
 fn error(code: StatusCode, message: String) -> Response {
-    let body = serde_json::json!({ "error": message });
+    let reason = if code == StatusCode::BAD_REQUEST { "BadRequest" } else { "ServiceUnavailable" };
+    let body = serde_json::json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16() });
     (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
