@@ -33,7 +33,13 @@ const T0: f64 = 1_800_000_000.0;
 /// Run `i`: 50 queues, 200 users, 8 pools at 4 sites, 3 GPU models, 1 to 8 GPUs, 10 minutes to 10 hours, a dataset
 /// for one run in four; starts spread over a year.
 fn run(i: u32) -> (Run, Close) {
-    let h = |k: u32| (u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (k * 7)) as u32;
+    // SplitMix64 of (run, field): independent, evenly spread values per field.
+    let h = |k: u32| {
+        let mut z = (u64::from(i) << 8 | u64::from(k)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as u32
+    };
     let start = T0 + f64::from(i) * 31.5;
     let gpus = f64::from(1 << (h(1) % 4));
     let r = Run {

@@ -20,8 +20,6 @@ use usage::Totals;
 struct State {
     /// The open runs and closed sums as loaded (taken once by the cycle's memory).
     loaded: Option<Book>,
-    /// Whether `loaded` was taken.
-    taken: bool,
     /// The open runs now (for the counters).
     open: BTreeMap<RunKey, Run>,
     /// What the closed runs used.
@@ -49,7 +47,7 @@ impl Ledger {
             *closed_gpu_seconds.entry(queue.clone()).or_default() += v[0];
         }
         let book = Book { open: open.clone(), closed_gpu_seconds };
-        let state = State { loaded: Some(book), taken: false, open, closed, pending: 0 };
+        let state = State { loaded: Some(book), open, closed, pending: 0 };
         let (writes, rx) = tokio::sync::mpsc::unbounded_channel();
         let ledger = Ledger { store, state: Arc::new(Mutex::new(state)), writes };
         tokio::spawn(write(ledger.store.clone(), ledger.state.clone(), rx));
@@ -62,12 +60,7 @@ impl Ledger {
 
     /// The open runs and closed sums as loaded, once: the cycle reconciles against them from then on.
     pub fn take_open(&self) -> Option<Book> {
-        let mut s = self.state();
-        if s.taken {
-            return None;
-        }
-        s.taken = true;
-        s.loaded.take()
+        self.state().loaded.take()
     }
 
     /// Records `ops` (written in order, retried until the database takes them).
