@@ -97,12 +97,17 @@ else
   echo "skipped: starting Slurm needs root and Debian's packages; the Slurm tests will be skipped"
 fi
 
+# Installs Debian packages quietly, refreshing the package lists once if the first try fails.
+debian_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
+}
+
 echo "== PostgreSQL (Debian's package) on loopback, for the usage ledger's tests"
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   if [ ! -x "$pg_bin/initdb" ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null \
-      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
+    debian_install postgresql
     pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
   fi
   chown postgres "$pg_dir"
@@ -116,8 +121,7 @@ fi
 
 echo "== Prometheus (Debian's package) for the chart's dashboards and alert rules"
 if [ ! -x /usr/bin/prometheus ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
-    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+  debian_install prometheus
 fi
 if [ -x /usr/bin/prometheus ]; then
   export HAIYUN_REQUIRE_PROMETHEUS=1
@@ -127,8 +131,7 @@ fi
 
 echo "== browser (headless Chromium from Debian, playwright-core from npm) for the dashboard's test"
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
-    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+  debian_install chromium
 fi
 if [ -x /usr/bin/chromium ] && command -v npm >/dev/null 2>&1; then
   (cd browser && npm ci --no-audit --no-fund --silent)

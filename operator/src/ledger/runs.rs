@@ -1,7 +1,7 @@
 //! Runs from the cluster's objects, with no IO: which runs are live now, and what the ledger must open and close so
 //! that it matches them (level-triggered, so a restart, a failover or a lost write only delays a record).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use haiyun_api::job::JobPhase;
 use haiyun_api::{ComputeJob, ComputePool};
@@ -87,10 +87,11 @@ pub struct Book {
     pub closed_gpu_seconds: BTreeMap<String, f64>,
 }
 
-/// The runs live in `objects` at `now`: every job admitted or running with a placement.
-pub fn live(objects: &Objects, now: Time) -> BTreeMap<RunKey, Run> {
-    let pools: HashMap<String, &ComputePool> = objects.pools.iter().map(|p| (p.name_any(), &**p)).collect();
-    objects.jobs.iter().filter_map(|j| run_of(j, &pools, now)).map(|r| ((r.uid.clone(), r.run), r)).collect()
+/// The run `job` has live, if any: admitted or running with a placement.
+fn live_key(job: &ComputeJob) -> Option<(&str, u32)> {
+    let st = job.status.as_ref()?;
+    let live = matches!(st.phase, JobPhase::Admitted | JobPhase::Running) && st.placement.is_some();
+    live.then(|| Some((job.metadata.uid.as_deref()?, job.run()))).flatten()
 }
 
 /// The live run of `job`, if it has one.
@@ -148,24 +149,37 @@ fn run_of(job: &ComputeJob, pools: &HashMap<String, &ComputePool>, now: Time) ->
 /// What to record so that the ledger's open runs (`book.open`, updated here with its closed sums) match the runs live
 /// in `objects` at `now`: the runs that ended are closed first, then the new ones opened.
 pub fn reconcile(objects: &Objects, book: &mut Book, now: Time) -> Vec<Op> {
+    // Every cycle: only the keys of the live runs; a record is built for a run that starts or ends, not for each.
+    let live: HashSet<(&str, u32)> = objects.jobs.iter().filter_map(|j| live_key(j)).collect();
     let open = &mut book.open;
-    let live = live(objects, now);
-    let jobs: HashMap<String, &ComputeJob> =
-        objects.jobs.iter().filter_map(|j| Some((j.uid()?, &**j))).collect();
     let mut ops = Vec::new();
-    let ended: Vec<RunKey> = open.keys().filter(|k| !live.contains_key(*k)).cloned().collect();
-    for key in ended {
-        if let Some(run) = open.remove(&key) {
-            let close = ending(jobs.get(&key.0).copied(), &run, now);
-            *book.closed_gpu_seconds.entry(run.queue.clone()).or_default() +=
-                run.gpus * (close.end - run.start);
-            ops.push(Op::Close(close));
+    let ended: Vec<RunKey> =
+        open.keys().filter(|(u, r)| !live.contains(&(u.as_str(), *r))).cloned().collect();
+    if !ended.is_empty() {
+        let jobs: HashMap<&str, &ComputeJob> =
+            objects.jobs.iter().filter_map(|j| Some((j.metadata.uid.as_deref()?, &**j))).collect();
+        for key in ended {
+            if let Some(run) = open.remove(&key) {
+                let close = ending(jobs.get(key.0.as_str()).copied(), &run, now);
+                *book.closed_gpu_seconds.entry(run.queue.clone()).or_default() +=
+                    run.gpus * (close.end - run.start);
+                ops.push(Op::Close(close));
+            }
         }
     }
-    for (key, run) in live {
-        if let std::collections::btree_map::Entry::Vacant(e) = open.entry(key) {
-            ops.push(Op::Open(Box::new(run.clone())));
-            e.insert(run);
+    // Every open run is live now, so a live run is new exactly when there are more live runs than open ones.
+    if live.len() > open.len() {
+        let pools: HashMap<String, &ComputePool> =
+            objects.pools.iter().map(|p| (p.name_any(), &**p)).collect();
+        for job in &objects.jobs {
+            let Some((uid, run)) = live_key(job) else { continue };
+            let key = (uid.to_string(), run);
+            if let std::collections::btree_map::Entry::Vacant(e) = open.entry(key)
+                && let Some(r) = run_of(job, &pools, now)
+            {
+                ops.push(Op::Open(Box::new(r.clone())));
+                e.insert(r);
+            }
         }
     }
     ops
