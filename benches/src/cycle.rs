@@ -79,6 +79,7 @@ pub fn setup(
             pools: Vec::new(),
             preemptible: true,
             checkpoint_s: Some(1800.0),
+            user: None,
         })
         .collect();
     Ok((sched, list))

@@ -171,6 +171,7 @@ pub fn jobs(list: &[GavelJob], thr: &Throughputs, cluster: &Cluster) -> Vec<Job>
                 pools: Vec::new(),
                 preemptible: true,
                 checkpoint_s: Some(CHECKPOINT_S),
+                user: None,
             }
         })
         .collect()

@@ -1,4 +1,5 @@
-//! Property tests of the queueing invariants over random histories of submit, finish, grant and quota change.
+//! Property tests of the queueing invariants over random histories of submit, finish, grant and quota change, in
+//! nested cohorts, with per-user limits and fair share from decayed usage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use haiyun_scheduler::model::{
@@ -21,6 +22,7 @@ enum Op {
         seconds: f64,
         data: Option<u32>,
         model: Option<u8>,
+        user: Option<u32>,
     },
     Advance(f64),
     Grant {
@@ -41,7 +43,10 @@ struct World {
     clearance: [Classification; 2],
     nodes: [usize; 2],
     nominal: Vec<[u64; 2]>,
-    cohort: Vec<bool>,
+    /// Each queue's cohort path (all in one tree, `c`, or none).
+    cohort: Vec<Option<&'static str>>,
+    user_limit: Vec<Option<u64>>,
+    half_life: Option<f64>,
     borrow: Vec<Option<u64>>,
     lend: Vec<Option<u64>>,
     ordering: Vec<Ordering>,
@@ -62,17 +67,23 @@ fn world() -> impl Strategy<Value = World> {
         (class(), class()),
         (1usize..4, 1usize..4),
         prop::collection::vec((0u64..20, 0u64..20), 3),
-        prop::collection::vec(any::<bool>(), 3),
+        (
+            prop::collection::vec(prop::sample::select(vec![None, Some("c"), Some("c/x"), Some("c/y")]), 3),
+            prop::collection::vec(prop::option::of(1u64..12), 3),
+            prop::option::of(60.0f64..7200.0),
+        ),
         prop::collection::vec(prop::option::of(0u64..10), 3),
         prop::collection::vec(prop::option::of(0u64..10), 3),
         prop::collection::vec(prop::sample::select(vec![Ordering::Fifo, Ordering::ShortestFirst]), 3),
         ((class(), prop::option::of(0u32..2)), (class(), prop::option::of(0u32..2))),
     )
-        .prop_map(|(c, n, nominal, cohort, borrow, lend, ordering, d)| World {
+        .prop_map(|(c, n, nominal, (cohort, user_limit, half_life), borrow, lend, ordering, d)| World {
             clearance: [c.0, c.1],
             nodes: [n.0, n.1],
             nominal: nominal.into_iter().map(|(a, b)| [a, b]).collect(),
             cohort,
+            user_limit,
+            half_life,
             borrow,
             lend,
             ordering,
@@ -83,8 +94,8 @@ fn world() -> impl Strategy<Value = World> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0u32..3, 1u32..=8, 1u32..=3, prop::sample::select(vec![Topology::Any, Topology::SameNode, Topology::Pool, Topology::Rack]),
-              0i32..3, 10.0f64..2000.0, prop::option::of(0u32..2), prop::option::of(0u8..2))
-            .prop_map(|(queue, gpus, replicas, topology, priority, seconds, data, model)| Op::Submit { queue, gpus, replicas, topology, priority, seconds, data, model }),
+              0i32..3, 10.0f64..2000.0, prop::option::of(0u32..2), prop::option::of(0u8..2), prop::option::of(0u32..3))
+            .prop_map(|(queue, gpus, replicas, topology, priority, seconds, data, model, user)| Op::Submit { queue, gpus, replicas, topology, priority, seconds, data, model, user }),
         3 => (1.0f64..900.0).prop_map(Op::Advance),
         1 => (0u32..3, 0u8..2, 1u64..16, 10.0f64..3000.0).prop_map(|(queue, model, amount, length)| Op::Grant { queue, model, amount, length }),
         1 => (0u32..3, 0u8..2, 0u64..20).prop_map(|(queue, model, gpus)| Op::Nominal { queue, model, gpus }),
@@ -131,7 +142,9 @@ fn spec(w: &World, q: usize, nominal: [u64; 2]) -> QueueSpec {
             .with(Flavor::Memory, 1 << 40)
     };
     let mut s = QueueSpec::new(&format!("q{q}"), res(nominal));
-    s.cohort = w.cohort[q].then(|| "c".to_string());
+    s.cohort = w.cohort[q].map(str::to_string);
+    s.user_limit = w.user_limit[q]
+        .map(|l| Resources::default().with(Flavor::Gpu(0), l * 1000).with(Flavor::Gpu(1), l * 1000));
     s.borrowing_limit = w.borrow[q].map(|b| res([b, b]));
     s.lending_limit = w.lend[q].map(|l| res([l, l]).with(Flavor::Cpu, 1 << 40).with(Flavor::Memory, 1 << 40));
     s.ordering = w.ordering[q];
@@ -147,7 +160,11 @@ fn run(w: &World, ops: &[Op]) -> Result<Vec<Cycle>, TestCaseError> {
     for (q, n) in nominal.iter().enumerate() {
         quotas.add(spec(w, q, *n)).unwrap();
     }
-    let config = SchedulerConfig { policy: PolicyName::Bestfit, ..SchedulerConfig::default() };
+    let config = SchedulerConfig {
+        policy: PolicyName::Bestfit,
+        usage_half_life_s: w.half_life,
+        ..SchedulerConfig::default()
+    };
     let mut s = Scheduler::new(c.clone(), quotas, config, None).unwrap();
     for (i, (class, replica)) in w.data.iter().enumerate() {
         s.add_dataset(Dataset {
@@ -162,7 +179,7 @@ fn run(w: &World, ops: &[Op]) -> Result<Vec<Cycle>, TestCaseError> {
     let mut cycles = Vec::new();
     for (n, op) in ops.iter().enumerate() {
         match op {
-            Op::Submit { queue, gpus, replicas, topology, priority, seconds, data, model } => {
+            Op::Submit { queue, gpus, replicas, topology, priority, seconds, data, model, user } => {
                 let mut gang = task().cpu(1000).gpus(*gpus, 1000).gang(*replicas, *topology);
                 if let Some(m) = model {
                     gang.tasks.iter_mut().for_each(|t| t.models = ModelSet::one(*m));
@@ -178,6 +195,7 @@ fn run(w: &World, ops: &[Op]) -> Result<Vec<Cycle>, TestCaseError> {
                     pools: Vec::new(),
                     preemptible: true,
                     checkpoint_s: Some(300.0),
+                    user: *user,
                 };
                 s.submit(job).unwrap();
             }
@@ -220,6 +238,7 @@ fn check(
 ) -> Result<(), TestCaseError> {
     // Usage per queue and model, and per GPU, from the running placements alone.
     let mut usage = [[0u64; 2]; 3];
+    let mut per_user = std::collections::HashMap::new();
     let mut per_gpu = std::collections::HashMap::new();
     for id in s.running() {
         let job = s.job(id).unwrap();
@@ -233,6 +252,9 @@ fn check(
                 let model = c.nodes[g.node as usize].gpus[usize::from(g.index)].model;
                 prop_assert!(tp.spec.models.contains(model));
                 usage[job.queue as usize][usize::from(model)] += u64::from(tp.spec.gpu_milli);
+                if let Some(u) = job.user {
+                    *per_user.entry((job.queue, u, model)).or_insert(0u64) += u64::from(tp.spec.gpu_milli);
+                }
                 *per_gpu.entry(g).or_insert(0u32) += tp.spec.gpu_milli;
             }
         }
@@ -240,6 +262,22 @@ fn check(
     prop_assert!(per_gpu.values().all(|m| *m <= 1000), "a GPU over-committed");
     let admitted: Vec<(u32, Option<u8>)> =
         cycle.started.iter().map(|st| (s.job(st.job).unwrap().queue, st.model)).collect();
+    for st in &cycle.started {
+        let job = s.job(st.job).unwrap();
+        let (Some(u), Some(limit), Some(m)) = (job.user, w.user_limit[job.queue as usize], st.model) else {
+            continue;
+        };
+        let held = per_user.get(&(job.queue, u, m)).copied().unwrap_or(0);
+        prop_assert!(
+            held <= limit * 1000,
+            "user {} holds {} of model {} in q{}, over its limit {}",
+            u,
+            held,
+            m,
+            job.queue,
+            limit
+        );
+    }
     for m in 0..2usize {
         let n = |q: usize| {
             nominal[q][m] * 1000
@@ -250,12 +288,12 @@ fn check(
                     .sum::<u64>()
         };
         let lend = |q: usize| w.lend[q].map_or(n(q), |l| (l * 1000).min(n(q)));
-        let cohort: Vec<usize> = (0..3).filter(|q| w.cohort[*q]).collect();
+        let cohort: Vec<usize> = (0..3).filter(|q| w.cohort[*q].is_some()).collect();
         for q in 0..3usize {
             if !admitted.contains(&(q as u32, Some(m as u8))) {
                 continue;
             }
-            if !w.cohort[q] {
+            if w.cohort[q].is_none() {
                 prop_assert!(
                     usage[q][m] <= n(q),
                     "queue q{} uses {} of model {} over nominal {}",

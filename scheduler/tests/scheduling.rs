@@ -57,6 +57,7 @@ fn job(name: &str, queue: u32, n_gpus: u32, seconds: f64, at: f64) -> Job {
         pools: Vec::new(),
         preemptible: true,
         checkpoint_s: Some(600.0),
+        user: None,
     }
 }
 

@@ -66,6 +66,7 @@ fn run(specs: &[(f64, u32, f64, f64)], ordering: Ordering) -> haiyun_scheduler::
             pools: Vec::new(),
             preemptible: true,
             checkpoint_s: Some(1800.0),
+            user: None,
         })
         .collect();
     simulate(sched, jobs).unwrap()

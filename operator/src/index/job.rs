@@ -223,6 +223,7 @@ pub fn core_job(cj: &ComputeJob, refs: &Refs<'_>, cluster: &mut Cluster) -> Resu
         preemptible: s.preemptible
             && (s.kind != JobKind::Inference || refs.preempt_inference.contains(&s.queue)),
         checkpoint_s: s.checkpoint_seconds.map(f64::from),
+        user: None,
     })
 }
 

@@ -251,6 +251,7 @@ pub fn core_job(pod: &Pod, refs: &Refs<'_>) -> Result<Job, JobProblem> {
         pools: Vec::new(),
         preemptible: true,
         checkpoint_s: None,
+        user: None,
     })
 }
 

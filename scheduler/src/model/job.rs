@@ -14,6 +14,9 @@ pub type JobId = u32;
 /// Index of a queue.
 pub type QueueId = u32;
 
+/// Index of a user (the caller numbers its users; the core only compares them).
+pub type UserId = u32;
+
 /// Index of a dataset.
 pub type DatasetId = u32;
 
@@ -72,4 +75,7 @@ pub struct Job {
     pub preemptible: bool,
     /// Seconds of run time between checkpoints (work since the last one is lost on preemption).
     pub checkpoint_s: Option<f64>,
+    /// Who submitted it (`None`: nobody in particular, so no per-user limit applies).
+    #[serde(default)]
+    pub user: Option<UserId>,
 }

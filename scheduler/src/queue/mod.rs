@@ -1,14 +1,16 @@
-//! Queues in cohorts: nominal quota per flavor, borrowing and lending limits, grants, and fair share.
+//! Queues in cohorts: nominal quota per flavor, borrowing and lending limits, per-user limits and grants.
 
 mod grant;
 mod resources;
+mod share;
 
 use serde::{Deserialize, Serialize};
 
 pub use grant::Grant;
 pub use resources::{Flavor, Resources};
+pub use share::Decayed;
 
-use crate::model::{QueueId, Time};
+use crate::model::{QueueId, Time, UserId};
 
 /// How a queue orders its own pending jobs of equal priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -44,7 +46,9 @@ pub enum WithinQueue {
 pub struct QueueSpec {
     /// Unique name.
     pub name: String,
-    /// Cohort it shares unused quota with (`None`: it borrows and lends nothing).
+    /// Cohort it shares unused quota with (`None`: it borrows and lends nothing): a path, `research/vision` being the
+    /// cohort `vision` inside the cohort `research`. Quota is lent across the whole tree (every queue whose path
+    /// starts with `research`); the tree shapes fair share and which borrower gives back first.
     pub cohort: Option<String>,
     /// Nominal quota per flavor.
     pub nominal: Resources,
@@ -59,6 +63,9 @@ pub struct QueueSpec {
     /// Which of its own jobs a pending job may evict.
     #[serde(default)]
     pub within_queue: WithinQueue,
+    /// Most one user may hold in the queue at once, per flavor (`None`: no limit; a flavor at 0 is not limited).
+    #[serde(default)]
+    pub user_limit: Option<Resources>,
 }
 
 impl QueueSpec {
@@ -73,6 +80,7 @@ impl QueueSpec {
             weight: 1.0,
             ordering: Ordering::default(),
             within_queue: WithinQueue::default(),
+            user_limit: None,
         }
     }
 }
@@ -92,6 +100,9 @@ pub struct QuotaShortfall {
     pub cohort_can_lend: u64,
     /// Whether the request is within the queue's nominal quota, so reclaiming lent quota would let it in.
     pub within_nominal: bool,
+    /// The user whose per-user limit is short (then `left` is what is left of that limit), if that is the cause.
+    #[serde(default)]
+    pub user: Option<UserId>,
 }
 
 /// Why the quota book refused a change.
@@ -114,6 +125,18 @@ pub struct Quotas {
     specs: Vec<QueueSpec>,
     usage: Vec<Resources>,
     grants: Vec<Grant>,
+    /// The queues of each cohort tree (by its root), and each queue's tree.
+    trees: Vec<Vec<QueueId>>,
+    tree_of: Vec<Option<usize>>,
+    /// What each user holds in each queue (only users of queues with a per-user limit).
+    users: std::collections::HashMap<(QueueId, UserId), Resources>,
+    /// Users' names by id, and ids by name.
+    user_names: Vec<String>,
+    user_ids: std::collections::HashMap<String, UserId>,
+    /// Past usage per queue, decayed (resource-seconds per flavor), and its half-life (`None`: fair share counts
+    /// only what runs now).
+    history: Vec<Decayed>,
+    half_life: Option<f64>,
 }
 
 impl Quotas {
@@ -127,7 +150,26 @@ impl Quotas {
         }
         self.specs.push(spec);
         self.usage.push(Resources::default());
+        self.history.push(Decayed::default());
+        self.index_trees();
         Ok((self.specs.len() - 1) as QueueId)
+    }
+
+    /// Groups the queues by the root of their cohort path.
+    fn index_trees(&mut self) {
+        let mut roots: Vec<&str> = Vec::new();
+        self.trees.clear();
+        self.tree_of = vec![None; self.specs.len()];
+        for (q, s) in self.specs.iter().enumerate() {
+            let Some(root) = s.cohort.as_deref().map(share::root) else { continue };
+            let t = roots.iter().position(|r| *r == root).unwrap_or_else(|| {
+                roots.push(root);
+                self.trees.push(Vec::new());
+                roots.len() - 1
+            });
+            self.trees[t].push(q as QueueId);
+            self.tree_of[q] = Some(t);
+        }
     }
 
     /// Replaces a queue's definition (usage stays).
@@ -140,6 +182,7 @@ impl Quotas {
         }
         let slot = self.specs.get_mut(q as usize).ok_or(QuotaError::UnknownQueue(q))?;
         *slot = spec;
+        self.index_trees();
         Ok(())
     }
 
@@ -200,18 +243,62 @@ impl Quotas {
         self.specs[q as usize].borrowing_limit.as_ref().map_or(u64::MAX, |b| b.get(f))
     }
 
-    fn cohort_of(&self, q: QueueId) -> Vec<QueueId> {
-        match self.specs.get(q as usize).and_then(|s| s.cohort.as_ref()) {
-            None => vec![q],
-            Some(c) => (0..self.specs.len() as QueueId)
-                .filter(|p| self.specs[*p as usize].cohort.as_ref() == Some(c))
-                .collect(),
+    /// The queues that share quota with `q`: its whole cohort tree (none without a cohort).
+    pub fn cohort_of(&self, q: QueueId) -> &[QueueId] {
+        match self.tree_of.get(q as usize).copied().flatten() {
+            Some(t) => &self.trees[t],
+            None => &[],
         }
     }
 
-    /// Checks that queue `q` may take `req` at `now`: within its nominal quota, or borrowing within its
-    /// borrowing limit from what its cohort lends. Returns the first short flavor otherwise.
-    pub fn fits(&self, q: QueueId, req: &Resources, now: Time) -> Result<(), QuotaShortfall> {
+    /// Whether `p` and `q` share quota (one cohort tree).
+    pub fn same_tree(&self, p: QueueId, q: QueueId) -> bool {
+        let t = |q: QueueId| self.tree_of.get(q as usize).copied().flatten();
+        t(p).is_some() && t(p) == t(q)
+    }
+
+    /// Checks that `user` (if any) of queue `q` may take `req` at `now`: within the queue's nominal quota, or
+    /// borrowing within its borrowing limit from what its cohort lends, and within the queue's per-user limit.
+    /// Returns the first short flavor otherwise.
+    pub fn fits(
+        &self,
+        q: QueueId,
+        user: Option<UserId>,
+        req: &Resources,
+        now: Time,
+    ) -> Result<(), QuotaShortfall> {
+        self.fits_queue(q, req, now)?;
+        self.fits_user(q, user, req)
+    }
+
+    fn fits_user(&self, q: QueueId, user: Option<UserId>, req: &Resources) -> Result<(), QuotaShortfall> {
+        let (Some(u), Some(limit)) = (user, self.specs.get(q as usize).and_then(|s| s.user_limit.as_ref()))
+        else {
+            return Ok(());
+        };
+        let held = self.users.get(&(q, u));
+        for (f, need) in req.flavors() {
+            let max = limit.get(f);
+            if max == 0 {
+                continue;
+            }
+            let used = held.map_or(0, |h| h.get(f));
+            if used + need > max {
+                return Err(QuotaShortfall {
+                    queue: q,
+                    flavor: f,
+                    needed: need,
+                    left: max.saturating_sub(used),
+                    cohort_can_lend: 0,
+                    within_nominal: false,
+                    user: Some(u),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn fits_queue(&self, q: QueueId, req: &Resources, now: Time) -> Result<(), QuotaShortfall> {
         if q as usize >= self.specs.len() {
             let (flavor, needed) = req.flavors().next().unwrap_or((Flavor::Cpu, 0));
             return Err(QuotaShortfall {
@@ -221,6 +308,7 @@ impl Quotas {
                 left: 0,
                 cohort_can_lend: 0,
                 within_nominal: false,
+                user: None,
             });
         }
         let cohort = self.cohort_of(q);
@@ -235,7 +323,7 @@ impl Quotas {
             } else {
                 self.unlent(q, f, now).min(self.borrow_limit(q, f).saturating_sub(borrowed))
             };
-            let ok = if solo { used + need <= n } else { self.cohort_admits(q, f, need, now, &cohort) };
+            let ok = if solo { used + need <= n } else { self.cohort_admits(q, f, need, now, cohort) };
             if !ok {
                 return Err(QuotaShortfall {
                     queue: q,
@@ -244,6 +332,7 @@ impl Quotas {
                     left,
                     cohort_can_lend: can_lend,
                     within_nominal: used + need <= n,
+                    user: None,
                 });
             }
         }
@@ -290,16 +379,43 @@ impl Quotas {
         above <= pool
     }
 
-    /// Charges an admitted job's resources to its queue.
-    pub fn charge(&mut self, q: QueueId, req: &Resources) -> Result<(), QuotaError> {
+    /// Charges an admitted job's resources to its queue (and to its user, where the queue limits users).
+    pub fn charge(&mut self, q: QueueId, user: Option<UserId>, req: &Resources) -> Result<(), QuotaError> {
         self.usage.get_mut(q as usize).ok_or(QuotaError::UnknownQueue(q))?.add(req);
+        if let Some(u) = user.filter(|_| self.specs[q as usize].user_limit.is_some()) {
+            self.users.entry((q, u)).or_default().add(req);
+        }
         Ok(())
     }
 
     /// Gives a finished or preempted job's resources back.
-    pub fn release(&mut self, q: QueueId, req: &Resources) -> Result<(), QuotaError> {
+    pub fn release(&mut self, q: QueueId, user: Option<UserId>, req: &Resources) -> Result<(), QuotaError> {
         self.usage.get_mut(q as usize).ok_or(QuotaError::UnknownQueue(q))?.sub(req);
+        if let Some(held) = user.and_then(|u| self.users.get_mut(&(q, u))) {
+            held.sub(req);
+        }
         Ok(())
+    }
+
+    /// The id of the user called `name` (numbered on first sight).
+    pub fn user_id(&mut self, name: &str) -> UserId {
+        if let Some(id) = self.user_ids.get(name) {
+            return *id;
+        }
+        let id = self.user_names.len() as UserId;
+        self.user_names.push(name.to_string());
+        self.user_ids.insert(name.to_string(), id);
+        id
+    }
+
+    /// A user's name (`#<id>` for an id never named).
+    pub fn user_name(&self, id: UserId) -> String {
+        self.user_names.get(id as usize).cloned().unwrap_or_else(|| format!("#{id}"))
+    }
+
+    /// What `user` holds in queue `q` now (only counted where the queue limits users).
+    pub fn user_usage(&self, q: QueueId, user: UserId) -> Resources {
+        self.users.get(&(q, user)).cloned().unwrap_or_default()
     }
 
     /// Whether the queue uses more than its nominal quota of some flavor at `now` (it is borrowing).

@@ -29,7 +29,7 @@ impl Scheduler {
         }
         let charged = Resources::of_gang(&job.gang, model);
         self.placer.assume(&mut self.snap, &placement)?;
-        if let Err(e) = self.quotas.charge(job.queue, &charged) {
+        if let Err(e) = self.quotas.charge(job.queue, job.user, &charged) {
             self.placer.forget(&mut self.snap, &placement)?;
             return Err(e.into());
         }
@@ -86,6 +86,7 @@ mod tests {
             pools: Vec::new(),
             preemptible: true,
             checkpoint_s: None,
+            user: None,
         }
     }
 

@@ -129,17 +129,18 @@ impl Scheduler {
         self.running_by_queue = by_queue;
     }
 
-    /// Pending jobs in cycle order: priority, then the queue's dominant share, then the queue's own ordering.
+    /// Pending jobs in cycle order: priority, then the queue's fair-share rank, then the queue's own ordering.
     fn order(&self, now: Time) -> Vec<JobId> {
         let present = self.present;
-        let shares: Vec<f64> =
-            (0..self.quotas.len() as u32).map(|q| self.quotas.dominant_share(q, now)).collect();
-        let mut keyed: Vec<(i32, f64, f64, Time, JobId)> = self
+        let live =
+            self.jobs.iter().filter_map(|e| e.run.as_ref().map(|r| (e.job.queue, &r.charged, r.started)));
+        let shares = self.quotas.fair_ranks(now, live);
+        let mut keyed: Vec<(i32, u32, f64, Time, JobId)> = self
             .pending()
             .map(|id| {
                 let e = &self.jobs[id as usize];
                 let q = e.job.queue;
-                let share = shares.get(q as usize).copied().unwrap_or(0.0);
+                let share = shares.get(q as usize).copied().unwrap_or(u32::MAX);
                 let own = match self.quotas.spec(q).map(|s| s.ordering) {
                     Some(Ordering::ShortestFirst) => {
                         let width: f64 = e.job.gang.tasks.iter().map(|t| f64::from(t.gpus.max(1))).sum();
@@ -153,7 +154,7 @@ impl Scheduler {
             .collect();
         keyed.sort_by(|a, b| {
             a.0.cmp(&b.0)
-                .then(a.1.total_cmp(&b.1))
+                .then(a.1.cmp(&b.1))
                 .then(a.2.total_cmp(&b.2))
                 .then(a.3.total_cmp(&b.3))
                 .then(a.4.cmp(&b.4))
@@ -420,7 +421,7 @@ impl Scheduler {
         now: Time,
     ) -> Result<Start, ScheduleError> {
         let e = &mut self.jobs[id as usize];
-        self.quotas.charge(e.job.queue, &o.req)?;
+        self.quotas.charge(e.job.queue, e.job.user, &o.req)?;
         let est_end = now + o.duration;
         e.run = Some(Run {
             placement: placement.clone(),
@@ -477,7 +478,7 @@ impl Scheduler {
             for m in ModelSet(models.get(p as usize).map_or(0, |s| s.0) & !allowed.0).iter() {
                 let run = e.job.work.runtime(e.remaining, Some(m));
                 let req = crate::queue::Resources::of_gang(&e.job.gang, Some(m));
-                let fits_quota = self.quotas.fits(e.job.queue, &req, now).is_ok();
+                let fits_quota = self.quotas.fits(e.job.queue, e.job.user, &req, now).is_ok();
                 if let (true, Some(t)) = (fits_quota, tl.earliest(p, &req, now, run)) {
                     if current - t >= 60.0
                         && !hints.iter().any(|h| matches!(h, Hint::AcceptModel { model, .. } if *model == m))

@@ -20,6 +20,14 @@ impl Scheduler {
     pub fn reason_line(&self, r: &PendingReason) -> String {
         let models = &self.snap.cluster().models;
         match r {
+            PendingReason::Quota { shortfall: s, .. } if s.user.is_some() => format!(
+                "quota: user {} needs {} {} in queue {}, {} left of the queue's per-user limit",
+                self.quotas.user_name(s.user.unwrap_or_default()),
+                s.flavor.amount(s.needed),
+                s.flavor.describe(models),
+                self.quotas.spec(s.queue).map_or("?", |q| q.name.as_str()),
+                s.flavor.amount(s.left),
+            ),
             PendingReason::Quota { shortfall: s, .. } => format!(
                 "quota: queue {} needs {} {}, {} left, cohort can lend {}",
                 self.quotas.spec(s.queue).map_or("?", |q| q.name.as_str()),

@@ -113,9 +113,9 @@ impl Scheduler {
     ) -> Result<(), ScheduleError> {
         let Some((o, _)) = self.upgrade_target(id, now, tl) else { return Ok(()) };
         self.evict(id)?;
-        let queue = self.jobs[id as usize].job.queue;
+        let (queue, user) = (self.jobs[id as usize].job.queue, self.jobs[id as usize].job.user);
         let gang = self.gang_for(id, &o);
-        let placed = if self.quotas.fits(queue, &o.req, now).is_ok() {
+        let placed = if self.quotas.fits(queue, user, &o.req, now).is_ok() {
             self.placer.try_place_in(&mut self.snap, &gang, Some(o.pool))?
         } else {
             None

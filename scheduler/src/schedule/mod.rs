@@ -51,6 +51,8 @@ pub struct SchedulerConfig {
     pub bandwidth_mib_s: f64,
     /// Seed for seeded policies.
     pub seed: u64,
+    /// Half-life of past usage in fair share, seconds (`None`: queues are ordered by what they hold now only).
+    pub usage_half_life_s: Option<f64>,
 }
 
 impl Default for SchedulerConfig {
@@ -68,6 +70,7 @@ impl Default for SchedulerConfig {
             restart_s: 60.0,
             bandwidth_mib_s: 1000.0,
             seed: 1,
+            usage_half_life_s: None,
         }
     }
 }
@@ -173,6 +176,10 @@ impl Scheduler {
         let policy = Policy::new(config.policy, config.seed, Some(typical.unwrap_or(&empty)))?;
         let pool_models = options::models_by_pool(&cluster);
         let present = pool_models.iter().fold(ModelSet::NONE, |a, s| ModelSet(a.0 | s.0));
+        let mut quotas = quotas;
+        if quotas.half_life().is_none() {
+            quotas.set_half_life(config.usage_half_life_s);
+        }
         Ok(Scheduler {
             running_by_queue: Vec::new(),
             unplaceable: std::collections::HashMap::new(),
@@ -231,12 +238,15 @@ impl Scheduler {
     }
 
     /// Records that a running job finished, freeing its resources.
-    pub fn finish(&mut self, id: JobId, _now: Time) -> Result<(), ScheduleError> {
+    pub fn finish(&mut self, id: JobId, now: Time) -> Result<(), ScheduleError> {
         let e = self.jobs.get(id as usize).ok_or(ScheduleError::UnknownJob(id))?;
         let run = e.run.as_ref().ok_or(ScheduleError::NotRunning(id))?;
-        let (placement, charged, queue) = (run.placement.clone(), run.charged.clone(), e.job.queue);
+        let (placement, charged, queue, user) =
+            (run.placement.clone(), run.charged.clone(), e.job.queue, e.job.user);
+        let started = run.started;
         self.placer.forget(&mut self.snap, &placement)?;
-        self.quotas.release(queue, &charged)?;
+        self.quotas.release(queue, user, &charged)?;
+        self.quotas.record_run(queue, &charged, started, now);
         let e = &mut self.jobs[id as usize];
         e.run = None;
         e.remaining = 0.0;

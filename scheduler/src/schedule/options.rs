@@ -113,7 +113,7 @@ impl Scheduler {
                 }
                 let setup = restart + self.transfer_s(e, p);
                 let req = Resources::of_gang(&e.job.gang, model);
-                let quota = self.quotas.fits(e.job.queue, &req, now);
+                let quota = self.quotas.fits(e.job.queue, e.job.user, &req, now);
                 out.push(RunOption { pool: p, model, req, duration: setup + run, setup, quota });
             }
         }

@@ -1,12 +1,13 @@
-//! Preemption: evict the fewest victims that lose least work, for priority, reclaim or queue order.
+//! Preemption: evict the fewest victims that lose least work, for priority, reclaim, fair share or queue order.
 // Never a livelock: within a queue only strictly lower priorities are evicted, or equal ones the order puts
 // behind by a 2x margin (two jobs cannot both have twice the other's remaining time); reclaim only evicts jobs of
-// queues above their nominal quota for a queue that stays within its own.
+// queues above their nominal quota for a queue that stays within its own; fair share only takes from a borrowing
+// queue whose borrowed share stays above the newcomer's own once it runs (so the victim could not take it back).
 
 use super::cycle::Cycle;
 use super::options::RunOption;
 use super::{Phase, ScheduleError, Scheduler, Timeline, saved_work};
-use crate::model::{JobId, Time};
+use crate::model::{JobId, QueueId, Time};
 use crate::queue::WithinQueue;
 
 /// A victim evicted for ordering must have at least this many times the newcomer's run time left.
@@ -14,21 +15,51 @@ const ORDER_MARGIN: f64 = 2.0;
 /// …and lose at most this many seconds of run time since its last checkpoint.
 const ORDER_MAX_LOSS_S: f64 = 300.0;
 
+/// Why a newcomer of queue `queue` may take from other queues of its cohort tree.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    queue: QueueId,
+    /// It stays within its own nominal quota: it reclaims what it lent.
+    reclaim: bool,
+    /// Its borrowed share once it runs.
+    share: f64,
+}
+
 impl Scheduler {
+    fn claim(&self, id: JobId, o: &RunOption, now: Time) -> Claim {
+        let queue = self.jobs[id as usize].job.queue;
+        Claim {
+            queue,
+            reclaim: self.quotas.within_nominal(queue, &o.req, now),
+            share: self.quotas.borrowed_share(queue, &o.req, now),
+        }
+    }
+
+    /// Whether the claim may evict jobs of queue `v` now: `v` borrows in the same cohort tree, and either the
+    /// newcomer reclaims lent quota or `v` borrows a larger share than the newcomer's queue will.
+    fn takes_from(&self, c: Claim, v: QueueId, now: Time) -> bool {
+        v != c.queue
+            && self.quotas.same_tree(c.queue, v)
+            && self.quotas.is_borrowing(v, now)
+            && (c.reclaim
+                || c.share < self.quotas.borrowed_share(v, &crate::queue::Resources::default(), now))
+    }
+
     /// Running jobs that `id` may evict to run as option `o`, cheapest first. With `any_loss`, jobs that would
     /// lose too much work now count too (to find when the next chance comes).
+    ///
+    /// Jobs of other queues come first, from the queue farthest from the newcomer's in the cohort tree (lent quota
+    /// comes back from other teams before a sub-cohort's own members), then the largest borrower.
     pub(crate) fn victims_for(&self, id: JobId, o: &RunOption, now: Time, any_loss: bool) -> Vec<JobId> {
         let job = &self.jobs[id as usize].job;
-        let reclaim = self.quotas.within_nominal(job.queue, &o.req, now);
-        let cohort = self.quotas.spec(job.queue).and_then(|s| s.cohort.clone());
+        let claim = self.claim(id, o, now);
         let policy = self.quotas.spec(job.queue).map_or(WithinQueue::Never, |s| s.within_queue);
         let newcomer = super::cycle::best_runtime(&self.jobs[id as usize], self.present);
-        let same_cohort =
-            |q: u32| cohort.is_some() && self.quotas.spec(q).and_then(|s| s.cohort.clone()) == cohort;
         let queues: Vec<u32> = (0..self.running_by_queue.len() as u32)
-            .filter(|q| *q == job.queue || (reclaim && same_cohort(*q) && self.quotas.is_borrowing(*q, now)))
+            .filter(|q| *q == job.queue || self.takes_from(claim, *q, now))
             .collect();
-        let mut c: Vec<(i32, f64, Time, JobId)> = queues
+        let none = crate::queue::Resources::default();
+        let mut c: Vec<(usize, f64, i32, f64, Time, JobId)> = queues
             .iter()
             .flat_map(|q| self.running_by_queue[*q as usize].iter().copied())
             .filter(|v| *v != id)
@@ -41,6 +72,7 @@ impl Scheduler {
                 let rate = e.job.work.rate(r.model);
                 let done = (now - r.working_from).max(0.0) * rate;
                 let lost = done - saved_work(&e.job, rate, r.working_from, now);
+                let near = any_loss || lost <= ORDER_MAX_LOSS_S * rate;
                 let same = e.job.queue == job.queue && policy != WithinQueue::Never;
                 let lower = same && e.job.priority < job.priority;
                 let left_s = e.job.work.runtime((e.remaining - done).max(0.0), r.model);
@@ -48,22 +80,32 @@ impl Scheduler {
                     && policy == WithinQueue::LowerOrLaterInOrder
                     && e.job.priority == job.priority
                     && left_s >= ORDER_MARGIN * newcomer
-                    && (any_loss || lost <= ORDER_MAX_LOSS_S * rate);
-                let lent = reclaim
-                    && e.job.queue != job.queue
-                    && cohort.is_some()
-                    && self.quotas.spec(e.job.queue).and_then(|s| s.cohort.clone()) == cohort
-                    && self.quotas.is_borrowing(e.job.queue, now);
-                if !(lower || lent || later) {
+                    && near;
+                let other = e.job.queue != job.queue;
+                // Reclaiming lent quota may cost any work; taking for fair share only work near a checkpoint.
+                if !(lower || later || (other && (claim.reclaim || near))) {
                     return None;
                 }
-                Some((e.job.priority, lost, -r.started, v))
+                let (closeness, share) = if other {
+                    (
+                        self.quotas.kinship(job.queue, e.job.queue),
+                        -self.quotas.borrowed_share(e.job.queue, &none, now),
+                    )
+                } else {
+                    (usize::MAX, 0.0)
+                };
+                Some((closeness, share, e.job.priority, lost, -r.started, v))
             })
             .collect();
         c.sort_by(|a, b| {
-            a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.total_cmp(&b.2)).then(a.3.cmp(&b.3))
+            a.0.cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.total_cmp(&b.3))
+                .then(a.4.total_cmp(&b.4))
+                .then(a.5.cmp(&b.5))
         });
-        c.into_iter().map(|x| x.3).collect()
+        c.into_iter().map(|x| x.5).collect()
     }
 
     /// Tries each option: evicts candidates one by one until the job fits; commits only if it then starts.
@@ -78,15 +120,17 @@ impl Scheduler {
         for o in options {
             let candidates = self.victims_for(id, o, now, false);
             let mut evicted: Vec<JobId> = Vec::new();
-            let queue = self.jobs[id as usize].job.queue;
+            let claim = self.claim(id, o, now);
+            let (queue, user) = (claim.queue, self.jobs[id as usize].job.user);
             for v in candidates {
                 let vq = self.jobs[v as usize].job.queue;
-                if vq != queue && !self.quotas.is_borrowing(vq, now) {
+                // Each eviction lowers the victim queue's share: take from it only while it still may be taken from.
+                if vq != queue && !self.takes_from(claim, vq, now) {
                     continue;
                 }
                 self.evict(v)?;
                 evicted.push(v);
-                if self.quotas.fits(queue, &o.req, now).is_err() {
+                if self.quotas.fits(queue, user, &o.req, now).is_err() {
                     continue;
                 }
                 let gang = self.gang_for(id, o);
@@ -145,30 +189,30 @@ impl Scheduler {
     fn held(
         &self,
         v: JobId,
-    ) -> Option<(crate::placer::Placement, crate::queue::Resources, crate::model::QueueId)> {
+    ) -> Option<(crate::placer::Placement, crate::queue::Resources, QueueId, Option<u32>)> {
         let e = &self.jobs[v as usize];
-        e.run.as_ref().map(|r| (r.placement.clone(), r.charged.clone(), e.job.queue))
+        e.run.as_ref().map(|r| (r.placement.clone(), r.charged.clone(), e.job.queue, e.job.user))
     }
 
     /// Frees a running job's nodes and quota (its run record stays until it is requeued or restored).
     pub(crate) fn evict(&mut self, v: JobId) -> Result<(), ScheduleError> {
         self.unplaceable.clear();
-        if let Some((placement, charged, queue)) = self.held(v) {
+        if let Some((placement, charged, queue, user)) = self.held(v) {
             self.placer.forget(&mut self.snap, &placement)?;
-            self.quotas.release(queue, &charged)?;
+            self.quotas.release(queue, user, &charged)?;
         }
         Ok(())
     }
 
     /// Gives an evicted job its place back if its nodes and its queue's quota still have room.
     fn try_restore(&mut self, v: JobId, now: Time) -> Result<bool, ScheduleError> {
-        let Some((placement, charged, queue)) = self.held(v) else { return Ok(false) };
-        if self.quotas.fits(queue, &charged, now).is_err() {
+        let Some((placement, charged, queue, user)) = self.held(v) else { return Ok(false) };
+        if self.quotas.fits(queue, user, &charged, now).is_err() {
             return Ok(false);
         }
         match self.placer.assume(&mut self.snap, &placement) {
             Ok(()) => {
-                self.quotas.charge(queue, &charged)?;
+                self.quotas.charge(queue, user, &charged)?;
                 Ok(true)
             }
             Err(crate::snapshot::SnapshotError::OverCommit { .. }) => Ok(false),
@@ -178,9 +222,9 @@ impl Scheduler {
 
     /// Undoes an eviction whose resources nobody took in between.
     pub(crate) fn restore(&mut self, v: JobId) -> Result<(), ScheduleError> {
-        if let Some((placement, charged, queue)) = self.held(v) {
+        if let Some((placement, charged, queue, user)) = self.held(v) {
             self.placer.assume(&mut self.snap, &placement)?;
-            self.quotas.charge(queue, &charged)?;
+            self.quotas.charge(queue, user, &charged)?;
         }
         Ok(())
     }
@@ -192,6 +236,7 @@ impl Scheduler {
             let rate = e.job.work.rate(r.model);
             e.remaining = (e.remaining - saved_work(&e.job, rate, r.working_from, now)).max(0.0);
             tl.remove(r.pool, &r.charged, now, r.est_end.max(now + 1.0));
+            self.quotas.record_run(e.job.queue, &r.charged, r.started, now);
         }
         e.status.phase = Phase::Pending;
         e.status.preemptions += 1;
