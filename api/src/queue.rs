@@ -24,6 +24,18 @@ pub struct FlavorQuota {
     pub lending_limit: Option<String>,
 }
 
+/// A limit of one flavor.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlavorLimit {
+    /// `cpu`, `memory` or `nvidia.com/gpu:<model>`.
+    #[schemars(length(max = 100))]
+    #[x_kube(validation = Rule::new("self == 'cpu' || self == 'memory' || (self.startsWith('nvidia.com/gpu:') && size(self) > 15)").message("flavor must be cpu, memory or nvidia.com/gpu:<model>, e.g. nvidia.com/gpu:h100"))]
+    pub flavor: String,
+    /// The most (quantity: "8", "500m", "1Ti"; more than 0).
+    pub max: String,
+}
+
 /// How a queue orders its own jobs of equal priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -63,14 +75,25 @@ pub enum WithinQueue {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct QueueSpec {
-    /// Cohort it borrows from and lends to (unset: none).
+    /// Cohort it borrows from and lends to (unset: none). Cohorts nest as a path: `research/vision` is the cohort
+    /// `vision` inside `research`. Quota is lent across the whole tree under the root (`research`); the tree shapes
+    /// fair share (at each level the subtree with the least usage per weight goes first) and reclaim (lent quota
+    /// comes back from the farthest branch first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.endsWith('/') && !self.contains('//')").message("cohort is a path of names separated by '/', e.g. research/vision: no empty name"))]
     pub cohort: Option<String>,
     /// Quota per flavor.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["flavor".into()]))]
     #[schemars(length(max = 64))]
     pub resources: Vec<FlavorQuota>,
+    /// Most one user may hold in the queue at once, per flavor (who submitted the job, `spec.submittedBy`; a job
+    /// without one counts as its namespace).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["flavor".into()]))]
+    #[schemars(length(max = 64))]
+    pub user_limit: Vec<FlavorLimit>,
     /// Fair-share weight.
     #[serde(default = "one")]
     #[x_kube(validation = Rule::new("self > 0.0").message("weight must be greater than 0"))]

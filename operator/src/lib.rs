@@ -67,6 +67,10 @@ pub struct Settings {
     /// `postgres://<user>:<password>@<host>/<database>` (any number of replicas; the leader writes).
     #[arg(long, env = "HAIYUN_LEDGER")]
     pub ledger: Option<String>,
+    /// Half-life of past usage in fair share (e.g. `7d`, `24h`): queues of equal priority are ordered by their decayed
+    /// usage from the ledger over their weight (unset: by what they hold now).
+    #[arg(long, env = "HAIYUN_USAGE_HALF_LIFE", value_parser = half_life)]
+    pub usage_half_life: Option<f64>,
     /// Milliseconds between cycles when nothing changes.
     #[arg(long, default_value_t = 2000)]
     pub interval_ms: u64,
@@ -222,7 +226,7 @@ async fn serve(settings: Settings, version: &str) -> Result<(), RunError> {
         label_leader(&client, &settings.namespace, pod, true).await;
     }
     if let Some(url) = settings.ledger.clone() {
-        tokio::spawn(connect_ledger(url, ledger.clone()));
+        tokio::spawn(connect_ledger(url, settings.usage_half_life, ledger.clone()));
     }
     let engine = engine_for(
         &settings,
@@ -254,9 +258,9 @@ async fn serve(settings: Settings, version: &str) -> Result<(), RunError> {
 
 /// Connects to the usage ledger at `url`, trying again every 5 s until it answers; the cycle records runs from then on
 /// (the runs that started or ended before are reconciled then).
-async fn connect_ledger(url: String, slot: ledger::api::Slot) {
+async fn connect_ledger(url: String, half_life: Option<f64>, slot: ledger::api::Slot) {
     loop {
-        match ledger::Ledger::open(&url).await {
+        match ledger::Ledger::open(&url, half_life).await {
             Ok(l) => {
                 tracing::info!("usage ledger connected");
                 let _ = slot.set(l);
@@ -266,6 +270,14 @@ async fn connect_ledger(url: String, slot: ledger::api::Slot) {
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+}
+
+/// A half-life: a duration such as `7d`, `24h` or `90m`.
+fn half_life(s: &str) -> Result<f64, String> {
+    haiyun_api::quantity::seconds(s)
+        .filter(|v| *v > 0)
+        .map(|v| v as f64)
+        .ok_or_else(|| format!("{s:?} is not a duration: write one such as 7d, 24h or 90m"))
 }
 
 /// How long a stopping leader waits for its writes in flight (the pod's grace period is 30 s by default).
@@ -357,7 +369,10 @@ fn engine_for(
     };
     let applier = apply::Applier::new(client.clone(), parts);
     let config = engine::EngineConfig {
-        scheduler: SchedulerConfig::default(),
+        scheduler: SchedulerConfig {
+            usage_half_life_s: settings.usage_half_life,
+            ..SchedulerConfig::default()
+        },
         interval: Duration::from_millis(settings.interval_ms.max(10)),
         debounce: Duration::from_millis(settings.debounce_ms),
     };

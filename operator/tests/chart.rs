@@ -77,6 +77,10 @@ fn the_chart_lints_and_its_schema_refuses_bad_values() {
     );
     let (ok, out) = render(&helm, &["--set", "ledger.url=mysql://db/x"]);
     assert!(!ok && out.contains("ledger"), "a MySQL ledger was accepted:\n{out}");
+    let (ok, out) = render(&helm, &["--set", "fairShare.usageHalfLife=a week"]);
+    assert!(!ok && out.contains("usageHalfLife"), "a half-life that is no duration was accepted:\n{out}");
+    let (ok, out) = render(&helm, &["--set", "fairShare.usageHalfLife=7d"]);
+    assert!(ok && out.contains("HAIYUN_USAGE_HALF_LIFE") && out.contains("\"7d\""), "{out}");
     let (ok, out) = render(&helm, &["--set", "otlp.endpoint=collector:4318"]);
     assert!(!ok && out.contains("otlp"), "an OTLP endpoint without a scheme was accepted:\n{out}");
     let (ok, out) = render(&helm, &["--set", "otlp.endpoint=http://collector.obs:4318"]);

@@ -84,6 +84,11 @@ async fn check(url: &str) {
     let got: Vec<(&str, i64, f64)> = rows.iter().map(|r| (r.key.as_str(), r.runs, r.gpu_seconds)).collect();
     assert_eq!(got, vec![("census", 2, 4.0 * 3600.0 + 7200.0), ("roads", 1, 7200.0)]);
 
+    // The runs that ended since a time, with their ends: what a new leader weighs past usage by for fair share.
+    let ended = store.ended_since(T0 + 2.0 * 3600.0).await.unwrap();
+    let got: Vec<(&str, f64)> = ended.iter().map(|(r, end)| (r.uid.as_str(), *end)).collect();
+    assert_eq!(got, vec![("c", T0 + 3.0 * 3600.0)]);
+
     // Totals per queue, pool and model (closed runs only) for the counters.
     let totals = store.totals().await.unwrap();
     let key = ("team-a".to_string(), "a".to_string(), "H100".to_string());

@@ -277,6 +277,14 @@ async fn bad_manifests_are_refused_by_the_api_server_with_messages_that_name_the
         "spec": { "resources": [{ "flavor": "gpus", "nominal": "8" }] } });
     let err = env.create::<Queue>(flavor).await.unwrap_err();
     assert!(err.contains("spec.resources[0].flavor") && err.contains("nvidia.com/gpu:<model>"), "{err}");
+    let path = json!({ "apiVersion": "haiyun.io/v1alpha1", "kind": "Queue", "metadata": { "name": "bad-path" },
+        "spec": { "cohort": "research//vision", "resources": [] } });
+    let err = env.create::<Queue>(path).await.unwrap_err();
+    assert!(err.contains("spec.cohort") && err.contains("e.g. research/vision"), "{err}");
+    let limit = json!({ "apiVersion": "haiyun.io/v1alpha1", "kind": "Queue", "metadata": { "name": "bad-limit" },
+        "spec": { "userLimit": [{ "flavor": "gpu", "max": "2" }], "resources": [] } });
+    let err = env.create::<Queue>(limit).await.unwrap_err();
+    assert!(err.contains("spec.userLimit[0].flavor") && err.contains("nvidia.com/gpu:<model>"), "{err}");
     let two = json!({ "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputePool", "metadata": { "name": "bad-p" },
         "spec": { "kind": "ai", "backend": { "kubernetes": {}, "simulated": { "nodes": [] } } } });
     let err = env.create::<ComputePool>(two).await.unwrap_err();

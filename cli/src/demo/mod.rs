@@ -157,8 +157,9 @@ async fn serve(args: DemoArgs, limit: Option<Duration>) -> Result<(), CliError> 
     let dir = std::env::temp_dir().join(format!("haiyun-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| CliError::Start(format!("{}: {e}", dir.display())))?;
     let url = args.ledger.clone().unwrap_or_else(|| format!("sqlite://{}", dir.join("ledger.db").display()));
-    let ledger =
-        haiyun_operator::ledger::Ledger::open(&url).await.map_err(|e| CliError::Start(e.to_string()))?;
+    let ledger = haiyun_operator::ledger::Ledger::open(&url, None)
+        .await
+        .map_err(|e| CliError::Start(e.to_string()))?;
     let metrics = Arc::new(haiyun_operator::metrics::Metrics::default());
     let cluster = Arc::new(Mutex::new(cluster.with_ledger(ledger.clone()).with_metrics(metrics.clone())));
     let grace = Duration::from_secs(args.agent_grace_seconds.max(1));

@@ -20,6 +20,7 @@ use crate::plan::{self, Action};
 use crate::report;
 use crate::status;
 use crate::time::rfc3339;
+use haiyun_scheduler::queue::Flavor;
 
 /// What a cycle reads.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +94,9 @@ pub fn run(input: &Input<'_>, memory: &mut Memory) -> Result<Output, CycleError>
     };
     let mut world =
         index::build(objects, &memory.overlay, &mut memory.index, &federation, input.config, input.now)?;
+    if let Some(book) = &memory.runs {
+        add_past_usage(&mut world, book);
+    }
     let kinds: BTreeMap<String, BackendKind> =
         objects.pools.iter().filter_map(|p| Some((p.name_any(), BackendKind::of(p)?))).collect();
     let mut planned = plan::plan(&mut world, &kinds, input.now)?;
@@ -126,6 +130,31 @@ pub fn run(input: &Input<'_>, memory: &mut Memory) -> Result<Output, CycleError>
     out.extend(writes.into_iter().filter(|w| !input.busy.contains(&w.key())).map(Action::WriteStatus));
     let jobs = world.jobs.len() + world.pods.len();
     Ok(Output { actions: out, decisions, snapshot, gauges, jobs, ledger })
+}
+
+/// Gives each queue its past usage from the ledger (runs that ended, decayed), in the core's units.
+fn add_past_usage(world: &mut World, book: &crate::ledger::runs::Book) {
+    for (queue, past) in &book.past {
+        let Some(q) = world.queues.get(queue).copied() else { continue };
+        let models = &world.scheduler.snapshot().cluster().models;
+        let mut amounts: Vec<f64> = Vec::new();
+        for (flavor, v) in &past.amounts {
+            let (at, scale) = match flavor.as_str() {
+                "cpu" => (Flavor::Cpu, 1000.0),
+                "memory" => (Flavor::Memory, 1024.0),
+                gpu => match gpu.strip_prefix("nvidia.com/gpu:").and_then(|m| models.lookup(m)) {
+                    Some(m) => (Flavor::Gpu(m), 1000.0),
+                    // A model no node has any more: nothing to weigh it against.
+                    None => continue,
+                },
+            };
+            if amounts.len() <= at.index() {
+                amounts.resize(at.index() + 1, 0.0);
+            }
+            amounts[at.index()] += v * scale;
+        }
+        world.scheduler.quotas_mut().add_usage(q, past.at, &amounts);
+    }
 }
 
 impl Memory {

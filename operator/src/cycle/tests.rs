@@ -1146,3 +1146,83 @@ fn a_job_whose_namespace_and_queue_may_not_read_its_dataset_is_held_with_the_rea
     assert_eq!(p.phase(), "data-access");
     assert!(p.to_string().contains("namespace \"ns\" (queue \"q\") may not read dataset \"census\""), "{p}");
 }
+
+#[test]
+fn a_queue_with_past_usage_in_the_ledger_yields_to_one_without_and_a_cycle_without_the_ledger_keeps_fifo() {
+    let lab =
+        |name: &str| Arc::new(fixtures::queue(name).quota("nvidia.com/gpu:h100", "8").cohort("lab").build());
+    let objects = crate::index::Objects {
+        pools: vec![pool()],
+        queues: vec![lab("heavy"), lab("light")],
+        // heavy's job is older: first in line but for its past.
+        jobs: vec![Arc::new(job("h", "heavy", 8, 100)), Arc::new(job("l", "light", 8, 10))],
+        nodes: vec![node("n0", 8, false)],
+        ..Default::default()
+    };
+    let backends = Backends::new(vec![Arc::new(KubernetesBackend::offline()) as Arc<dyn PoolBackend>]);
+    let (fleet, busy) = (FleetView::default(), Default::default());
+    let config = SchedulerConfig { usage_half_life_s: Some(3600.0), ..SchedulerConfig::default() };
+    let input = crate::cycle::Input {
+        objects: &objects,
+        fleet: &fleet,
+        backends: &backends,
+        busy: &busy,
+        config,
+        now: NOW,
+    };
+    // The ledger closed a run of heavy's: 8 H100s for two hours, ended a minute ago.
+    let mut book = crate::ledger::runs::Book { half_life: Some(3600.0), ..Default::default() };
+    let run: crate::ledger::runs::Run = serde_json::from_value(json!({
+        "uid": "old", "run": 0, "job": "ns/old", "namespace": "ns", "queue": "heavy", "submitter": "", "pool": "a",
+        "site": "", "nodes": "n0", "gpu_model": "H100", "gpus": 8.0, "cpu_cores": 8.0, "memory_gib": 64.0,
+        "datasets": [], "cost_per_hour": 0.0, "start": NOW - 7260.0, "energy_start": 0.0
+    }))
+    .unwrap();
+    book.add_past(&run, NOW - 60.0);
+    let mut memory = crate::cycle::Memory { runs: Some(book), ..Default::default() };
+    let out = crate::cycle::run(&input, &mut memory).unwrap();
+    assert_eq!(admitted(&out.actions), vec!["l".to_string()], "light has no past usage: it goes first");
+    let mut forgetful = crate::cycle::Memory::default();
+    let out = crate::cycle::run(&input, &mut forgetful).unwrap();
+    assert_eq!(admitted(&out.actions), vec!["h".to_string()], "no ledger, no past: first come, first served");
+}
+
+#[test]
+fn a_queue_user_limit_holds_one_submitter_and_a_job_without_one_counts_as_its_namespace() {
+    let mut team: Queue = fixtures::queue("team").quota("nvidia.com/gpu:h100", "64").build();
+    team.spec.user_limit =
+        vec![haiyun_api::queue::FlavorLimit { flavor: "nvidia.com/gpu:h100".into(), max: "2".into() }];
+    let by = |name: &str, who: Option<&str>, age: i64| {
+        let mut j = job(name, "team", 1, age);
+        j.spec.submitted_by = who.map(String::from);
+        Arc::new(j)
+    };
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![Arc::new(team)],
+        jobs: vec![
+            by("alice-1", Some("alice"), 50),
+            by("alice-2", Some("alice"), 49),
+            by("alice-3", Some("alice"), 48),
+            by("bob-1", Some("bob"), 47),
+            by("anon-1", None, 46),
+            by("anon-2", None, 45),
+            by("anon-3", None, 44),
+        ],
+        nodes: vec![node("n0", 8, false)],
+        ..Default::default()
+    };
+    let (world, actions) = cycle(&objects);
+    let mut got = admitted(&actions);
+    got.sort();
+    assert_eq!(got, ["alice-1", "alice-2", "anon-1", "anon-2", "bob-1"]);
+    let third = world.jobs.iter().find(|t| t.job.metadata.name.as_deref() == Some("alice-3")).unwrap();
+    let JobState::Waiting(id) = third.state else { panic!("{:?}", third.state) };
+    let why = world.scheduler.explain(id);
+    assert!(
+        why.iter().any(|l| l.contains(
+            "user alice needs 1 nvidia.com/gpu:h100 in queue team, 0 left of the queue's per-user limit"
+        )),
+        "{why:?}"
+    );
+}

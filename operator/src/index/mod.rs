@@ -407,6 +407,13 @@ impl World {
         (counts, all_pods): (&pod::Counts, &[Arc<Pod>]),
         now: Time,
     ) {
+        // Per-user limits count by who submitted it, or by its namespace where no policy stamps the submitter.
+        let user = match cj.spec.submitted_by.as_deref().filter(|s| !s.is_empty()) {
+            Some(s) => s.to_string(),
+            None => format!("namespace/{}", cj.namespace().unwrap_or_default()),
+        };
+        let user = self.scheduler.quotas_mut().user_id(&user);
+        let conv = conv.map(|c| c.map(|job| haiyun_scheduler::model::Job { user: Some(user), ..job }));
         let fed = &self.federation;
         let run = cj.run();
         let uid = cj.uid().unwrap_or_default();

@@ -28,6 +28,9 @@ pub enum QueueError {
         /// The cause.
         source: quantity::QuantityError,
     },
+    /// A per-user limit of nothing.
+    #[error("{0} must be more than 0 (remove the entry to leave the flavor unlimited)")]
+    ZeroLimit(String),
     /// A quota request names a queue that does not exist.
     #[error("queue {0:?} does not exist")]
     NoQueue(String),
@@ -86,6 +89,15 @@ pub fn queue_spec(q: &Queue, models: &mut GpuModels) -> Result<QueueSpec, QueueE
         WithinQueue::LowerPriority => core::WithinQueue::LowerPriority,
         WithinQueue::LowerOrLaterInOrder => core::WithinQueue::LowerOrLaterInOrder,
     };
+    for (i, l) in q.spec.user_limit.iter().enumerate() {
+        let f = flavor(models, &l.flavor)?;
+        let field = format!("spec.userLimit[{i}].max");
+        let v = amount(f, &field, &l.max)?;
+        if v == 0 {
+            return Err(QueueError::ZeroLimit(field));
+        }
+        spec.user_limit.get_or_insert_with(Resources::default).set(f, v);
+    }
     for (i, r) in q.spec.resources.iter().enumerate() {
         let f = flavor(models, &r.flavor)?;
         spec.nominal.set(f, amount(f, &format!("spec.resources[{i}].nominal"), &r.nominal)?);

@@ -37,8 +37,9 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Connects to `url`, loads the open runs and the closed totals, and starts the writer.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    /// Connects to `url`, loads the open runs, the closed totals and (with a half-life of past usage, seconds) the
+    /// decayed usage of the runs that ended within 20 half-lives, and starts the writer.
+    pub async fn open(url: &str, half_life: Option<f64>) -> Result<Self, StoreError> {
         let store = Store::open(url).await?;
         let open = store.open_runs().await?;
         let closed = store.totals().await?;
@@ -46,7 +47,12 @@ impl Ledger {
         for ((queue, _, _), v) in &closed.by_key {
             *closed_gpu_seconds.entry(queue.clone()).or_default() += v[0];
         }
-        let book = Book { open: open.clone(), closed_gpu_seconds };
+        let mut book = Book { open: open.clone(), closed_gpu_seconds, half_life, past: BTreeMap::new() };
+        if let Some(h) = half_life {
+            for (run, end) in store.ended_since(crate::time::now() - 20.0 * h).await? {
+                book.add_past(&run, end);
+            }
+        }
         let state = State { loaded: Some(book), open, closed, pending: 0 };
         let (writes, rx) = tokio::sync::mpsc::unbounded_channel();
         let ledger = Ledger { store, state: Arc::new(Mutex::new(state)), writes };

@@ -77,14 +77,52 @@ pub enum Op {
     Close(Close),
 }
 
-/// What the cycle keeps of the ledger: the runs it holds open, and the GPU-seconds of the closed ones per queue (for
-/// the queues' `gpuHours`, which then outlive the jobs).
+/// What the cycle keeps of the ledger: the runs it holds open, the GPU-seconds of the closed ones per queue (for the
+/// queues' `gpuHours`, which then outlive the jobs), and their decayed usage per queue (for fair share).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Book {
     /// The open runs.
     pub open: BTreeMap<RunKey, Run>,
     /// GPU-seconds of closed runs by queue.
     pub closed_gpu_seconds: BTreeMap<String, f64>,
+    /// Half-life of past usage, seconds (`None`: `past` stays empty).
+    pub half_life: Option<f64>,
+    /// Closed runs' usage by queue, decayed by `half_life`.
+    pub past: BTreeMap<String, Past>,
+}
+
+/// A queue's past usage: resource-seconds per flavor (`nvidia.com/gpu:<model>` in GPU-seconds, `cpu` in
+/// core-seconds, `memory` in GiB-seconds) as they stood at `at`, halving every half-life.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Past {
+    /// When `amounts` were last brought up to date.
+    pub at: Time,
+    /// Decayed resource-seconds by flavor.
+    pub amounts: BTreeMap<String, f64>,
+}
+
+impl Book {
+    /// Adds a run that ended at `end` to its queue's past usage (nothing without a half-life).
+    pub fn add_past(&mut self, run: &Run, end: Time) {
+        let Some(h) = self.half_life else { return };
+        // The decayed integral of holding the run's resources from its start to its end, as of its end.
+        let seconds = (1.0 - (-(end - run.start).max(0.0) / h).exp2()) * h / std::f64::consts::LN_2;
+        let mut amounts = vec![("cpu".to_string(), run.cpu_cores), ("memory".to_string(), run.memory_gib)];
+        if !run.gpu_model.is_empty() {
+            amounts.push((format!("nvidia.com/gpu:{}", run.gpu_model.to_lowercase()), run.gpus));
+        }
+        let past = self.past.entry(run.queue.clone()).or_default();
+        let (mine, theirs) = if end >= past.at {
+            ((-(end - past.at) / h).exp2(), 1.0)
+        } else {
+            (1.0, (-(past.at - end) / h).exp2())
+        };
+        past.amounts.values_mut().for_each(|v| *v *= mine);
+        for (flavor, amount) in amounts.into_iter().filter(|(_, a)| *a > 0.0) {
+            *past.amounts.entry(flavor).or_default() += amount * seconds * theirs;
+        }
+        past.at = past.at.max(end);
+    }
 }
 
 /// The run `job` has live, if any: admitted or running with a placement.
@@ -151,23 +189,24 @@ fn run_of(job: &ComputeJob, pools: &HashMap<String, &ComputePool>, now: Time) ->
 pub fn reconcile(objects: &Objects, book: &mut Book, now: Time) -> Vec<Op> {
     // Every cycle: only the keys of the live runs; a record is built for a run that starts or ends, not for each.
     let live: HashSet<(&str, u32)> = objects.jobs.iter().filter_map(|j| live_key(j)).collect();
-    let open = &mut book.open;
     let mut ops = Vec::new();
     let ended: Vec<RunKey> =
-        open.keys().filter(|(u, r)| !live.contains(&(u.as_str(), *r))).cloned().collect();
+        book.open.keys().filter(|(u, r)| !live.contains(&(u.as_str(), *r))).cloned().collect();
     if !ended.is_empty() {
         let jobs: HashMap<&str, &ComputeJob> =
             objects.jobs.iter().filter_map(|j| Some((j.metadata.uid.as_deref()?, &**j))).collect();
         for key in ended {
-            if let Some(run) = open.remove(&key) {
+            if let Some(run) = book.open.remove(&key) {
                 let close = ending(jobs.get(key.0.as_str()).copied(), &run, now);
                 *book.closed_gpu_seconds.entry(run.queue.clone()).or_default() +=
                     run.gpus * (close.end - run.start);
+                book.add_past(&run, close.end);
                 ops.push(Op::Close(close));
             }
         }
     }
     // Every open run is live now, so a live run is new exactly when there are more live runs than open ones.
+    let open = &mut book.open;
     if live.len() > open.len() {
         let pools: HashMap<String, &ComputePool> =
             objects.pools.iter().map(|p| (p.name_any(), &**p)).collect();

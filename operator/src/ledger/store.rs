@@ -97,6 +97,15 @@ impl Store {
         Ok(out)
     }
 
+    /// The runs that ended at or after `since`, with their ends, oldest end first.
+    pub async fn ended_since(&self, since: f64) -> Result<Vec<(Run, f64)>, StoreError> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS}, end_s FROM runs WHERE end_s IS NOT NULL AND end_s >= $1 ORDER BY end_s"
+        );
+        let rows = sqlx::query(&sql).bind(since).fetch_all(&self.pool).await?;
+        rows.iter().map(|row| Ok((run_of(row)?, row.try_get::<f64, _>("end_s")?))).collect()
+    }
+
     /// Usage per `query.by` inside its window, runs still open counted up to `now`.
     pub async fn usage(&self, query: &Usage, now: f64) -> Result<Vec<UsageRow>, StoreError> {
         let to = query.to.unwrap_or(now).min(now);

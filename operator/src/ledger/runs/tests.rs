@@ -158,3 +158,49 @@ fn runs_loaded_open_from_the_ledger_are_closed_or_kept_after_a_restart() {
     );
     assert_eq!(open.open.keys().cloned().collect::<Vec<_>>(), vec![("uid-a".to_string(), 0)]);
 }
+
+#[test]
+fn a_closed_run_adds_its_decayed_usage_to_its_queue_and_older_usage_halves_each_half_life() {
+    let h = 3600.0;
+    let mut book = Book { half_life: Some(h), ..Book::default() };
+    reconcile(&objects(vec![running("train", 0, 0.0)]), &mut book, T0 + 10.0);
+    let done = job(
+        "train",
+        json!({ "phase": "Succeeded", "placement": placement(), "startTime": at(T0),
+            "completionTime": at(T0 + 2.0 * h) }),
+    );
+    reconcile(&objects(vec![done]), &mut book, T0 + 2.0 * h + 5.0);
+    // 4 GPUs for two half-lives: 4 × (1 - 1/4) × h / ln 2 GPU-seconds as of its end; 16 cores alike.
+    let past = &book.past["q"];
+    let expect = |n: f64| n * 0.75 * h / std::f64::consts::LN_2;
+    assert_eq!(past.at, T0 + 2.0 * h);
+    assert!((past.amounts["nvidia.com/gpu:h100"] - expect(4.0)).abs() < 1e-6, "{past:?}");
+    assert!((past.amounts["cpu"] - expect(16.0)).abs() < 1e-6, "{past:?}");
+    // A run ending one half-life later halves what was there before adding itself.
+    let before = past.amounts["nvidia.com/gpu:h100"];
+    // A zero-length run adds nothing of its own.
+    let later = Run {
+        uid: "x".into(),
+        run: 0,
+        job: "ns/x".into(),
+        namespace: "ns".into(),
+        queue: "q".into(),
+        submitter: String::new(),
+        pool: "a".into(),
+        site: String::new(),
+        nodes: String::new(),
+        gpu_model: "H100".into(),
+        gpus: 1.0,
+        cpu_cores: 0.0,
+        memory_gib: 0.0,
+        datasets: Vec::new(),
+        cost_per_hour: 0.0,
+        start: T0 + 3.0 * h,
+        energy_start: 0.0,
+    };
+    book.add_past(&later, T0 + 3.0 * h);
+    assert!((book.past["q"].amounts["nvidia.com/gpu:h100"] - before / 2.0).abs() < 1e-6);
+    let mut none = Book::default();
+    none.add_past(&later, T0);
+    assert!(none.past.is_empty(), "without a half-life nothing is kept");
+}
