@@ -49,6 +49,54 @@ pub struct DatasetSpec {
     /// admission (the chart's ValidatingAdmissionPolicy) or, where that policy is not installed, held with a reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<DataAccess>,
+    /// The storage that holds it. A job whose pods mount it (through any claim bound to it, or an inline NFS volume)
+    /// without naming the dataset in `spec.datasets` is held with a reason: the volume's identity counts, never the
+    /// claim's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<DataStorage>,
+}
+
+/// Where a dataset's bytes live: any of these identifies it.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataStorage {
+    /// PersistentVolumes that hold it, by name.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub persistent_volumes: Vec<String>,
+    /// CSI volumes that hold it: a PersistentVolume of this driver and volume handle, whatever its name.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub csi: Vec<CsiVolume>,
+    /// NFS exports that hold it: a PersistentVolume or an inline volume of this server at this path or under it.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub nfs: Vec<NfsExport>,
+}
+
+/// A CSI volume's identity.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CsiVolume {
+    /// The CSI driver, e.g. `nfs.csi.k8s.io`.
+    #[schemars(length(min = 1, max = 253))]
+    pub driver: String,
+    /// Its volume handle.
+    #[schemars(length(min = 1, max = 1024))]
+    pub volume_handle: String,
+}
+
+/// An NFS export.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NfsExport {
+    /// The server (host name or address).
+    #[schemars(length(min = 1, max = 253))]
+    pub server: String,
+    /// The exported path; a volume of this path or any path under it holds the dataset.
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("path must be absolute, e.g. /exports/census"))]
+    pub path: String,
 }
 
 /// The namespaces and queues whose jobs may read a dataset: a job may if its namespace or its queue is listed.

@@ -40,5 +40,8 @@ pub const QUEUE_LABEL: &str = "haiyun.io/queue";
 pub const RUNTIME_ANNOTATION: &str = "haiyun.io/runtime-estimate";
 /// Node label giving its GPU model.
 pub const GPU_MODEL_LABEL: &str = "haiyun.io/gpu-model";
+/// Annotation on a batch/v1 Job that Haiyun runs naming the datasets it reads, comma-separated (its ComputeJob's
+/// `spec.datasets`: their clearance, access and storage checks apply as to any job).
+pub const DATASETS_ANNOTATION: &str = "haiyun.io/datasets";
 /// The user who created a batch/v1 Job that Haiyun runs (stamped by the chart's admission policy).
 pub const SUBMITTER_ANNOTATION: &str = "haiyun.io/submitted-by";

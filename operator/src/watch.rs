@@ -7,7 +7,7 @@ use futures::StreamExt;
 use haiyun_api::{ComputeJob, ComputePool, Dataset, Queue, QuotaRequest};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -31,6 +31,8 @@ pub struct Stores {
     slices: Store<ResourceSlice>,
     resource_claims: Store<ResourceClaim>,
     grants: Store<Lease>,
+    volumes: Store<PersistentVolume>,
+    claims: Store<PersistentVolumeClaim>,
     /// Fires on every change.
     pub changed: Arc<Notify>,
 }
@@ -91,6 +93,8 @@ impl Stores {
                 any().labels(crate::backend::remote::grant::GRANT_LABEL),
                 c(),
             ),
+            volumes: spawn(Api::all(client.clone()), any(), c()),
+            claims: spawn(Api::all(client.clone()), any(), c()),
             changed,
         }
     }
@@ -111,6 +115,8 @@ impl Stores {
             self.nodes.wait_until_ready(),
             self.pods.wait_until_ready(),
             self.batch_jobs.wait_until_ready(),
+            self.volumes.wait_until_ready(),
+            self.claims.wait_until_ready(),
             // A cluster that does not serve resource.k8s.io/v1 never lists slices: its GPUs are extended resources.
             tokio::time::timeout(std::time::Duration::from_secs(10), self.slices.wait_until_ready()),
             tokio::time::timeout(std::time::Duration::from_secs(10), self.resource_claims.wait_until_ready()),
@@ -131,6 +137,8 @@ impl Stores {
             slices: self.slices.state(),
             resource_claims: self.resource_claims.state(),
             grants: self.grants.state(),
+            volumes: self.volumes.state(),
+            claims: self.claims.state(),
         }
     }
 }

@@ -285,6 +285,17 @@ async fn bad_manifests_are_refused_by_the_api_server_with_messages_that_name_the
         "spec": { "userLimit": [{ "flavor": "gpu", "max": "2" }], "resources": [] } });
     let err = env.create::<Queue>(limit).await.unwrap_err();
     assert!(err.contains("spec.userLimit[0].flavor") && err.contains("nvidia.com/gpu:<model>"), "{err}");
+    // hostPath stays out of job namespaces through Pod Security (the README's recipe): a dataset's files on a node's
+    // disk cannot be mounted around its storage identity.
+    let ns = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "cel-baseline",
+        "labels": { "pod-security.kubernetes.io/enforce": "baseline" } } });
+    // (It may be there from an earlier run on the same control plane.)
+    let _ = env.create::<k8s_openapi::api::core::v1::Namespace>(ns).await;
+    let host = json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "host", "namespace": "cel-baseline" },
+        "spec": { "schedulerName": "haiyun", "containers": [{ "name": "c", "image": "x" }],
+                  "volumes": [{ "name": "d", "hostPath": { "path": "/exports/census" } }] } });
+    let err = env.create::<k8s_openapi::api::core::v1::Pod>(host).await.unwrap_err();
+    assert!(err.contains("hostPath") && err.contains("baseline"), "{err}");
     let two = json!({ "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputePool", "metadata": { "name": "bad-p" },
         "spec": { "kind": "ai", "backend": { "kubernetes": {}, "simulated": { "nodes": [] } } } });
     let err = env.create::<ComputePool>(two).await.unwrap_err();

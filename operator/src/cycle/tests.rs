@@ -128,6 +128,8 @@ struct Objects {
     slices: Vec<Arc<k8s_openapi::api::resource::v1::ResourceSlice>>,
     resource_claims: Vec<Arc<k8s_openapi::api::resource::v1::ResourceClaim>>,
     grants: Vec<Arc<k8s_openapi::api::coordination::v1::Lease>>,
+    volumes: Vec<Arc<k8s_openapi::api::core::v1::PersistentVolume>>,
+    claims: Vec<Arc<k8s_openapi::api::core::v1::PersistentVolumeClaim>>,
     fleet: Arc<FleetView>,
     slurm: Arc<SlurmViews>,
 }
@@ -146,6 +148,8 @@ fn cycle(given: &Objects) -> (World, Vec<Action>) {
         slices: given.slices.clone(),
         resource_claims: given.resource_claims.clone(),
         grants: given.grants.clone(),
+        volumes: given.volumes.clone(),
+        claims: given.claims.clone(),
     };
     let grants = Clock::default().live(&given.grants, std::time::Instant::now());
     let backends = Backends::new(vec![
@@ -1224,5 +1228,76 @@ fn a_queue_user_limit_holds_one_submitter_and_a_job_without_one_counts_as_its_na
             "user alice needs 1 nvidia.com/gpu:h100 in queue team, 0 left of the queue's per-user limit"
         )),
         "{why:?}"
+    );
+}
+
+#[test]
+fn a_job_mounting_a_datasets_volume_without_naming_it_is_held_by_the_volume_not_the_claims_name() {
+    let census: Arc<Dataset> = Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "haiyun.io/v1alpha1", "kind": "Dataset", "metadata": { "name": "census" },
+            "spec": { "size": "1Ti", "classification": "public",
+                      "storage": { "nfs": [{ "server": "nas.example", "path": "/exports/census" }] } }
+        }))
+        .unwrap(),
+    );
+    let pv = Arc::new(
+        serde_json::from_value(json!({ "metadata": { "name": "pv-0193" },
+            "spec": { "nfs": { "server": "nas.example", "path": "/exports/census/2020" }, "capacity": { "storage": "1Ti" } } }))
+        .unwrap(),
+    );
+    let claim = Arc::new(
+        serde_json::from_value(json!({ "metadata": { "name": "scratch", "namespace": "ns" },
+            "spec": { "volumeName": "pv-0193" } }))
+        .unwrap(),
+    );
+    let mounting = |name: &str, named: bool| {
+        let mut j = job(name, "q", 1, 10);
+        j.spec.task_groups[0].template = Some(json!({ "spec": {
+            "containers": [{ "name": "main", "image": "x" }],
+            "volumes": [{ "name": "data", "persistentVolumeClaim": { "claimName": "scratch" } }] } }));
+        if named {
+            j.spec.datasets = vec!["census".into()];
+        }
+        Arc::new(j)
+    };
+    let inline = pod("raw", "", None, "haiyun", &[("haiyun.io/queue", "q")], false);
+    let mut inline = (*inline).clone();
+    inline.spec.as_mut().unwrap().volumes = Some(vec![
+        serde_json::from_value(json!({
+        "name": "raw", "nfs": { "server": "nas.example", "path": "/exports/census" } }))
+        .unwrap(),
+    ]);
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![mounting("hidden", false), mounting("honest", true)],
+        pods: vec![Arc::new(inline)],
+        datasets: vec![census],
+        volumes: vec![pv],
+        claims: vec![claim],
+        nodes: vec![node("n0", 8, false)],
+        ..Default::default()
+    };
+    let (world, actions) = cycle(&objects);
+    assert_eq!(
+        admitted(&actions),
+        vec!["honest".to_string()],
+        "naming the dataset lets its own checks decide"
+    );
+    let hidden = world.jobs.iter().find(|t| t.job.metadata.name.as_deref() == Some("hidden")).unwrap();
+    let JobState::Problem(p) = &hidden.state else { panic!("{:?}", hidden.state) };
+    assert_eq!(p.phase(), "data-access");
+    assert!(
+        p.to_string().starts_with(
+            "spec.taskGroups[0].template.spec.volumes: volume \"data\" mounts PersistentVolume pv-0193 (NFS nas.example:/exports/census/2020), which holds dataset \"census\""
+        ),
+        "{p}"
+    );
+    let raw = world.pods.iter().find(|t| t.pod.metadata.name.as_deref() == Some("raw")).unwrap();
+    let JobState::Problem(p) = &raw.state else { panic!("{:?}", raw.state) };
+    assert!(
+        p.to_string().contains("spec.volumes: volume \"raw\" mounts NFS nas.example:/exports/census"),
+        "{p}"
     );
 }

@@ -30,6 +30,7 @@ struct RefsKey {
     scripts: BTreeSet<PoolId>,
     time_limits: BTreeMap<PoolId, u32>,
     preempt_inference: BTreeSet<String>,
+    storage: super::storage::Storage,
 }
 
 /// The index's conversions, kept between cycles.
@@ -145,5 +146,6 @@ fn refs_key(refs: &Refs<'_>, cluster: &Cluster) -> RefsKey {
         scripts: refs.scripts.clone(),
         time_limits: refs.time_limits.clone(),
         preempt_inference: refs.preempt_inference.clone(),
+        storage: refs.storage.clone(),
     }
 }

@@ -51,6 +51,20 @@ pub enum JobProblem {
         /// The job's queue.
         queue: String,
     },
+    /// A volume of its pods mounts a dataset's storage that it does not name.
+    #[error(
+        "{at}: volume {volume:?} mounts {what}, which holds dataset {dataset:?}; name the dataset (a ComputeJob's spec.datasets, a batch Job's haiyun.io/datasets annotation; a plain pod cannot) and its clearance and access apply"
+    )]
+    DataStorage {
+        /// Where the volume is declared.
+        at: String,
+        /// The volume's name in the pod.
+        volume: String,
+        /// What the volume is.
+        what: String,
+        /// The dataset it holds.
+        dataset: String,
+    },
     /// No pool matches its kinds and sites.
     #[error("no ComputePool matches spec.poolKinds {kinds:?} and spec.sites {sites:?}")]
     NoPool {
@@ -88,7 +102,7 @@ impl JobProblem {
         match self {
             JobProblem::NoQueue { .. } | JobProblem::Namespace { .. } | JobProblem::Duplicate(_) => "queue",
             JobProblem::NoDataset(_) => "data-clearance",
-            JobProblem::DataAccess { .. } => "data-access",
+            JobProblem::DataAccess { .. } | JobProblem::DataStorage { .. } => "data-access",
             JobProblem::NoPool { .. } | JobProblem::NoNode { .. } => "placement",
             JobProblem::Field { .. } => "validation",
         }
@@ -114,6 +128,8 @@ pub struct Refs<'a> {
     pub time_limits: &'a BTreeMap<PoolId, u32>,
     /// Queues whose inference jobs may be preempted.
     pub preempt_inference: &'a std::collections::BTreeSet<String>,
+    /// Datasets' storage and the claims bound to it.
+    pub storage: &'a super::storage::Storage,
 }
 
 impl Refs<'_> {
@@ -202,6 +218,14 @@ pub fn core_job(cj: &ComputeJob, refs: &Refs<'_>, cluster: &mut Cluster) -> Resu
         .find(|(_, a)| !a.allows(&namespace, &s.queue))
     {
         return Err(JobProblem::DataAccess { dataset: d.clone(), namespace, queue: s.queue.clone() });
+    }
+    for (group, g) in s.task_groups.iter().enumerate() {
+        let at = format!("spec.taskGroups[{group}].template.spec.volumes");
+        let volumes = super::storage::template_volumes(g.template.as_ref()).map_err(|e| field(&at, e))?;
+        if let Some(u) = refs.storage.unnamed(&namespace, &volumes, &s.datasets) {
+            let (volume, what, dataset) = (u.volume, u.holding.what, u.holding.dataset);
+            return Err(JobProblem::DataStorage { at, volume, what, dataset });
+        }
     }
     let pools = allowed_pools(cj, cluster, refs)?;
     let runtime = match &s.runtime_estimate {

@@ -10,6 +10,7 @@ pub mod node_filter;
 pub mod overlay;
 pub mod pod;
 pub mod queue;
+pub mod storage;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -54,6 +55,10 @@ pub struct Objects {
     pub resource_claims: Vec<Arc<k8s_openapi::api::resource::v1::ResourceClaim>>,
     /// Capacity leases federations grant this cluster (Leases in `haiyun-fence` labelled `haiyun.io/grant`).
     pub grants: Vec<Arc<k8s_openapi::api::coordination::v1::Lease>>,
+    /// PersistentVolumes (what a claim is bound to: a dataset's storage is known by the volume's identity).
+    pub volumes: Vec<Arc<k8s_openapi::api::core::v1::PersistentVolume>>,
+    /// PersistentVolumeClaims.
+    pub claims: Vec<Arc<k8s_openapi::api::core::v1::PersistentVolumeClaim>>,
 }
 
 /// Why a running job was lost: it holds nothing any more and ends as Failed.
@@ -274,6 +279,7 @@ fn assemble(
     let mut cluster = fed.cluster.clone();
     let preempt_inference: BTreeSet<String> =
         objects.queues.iter().filter(|q| q.spec.preempt_inference).map(|q| q.name_any()).collect();
+    let storage = storage::Storage::index(&objects.datasets, &objects.volumes, &objects.claims);
     let refs = job::Refs {
         queues: &book.ids,
         invalid_queues: &book.invalid,
@@ -283,6 +289,7 @@ fn assemble(
         scripts: &fed.scripts,
         time_limits: &fed.time_limits,
         preempt_inference: &preempt_inference,
+        storage: &storage,
     };
     let mut sorted_jobs: Vec<&Arc<ComputeJob>> = objects.jobs.iter().collect();
     sorted_jobs.sort_by(|a, b| {
@@ -330,6 +337,7 @@ fn assemble(
         scripts: &BTreeSet::new(),
         time_limits: &BTreeMap::new(),
         preempt_inference: &BTreeSet::new(),
+        storage: &storage,
     };
     let plain = plain_pods(objects, overlay, &refs);
     for (p, core, place) in plain {

@@ -224,6 +224,11 @@ pub fn core_job(pod: &Pod, refs: &Refs<'_>) -> Result<Job, JobProblem> {
     if !refs.admits(queue_name, &namespace) {
         return Err(JobProblem::Namespace { namespace, queue: queue_name.clone() });
     }
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or_default();
+    if let Some(u) = refs.storage.unnamed(&namespace, volumes, &[]) {
+        let (volume, what, dataset) = (u.volume, u.holding.what, u.holding.dataset);
+        return Err(JobProblem::DataStorage { at: "spec.volumes".into(), volume, what, dataset });
+    }
     let (cpu, mem, gpus) = pod_requests(pod);
     let task = TaskSpec {
         cpu_milli: cpu,

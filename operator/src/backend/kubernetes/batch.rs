@@ -7,7 +7,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use haiyun_api::{ComputeJob, GPUS_ANNOTATION, JOB_UID_LABEL, QUEUE_LABEL, RUN_LABEL, RUNTIME_ANNOTATION};
+use haiyun_api::{
+    ComputeJob, DATASETS_ANNOTATION, GPUS_ANNOTATION, JOB_UID_LABEL, QUEUE_LABEL, RUN_LABEL,
+    RUNTIME_ANNOTATION,
+};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -66,6 +69,10 @@ pub fn mirror(job: &Job) -> Result<ComputeJob, String> {
     }
     if let Some(u) = job.annotations().get(haiyun_api::SUBMITTER_ANNOTATION) {
         cj_spec["submittedBy"] = json!(u);
+    }
+    if let Some(d) = job.annotations().get(DATASETS_ANNOTATION) {
+        let names: Vec<&str> = d.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+        cj_spec["datasets"] = json!(names);
     }
     let owner = OwnerReference {
         api_version: "batch/v1".into(),
@@ -230,6 +237,19 @@ mod tests {
         let selector = &g.template.as_ref().expect("template")["spec"]["nodeSelector"];
         assert_eq!(selector["zone"], "a", "placement reads the Job's node constraints");
         assert_eq!(cj.metadata.owner_references.expect("owner")[0].uid, "u1");
+        assert!(cj.spec.datasets.is_empty());
+        let mut reads = job(4, Some(4));
+        reads
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(DATASETS_ANNOTATION.into(), "census, roads,".into());
+        let cj = mirror(&reads).expect("mirror");
+        assert_eq!(
+            cj.spec.datasets,
+            ["census", "roads"],
+            "its datasets' clearance, access and storage checks apply"
+        );
     }
 
     #[test]
