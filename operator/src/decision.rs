@@ -1,5 +1,5 @@
-//! The decision log: one JSON object per line for every place, preempt, finish and reject — the audit trail, each
-//! line chained to the one before by its hash (see [`crate::audit`]).
+//! The decision log: one JSON object per line for every place, preempt, finish, reject and quota decision — the
+//! audit trail, each line chained to the one before by its hash (see [`crate::audit`]).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -32,9 +32,9 @@ pub struct TaskLine {
 pub struct Decision {
     /// RFC 3339 time.
     pub time: String,
-    /// `place`, `preempt`, `finish` or `reject`.
+    /// `place`, `preempt`, `finish`, `reject` or `quota` (a QuotaRequest approved or denied).
     pub event: &'static str,
-    /// `namespace/name`.
+    /// `namespace/name` (of the QuotaRequest for `quota`).
     pub job: String,
     /// Its queue.
     pub queue: String,
@@ -51,9 +51,22 @@ pub struct Decision {
     pub tasks: Vec<TaskLine>,
     /// Datasets it reads.
     pub datasets: Vec<String>,
-    /// Outcome or reason (finish: Succeeded/Failed; reject: why).
+    /// Outcome or reason (finish: Succeeded/Failed; reject: why; quota: the verdict and what it grants).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// Who decided (quota: the approving or denying user, `administrator` or `auto`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub by: String,
+}
+
+/// A request's verdict: `Approved` (whether its window has opened or closed), `Denied`, or none while it waits.
+fn verdict(state: &haiyun_api::quota::RequestState) -> Option<&'static str> {
+    use haiyun_api::quota::RequestState;
+    match state {
+        RequestState::Pending => None,
+        RequestState::Denied => Some("Denied"),
+        RequestState::Approved | RequestState::Active | RequestState::Expired => Some("Approved"),
+    }
 }
 
 impl TaskLine {
@@ -85,6 +98,7 @@ impl Decision {
             tasks: Vec::new(),
             datasets: Vec::new(),
             detail: String::new(),
+            by: String::new(),
         }
     }
 
@@ -118,7 +132,43 @@ impl Decision {
             tasks: if event == "place" { tasks } else { Vec::new() },
             datasets: job.spec.datasets.clone(),
             detail: String::new(),
+            by: String::new(),
         }
+    }
+
+    /// The `quota` line of a QuotaRequest whose verdict `status` gives, if it is a decision its stored status has
+    /// not recorded yet (approved or denied; the window opening or closing is not a decision).
+    pub fn for_quota(
+        request: &haiyun_api::QuotaRequest,
+        status: &haiyun_api::QuotaRequestStatus,
+        time: String,
+    ) -> Option<Self> {
+        let new = verdict(&status.state)?;
+        if request.status.as_ref().and_then(|s| verdict(&s.state)) == Some(new) {
+            return None;
+        }
+        let s = &request.spec;
+        let by = match new {
+            "Denied" => s.decided_by.clone().unwrap_or_else(|| "administrator".into()),
+            _ => status.approved_by.clone(),
+        };
+        Some(Decision {
+            time,
+            event: "quota",
+            job: format!(
+                "{}/{}",
+                kube::ResourceExt::namespace(request).unwrap_or_default(),
+                kube::ResourceExt::name_any(request)
+            ),
+            queue: s.queue.clone(),
+            submitter: String::new(),
+            pool: String::new(),
+            gpu_model: String::new(),
+            tasks: Vec::new(),
+            datasets: Vec::new(),
+            detail: format!("{new}: {} {} from {} to {}", s.amount, s.flavor, s.start, s.end),
+            by,
+        })
     }
 
     /// With a detail.
@@ -143,11 +193,13 @@ impl Decision {
     }
 }
 
-/// Where lines go: a file (appended, each line chained to the one before) or nowhere. Clones write to the same file,
-/// a line at a time.
+/// Where lines go: a file (appended, each line chained to the one before) or nowhere, and, with an OTLP endpoint, an
+/// OpenTelemetry log record per line (the line as written, chain and all, as its body). Clones write to the same
+/// file, a line at a time.
 #[derive(Debug, Default, Clone)]
 pub struct DecisionLog {
     out: Option<Arc<Mutex<Chain>>>,
+    export: Option<opentelemetry_sdk::logs::SdkLogger>,
 }
 
 /// The file and where its chain stands, as of `len` bytes (another process that appended since is read first).
@@ -201,13 +253,43 @@ impl DecisionLog {
         let head = crate::audit::resume(&mut f)
             .map_err(|source| DecisionLogError::Chain { path: p.into(), source })?;
         let len = f.metadata().map_err(|source| DecisionLogError::Open { path: p.into(), source })?.len();
-        Ok(DecisionLog { out: Some(Arc::new(Mutex::new(Chain { file: f, head, len }))) })
+        Ok(DecisionLog { out: Some(Arc::new(Mutex::new(Chain { file: f, head, len }))), export: None })
+    }
+
+    /// Also exports every line as an OpenTelemetry log record through `logger`.
+    pub fn exporting(mut self, logger: Option<opentelemetry_sdk::logs::SdkLogger>) -> Self {
+        self.export = logger;
+        self
+    }
+
+    /// Exports one line (the event `haiyun.decision`, its body the line, its event, job and queue as attributes).
+    fn export(&self, d: &Decision, line: &str) {
+        use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
+        let Some(logger) = &self.export else { return };
+        let mut record = logger.create_log_record();
+        record.set_event_name("haiyun.decision");
+        record.set_timestamp(std::time::SystemTime::now());
+        record.set_severity_number(Severity::Info);
+        record.set_severity_text("INFO");
+        record.set_body(AnyValue::from(line.to_string()));
+        record.add_attribute("haiyun.event", d.event);
+        record.add_attribute("haiyun.job", d.job.clone());
+        record.add_attribute("haiyun.queue", d.queue.clone());
+        logger.emit(record);
     }
 
     /// Writes one line; a failed write is logged, never fatal (the chain goes on from the last line written). A
     /// replica that leads after another appended to the same file continues that one's chain.
     pub fn write(&self, d: &Decision) {
-        let Some(out) = self.out.as_ref() else { return };
+        let Some(out) = self.out.as_ref() else {
+            // No file, so no chain: the decision alone.
+            if self.export.is_some()
+                && let Ok(body) = serde_json::to_string(d)
+            {
+                self.export(d, &body);
+            }
+            return;
+        };
         let mut c = out.lock().unwrap_or_else(|p| p.into_inner());
         let len = c.file.metadata().map(|m| m.len()).unwrap_or(c.len);
         if len != c.len {
@@ -225,6 +307,7 @@ impl DecisionLog {
                     Ok(()) => {
                         c.head = next;
                         c.len = c.file.metadata().map(|m| m.len()).unwrap_or(0);
+                        self.export(d, &line);
                     }
                     Err(e) => tracing::warn!(error = %e, "failed to write the decision log"),
                 }

@@ -157,12 +157,16 @@ pub enum RunError {
 
 /// Runs the operator (of release `version`) until it fails, loses the lease, or is told to stop (SIGTERM).
 pub fn run(settings: Settings, version: &str) -> Result<(), RunError> {
-    let _telemetry = telemetry::init(settings.otlp_endpoint.as_deref())?;
+    let telemetry = telemetry::init(settings.otlp_endpoint.as_deref())?;
     let rt = tokio::runtime::Runtime::new().map_err(RunError::Runtime)?;
-    rt.block_on(serve(settings, version))
+    rt.block_on(serve(settings, version, telemetry.audit_logger()))
 }
 
-async fn serve(settings: Settings, version: &str) -> Result<(), RunError> {
+async fn serve(
+    settings: Settings,
+    version: &str,
+    audit: Option<opentelemetry_sdk::logs::SdkLogger>,
+) -> Result<(), RunError> {
     let stop = shutdown();
     tracing::info!(%version, "haiyun-operator starting");
     let client = client(settings.kubeconfig.as_deref()).await?;
@@ -185,7 +189,7 @@ async fn serve(settings: Settings, version: &str) -> Result<(), RunError> {
     let addr =
         http::serve_with(settings.metrics_addr, metrics.clone(), board_rx.clone(), past_rx, usage).await?;
     tracing::info!(%addr, %identity, "serving the dashboard, /metrics, /healthz and /readyz");
-    let log = decision::DecisionLog::open(settings.decision_log.as_deref())?;
+    let log = decision::DecisionLog::open(settings.decision_log.as_deref())?.exporting(audit);
     let stores = watch::Stores::start(&client);
     stores.ready().await;
     metrics.set_ready(true);

@@ -1,7 +1,9 @@
-//! Logs, and OpenTelemetry traces of scheduling cycles sent over OTLP/HTTP when an endpoint is configured.
+//! Logs, and OpenTelemetry traces of scheduling cycles and the audit trail's records as OpenTelemetry logs, sent
+//! over OTLP/HTTP when an endpoint is configured.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -19,14 +21,26 @@ pub enum TelemetryError {
     },
 }
 
-/// Keeps the tracer provider alive; flushes spans when dropped.
+/// Keeps the tracer and logger providers alive; flushes spans and records when dropped.
 #[derive(Debug, Default)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    logs: Option<SdkLoggerProvider>,
+}
+
+impl Telemetry {
+    /// The logger the audit trail's records go out through (None without an endpoint).
+    pub fn audit_logger(&self) -> Option<opentelemetry_sdk::logs::SdkLogger> {
+        use opentelemetry::logs::LoggerProvider as _;
+        self.logs.as_ref().map(|p| p.logger("haiyun-audit"))
+    }
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
+        if let Some(p) = self.logs.take() {
+            let _ = p.shutdown();
+        }
         if let Some(p) = self.provider.take() {
             let _ = p.shutdown();
         }
@@ -45,7 +59,8 @@ pub fn init(otlp_endpoint: Option<&str>) -> Result<Telemetry, TelemetryError> {
         return Ok(Telemetry::default());
     };
     let base = endpoint.trim_end_matches('/');
-    let url = if base.ends_with("/v1/traces") { base.to_string() } else { format!("{base}/v1/traces") };
+    let base = base.strip_suffix("/v1/traces").unwrap_or(base);
+    let url = format!("{base}/v1/traces");
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
@@ -53,12 +68,20 @@ pub fn init(otlp_endpoint: Option<&str>) -> Result<Telemetry, TelemetryError> {
         .build()
         .map_err(|e| TelemetryError::Exporter { endpoint: endpoint.into(), message: e.to_string() })?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name("haiyun-operator").build();
-    let provider = SdkTracerProvider::builder().with_resource(resource).with_batch_exporter(exporter).build();
+    let provider =
+        SdkTracerProvider::builder().with_resource(resource.clone()).with_batch_exporter(exporter).build();
+    let records = opentelemetry_otlp::LogExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("{base}/v1/logs"))
+        .build()
+        .map_err(|e| TelemetryError::Exporter { endpoint: endpoint.into(), message: e.to_string() })?;
+    let logs = SdkLoggerProvider::builder().with_resource(resource).with_batch_exporter(records).build();
     let tracer = provider.tracer("haiyun-operator");
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .init();
-    Ok(Telemetry { provider: Some(provider) })
+    Ok(Telemetry { provider: Some(provider), logs: Some(logs) })
 }

@@ -396,17 +396,43 @@ fn collector() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
 }
 
 #[tokio::test]
-async fn with_an_otlp_endpoint_every_scheduling_cycle_is_traced() {
+async fn with_an_otlp_endpoint_every_scheduling_cycle_is_traced_and_every_audit_record_is_a_log() {
     let Some(env) = Env::start("otel").await else { return };
+    env.nodes("a", 1, 8, "H100").await;
+    env.create::<ComputePool>(pool(&env, "otel-pool", "a", "public")).await.unwrap();
+    env.create::<Queue>(queue("otel-q", "nvidia.com/gpu:h100", 8)).await.unwrap();
     let (port, bodies) = collector();
     let endpoint = format!("http://127.0.0.1:{port}");
     let _op = env.operator("only", &["--otlp-endpoint", &endpoint]);
-    wait_for("a cycle span at the collector", LONG, || async {
-        let got = bodies.lock().unwrap();
-        got.iter().any(|b| b.windows(16).any(|w| w == b"scheduling_cycle")).then_some(())
-    })
+    let has = |needle: &'static [u8]| {
+        let bodies = bodies.clone();
+        move || {
+            let got = bodies.lock().unwrap();
+            let found = got.iter().any(|b| b.windows(needle.len()).any(|w| w == needle));
+            async move { found.then_some(()) }
+        }
+    };
+    wait_for("a cycle span at the collector", LONG, has(b"scheduling_cycle")).await;
+    env.create::<ComputeJob>(job("otel-job", "otel-q", 1, 1, "30s")).await.unwrap();
+    // The audit line as written to the file, hash chain and all, is the body of a log record.
+    wait_for(
+        "the job's place line as a log record",
+        LONG,
+        has(b"\"event\":\"place\",\"job\":\"default/otel-job\""),
+    )
     .await;
+    let line = env
+        .decisions()
+        .into_iter()
+        .find(|d| d["event"] == "place" && d["job"] == "default/otel-job")
+        .unwrap();
+    let hash = line["hash"].as_str().unwrap().to_string();
     let got = bodies.lock().unwrap();
+    assert!(
+        got.iter().any(|b| b.windows(hash.len()).any(|w| w == hash.as_bytes())),
+        "the record carries the chain"
+    );
+    assert!(got.iter().any(|b| b.windows(15).any(|w| w == b"haiyun.decision")), "the event is named");
     assert!(got.iter().any(|b| b.windows(15).any(|w| w == b"haiyun-operator")), "the service is named");
 }
 

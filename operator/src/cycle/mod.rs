@@ -51,6 +51,8 @@ pub struct Memory {
     rejected: BTreeMap<String, String>,
     /// Jobs whose finish is logged (uid).
     finished: HashSet<String>,
+    /// QuotaRequests whose verdict is logged (uid → verdict line's detail).
+    quota: BTreeMap<String, String>,
     /// The runs open in the usage ledger and what the closed ones used (None: no ledger, or not loaded yet: nothing
     /// is recorded).
     pub runs: Option<crate::ledger::runs::Book>,
@@ -126,7 +128,14 @@ pub fn run(input: &Input<'_>, memory: &mut Memory) -> Result<Output, CycleError>
     let pools = report::pools(&world, input.now);
     let gauges = gauges(&counts, &pools);
     let hours = memory.runs.as_ref().map(|b| &b.closed_gpu_seconds);
-    let (snapshot, writes) = statuses(&world, input, &counts, pools, hours);
+    let (snapshot, writes, verdicts) = statuses(&world, input, &counts, pools, hours);
+    for (uid, line) in verdicts {
+        // Once per verdict, though the status write that records it may take a few cycles to show.
+        if memory.quota.get(&uid) != Some(&line.detail) {
+            memory.quota.insert(uid, line.detail.clone());
+            decisions.push(line);
+        }
+    }
     out.extend(writes.into_iter().filter(|w| !input.busy.contains(&w.key())).map(Action::WriteStatus));
     let jobs = world.jobs.len() + world.pods.len();
     Ok(Output { actions: out, decisions, snapshot, gauges, jobs, ledger })
@@ -175,6 +184,8 @@ impl Memory {
         let keys: HashSet<String> = objects.jobs.iter().map(|j| index::job::key(j)).collect();
         self.finished.retain(|u| live.contains(u));
         self.rejected.retain(|k, _| keys.contains(k));
+        let requests: HashSet<String> = objects.requests.iter().filter_map(|r| r.uid()).collect();
+        self.quota.retain(|u, _| requests.contains(u));
     }
 
     /// Takes a planned action: logs what it decides, assumes what it changes, and hands it out unless earlier
@@ -332,17 +343,26 @@ fn statuses(
     counts: &report::JobCounts,
     pools: BTreeMap<String, ComputePoolStatus>,
     ledger: Option<&BTreeMap<String, f64>>,
-) -> (Snapshot, Vec<status::StatusWrite>) {
+) -> (Snapshot, Vec<status::StatusWrite>, Vec<(String, Decision)>) {
     let objects = input.objects;
     let gens: BTreeMap<String, i64> =
         objects.queues.iter().map(|q| (q.name_any(), q.metadata.generation.unwrap_or(0))).collect();
     let queues = report::queues(world, counts, input.now, &gens, ledger);
     let requests = report::requests(world, &objects.requests, input.now);
+    let stamp = rfc3339(input.now);
+    let verdicts = objects
+        .requests
+        .iter()
+        .filter_map(|r| {
+            let key = format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any());
+            Some((r.uid()?, Decision::for_quota(r, requests.get(&key)?, stamp.clone())?))
+        })
+        .collect();
     let snap =
         dashboard::snapshot(world, objects, &pools, &queues, &requests, input.fleet, rfc3339(input.now));
     let writes =
         status::writes((&objects.queues, queues), (&objects.pools, pools), (&objects.requests, requests));
-    (snap, writes)
+    (snap, writes, verdicts)
 }
 
 /// The gauges of a cycle: jobs per queue, GPUs and their allocation per pool and model.

@@ -1301,3 +1301,73 @@ fn a_job_mounting_a_datasets_volume_without_naming_it_is_held_by_the_volume_not_
         "{p}"
     );
 }
+
+#[test]
+fn a_quota_decision_is_an_audit_line_once_with_who_decided_and_the_window_opening_is_none() {
+    let request = |name: &str,
+                   decision: Option<&str>,
+                   by: Option<&str>,
+                   state: Option<&str>|
+     -> Arc<QuotaRequest> {
+        let mut v = json!({
+            "apiVersion": "haiyun.io/v1alpha1", "kind": "QuotaRequest",
+            "metadata": { "name": name, "namespace": "ns", "uid": format!("qr-{name}") },
+            "spec": { "queue": "q", "flavor": "nvidia.com/gpu:h100", "amount": "8",
+                      "start": crate::time::rfc3339(NOW - 10.0), "end": crate::time::rfc3339(NOW + 3600.0) }
+        });
+        if let Some(d) = decision {
+            v["spec"]["decision"] = json!(d);
+        }
+        if let Some(b) = by {
+            v["spec"]["decidedBy"] = json!(b);
+        }
+        if let Some(s) = state {
+            v["status"] = json!({ "state": s, "approvedBy": by.unwrap_or_default() });
+        }
+        Arc::new(serde_json::from_value(v).unwrap())
+    };
+    let objects = crate::index::Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        requests: vec![
+            request("granted", Some("Approved"), Some("carol"), None),
+            request("refused", Some("Denied"), Some("dave"), None),
+            // Approved earlier; its window has opened since: no new decision.
+            request("earlier", Some("Approved"), Some("carol"), Some("Approved")),
+        ],
+        nodes: vec![node("n0", 8, false)],
+        ..Default::default()
+    };
+    let backends = Backends::new(vec![Arc::new(KubernetesBackend::offline()) as Arc<dyn PoolBackend>]);
+    let (fleet, busy) = (FleetView::default(), Default::default());
+    let input = crate::cycle::Input {
+        objects: &objects,
+        fleet: &fleet,
+        backends: &backends,
+        busy: &busy,
+        config: SchedulerConfig::default(),
+        now: NOW,
+    };
+    let mut memory = crate::cycle::Memory::default();
+    let out = crate::cycle::run(&input, &mut memory).unwrap();
+    let lines: Vec<(String, String, String)> = out
+        .decisions
+        .iter()
+        .filter(|d| d.event == "quota")
+        .map(|d| (d.job.clone(), d.by.clone(), d.detail.clone()))
+        .collect();
+    let window =
+        format!("from {} to {}", crate::time::rfc3339(NOW - 10.0), crate::time::rfc3339(NOW + 3600.0));
+    assert_eq!(
+        lines,
+        vec![
+            ("ns/granted".into(), "carol".into(), format!("Approved: 8 nvidia.com/gpu:h100 {window}")),
+            ("ns/refused".into(), "dave".into(), format!("Denied: 8 nvidia.com/gpu:h100 {window}")),
+        ]
+    );
+    let again = crate::cycle::run(&input, &mut memory).unwrap();
+    assert!(
+        again.decisions.iter().all(|d| d.event != "quota"),
+        "logged once, though the status is not written yet"
+    );
+}
