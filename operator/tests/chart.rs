@@ -326,6 +326,36 @@ async fn the_rendered_chart_applies_and_only_approvers_decide_quota_requests() {
         },
     )
     .await;
+    // A batch/v1 Job that reads the dataset by its annotation is refused alike: its ComputeJob is never made, and
+    // the Job's events say why.
+    let batch = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: batch-reader, namespace: default, \
+                 labels: {haiyun.io/queue: team-a}, annotations: {haiyun.io/datasets: chart-census}}\n\
+                 spec: {suspend: true, parallelism: 1, completions: 1, template: {spec: {schedulerName: haiyun, \
+                 restartPolicy: Never, containers: [{name: c, image: x}]}}}\n";
+    let (ok, out) = run(kubectl(&env).args(["create", "-f", "-"]), Some(batch));
+    assert!(ok, "{out}");
+    let _op = env.operator("batch", &[]);
+    support::wait_for(
+        "the batch Job to say why it does not run",
+        std::time::Duration::from_secs(60),
+        || async {
+            let args = [
+                "get",
+                "events",
+                "-n",
+                "default",
+                "--field-selector",
+                "involvedObject.name=batch-reader",
+                "-o",
+                "json",
+            ];
+            let (_, out) = run(kubectl(&env).args(args), None);
+            (out.contains("Refused") && out.contains("may not read dataset chart-census")).then_some(())
+        },
+    )
+    .await;
+    let (_, out) = run(kubectl(&env).args(["get", "computejob", "batch-reader", "-n", "default"]), None);
+    assert!(out.contains("NotFound"), "the refused Job was queued:\n{out}");
     let body = r#"{"spec":{"submittedBy":null}}"#;
     let args =
         ["--as=trainer", "patch", "computejob", "stamped", "-n", "default", "--type", "merge", "-p", body];

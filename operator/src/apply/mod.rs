@@ -315,13 +315,19 @@ impl Applier {
     async fn mirror(&self, job: &BatchJob) -> Result<(), ApplyError> {
         let reference = job.object_ref(&());
         let (type_, reason, note) = match batch::mirror(job) {
-            Ok(cj) => match write::create_job(&self.client, &cj).await? {
-                true => (
+            Ok(cj) => match write::create_job(&self.client, &cj).await {
+                Ok(true) => (
                     EventType::Normal,
                     "Queued",
                     format!("queued in {} as ComputeJob {}", cj.spec.queue, cj.name_any()),
                 ),
-                false => return Ok(()),
+                Ok(false) => return Ok(()),
+                // E.g. the chart's dataset access policy: the Job says why it never runs (each cycle tries again,
+                // so that a fixed Dataset or Job takes effect).
+                Err(e) => match e.refusal() {
+                    Some(why) => (EventType::Warning, "Refused", why.to_string()),
+                    None => return Err(e.into()),
+                },
             },
             Err(why) => (EventType::Warning, "NotAGang", why),
         };

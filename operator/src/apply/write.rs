@@ -24,6 +24,17 @@ pub struct WriteError {
     source: kube::Error,
 }
 
+impl WriteError {
+    /// The API server's message where it refused the write as such (invalid, or forbidden by a policy): trying
+    /// again cannot help.
+    pub fn refusal(&self) -> Option<&str> {
+        match &self.source {
+            kube::Error::Api(s) if s.code == 403 || s.code == 422 => Some(&s.message),
+            _ => None,
+        }
+    }
+}
+
 fn failed(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> WriteError {
     let object = object.into();
     move |source| WriteError { action, object, source }
