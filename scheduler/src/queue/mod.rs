@@ -128,7 +128,7 @@ pub struct Quotas {
     /// The queues of each cohort tree (by its root), and each queue's tree.
     trees: Vec<Vec<QueueId>>,
     tree_of: Vec<Option<usize>>,
-    /// What each user holds in each queue (only users of queues with a per-user limit).
+    /// What each user holds in each queue.
     users: std::collections::HashMap<(QueueId, UserId), Resources>,
     /// Users' names by id, and ids by name.
     user_names: Vec<String>,
@@ -316,15 +316,16 @@ impl Quotas {
         for (f, need) in req.flavors() {
             let n = self.nominal(q, f, now);
             let used = self.usage[q as usize].get(f);
-            let left = n.saturating_sub(used);
-            let borrowed = used.saturating_sub(n);
-            let can_lend = if solo {
-                0
-            } else {
-                self.unlent(q, f, now).min(self.borrow_limit(q, f).saturating_sub(borrowed))
-            };
             let ok = if solo { used + need <= n } else { self.cohort_admits(q, f, need, now, cohort) };
             if !ok {
+                // Only a refusal needs what the cohort could lend (a walk over the cohort per flavor).
+                let left = n.saturating_sub(used);
+                let borrowed = used.saturating_sub(n);
+                let can_lend = if solo {
+                    0
+                } else {
+                    self.unlent(q, f, now).min(self.borrow_limit(q, f).saturating_sub(borrowed))
+                };
                 return Err(QuotaShortfall {
                     queue: q,
                     flavor: f,
@@ -379,10 +380,11 @@ impl Quotas {
         above <= pool
     }
 
-    /// Charges an admitted job's resources to its queue (and to its user, where the queue limits users).
+    /// Charges an admitted job's resources to its queue and its user.
     pub fn charge(&mut self, q: QueueId, user: Option<UserId>, req: &Resources) -> Result<(), QuotaError> {
         self.usage.get_mut(q as usize).ok_or(QuotaError::UnknownQueue(q))?.add(req);
-        if let Some(u) = user.filter(|_| self.specs[q as usize].user_limit.is_some()) {
+        // Counted whether or not the queue limits users now, so that a limit set later starts from the truth.
+        if let Some(u) = user {
             self.users.entry((q, u)).or_default().add(req);
         }
         Ok(())
@@ -413,7 +415,7 @@ impl Quotas {
         self.user_names.get(id as usize).cloned().unwrap_or_else(|| format!("#{id}"))
     }
 
-    /// What `user` holds in queue `q` now (only counted where the queue limits users).
+    /// What `user` holds in queue `q` now.
     pub fn user_usage(&self, q: QueueId, user: UserId) -> Resources {
         self.users.get(&(q, user)).cloned().unwrap_or_default()
     }
