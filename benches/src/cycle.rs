@@ -1,15 +1,47 @@
-//! `haiyun-bench cycle`: full scheduling cycles at scale, and admissions per second on Kueue's scale-test shape.
+//! `haiyun-bench cycle`: full scheduling cycles at scale, and admissions per second on Kueue's scale-test shape; each
+//! cycle after the first follows a few arrivals and finishes, and the first is set against placing the same jobs with
+//! the placer alone in the same run.
 
 use std::time::Instant;
 
-use haiyun_scheduler::model::{Cluster, Job, Work};
+use haiyun_scheduler::model::{Cluster, Gang, Job, ModelSet, Work};
+use haiyun_scheduler::placer::Placer;
+use haiyun_scheduler::plugin::{Policy, TypicalPods};
 use haiyun_scheduler::queue::{Flavor, QueueSpec, Quotas, Resources};
 use haiyun_scheduler::rng::SplitMix64;
-use haiyun_scheduler::schedule::{ScheduleError, Scheduler, SchedulerConfig};
+use haiyun_scheduler::schedule::{Cycle, ScheduleError, Scheduler, SchedulerConfig};
+use haiyun_scheduler::snapshot::Snapshot;
 use haiyun_scheduler::testing::{synthetic_federation, synthetic_workload};
 use serde::Serialize;
 
 use crate::scale::rss_mib;
+
+/// Places the gangs the cycle started, in its order and as it restricted them to their GPU model, with the placer
+/// alone on a fresh snapshot of the same federation (the scheduler's own policy); seconds.
+fn baseline(sched: &Scheduler, c: &Cycle, seed: u64) -> Result<f64, ScheduleError> {
+    let cluster = sched.snapshot().cluster().clone();
+    let gangs: Vec<Gang> = c
+        .started
+        .iter()
+        .filter_map(|s| {
+            let mut g = sched.job(s.job)?.gang.clone();
+            if let Some(m) = s.model {
+                g.tasks.iter_mut().filter(|t| !t.is_cpu_only()).for_each(|t| t.models = ModelSet::one(m));
+            }
+            Some(g)
+        })
+        .collect();
+    let typical = TypicalPods::default();
+    let mut snap = Snapshot::new(cluster)?;
+    let config = SchedulerConfig::default();
+    let policy = Policy::new(config.policy, seed, Some(&typical)).map_err(ScheduleError::from)?;
+    let mut placer = Placer::new(policy, config.placer);
+    let start = Instant::now();
+    for g in &gangs {
+        let _ = placer.place(&mut snap, g)?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
 
 /// One run's figures.
 #[derive(Debug, Clone, Serialize)]
@@ -22,10 +54,21 @@ pub struct CycleReport {
     pub queues: usize,
     /// Cohorts.
     pub cohorts: usize,
+    /// Jobs that arrive, and running jobs that finish, before each cycle after the first.
+    pub arrivals_per_cycle: usize,
     /// Latency of each cycle run, seconds.
     pub cycle_s: Vec<f64>,
+    /// Placing the jobs the first cycle admitted, in its order, with the placer alone (as `haiyun-bench scale` does)
+    /// on a fresh snapshot, seconds.
+    pub baseline_place_s: f64,
+    /// The first cycle over that baseline.
+    pub first_over_baseline: f64,
+    /// The mean later cycle over the first.
+    pub later_over_first: f64,
     /// Jobs admitted by each cycle.
     pub admitted: Vec<usize>,
+    /// Jobs each cycle preempted.
+    pub preempted: Vec<usize>,
     /// Admitted jobs per second of cycle time, over all cycles.
     pub admissions_per_s: f64,
     /// Resident memory before building the scheduler, MiB.
@@ -37,7 +80,7 @@ pub struct CycleReport {
 }
 
 /// Builds `queues` queues in `cohorts` cohorts sharing the federation's capacity evenly (nominal = capacity /
-/// queues per flavor), and `jobs` pending jobs spread over them with run times of 10 min to 10 h.
+/// queues per flavor), and `jobs` jobs spread over them with run times of 10 min to 10 h.
 pub fn setup(
     nodes: usize,
     jobs: usize,
@@ -64,8 +107,9 @@ pub fn setup(
     }
     let sched = Scheduler::new(cluster, quotas, SchedulerConfig::default(), None)?;
     let mut rng = SplitMix64::new(seed);
-    let list = synthetic_workload(jobs + jobs / 10, seed)
+    let list = synthetic_workload(jobs + jobs / 10 + 1, seed)
         .into_iter()
+        .cycle()
         .take(jobs)
         .enumerate()
         .map(|(i, gang)| Job {
@@ -85,38 +129,78 @@ pub fn setup(
     Ok((sched, list))
 }
 
-/// Submits every job, then runs `cycles` cycles at one instant, timing each.
-pub fn run(
-    nodes: usize,
-    jobs: usize,
-    queues: usize,
-    cohorts: usize,
-    cycles: usize,
-    seed: u64,
-) -> Result<CycleReport, ScheduleError> {
+/// What a run is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Nodes (8 GPUs each).
+    pub nodes: usize,
+    /// Pending jobs at the start.
+    pub jobs: usize,
+    /// Queues.
+    pub queues: usize,
+    /// Cohorts.
+    pub cohorts: usize,
+    /// Cycles to run.
+    pub cycles: usize,
+    /// Jobs that arrive and running jobs that finish before each cycle after the first.
+    pub arrivals: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// Submits the pending jobs and runs the first cycle; before each later one (a second apart), `arrivals` new jobs
+/// arrive and as many running jobs finish. Times each cycle, and the placer alone on the first cycle's jobs.
+pub fn run(shape: Shape) -> Result<CycleReport, ScheduleError> {
+    let Shape { nodes, jobs, queues, cohorts, cycles, arrivals, seed } = shape;
     let (rss_before, _) = rss_mib();
-    let (mut sched, list) = setup(nodes, jobs, queues, cohorts, seed)?;
+    let later = arrivals * cycles.saturating_sub(1);
+    let (mut sched, mut list) = setup(nodes, jobs + later, queues, cohorts, seed)?;
+    let mut arriving = list.split_off(jobs.min(list.len())).into_iter();
     let n = list.len();
     for j in list {
         sched.submit(j)?;
     }
-    let (mut cycle_s, mut admitted) = (Vec::new(), Vec::new());
-    for _ in 0..cycles {
+    let (mut cycle_s, mut admitted, mut preempted) = (Vec::new(), Vec::new(), Vec::new());
+    let mut baseline_place_s = 0.0;
+    let mut now = 200.0;
+    for i in 0..cycles {
+        if i > 0 {
+            now += 1.0;
+            for j in arriving.by_ref().take(arrivals) {
+                sched.submit(Job { submitted: now, ..j })?;
+            }
+            let done: Vec<u32> = sched.running().take(arrivals).collect();
+            for id in done {
+                sched.finish(id, now)?;
+            }
+        }
         let start = Instant::now();
-        let c = sched.cycle(200.0)?;
+        let c = sched.cycle(now)?;
         cycle_s.push(start.elapsed().as_secs_f64());
         admitted.push(c.started.len());
+        preempted.push(c.preempted.len());
+        if i == 0 {
+            baseline_place_s = baseline(&sched, &c, seed)?;
+        }
     }
     let (rss_after, peak) = rss_mib();
     let total_s: f64 = cycle_s.iter().sum();
+    let first = cycle_s.first().copied().unwrap_or(0.0);
+    let rest = &cycle_s[cycle_s.len().min(1)..];
+    let later_mean = if rest.is_empty() { 0.0 } else { rest.iter().sum::<f64>() / rest.len() as f64 };
     Ok(CycleReport {
         nodes,
         jobs: n,
         queues,
         cohorts,
+        arrivals_per_cycle: arrivals,
         admissions_per_s: admitted.iter().sum::<usize>() as f64 / total_s.max(1e-9),
+        first_over_baseline: first / baseline_place_s.max(1e-9),
+        later_over_first: later_mean / first.max(1e-9),
+        baseline_place_s,
         cycle_s,
         admitted,
+        preempted,
         rss_before_mib: rss_before,
         rss_after_mib: rss_after,
         rss_peak_mib: peak,

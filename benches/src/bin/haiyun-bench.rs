@@ -110,6 +110,9 @@ enum Command {
         /// Cycles to run.
         #[arg(long, default_value_t = 2)]
         cycles: usize,
+        /// Jobs that arrive, and running jobs that finish, before each cycle after the first.
+        #[arg(long, default_value_t = 1)]
+        arrivals_per_cycle: usize,
         /// Seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -257,14 +260,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", table::markdown(&rows));
             }
         }
-        Command::Cycle { nodes, jobs, queues, cohorts, cycles, seed, json } => {
-            let r = haiyun_benches::cycle::run(nodes, jobs, queues, cohorts, cycles, seed)
-                .context("cycle benchmark failed")?;
+        Command::Cycle { nodes, jobs, queues, cohorts, cycles, arrivals_per_cycle, seed, json } => {
+            let shape = haiyun_benches::cycle::Shape {
+                nodes,
+                jobs,
+                queues,
+                cohorts,
+                cycles,
+                arrivals: arrivals_per_cycle,
+                seed,
+            };
+            let r = haiyun_benches::cycle::run(shape).context("cycle benchmark failed")?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "{} jobs in {} queues / {} cohorts on {} nodes: cycles {:?} s, admitted {:?}, {:.0} admissions/s, peak RSS {:.0} MiB",
+                    "{} jobs in {} queues / {} cohorts on {} nodes: cycles {:?} s, admitted {:?}, {:.0} admissions/s, \
+                     first cycle {:.2}x the placer alone, later cycles {:.3}x the first ({} arrivals and finishes \
+                     each), peak RSS {:.0} MiB",
                     r.jobs,
                     r.queues,
                     r.cohorts,
@@ -272,6 +285,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     r.cycle_s,
                     r.admitted,
                     r.admissions_per_s,
+                    r.first_over_baseline,
+                    r.later_over_first,
+                    r.arrivals_per_cycle,
                     r.rss_peak_mib
                 );
             }
