@@ -1,5 +1,6 @@
 //! Backfill's view of the future: usage per (pool, flavor) over time, from running jobs and reservations.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{PoolId, Time};
@@ -26,6 +27,38 @@ pub struct Timeline {
     capacity: HashMap<(PoolId, Flavor), u64>,
     base: HashMap<(PoolId, Flavor), i64>,
     steps: HashMap<(PoolId, Flavor), BTreeMap<i64, i64>>,
+    /// Running peaks of each (pool, flavor)'s steps, built when a query from now needs them and dropped when the
+    /// steps change: most jobs of a busy cycle ask whether they fit from now while little changes.
+    peaks: RefCell<HashMap<(PoolId, Flavor), Peaks>>,
+}
+
+/// The step times after the origin, and the highest usage above the base up to and including each.
+#[derive(Debug, Clone, Default)]
+struct Peaks {
+    keys: Vec<i64>,
+    peaks: Vec<i64>,
+}
+
+impl Peaks {
+    fn of(steps: &BTreeMap<i64, i64>) -> Self {
+        let (mut used, mut peak) = (0i64, i64::MIN);
+        let mut p = Peaks { keys: Vec::with_capacity(steps.len()), peaks: Vec::with_capacity(steps.len()) };
+        for (k, d) in steps {
+            used += d;
+            peak = peak.max(used);
+            p.keys.push(*k);
+            p.peaks.push(peak);
+        }
+        p
+    }
+
+    /// The highest usage above the base over the steps before `e` (0 when none rises above it).
+    fn before(&self, e: i64) -> i64 {
+        match self.keys.partition_point(|k| *k < e) {
+            0 => 0,
+            i => self.peaks[i - 1].max(0),
+        }
+    }
 }
 
 impl Timeline {
@@ -39,6 +72,7 @@ impl Timeline {
             *self.base.entry((pool, f)).or_default() += v;
         } else {
             *self.steps.entry((pool, f)).or_default().entry(at).or_default() += v;
+            self.peaks.get_mut().remove(&(pool, f));
         }
     }
 
@@ -78,6 +112,11 @@ impl Timeline {
     fn max_used(&self, pool: PoolId, f: Flavor, s: i64, e: i64) -> i64 {
         let base = self.base.get(&(pool, f)).copied().unwrap_or(0);
         let Some(steps) = self.steps.get(&(pool, f)) else { return base };
+        if s <= self.origin {
+            // Every step lies after the origin: the peak from now to `e` is a running peak.
+            let mut peaks = self.peaks.borrow_mut();
+            return base + peaks.entry((pool, f)).or_insert_with(|| Peaks::of(steps)).before(e);
+        }
         let before = if s > self.origin { steps.range(..=s).map(|(_, d)| d).sum::<i64>() } else { 0 };
         let mut used = base + before;
         let mut peak = used;
@@ -209,6 +248,48 @@ mod oracle {
             .collect();
         times.sort_unstable();
         std::iter::once(from).chain(times.into_iter().map(time)).find(|c| t.fits(pool, req, *c, duration))
+    }
+
+    /// The plain definition of the peak over `[s, e)`: usage at every step time inside it, and at `s`.
+    fn max_used_by_definition(t: &Timeline, pool: PoolId, f: Flavor, s: i64, e: i64) -> i64 {
+        let base = t.base.get(&(pool, f)).copied().unwrap_or(0);
+        let steps = t.steps.get(&(pool, f)).cloned().unwrap_or_default();
+        let at = |x: i64| base + steps.range(..=x).map(|(_, d)| d).sum::<i64>();
+        std::iter::once(s.max(t.origin))
+            .chain(steps.range(s.max(t.origin) + 1..e).map(|(k, _)| *k))
+            .map(at)
+            .max()
+            .unwrap_or(base)
+    }
+
+    #[test]
+    fn the_running_peaks_answer_as_the_definition_through_changes() {
+        let mut rng = SplitMix64::new(11);
+        let f = Flavor::Gpu(0);
+        for case in 0..500 {
+            let mut t = Timeline::at(100.0);
+            t.set_capacity(0, f, 64_000);
+            for step in 0..30 {
+                let s = rng.below(60) as f64 * 10.0;
+                let d = 10.0 + rng.below(50) as f64 * 10.0;
+                let r = Resources::default().with(f, 1000 * (1 + rng.below(4)));
+                if rng.below(4) == 0 {
+                    t.remove(0, &r, s, s + d);
+                } else {
+                    t.add(0, &r, s, s + d);
+                }
+                for _ in 0..3 {
+                    let (qs, qe) = (key(rng.below(80) as f64 * 10.0), key(rng.below(900) as f64 * 10.0));
+                    // As every caller asks: a window that ends after the origin and after its start.
+                    let qe = qe.max(qs.max(t.origin) + 1);
+                    assert_eq!(
+                        t.max_used(0, f, qs, qe),
+                        max_used_by_definition(&t, 0, f, qs, qe),
+                        "case {case} step {step}: [{qs}, {qe})"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
