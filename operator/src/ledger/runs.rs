@@ -105,18 +105,13 @@ impl Book {
     /// Adds a run that ended at `end` to its queue's past usage (nothing without a half-life).
     pub fn add_past(&mut self, run: &Run, end: Time) {
         let Some(h) = self.half_life else { return };
-        // The decayed integral of holding the run's resources from its start to its end, as of its end.
-        let seconds = (1.0 - (-(end - run.start).max(0.0) / h).exp2()) * h / std::f64::consts::LN_2;
+        let seconds = haiyun_scheduler::queue::decayed_seconds(run.start, end, h);
         let mut amounts = vec![("cpu".to_string(), run.cpu_cores), ("memory".to_string(), run.memory_gib)];
         if !run.gpu_model.is_empty() {
             amounts.push((format!("nvidia.com/gpu:{}", run.gpu_model.to_lowercase()), run.gpus));
         }
         let past = self.past.entry(run.queue.clone()).or_default();
-        let (mine, theirs) = if end >= past.at {
-            ((-(end - past.at) / h).exp2(), 1.0)
-        } else {
-            (1.0, (-(past.at - end) / h).exp2())
-        };
+        let (mine, theirs) = haiyun_scheduler::queue::align(past.at, end, h);
         past.amounts.values_mut().for_each(|v| *v *= mine);
         for (flavor, amount) in amounts.into_iter().filter(|(_, a)| *a > 0.0) {
             *past.amounts.entry(flavor).or_default() += amount * seconds * theirs;

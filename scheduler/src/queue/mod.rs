@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 pub use grant::Grant;
 pub use resources::{Flavor, Resources};
-pub use share::Decayed;
+pub use share::{Decayed, align, decayed_seconds};
 
 use crate::model::{QueueId, Time, UserId};
 
@@ -423,19 +423,6 @@ impl Quotas {
     /// Whether the queue uses more than its nominal quota of some flavor at `now` (it is borrowing).
     pub fn is_borrowing(&self, q: QueueId, now: Time) -> bool {
         self.usage.get(q as usize).is_some_and(|u| u.flavors().any(|(f, v)| v > self.nominal(q, f, now)))
-    }
-
-    /// Dominant-resource share: the largest usage / nominal over flavors, divided by the weight.
-    pub fn dominant_share(&self, q: QueueId, now: Time) -> f64 {
-        let Some(u) = self.usage.get(q as usize) else { return 0.0 };
-        let share = u
-            .flavors()
-            .map(|(f, v)| {
-                let n = self.nominal(q, f, now);
-                if n == 0 { f64::INFINITY } else { v as f64 / n as f64 }
-            })
-            .fold(0.0, f64::max);
-        share / self.specs[q as usize].weight
     }
 }
 

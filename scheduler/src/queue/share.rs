@@ -33,18 +33,9 @@ impl Decayed {
 
     /// Adds `amounts` as they stood at `t`.
     pub fn add(&mut self, t: Time, amounts: &[f64], half_life: f64) {
-        if self.amounts.len() < amounts.len() {
-            self.amounts.resize(amounts.len(), 0.0);
-        }
-        // Bring the older of the two up to the later time.
-        let (mine, theirs) = if t >= self.at {
-            (decay(t - self.at, half_life), 1.0)
-        } else {
-            (1.0, decay(self.at - t, half_life))
-        };
-        for (i, a) in self.amounts.iter_mut().enumerate() {
-            *a = *a * mine + amounts.get(i).copied().unwrap_or(0.0) * theirs;
-        }
+        let (mine, theirs) = align(self.at, t, half_life);
+        self.amounts.iter_mut().for_each(|a| *a *= mine);
+        accumulate(&mut self.amounts, amounts, theirs);
         self.at = self.at.max(t);
     }
 }
@@ -54,11 +45,33 @@ fn decay(dt: Time, half_life: f64) -> f64 {
     (-dt.max(0.0) / half_life).exp2()
 }
 
-/// The decayed resource-seconds, as of `end`, of holding `held` from `start` to `end`: the integral of
-/// `held · 2^(-(end - t) / half_life)` over the run.
+/// The factors that bring usage as of `mine` and usage as of `theirs` to the later of the two times.
+pub fn align(mine: Time, theirs: Time, half_life: f64) -> (f64, f64) {
+    if theirs >= mine {
+        (decay(theirs - mine, half_life), 1.0)
+    } else {
+        (1.0, decay(mine - theirs, half_life))
+    }
+}
+
+/// The decayed seconds, as of `end`, of holding one unit from `start` to `end`: the integral of
+/// `2^(-(end - t) / half_life)` over the run.
+pub fn decayed_seconds(start: Time, end: Time, half_life: f64) -> f64 {
+    (1.0 - decay(end - start, half_life)) * half_life / std::f64::consts::LN_2
+}
+
+/// The decayed resource-seconds, as of `end`, of holding `held` from `start` to `end`.
 pub fn run_usage(held: &Resources, start: Time, end: Time, half_life: f64) -> Vec<f64> {
-    let seconds = (1.0 - decay(end - start, half_life)) * half_life / std::f64::consts::LN_2;
+    let seconds = decayed_seconds(start, end, half_life);
     held.0.iter().map(|v| *v as f64 * seconds).collect()
+}
+
+/// Adds `factor × from` into `into`, flavor by flavor, growing it as needed.
+fn accumulate(into: &mut Vec<f64>, from: &[f64], factor: f64) {
+    if into.len() < from.len() {
+        into.resize(from.len(), 0.0);
+    }
+    into.iter_mut().zip(from).for_each(|(a, b)| *a += b * factor);
 }
 
 /// A cohort node's or queue's totals for fair share.
@@ -71,12 +84,8 @@ struct Totals {
 
 impl Totals {
     fn add(&mut self, usage: &[f64], scale: &[f64], weight: f64) {
-        for (v, a) in [(&mut self.usage, usage), (&mut self.scale, scale)] {
-            if v.len() < a.len() {
-                v.resize(a.len(), 0.0);
-            }
-            v.iter_mut().zip(a).for_each(|(x, y)| *x += y);
-        }
+        accumulate(&mut self.usage, usage, 1.0);
+        accumulate(&mut self.scale, scale, 1.0);
         self.weight += weight;
     }
 
@@ -154,19 +163,11 @@ impl Quotas {
                 let mut total: Vec<f64> = Vec::new();
                 for q in 0..n {
                     usage.push(self.history(q as QueueId, now));
-                    let own = nominal(q);
-                    if total.len() < own.len() {
-                        total.resize(own.len(), 0.0);
-                    }
-                    total.iter_mut().zip(&own).for_each(|(t, v)| *t += v);
+                    accumulate(&mut total, &nominal(q), 1.0);
                 }
                 for (q, held, started) in live {
                     if let Some(u) = usage.get_mut(q as usize) {
-                        let run = run_usage(held, started.min(now), now, h);
-                        if u.len() < run.len() {
-                            u.resize(run.len(), 0.0);
-                        }
-                        u.iter_mut().zip(&run).for_each(|(a, b)| *a += b);
+                        accumulate(u, &run_usage(held, started.min(now), now, h), 1.0);
                     }
                 }
                 scale.resize(n, total);

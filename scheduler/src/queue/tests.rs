@@ -68,16 +68,6 @@ fn a_grant_raises_nominal_only_inside_its_window() {
 }
 
 #[test]
-fn dominant_share_is_the_largest_usage_over_nominal_divided_by_weight() {
-    let mut book = Quotas::default();
-    let mut spec = QueueSpec::new("a", gpus(8).with(Flavor::Cpu, 100_000));
-    spec.weight = 2.0;
-    let a = book.add(spec).unwrap();
-    book.charge(a, None, &gpus(4).with(Flavor::Cpu, 10_000)).unwrap();
-    assert!((book.dominant_share(a, 0.0) - 0.25).abs() < 1e-12);
-}
-
-#[test]
 fn bad_queues_are_refused_with_their_name() {
     let mut book = Quotas::default();
     let mut spec = QueueSpec::new("zero", gpus(1));
@@ -185,4 +175,19 @@ fn borrowed_share_counts_only_what_is_above_nominal() {
     assert!((book.borrowed_share(a, &Resources::default(), 0.0) - 0.25).abs() < 1e-12);
     assert_eq!(book.borrowed_share(b, &gpus(4), 0.0), 0.0);
     assert!((book.borrowed_share(b, &gpus(5), 0.0) - 0.125).abs() < 1e-12);
+}
+
+#[test]
+fn without_a_half_life_the_share_is_the_largest_usage_over_nominal_divided_by_weight() {
+    let mut book = Quotas::default();
+    let mut spec = QueueSpec::new("a", gpus(8).with(Flavor::Cpu, 100_000));
+    spec.weight = 2.0;
+    let a = book.add(spec).unwrap();
+    let b = book.add(QueueSpec::new("b", gpus(8).with(Flavor::Cpu, 100_000))).unwrap();
+    // a: max(4/8, 10/100) / 2 = 0.25; b: max(2/8, 20/100) / 1 = 0.25.
+    book.charge(a, None, &gpus(4).with(Flavor::Cpu, 10_000)).unwrap();
+    book.charge(b, None, &gpus(2).with(Flavor::Cpu, 20_000)).unwrap();
+    assert_eq!(book.fair_ranks(0.0, std::iter::empty()), vec![0, 0], "equal shares, equal rank");
+    book.charge(b, None, &Resources::default().with(Flavor::Cpu, 10_000)).unwrap();
+    assert_eq!(book.fair_ranks(0.0, std::iter::empty()), vec![0, 1], "b's CPU (0.3) now dominates");
 }
