@@ -1,6 +1,6 @@
 //! One scheduling cycle over the world, and what it asks the shell to do: admit, bind, evict, update status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use haiyun_api::job::{
@@ -13,6 +13,7 @@ use haiyun_scheduler::schedule::{PendingReason, Phase, ScheduleError, Scheduler}
 use kube::ResourceExt;
 
 use crate::backend::{BackendKind, Orphan};
+use crate::index::cluster::Drain;
 use crate::index::{JobState, Tracked, TrackedPod, World};
 use crate::status::StatusWrite;
 use crate::time::rfc3339;
@@ -33,6 +34,9 @@ pub enum Action {
         placement: ApiPlacement,
         /// The backend of its pool.
         backend: BackendKind,
+        /// Whether to make its work now. Not when a job preempted in the same cycle still runs on its nodes: the
+        /// kubelet would refuse pods bound before the victim's leave, so a later cycle binds them.
+        dispatch: bool,
     },
     /// Make sure the work of an admitted job exists as its status records it.
     Bind {
@@ -172,6 +176,14 @@ pub fn plan(
                 .as_ref()
                 .is_some_and(|s| matches!(s.phase, JobPhase::Admitted | JobPhase::Running))
     });
+    // The nodes this cycle's victims run on: what is placed there starts once their pods are gone.
+    let vacating: std::collections::HashSet<&str> = world
+        .jobs
+        .iter()
+        .filter(|t| matches!(t.state, JobState::Placed(id) if preempted.contains(&id)))
+        .filter_map(|t| t.job.status.as_ref()?.placement.as_ref())
+        .flat_map(|p| p.tasks.iter().map(|t| t.node.as_str()))
+        .collect();
     let mut out = Vec::new();
     for t in &world.jobs {
         let old = t.job.status.clone().unwrap_or_default();
@@ -262,7 +274,9 @@ pub fn plan(
                     Some(Phase::Running) => {
                         let placement = api_placement(s, *id, &t.job);
                         let backend = kind(&t.job, Some(&placement));
-                        out.push(Action::Admit { job: t.job.clone(), placement, backend })
+                        let dispatch = backend == BackendKind::Slurm
+                            || !placement.tasks.iter().any(|t| vacating.contains(t.node.as_str()));
+                        out.push(Action::Admit { job: t.job.clone(), placement, backend, dispatch })
                     }
                     _ => push_status(&mut out, t, waiting_status(s, *id, &old), now),
                 }
@@ -275,7 +289,7 @@ pub fn plan(
                     }
                     continue;
                 }
-                placed(&mut out, t, &old, backend, now);
+                placed(&mut out, t, &old, (backend, &world.federation.draining), now);
             }
         }
     }
@@ -328,7 +342,15 @@ fn pod_actions(
 }
 
 /// The status of an admitted or running job from its pods.
-fn placed(out: &mut Vec<Action>, t: &Tracked, old: &ComputeJobStatus, backend: BackendKind, now: Time) {
+/// What an admitted or running job needs: word that it runs, or its pods made and bound (once no pod that is not
+/// its own holds the GPUs of its nodes in `draining`).
+fn placed(
+    out: &mut Vec<Action>,
+    t: &Tracked,
+    old: &ComputeJobStatus,
+    (backend, draining): (BackendKind, &HashMap<String, Drain>),
+    now: Time,
+) {
     if !matches!(old.phase, JobPhase::Admitted | JobPhase::Running) {
         return; // our own admission is not in the cache yet
     }
@@ -337,10 +359,25 @@ fn placed(out: &mut Vec<Action>, t: &Tracked, old: &ComputeJobStatus, backend: B
     if tasks > 0 && pods.running == tasks && old.phase == JobPhase::Admitted {
         let mut st = old.clone();
         st.phase = JobPhase::Running;
+        st.pending_reasons.clear();
         push_status(out, t, st, now);
     } else if (pods.bound < tasks || pods.total < tasks) && !t.bound_here && t.disrupted.is_none() {
         // Admitted and still binding (after a restart), or running and a pod went missing: make them again.
-        out.push(Action::Bind { job: t.job.clone(), backend });
+        let uid = t.job.uid().unwrap_or_default();
+        let nodes = old.placement.iter().flat_map(|p| p.tasks.iter().map(|t| t.node.as_str()));
+        let blocked = nodes.filter_map(|n| Some((n, draining.get(n)?.blocker(&uid)?))).next();
+        match blocked {
+            Some((node, pod)) => {
+                let mut st = old.clone();
+                st.pending_reasons = vec![ApiReason {
+                    phase: "binding".into(),
+                    message: format!("admitted; its pods are bound on {node} once pod {pod} leaves it"),
+                    ..Default::default()
+                }];
+                push_status(out, t, st, now);
+            }
+            None => out.push(Action::Bind { job: t.job.clone(), backend }),
+        }
     }
 }
 

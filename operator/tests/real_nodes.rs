@@ -355,11 +355,25 @@ async fn a_preempted_batch_job_is_suspended_and_runs_again_as_a_new_run_once_pla
         jobs.get("low").await.ok()?.spec?.suspend.filter(|s| *s).map(|_| ())
     })
     .await;
-    env.wait_phase("default", "urgent", "Succeeded", LONG).await;
+    // Its pods are bound only once the preempted Job's have left the GPUs, so the kubelet never refuses them.
+    let urgent = env.wait_phase("default", "urgent", "Succeeded", LONG).await;
+    let st = urgent.status.unwrap();
+    assert_eq!(
+        (st.restarts, st.last_failure.map(|f| f.message)),
+        (0, None),
+        "the preemptor's first run is its only one"
+    );
     // Placed again, it runs as run 1 and completes.
     let done = env.wait_phase("default", "low", "Succeeded", LONG).await;
     let st = done.status.unwrap();
     assert_eq!((st.preemptions, st.restarts), (1, 0));
+    let events: Vec<String> = env
+        .decisions()
+        .iter()
+        .map(|d| format!("{} {}", d["event"].as_str().unwrap_or(""), d["job"].as_str().unwrap_or("")))
+        .collect();
+    let order = ["place default/low", "preempt default/low", "place default/urgent", "finish default/urgent"];
+    assert_eq!(events[..4], order, "{events:?}");
     wait_for("the Job to complete", LONG, || async {
         let conds = jobs.get("low").await.ok()?.status?.conditions?;
         conds.iter().any(|c| c.type_ == "Complete" && c.status == "True").then_some(())

@@ -163,7 +163,8 @@ impl Applier {
         self.limiter.take(requests(&action)).await;
         let result = self.step(&action, backends).await;
         let kind = match &action {
-            Action::Admit { .. } => StepKind::Admit,
+            Action::Admit { dispatch: true, .. } => StepKind::Admit,
+            Action::Admit { dispatch: false, .. } => StepKind::Reserve,
             Action::Bind { .. } => StepKind::Bind,
             Action::Evict { .. } => StepKind::Evict,
             Action::BindPod { .. } => StepKind::BindPod,
@@ -188,7 +189,7 @@ impl Applier {
     async fn step(&self, action: &Action, backends: &Backends) -> Result<(), ApplyError> {
         let backend = |kind: BackendKind| backends.get(kind).ok_or(BackendError::NotServed(kind));
         match action {
-            Action::Admit { job, placement, backend: kind } => {
+            Action::Admit { job, placement, backend: kind, dispatch } => {
                 let at = crate::time::now();
                 let status = crate::status::admitted(job, placement, at);
                 // The line goes first, at the run's start time: once the status is written the placement stands
@@ -202,6 +203,9 @@ impl Applier {
                 let nodes: Vec<&str> = placement.tasks.iter().map(|t| t.node.as_str()).collect();
                 let note = format!("placed in pool {} on {}", placement.pool, summarise(&nodes));
                 self.event(job, EventType::Normal, "Admitted", &note).await;
+                if !dispatch {
+                    return Ok(()); // a later cycle binds it, once its nodes are free
+                }
                 let mut admitted = job.as_ref().clone();
                 admitted.status = Some(status);
                 self.dispatch(&admitted, backend(*kind)?.as_ref(), true).await

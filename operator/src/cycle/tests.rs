@@ -223,6 +223,71 @@ fn a_terminating_pod_no_placement_covers_still_holds_its_gpus() {
 }
 
 #[test]
+fn a_preemptor_is_bound_only_once_the_pods_of_its_victim_have_left_their_gpus() {
+    let (low, low_pod) = running(job("low", "q", 8, 100), "n0", &[0, 1, 2, 3, 4, 5, 6, 7]);
+    let urgent = fixtures::job("ns", "urgent")
+        .queue("q")
+        .gpus(8)
+        .spec(json!({ "priority": 10 }))
+        .stored("uid-urgent", NOW as i64 - 10)
+        .build();
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![low, Arc::new(urgent.clone())],
+        nodes: vec![node("n0", 8, false)],
+        pods: vec![low_pod],
+        ..Default::default()
+    };
+    // The cycle that preempts admits the preemptor on the victim's node without making its pods: the kubelet would
+    // refuse them while the victim's still run.
+    let (_, actions) = cycle(&objects);
+    assert!(actions.iter().any(|a| matches!(a, Action::Evict { job, .. } if job.name_any() == "low")));
+    let dispatch = actions.iter().find_map(|a| match a {
+        Action::Admit { job, dispatch, .. } if job.name_any() == "urgent" => Some(*dispatch),
+        _ => None,
+    });
+    assert_eq!(dispatch, Some(false), "{actions:?}");
+
+    // Next cycle: the victim waits again, its pod terminating; the preemptor, admitted, is not bound yet and says why.
+    let mut low = job("low", "q", 8, 100);
+    low.status = Some(serde_json::from_value(json!({ "phase": "Preempted", "preemptions": 1 })).unwrap());
+    let mut urgent = urgent;
+    urgent.status = Some(
+        serde_json::from_value(json!({ "phase": "Admitted",
+            "startTime": jiff::Timestamp::from_second(NOW as i64 - 1).unwrap().to_string(),
+            "placement": { "pool": "a", "gpuModel": "h100",
+                "tasks": [{ "pod": "urgent-w-0", "node": "n0", "gpus": [0, 1, 2, 3, 4, 5, 6, 7], "gpuMilli": 1000 }] } }))
+        .unwrap(),
+    );
+    let leaving = pod(
+        "low-w-0",
+        "n0",
+        Some(&[0, 1, 2, 3, 4, 5, 6, 7]),
+        "haiyun",
+        &[("haiyun.io/job-uid", "uid-low"), ("haiyun.io/run", "0")],
+        true,
+    );
+    let objects = Objects { jobs: vec![Arc::new(low), Arc::new(urgent)], pods: vec![leaving], ..objects };
+    let (_, actions) = cycle(&objects);
+    let binds = |actions: &[Action]| actions.iter().filter(|a| matches!(a, Action::Bind { .. })).count();
+    assert_eq!(binds(&actions), 0, "{actions:?}");
+    let why = actions.iter().find_map(|a| match a {
+        Action::Status { job, status } if job.name_any() == "urgent" => Some(status.pending_reasons.clone()),
+        _ => None,
+    });
+    let why = why.unwrap_or_default();
+    assert_eq!(why.len(), 1, "{actions:?}");
+    assert_eq!(why[0].message, "admitted; its pods are bound on n0 once pod ns/low-w-0 leaves it");
+    assert!(admitted(&actions).is_empty(), "nothing else takes the GPUs: {actions:?}");
+
+    // The pod is gone: the preemptor's pods are made and bound.
+    let objects = Objects { pods: Vec::new(), ..objects };
+    let (_, actions) = cycle(&objects);
+    assert_eq!(binds(&actions), 1, "{actions:?}");
+}
+
+#[test]
 fn a_running_job_whose_queue_is_gone_is_held_where_it_runs() {
     let (a, a_pod) = running(job("a", "gone", 8, 100), "n0", &[0, 1, 2, 3, 4, 5, 6, 7]);
     let objects = Objects {

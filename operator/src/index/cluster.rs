@@ -44,6 +44,49 @@ pub struct Federation {
     /// GPUs under our placements that their node's agent reports failed (fatal XID, double-bit ECC, off the bus),
     /// by node and index, with why: the job on one runs again elsewhere.
     pub failed_gpus: BTreeMap<(String, u32), String>,
+    /// Nodes whose GPUs our placements hold while pods no placement covers still hold them too (a preempted job's
+    /// pods terminating), by name: our pods are not bound there before those leave, or the kubelet refuses them.
+    pub draining: HashMap<String, Drain>,
+}
+
+/// A node where pods no placement of ours covers still hold GPUs our placements there hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Drain {
+    /// The node's GPUs.
+    pub count: u32,
+    /// The GPUs our placements hold there.
+    pub ours: u32,
+    /// The pods that hold GPUs there and no placement covers.
+    pub holders: Vec<Holder>,
+}
+
+/// A pod holding GPUs that no placement of ours covers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Holder {
+    /// `namespace/name`.
+    pub pod: String,
+    /// The uid of the Haiyun job whose pod it is (an earlier run of that job), if it is one.
+    pub job: Option<String>,
+    /// GPUs held at known indices.
+    pub mask: u32,
+    /// GPUs held at unknown indices.
+    pub gpus: u32,
+}
+
+impl Drain {
+    /// Whether `holders`, beside the GPUs `ours` of ours, take a GPU we hold or more than the node's `count`.
+    pub fn clashes<'a>(count: u32, ours: u32, holders: impl IntoIterator<Item = &'a Holder>) -> bool {
+        let (mask, unknown) = holders.into_iter().fold((0, 0), |(m, u), h| (m | h.mask, u + h.gpus));
+        mask & ours != 0 || (ours | mask).count_ones() + unknown > count
+    }
+
+    /// The first pod that keeps job `uid` from being bound here, if any. The pods of its own earlier run do not
+    /// count: binding the job deletes them first.
+    pub fn blocker(&self, uid: &str) -> Option<&str> {
+        let others: Vec<&Holder> = self.holders.iter().filter(|h| h.job.as_deref() != Some(uid)).collect();
+        let clash = Drain::clashes(self.count, self.ours, others.iter().copied());
+        others.first().filter(|_| clash).map(|h| h.pod.as_str())
+    }
 }
 
 /// A run as the backend that keeps it records it.

@@ -90,7 +90,7 @@ impl Overlay {
             (StepKind::Admit | StepKind::Bind, true) => {
                 self.bound.insert(o.uid.clone());
             }
-            (StepKind::Admit, false) => {
+            (StepKind::Admit | StepKind::Reserve, false) => {
                 self.assumed.remove(&o.uid);
             }
             (StepKind::Evict, false) => {
@@ -109,6 +109,8 @@ impl Overlay {
 pub enum StepKind {
     /// Admission (status, pods, bindings).
     Admit,
+    /// Admission whose pods a later cycle makes (status only).
+    Reserve,
     /// Resumed binding.
     Bind,
     /// Eviction.

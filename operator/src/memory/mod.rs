@@ -329,12 +329,14 @@ impl MemoryCluster {
             f.now_or_never().ok_or(MemoryError::Pending)?.map_err(MemoryError::from)
         };
         match &action {
-            Action::Admit { job, placement, .. } => {
+            Action::Admit { job, placement, dispatch, .. } => {
                 let status = crate::status::admitted(job, placement, now);
                 if let Some(j) = self.jobs.get_mut(&key(job.as_ref())) {
                     j.status = Some(status);
                     let admitted = j.clone();
-                    done(backend.dispatch(&admitted, true))?;
+                    if *dispatch {
+                        done(backend.dispatch(&admitted, true))?;
+                    }
                     if let Some(line) = Decision::placed(&action, rfc3339(now)) {
                         self.log.write(&line);
                     }

@@ -3,13 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use haiyun_api::{ComputePool, GPU_MODEL_LABEL, RUN_LABEL, quantity};
+use haiyun_api::{ComputePool, GPU_MODEL_LABEL, JOB_UID_LABEL, RUN_LABEL, quantity};
 use haiyun_scheduler::model::{Gpu, Health, Node as CoreNode, PoolId};
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 
 use crate::backend::Inputs;
-use crate::index::cluster::{reported, taken};
+use crate::index::cluster::{Drain, Holder, reported, taken};
 use crate::index::pod::{GPU_RESOURCE, gpus_of, holds_resources, pod_requests};
 use crate::index::{Federation, gpu_mask};
 
@@ -101,7 +101,7 @@ impl Hold<'_> {
         let origin = labels.contains_key(crate::backend::remote::ORIGIN_LABEL);
         match self {
             Hold::Nothing => false,
-            Hold::Lent(_) => !origin && labels.contains_key(haiyun_api::JOB_UID_LABEL),
+            Hold::Lent(_) => !origin && labels.contains_key(JOB_UID_LABEL),
             Hold::Granted(_) => origin,
         }
     }
@@ -118,7 +118,7 @@ impl Hold<'_> {
 }
 
 /// What pods no placement of ours covers hold on a node.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Foreign {
     cpu: u64,
     mem: u64,
@@ -129,6 +129,8 @@ struct Foreign {
     mask: u32,
     /// GPUs held by the pods of the other side of a capacity lease (any indices).
     other: u32,
+    /// The pods among them that hold GPUs.
+    holders: Vec<Holder>,
 }
 
 /// What pods no placement of ours covers (other schedulers' pods, and ours that are terminating or left over) hold,
@@ -154,14 +156,15 @@ fn foreign<'a>(
             e.other += g;
         }
         let known = gpus_of(pod);
-        if dra.contains_key(node) {
-            // The driver's node advertises no nvidia.com/gpu: a pod asking it holds its GPUs through a claim
-            // (counted from the claims), and the GPUs of Haiyun's own earlier pods are in their annotation.
-            e.mask |= gpu_mask(&known);
-        } else if known.is_empty() {
-            e.gpus += g;
-        } else {
-            e.mask |= gpu_mask(&known);
+        // The driver's node advertises no nvidia.com/gpu: a pod asking it holds its GPUs through a claim (counted
+        // from the claims), and the GPUs of Haiyun's own earlier pods are in their annotation.
+        let unknown = if known.is_empty() && !dra.contains_key(node) { g } else { 0 };
+        let mask = gpu_mask(&known);
+        e.gpus += unknown;
+        e.mask |= mask;
+        if mask != 0 || unknown > 0 {
+            let job = pod.labels().get(JOB_UID_LABEL).cloned();
+            e.holders.push(Holder { pod: key, job, mask, gpus: unknown });
         }
     }
     out
@@ -238,7 +241,7 @@ pub fn add(
         if !open && ours_tasks == 0 {
             continue;
         }
-        let mut used = foreign.get(name.as_str()).copied().unwrap_or_default();
+        let mut used = foreign.get(name.as_str()).cloned().unwrap_or_default();
         // GPUs other schedulers' claims hold on a driver's node.
         used.mask |= held.get(&name).copied().unwrap_or(0);
         let cpu = allocatable(node, "cpu").and_then(|q| quantity::milli(&q).ok()).unwrap_or(0);
@@ -251,6 +254,10 @@ pub fn add(
             None => allocatable(node, GPU_RESOURCE).and_then(|q| q.parse::<u32>().ok()).unwrap_or(0),
         };
         let count = count.min(haiyun_scheduler::model::MAX_GPUS_PER_NODE as u32);
+        if ours_mask != 0 && Drain::clashes(count, ours_mask, &used.holders) {
+            let holders = std::mem::take(&mut used.holders);
+            f.draining.insert(name.clone(), Drain { count, ours: ours_mask, holders });
+        }
         if granted.contains(pool) {
             used.gpus += hold.extra(&name, count, used.other);
         }
