@@ -27,36 +27,99 @@ pub struct Timeline {
     capacity: HashMap<(PoolId, Flavor), u64>,
     base: HashMap<(PoolId, Flavor), i64>,
     steps: HashMap<(PoolId, Flavor), BTreeMap<i64, i64>>,
-    /// Running peaks of each (pool, flavor)'s steps, built when a query from now needs them and dropped when the
-    /// steps change: most jobs of a busy cycle ask whether they fit from now while little changes.
+    /// Running peaks of each (pool, flavor)'s steps, built when a query from now first needs them and kept up to
+    /// date as the steps change: most jobs of a busy cycle ask whether they fit from now.
     peaks: RefCell<HashMap<(PoolId, Flavor), Peaks>>,
 }
 
-/// The step times after the origin, and the highest usage above the base up to and including each.
+/// Steps per block of [`Peaks`] (a block splits at twice this). Small in tests, so they split blocks often.
+#[cfg(not(test))]
+const BLOCK: usize = 256;
+#[cfg(test)]
+const BLOCK: usize = 4;
+
+/// The steps after the origin in ordered blocks, each with its sum and its highest running sum: the peak from now to
+/// a time, and a change of one step, each cost a block's length plus the number of blocks.
 #[derive(Debug, Clone, Default)]
 struct Peaks {
+    blocks: Vec<Block>,
+}
+
+/// A run of consecutive steps.
+#[derive(Debug, Clone, Default)]
+struct Block {
     keys: Vec<i64>,
-    peaks: Vec<i64>,
+    deltas: Vec<i64>,
+    /// The sum of `deltas`.
+    sum: i64,
+    /// The highest running sum of `deltas` from the block's start (`i64::MIN` when empty).
+    peak: i64,
+}
+
+impl Block {
+    fn of(keys: Vec<i64>, deltas: Vec<i64>) -> Self {
+        let mut b = Block { keys, deltas, sum: 0, peak: i64::MIN };
+        b.refresh();
+        b
+    }
+
+    fn refresh(&mut self) {
+        let (mut sum, mut peak) = (0i64, i64::MIN);
+        for d in &self.deltas {
+            sum += d;
+            peak = peak.max(sum);
+        }
+        (self.sum, self.peak) = (sum, peak);
+    }
 }
 
 impl Peaks {
     fn of(steps: &BTreeMap<i64, i64>) -> Self {
-        let (mut used, mut peak) = (0i64, i64::MIN);
-        let mut p = Peaks { keys: Vec::with_capacity(steps.len()), peaks: Vec::with_capacity(steps.len()) };
-        for (k, d) in steps {
-            used += d;
-            peak = peak.max(used);
-            p.keys.push(*k);
-            p.peaks.push(peak);
-        }
-        p
+        let (keys, deltas): (Vec<i64>, Vec<i64>) = steps.iter().map(|(k, d)| (*k, *d)).unzip();
+        let blocks =
+            keys.chunks(BLOCK).zip(deltas.chunks(BLOCK)).map(|(k, d)| Block::of(k.to_vec(), d.to_vec()));
+        Peaks { blocks: blocks.collect() }
     }
 
     /// The highest usage above the base over the steps before `e` (0 when none rises above it).
     fn before(&self, e: i64) -> i64 {
-        match self.keys.partition_point(|k| *k < e) {
-            0 => 0,
-            i => self.peaks[i - 1].max(0),
+        let (mut run, mut peak) = (0i64, 0i64);
+        for b in &self.blocks {
+            if b.keys.last().is_some_and(|last| *last < e) {
+                peak = peak.max(run + b.peak);
+                run += b.sum;
+                continue;
+            }
+            for (_, d) in b.keys.iter().zip(&b.deltas).take_while(|(k, _)| **k < e) {
+                run += d;
+                peak = peak.max(run);
+            }
+            break;
+        }
+        peak
+    }
+
+    /// Adds `v` to the step at `at`.
+    fn shift(&mut self, at: i64, v: i64) {
+        if self.blocks.is_empty() {
+            self.blocks.push(Block::default());
+        }
+        // The last block that starts at or before `at`, else the first.
+        let i = self.blocks.partition_point(|b| b.keys.first().is_some_and(|k| *k <= at)).saturating_sub(1);
+        let b = &mut self.blocks[i];
+        match b.keys.binary_search(&at) {
+            Ok(j) => b.deltas[j] += v,
+            Err(j) => {
+                b.keys.insert(j, at);
+                b.deltas.insert(j, v);
+            }
+        }
+        if b.keys.len() > 2 * BLOCK {
+            let tail = Block::of(b.keys.split_off(BLOCK), b.deltas.split_off(BLOCK));
+            b.refresh();
+            self.blocks.insert(i + 1, tail);
+        } else {
+            b.refresh();
         }
     }
 }
@@ -72,7 +135,9 @@ impl Timeline {
             *self.base.entry((pool, f)).or_default() += v;
         } else {
             *self.steps.entry((pool, f)).or_default().entry(at).or_default() += v;
-            self.peaks.get_mut().remove(&(pool, f));
+            if let Some(p) = self.peaks.get_mut().get_mut(&(pool, f)) {
+                p.shift(at, v);
+            }
         }
     }
 
@@ -269,7 +334,7 @@ mod oracle {
         for case in 0..500 {
             let mut t = Timeline::at(100.0);
             t.set_capacity(0, f, 64_000);
-            for step in 0..30 {
+            for step in 0..60 {
                 let s = rng.below(60) as f64 * 10.0;
                 let d = 10.0 + rng.below(50) as f64 * 10.0;
                 let r = Resources::default().with(f, 1000 * (1 + rng.below(4)));
