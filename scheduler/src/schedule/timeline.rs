@@ -6,9 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use crate::model::{PoolId, Time};
 use crate::queue::{Flavor, Resources};
 
-/// An empty step map, for flavors a pool has no steps of.
-static EMPTY: BTreeMap<i64, i64> = BTreeMap::new();
-
 /// Milliseconds, so times can key an ordered map.
 fn key(t: Time) -> i64 {
     // Clamped well inside i64, so `key + 1` and sums of keys cannot overflow (about 146 million years).
@@ -54,22 +51,25 @@ struct Block {
     sum: i64,
     /// The highest running sum of `deltas` from the block's start (`i64::MIN` when empty).
     peak: i64,
+    /// The lowest (`i64::MAX` when empty).
+    low: i64,
 }
 
 impl Block {
     fn of(keys: Vec<i64>, deltas: Vec<i64>) -> Self {
-        let mut b = Block { keys, deltas, sum: 0, peak: i64::MIN };
+        let mut b = Block { keys, deltas, sum: 0, peak: i64::MIN, low: i64::MAX };
         b.refresh();
         b
     }
 
     fn refresh(&mut self) {
-        let (mut sum, mut peak) = (0i64, i64::MIN);
+        let (mut sum, mut peak, mut low) = (0i64, i64::MIN, i64::MAX);
         for d in &self.deltas {
             sum += d;
             peak = peak.max(sum);
+            low = low.min(sum);
         }
-        (self.sum, self.peak) = (sum, peak);
+        (self.sum, self.peak, self.low) = (sum, peak, low);
     }
 }
 
@@ -121,6 +121,80 @@ impl Peaks {
         } else {
             b.refresh();
         }
+    }
+}
+
+/// A walk forward through one flavor's steps: `run` sums every step before the next one it reads.
+struct Cursor<'a> {
+    blocks: &'a [Block],
+    block: usize,
+    at: usize,
+    run: i64,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(peaks: &'a Peaks) -> Self {
+        Cursor { blocks: &peaks.blocks, block: 0, at: 0, run: 0 }
+    }
+
+    /// Reads steps while `whole` says a block can be read at once (from the block's start) or `one` says a step can
+    /// be (the running sum after it): stops before the first step neither allows, returning its time and the running
+    /// sum with it, or `None` past the last step.
+    fn walk(
+        &mut self,
+        whole: impl Fn(i64, &Block) -> bool,
+        one: impl Fn(i64, i64) -> bool,
+    ) -> Option<(i64, i64)> {
+        let blocks = self.blocks;
+        while let Some(b) = blocks.get(self.block) {
+            if self.at == 0 && whole(self.run, b) {
+                self.run += b.sum;
+                self.block += 1;
+                continue;
+            }
+            while let (Some(k), Some(d)) = (b.keys.get(self.at), b.deltas.get(self.at)) {
+                if !one(*k, self.run + d) {
+                    return Some((*k, self.run + d));
+                }
+                self.run += d;
+                self.at += 1;
+            }
+            (self.block, self.at) = (self.block + 1, 0);
+        }
+        None
+    }
+
+    /// Reads the step `walk` stopped before.
+    fn take(&mut self, run: i64) {
+        self.run = run;
+        self.at += 1;
+        if self.blocks.get(self.block).is_some_and(|b| self.at >= b.keys.len()) {
+            (self.block, self.at) = (self.block + 1, 0);
+        }
+    }
+
+    /// Reads every step at or before `t`.
+    fn read_to(&mut self, t: i64) {
+        let _ = self.walk(|_, b| b.keys.last().is_some_and(|k| *k <= t), |k, _| k <= t);
+    }
+
+    /// Reads up to the first step before `end` after which the sum exceeds `limit`, and returns its time.
+    fn first_above(&mut self, limit: i64, end: i64) -> Option<i64> {
+        let found = self.walk(
+            |run, b| b.keys.last().is_some_and(|k| *k < end) && run + b.peak <= limit,
+            |k, run| k < end && run <= limit,
+        )?;
+        (found.0 < end).then(|| {
+            self.take(found.1);
+            found.0
+        })
+    }
+
+    /// Reads up to the first step after which the sum is at most `limit`, and returns its time.
+    fn first_within(&mut self, limit: i64) -> Option<i64> {
+        let (k, run) = self.walk(|run, b| run + b.low > limit, |_, run| run > limit)?;
+        self.take(run);
+        Some(k)
     }
 }
 
@@ -216,36 +290,38 @@ impl Timeline {
         if needed.iter().any(|(f, v)| (self.capacity(pool, *f) as i64) < *v) {
             return None;
         }
-        let start = key(from);
-        let end_of = |c: i64| key(time(c) + duration).max(c + 1);
-        let mut used: Vec<i64> =
-            needed.iter().map(|(f, _)| self.max_used(pool, *f, start, start + 1)).collect();
-        let mut streams: Vec<std::iter::Peekable<std::collections::btree_map::Range<'_, i64, i64>>> = needed
+        let mut cache = self.peaks.borrow_mut();
+        for (f, _) in &needed {
+            if let Some(steps) = self.steps.get(&(pool, *f)) {
+                cache.entry((pool, *f)).or_insert_with(|| Peaks::of(steps));
+            }
+        }
+        let none = Peaks::default();
+        // Per flavor: how far usage may rise above what runs now, and a walk through its steps.
+        let mut walks: Vec<(i64, Cursor<'_>)> = needed
             .iter()
-            .map(|(f, _)| match self.steps.get(&(pool, *f)) {
-                Some(st) => st.range(start.max(self.origin) + 1..).peekable(),
-                None => EMPTY.range(0..0).peekable(),
+            .map(|(f, v)| {
+                let limit =
+                    self.capacity(pool, *f) as i64 - v - self.base.get(&(pool, *f)).copied().unwrap_or(0);
+                (limit, Cursor::new(cache.get(&(pool, *f)).unwrap_or(&none)))
             })
             .collect();
-        let room = |used: &[i64]| {
-            needed.iter().zip(used).all(|((f, v), u)| self.capacity(pool, *f) as i64 - u >= *v)
-        };
-        // A start at the query's own instant is `from` itself, not `from` rounded to the millisecond grid.
-        let at_or_from = |c: i64| if c == start { from } else { time(c) };
+        let start = key(from);
+        // A candidate survives while no flavor's usage exceeds its limit at it or at a step inside its window;
+        // else the next candidate is where that flavor's usage falls back within it. Walks only go forward: the
+        // steps a walk read past the candidate were all within the limit.
         let mut candidate = start;
-        loop {
-            let next = streams.iter_mut().filter_map(|s| s.peek().map(|(k, _)| **k)).min();
-            if !room(&used) {
-                candidate = next?;
-            } else if next.is_none_or(|n| n >= end_of(candidate)) {
-                return Some(at_or_from(candidate));
-            }
-            let Some(at) = next else { return Some(at_or_from(candidate)) };
-            for (i, s) in streams.iter_mut().enumerate() {
-                if let Some((_, d)) = s.next_if(|(k, _)| **k == at) {
-                    used[i] += d;
+        'candidates: loop {
+            let end = key(time(candidate) + duration).max(candidate + 1);
+            for (limit, walk) in &mut walks {
+                walk.read_to(candidate);
+                if walk.run > *limit || walk.first_above(*limit, end).is_some() {
+                    candidate = walk.first_within(*limit)?;
+                    continue 'candidates;
                 }
             }
+            // A start at the query's own instant is `from` itself, not `from` rounded to the millisecond grid.
+            return Some(if candidate == start { from } else { time(candidate) });
         }
     }
 }
@@ -364,7 +440,7 @@ mod oracle {
             let mut t = Timeline::at(0.0);
             t.set_capacity(0, Flavor::Gpu(0), 8000);
             t.set_capacity(0, Flavor::Cpu, 64_000);
-            for _ in 0..rng.below(12) {
+            for _ in 0..rng.below(30) {
                 let s = if rng.below(2) == 0 { 0.0 } else { rng.below(100) as f64 * 10.0 };
                 let d = 10.0 + rng.below(50) as f64 * 10.0;
                 let r = Resources::default()
