@@ -128,7 +128,21 @@ impl TaskBuilder {
 
 /// A view of `node` with the given free CPU, memory and per-GPU free milli.
 pub fn view_of<'a>(node: &'a Node, cpu_free: u64, memory_free: u64, free: &'a [u16]) -> NodeView<'a> {
-    NodeView { id: 0, node, cpu_free, memory_free, tasks: 0, free, rank: 0, version: 0, sets: &NO_NODE_SETS }
+    let (models, uniform) = (node.models(), node.models().0.count_ones() <= 1);
+    NodeView {
+        id: 0,
+        node,
+        cpu_free,
+        memory_free,
+        tasks: 0,
+        max_tasks: node.max_tasks,
+        free,
+        rank: 0,
+        version: 0,
+        sets: &NO_NODE_SETS,
+        models,
+        uniform,
+    }
 }
 
 /// A heterogeneous federation of `nodes` 8-GPU nodes: pools of each kind, racks of 32, one NVLink domain per

@@ -96,6 +96,8 @@ struct NodeFree {
     memory_mib: u64,
     tasks: u32,
     version: u32,
+    /// The node's most tasks, here beside what changes so a view reads one cache line.
+    max_tasks: u32,
 }
 
 /// What a plugin sees of one node: its description and what is free on it now.
@@ -111,6 +113,8 @@ pub struct NodeView<'a> {
     pub memory_free: u64,
     /// Tasks on it now.
     pub tasks: u32,
+    /// The most tasks it takes.
+    pub max_tasks: u32,
     /// Free milli per GPU; an unplaceable (unhealthy or unknown) GPU counts as 0 free.
     pub free: &'a [u16],
     /// Tie-break rank: lower wins among equal scores.
@@ -119,6 +123,10 @@ pub struct NodeView<'a> {
     pub version: u32,
     /// The cluster's node sets, which tasks may be limited to.
     pub sets: &'a NodeSets,
+    /// The models of its GPUs.
+    pub models: ModelSet,
+    /// Whether all its GPUs are of one model.
+    pub uniform: bool,
 }
 
 impl NodeView<'_> {
@@ -126,6 +134,9 @@ impl NodeView<'_> {
     pub fn gpus_of(&self, models: ModelSet) -> u32 {
         if models.is_any() {
             return low_bits(self.free.len());
+        }
+        if self.uniform {
+            return if self.models.intersects(models) { low_bits(self.free.len()) } else { 0 };
         }
         self.node
             .gpus
@@ -175,6 +186,8 @@ pub struct Snapshot {
     index: CapacityIndex,
     rank: Vec<u32>,
     groups: Groups,
+    /// Per node: the models of its GPUs, and whether they are all one model (read with every view).
+    models: Vec<(ModelSet, bool)>,
 }
 
 impl Snapshot {
@@ -196,7 +209,13 @@ impl Snapshot {
         let free = cluster
             .nodes
             .iter()
-            .map(|n| NodeFree { cpu_milli: n.cpu_milli, memory_mib: n.memory_mib, tasks: 0, version: 0 })
+            .map(|n| NodeFree {
+                cpu_milli: n.cpu_milli,
+                memory_mib: n.memory_mib,
+                tasks: 0,
+                version: 0,
+                max_tasks: n.max_tasks,
+            })
             .collect();
         let mut groups = Groups::default();
         for (i, n) in cluster.nodes.iter().enumerate() {
@@ -212,7 +231,9 @@ impl Snapshot {
                 }
             }
         }
+        let models = cluster.nodes.iter().map(|n| (n.models(), n.models().0.count_ones() <= 1)).collect();
         let mut snap = Snapshot {
+            models,
             rank: (0..cluster.nodes.len() as u32).collect(),
             gpu_alloc: vec![0; total as usize],
             cluster,
@@ -268,6 +289,7 @@ impl Snapshot {
     }
 
     /// The view of one node (None past the end).
+    #[inline]
     pub fn view(&self, id: NodeId) -> Option<NodeView<'_>> {
         let i = id as usize;
         let f = self.free.get(i)?;
@@ -278,10 +300,13 @@ impl Snapshot {
             cpu_free: f.cpu_milli,
             memory_free: f.memory_mib,
             tasks: f.tasks,
+            max_tasks: f.max_tasks,
             free: &self.gpu_free[a..b],
             rank: self.rank[i],
             version: f.version,
             sets: &self.cluster.node_sets,
+            models: self.models[i].0,
+            uniform: self.models[i].1,
         })
     }
 
@@ -318,7 +343,7 @@ impl Snapshot {
             self.gpu_alloc[a + j] += p.spec.gpu_milli as u16;
         }
         self.free[i] =
-            NodeFree { cpu_milli: cpu, memory_mib: mem, tasks: f.tasks + 1, version: f.version + 1 };
+            NodeFree { cpu_milli: cpu, memory_mib: mem, tasks: f.tasks + 1, version: f.version + 1, ..f };
         self.refresh_gpus(i);
         Ok(())
     }
@@ -349,7 +374,7 @@ impl Snapshot {
             self.gpu_alloc[a + j] -= p.spec.gpu_milli as u16;
         }
         self.free[i] =
-            NodeFree { cpu_milli: cpu, memory_mib: mem, tasks: f.tasks - 1, version: f.version + 1 };
+            NodeFree { cpu_milli: cpu, memory_mib: mem, tasks: f.tasks - 1, version: f.version + 1, ..f };
         self.refresh_gpus(i);
         Ok(())
     }

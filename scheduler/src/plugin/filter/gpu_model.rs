@@ -12,7 +12,7 @@ impl Filter for GpuModel {
     const NAME: &'static str = "GpuModel";
 
     fn filter(&self, node: &NodeView<'_>, task: &TaskSpec, _usable: u32) -> Result<(), Unfit> {
-        if task.is_cpu_only() || node.node.models().intersects(task.models) {
+        if task.is_cpu_only() || node.models.intersects(task.models) {
             Ok(())
         } else {
             Err(Unfit::GpuModelNotAllowed)

@@ -18,8 +18,8 @@ impl Filter for NodeResourcesFit {
         if node.memory_free < task.memory_mib {
             return Err(Unfit::InsufficientMemory { free: node.memory_free, wanted: task.memory_mib });
         }
-        if node.tasks >= node.node.max_tasks {
-            return Err(Unfit::TooManyTasks { max: node.node.max_tasks });
+        if node.tasks >= node.max_tasks {
+            return Err(Unfit::TooManyTasks { max: node.max_tasks });
         }
         Ok(())
     }
