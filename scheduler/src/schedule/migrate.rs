@@ -52,13 +52,12 @@ impl Scheduler {
             return None;
         }
         let rate = e.job.work.rate(r.model);
-        let mut moved = e.clone();
-        moved.remaining = (e.remaining - saved_work(&e.job, rate, r.working_from, now)).max(0.0);
-        moved.status.preemptions += 1;
-        let mut options = self.options(&moved, now).ok()?;
+        let remaining = (e.remaining - saved_work(&e.job, rate, r.working_from, now)).max(0.0);
         let left = (r.est_end - now).max(0.0);
         let enough = MIN_GAIN_S.max(MIN_GAIN_SHARE * left);
-        options.retain(|o| (o.pool, o.model) != (r.pool, r.model) && left - o.duration >= enough);
+        // Only options that gain enough are worth their quota check; most running jobs have none.
+        let gains = |pool, model, duration| (pool, model) != (r.pool, r.model) && left - duration >= enough;
+        let mut options = self.options_where(e, (remaining, true), now, gains).unwrap_or_default();
         options.sort_by(|a, b| a.duration.total_cmp(&b.duration));
         Some((options, left))
     }

@@ -83,6 +83,18 @@ impl Scheduler {
 
     /// Every way `e` could run at `now`, or why there is none.
     pub(crate) fn options(&self, e: &Entry, now: Time) -> Result<Vec<RunOption>, PendingReason> {
+        self.options_where(e, (e.remaining, e.status.preemptions > 0), now, |_, _, _| true)
+    }
+
+    /// The ways `e` could run at `now` with `remaining` work, `restarted` or not, that `keep` keeps (given the
+    /// pool, the model and the duration): their quota is checked only for those.
+    pub(crate) fn options_where(
+        &self,
+        e: &Entry,
+        (remaining, restarted): (f64, bool),
+        now: Time,
+        keep: impl Fn(PoolId, Option<ModelId>, f64) -> bool,
+    ) -> Result<Vec<RunOption>, PendingReason> {
         let needs = self.needs(e);
         let cleared = self.cleared_pools(e);
         if cleared.is_empty() {
@@ -95,7 +107,7 @@ impl Scheduler {
         }
         let cpu_only = e.job.gang.tasks.iter().all(|t| t.is_cpu_only());
         let allowed = Self::allowed_models(e);
-        let restart = if e.status.preemptions > 0 { self.config.restart_s } else { 0.0 };
+        let restart = if restarted { self.config.restart_s } else { 0.0 };
         let mut out = Vec::new();
         for p in cleared {
             let models: Vec<Option<ModelId>> = if cpu_only {
@@ -107,11 +119,14 @@ impl Scheduler {
                     .collect()
             };
             for model in models {
-                let run = e.job.work.runtime(e.remaining, model);
+                let run = e.job.work.runtime(remaining, model);
                 if !run.is_finite() {
                     continue;
                 }
                 let setup = restart + self.transfer_s(e, p);
+                if !keep(p, model, setup + run) {
+                    continue;
+                }
                 let req = Resources::of_gang(&e.job.gang, model);
                 let quota = self.quotas.fits(e.job.queue, e.job.user, &req, now);
                 out.push(RunOption { pool: p, model, req, duration: setup + run, setup, quota });
