@@ -43,8 +43,7 @@ impl Scheduler {
             ..JobStatus::default()
         };
         let run = Run { placement, pool, model, charged, started, working_from: now, est_end };
-        self.jobs.push(Entry { job, remaining, run: Some(run), status });
-        Ok((self.jobs.len() - 1) as JobId)
+        Ok(self.push(Entry { job, remaining, run: Some(run), status }))
     }
 }
 

@@ -445,11 +445,10 @@ impl Scheduler {
         let e = &self.jobs[id as usize];
         let Err(short) = &o.quota else { return Some(now) };
         let missing = short.needed.saturating_sub(short.left + short.cohort_can_lend);
-        let mut ends: Vec<(Time, u64)> = self
-            .jobs
+        let members = self.members.get(e.job.queue as usize).map_or(&[][..], Vec::as_slice);
+        let mut ends: Vec<(Time, u64)> = members
             .iter()
-            .filter(|x| x.job.queue == e.job.queue)
-            .filter_map(|x| x.run.as_ref())
+            .filter_map(|x| self.jobs[*x as usize].run.as_ref())
             .map(|r| (r.est_end.max(now), r.charged.get(short.flavor)))
             .collect();
         ends.sort_by(|a, b| a.0.total_cmp(&b.0));

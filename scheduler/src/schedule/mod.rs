@@ -160,6 +160,8 @@ pub struct Scheduler {
     pub(crate) present: ModelSet,
     /// Running jobs by queue, as of the start of the current cycle (entries may have stopped since).
     pub(crate) running_by_queue: Vec<Vec<JobId>>,
+    /// Every job of each queue, in submission order.
+    pub(crate) members: Vec<Vec<JobId>>,
     /// Gangs (as restricted to one option) that found no nodes in a pool this cycle; cleared on any eviction.
     pub(crate) unplaceable: std::collections::HashMap<(PoolId, crate::model::Gang), crate::placer::Rejection>,
 }
@@ -182,6 +184,7 @@ impl Scheduler {
         }
         Ok(Scheduler {
             running_by_queue: Vec::new(),
+            members: Vec::new(),
             unplaceable: std::collections::HashMap::new(),
             pool_models,
             present,
@@ -219,8 +222,18 @@ impl Scheduler {
     pub fn submit(&mut self, job: Job) -> Result<JobId, ScheduleError> {
         self.check_submission(&job)?;
         let remaining = job.work.total;
-        self.jobs.push(Entry { job, remaining, run: None, status: JobStatus::default() });
-        Ok((self.jobs.len() - 1) as JobId)
+        Ok(self.push(Entry { job, remaining, run: None, status: JobStatus::default() }))
+    }
+
+    /// Adds a job's entry; returns its id.
+    pub(crate) fn push(&mut self, e: Entry) -> JobId {
+        let (id, queue) = (self.jobs.len() as JobId, e.job.queue as usize);
+        if self.members.len() <= queue {
+            self.members.resize_with(queue + 1, Vec::new);
+        }
+        self.members[queue].push(id);
+        self.jobs.push(e);
+        id
     }
 
     /// Refuses a job whose queue or datasets do not exist, or that has no tasks.
