@@ -3,6 +3,7 @@
 mod grant;
 mod resources;
 mod share;
+mod sums;
 
 use serde::{Deserialize, Serialize};
 
@@ -137,6 +138,8 @@ pub struct Quotas {
     /// only what runs now).
     history: Vec<Decayed>,
     half_life: Option<f64>,
+    /// Per cohort tree (as `trees`), the sums a borrowing check needs.
+    sums: Vec<sums::TreeSums>,
 }
 
 impl Quotas {
@@ -170,6 +173,7 @@ impl Quotas {
             self.trees[t].push(q as QueueId);
             self.tree_of[q] = Some(t);
         }
+        self.resum();
     }
 
     /// Replaces a queue's definition (usage stays).
@@ -347,14 +351,17 @@ impl Quotas {
             return 0;
         }
         let cohort = self.cohort_of(q);
-        let pool: u64 = cohort.iter().map(|p| self.lendable(*p, f, now)).sum();
-        let lent: u64 = cohort
-            .iter()
-            .map(|p| {
-                let guaranteed = self.nominal(*p, f, now) - self.lendable(*p, f, now);
-                self.usage[*p as usize].get(f).saturating_sub(guaranteed)
-            })
-            .sum();
+        let (pool, lent) = self.tree_sums(q, f).unwrap_or_else(|| {
+            let pool: u64 = cohort.iter().map(|p| self.lendable(*p, f, now)).sum();
+            let lent: u64 = cohort
+                .iter()
+                .map(|p| {
+                    let guaranteed = self.nominal(*p, f, now) - self.lendable(*p, f, now);
+                    self.usage[*p as usize].get(f).saturating_sub(guaranteed)
+                })
+                .sum();
+            (pool, lent)
+        });
         let own = self
             .nominal(q, f, now)
             .saturating_sub(self.usage[q as usize].get(f))
@@ -367,6 +374,11 @@ impl Quotas {
         let used = self.usage[q as usize].get(f) + need;
         if used > n && used - n > self.borrow_limit(q, f) {
             return false;
+        }
+        if let Some((pool, above)) = self.tree_sums(q, f) {
+            // The tree's sums, with q's own part as it would be once it holds `need` more.
+            let u = self.usage[q as usize].get(f);
+            return above - self.own_above(q, f, u) + self.own_above(q, f, u + need) <= pool;
         }
         let pool: u64 = cohort.iter().map(|p| self.lendable(*p, f, now)).sum();
         let above: u64 = cohort
@@ -382,7 +394,9 @@ impl Quotas {
 
     /// Charges an admitted job's resources to its queue and its user.
     pub fn charge(&mut self, q: QueueId, user: Option<UserId>, req: &Resources) -> Result<(), QuotaError> {
-        self.usage.get_mut(q as usize).ok_or(QuotaError::UnknownQueue(q))?.add(req);
+        let before = self.usage.get(q as usize).ok_or(QuotaError::UnknownQueue(q))?.clone();
+        self.usage[q as usize].add(req);
+        self.shift_sums(q, &before);
         // Counted whether or not the queue limits users now, so that a limit set later starts from the truth.
         if let Some(u) = user {
             self.users.entry((q, u)).or_default().add(req);
@@ -392,7 +406,9 @@ impl Quotas {
 
     /// Gives a finished or preempted job's resources back.
     pub fn release(&mut self, q: QueueId, user: Option<UserId>, req: &Resources) -> Result<(), QuotaError> {
-        self.usage.get_mut(q as usize).ok_or(QuotaError::UnknownQueue(q))?.sub(req);
+        let before = self.usage.get(q as usize).ok_or(QuotaError::UnknownQueue(q))?.clone();
+        self.usage[q as usize].sub(req);
+        self.shift_sums(q, &before);
         if let Some(held) = user.and_then(|u| self.users.get_mut(&(q, u))) {
             held.sub(req);
         }

@@ -191,3 +191,52 @@ fn without_a_half_life_the_share_is_the_largest_usage_over_nominal_divided_by_we
     book.charge(b, None, &Resources::default().with(Flavor::Cpu, 10_000)).unwrap();
     assert_eq!(book.fair_ranks(0.0, std::iter::empty()), vec![0, 1], "b's CPU (0.3) now dominates");
 }
+
+#[test]
+fn the_tree_sums_kept_as_usage_changes_equal_sums_worked_out_afresh() {
+    let mut rng = crate::rng::SplitMix64::new(5);
+    let mut book = Quotas::default();
+    let mut queues = Vec::new();
+    for i in 0..6 {
+        let mut q = QueueSpec::new(&format!("q{i}"), gpus(1 + rng.below(8)).with(Flavor::Cpu, 64_000));
+        q.cohort = Some(if i < 4 { "a/x".into() } else { "b".into() });
+        if rng.below(2) == 0 {
+            q.lending_limit = Some(gpus(rng.below(4)));
+        }
+        queues.push(book.add(q).unwrap());
+    }
+    let mut held: Vec<Vec<Resources>> = vec![Vec::new(); queues.len()];
+    for step in 0..400 {
+        let q = rng.below(queues.len() as u64) as usize;
+        if rng.below(3) == 0 && !held[q].is_empty() {
+            let r = held[q].swap_remove(0);
+            book.release(queues[q], None, &r).unwrap();
+        } else {
+            let r = gpus(1 + rng.below(3)).with(Flavor::Cpu, 1000 * rng.below(8));
+            if book.fits(queues[q], None, &r, 0.0).is_ok() {
+                book.charge(queues[q], None, &r).unwrap();
+                held[q].push(r);
+            }
+        }
+        let kept = book.sums.clone();
+        book.resum();
+        assert_eq!(kept, book.sums, "step {step}");
+    }
+}
+
+#[test]
+fn a_borrowing_check_answers_alike_from_the_tree_sums_and_from_a_walk_over_the_tree() {
+    let mut book = Quotas::default();
+    let a = book.add(cohort_queue("a", 8)).unwrap();
+    let b = book.add(cohort_queue("b", 4)).unwrap();
+    book.charge(a, None, &gpus(10)).unwrap();
+    // With a grant active the sums are not used: the same question is answered by walking the tree.
+    let mut walked = book.clone();
+    walked.grant(Grant { queue: b, flavor: GPU, amount: 0, start: 0.0, end: 100.0 });
+    for need in 0..6 {
+        let (fast, slow) = (book.fits(a, None, &gpus(need), 0.0), walked.fits(a, None, &gpus(need), 0.0));
+        assert_eq!(fast.is_ok(), slow.is_ok(), "{need} GPUs");
+        assert_eq!(fast.err().map(|s| s.cohort_can_lend), slow.err().map(|s| s.cohort_can_lend));
+    }
+    assert!(book.fits(a, None, &gpus(2), 0.0).is_ok() && book.fits(a, None, &gpus(3), 0.0).is_err());
+}
