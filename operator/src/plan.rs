@@ -72,6 +72,16 @@ pub enum Action {
         /// GPU indices on it.
         gpus: Vec<u32>,
     },
+    /// Keep a plain pod's place on a node without binding it yet: pods preempted in this cycle still run there, and
+    /// the kubelet would refuse it. A later cycle binds it once they are gone.
+    HoldPod {
+        /// The pod.
+        pod: Arc<Pod>,
+        /// The node.
+        node: String,
+        /// GPU indices on it.
+        gpus: Vec<u32>,
+    },
     /// Delete a plain pod that was preempted (its owner makes it again).
     EvictPod {
         /// The pod.
@@ -118,9 +128,10 @@ impl Action {
             | Action::Evict { job, .. }
             | Action::Release { job, .. }
             | Action::Status { job, .. } => job.uid().unwrap_or_default(),
-            Action::BindPod { pod, .. } | Action::EvictPod { pod } | Action::PodWaits { pod, .. } => {
-                pod.uid().unwrap_or_default()
-            }
+            Action::BindPod { pod, .. }
+            | Action::HoldPod { pod, .. }
+            | Action::EvictPod { pod }
+            | Action::PodWaits { pod, .. } => pod.uid().unwrap_or_default(),
             Action::Collect { orphan, .. } => orphan.uid().to_string(),
             Action::WriteStatus(w) => w.key(),
             Action::Mirror { job } => job.uid().unwrap_or_default(),
@@ -135,9 +146,10 @@ impl Action {
             | Action::Evict { job, .. }
             | Action::Release { job, .. }
             | Action::Status { job, .. } => crate::index::job::key(job),
-            Action::BindPod { pod, .. } | Action::EvictPod { pod } | Action::PodWaits { pod, .. } => {
-                crate::index::pod::key(pod)
-            }
+            Action::BindPod { pod, .. }
+            | Action::HoldPod { pod, .. }
+            | Action::EvictPod { pod }
+            | Action::PodWaits { pod, .. } => crate::index::pod::key(pod),
             Action::Collect { orphan: Orphan::Pods { namespace, uid }, .. } => {
                 format!("{namespace}/pods-of-{uid}")
             }
@@ -176,13 +188,17 @@ pub fn plan(
                 .as_ref()
                 .is_some_and(|s| matches!(s.phase, JobPhase::Admitted | JobPhase::Running))
     });
-    // The nodes this cycle's victims run on: what is placed there starts once their pods are gone.
+    // The nodes this cycle's victims (jobs and plain pods) run on: what is placed there starts once their pods are
+    // gone.
+    let victim_pods =
+        world.pods.iter().filter(|t| matches!(t.state, JobState::Placed(id) if preempted.contains(&id)));
     let vacating: std::collections::HashSet<&str> = world
         .jobs
         .iter()
         .filter(|t| matches!(t.state, JobState::Placed(id) if preempted.contains(&id)))
         .filter_map(|t| t.job.status.as_ref()?.placement.as_ref())
         .flat_map(|p| p.tasks.iter().map(|t| t.node.as_str()))
+        .chain(victim_pods.filter_map(|t| t.pod.spec.as_ref()?.node_name.as_deref()))
         .collect();
     let mut out = Vec::new();
     for t in &world.jobs {
@@ -294,38 +310,55 @@ pub fn plan(
         }
     }
     for t in world.pods.iter().filter(|_| !losing) {
-        pod_actions(&mut out, t, &world.scheduler, &preempted);
+        pod_actions(&mut out, t, (&world.scheduler, &world.federation.draining), &preempted, &vacating);
     }
     Ok(out)
 }
 
-/// What a plain pod needs: binding, eviction, or word of why it waits.
+/// What a plain pod needs: binding (held while the pods it replaces still hold its node's GPUs), eviction, or word
+/// of why it waits.
 fn pod_actions(
     out: &mut Vec<Action>,
     t: &TrackedPod,
-    s: &Scheduler,
+    (s, draining): (&Scheduler, &HashMap<String, Drain>),
     preempted: &std::collections::HashSet<JobId>,
+    vacating: &std::collections::HashSet<&str>,
 ) {
+    let place = |id: JobId| {
+        let (p, pool, _) = s.placement(id)?;
+        let task = p.tasks.first()?;
+        let cluster = s.snapshot().cluster();
+        let node = cluster.nodes[task.node as usize].name.clone();
+        let pool = cluster.pools.get(pool as usize).map(|p| p.name.clone()).unwrap_or_default();
+        Some((pool, node, crate::index::gpu_indices(task.gpus)))
+    };
     let message = match &t.state {
         JobState::Problem(p) => format!("{}: {p}", p.phase()),
         JobState::Waiting(id) => match s.status(*id).map(|x| x.phase) {
             Some(Phase::Running) => {
-                let Some((p, pool, _)) = s.placement(*id) else { return };
-                let Some(task) = p.tasks.first() else { return };
-                let cluster = s.snapshot().cluster();
-                let node = cluster.nodes[task.node as usize].name.clone();
-                let pool = cluster.pools.get(pool as usize).map(|p| p.name.clone()).unwrap_or_default();
-                let gpus = crate::index::gpu_indices(task.gpus);
-                out.push(Action::BindPod { pod: t.pod.clone(), pool, node, gpus });
+                let Some((pool, node, gpus)) = place(*id) else { return };
+                out.push(match vacating.contains(node.as_str()) {
+                    true => Action::HoldPod { pod: t.pod.clone(), node, gpus },
+                    false => Action::BindPod { pod: t.pod.clone(), pool, node, gpus },
+                });
                 return;
             }
             _ => s.explain(*id).into_iter().next().unwrap_or_else(|| "waiting in its queue".into()),
         },
-        JobState::Placed(id) => {
-            if preempted.contains(id) {
-                out.push(Action::EvictPod { pod: t.pod.clone() });
-            }
+        JobState::Placed(id) if preempted.contains(id) => {
+            out.push(Action::EvictPod { pod: t.pod.clone() });
             return;
+        }
+        JobState::Placed(id) if t.held => {
+            let Some((pool, node, gpus)) = place(*id) else { return };
+            let uid = t.pod.uid().unwrap_or_default();
+            match draining.get(&node).and_then(|d| d.blocker(&uid)) {
+                Some(pod) => format!("placed on {node}; bound once pod {pod} leaves it"),
+                None => {
+                    out.push(Action::BindPod { pod: t.pod.clone(), pool, node, gpus });
+                    return;
+                }
+            }
         }
         _ => return,
     };

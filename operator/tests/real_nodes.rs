@@ -380,3 +380,61 @@ async fn a_preempted_batch_job_is_suspended_and_runs_again_as_a_new_run_once_pla
     })
     .await;
 }
+
+/// A bare pod of queue `real-q` that Haiyun schedules, asking 2 GPUs, in priority class `class` if given.
+fn plain_pod(name: &str, class: Option<&str>, script: &str) -> Pod {
+    let image =
+        std::env::var("TESTENV_BUSYBOX_IMAGE").unwrap_or_else(|_| "localhost/testenv/busybox:latest".into());
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": "default", "labels": { "haiyun.io/queue": "real-q" } },
+        "spec": { "schedulerName": "haiyun", "restartPolicy": "Never", "terminationGracePeriodSeconds": 3,
+            "containers": [{ "name": "main", "image": image, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", script], "resources": { "limits": { "nvidia.com/gpu": "2" } } }] }
+    });
+    if let Some(c) = class {
+        pod["spec"]["priorityClassName"] = json!(c);
+    }
+    serde_json::from_value(pod).unwrap()
+}
+
+#[tokio::test]
+async fn a_plain_pod_that_preempts_is_bound_only_once_its_victim_has_left_so_the_kubelet_admits_it() {
+    use kube::ResourceExt;
+    let Some(env) = Env::start_real("plainpreempt").await else { return };
+    let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(env.client.clone());
+    let high = json!({ "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+        "metadata": { "name": "haiyun-test-high" }, "value": 1000 });
+    let _ = classes.create(&Default::default(), &serde_json::from_value(high).unwrap()).await;
+    env.create::<ComputePool>(real_pool("real")).await.unwrap();
+    env.create::<Queue>(queue("real-q", "nvidia.com/gpu:h100", 6)).await.unwrap();
+    let _op = env.operator("only", &[]);
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    // Three pods take every GPU of the three nodes; their shell ignores SIGTERM, so each takes its 3 s grace to go.
+    for i in 0..3 {
+        pods.create(&Default::default(), &plain_pod(&format!("low-{i}"), None, "sleep 300")).await.unwrap();
+    }
+    let phase = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    wait_for("the three low pods running", LONG, || async {
+        let list = pods.list(&kube::api::ListParams::default()).await.ok()?.items;
+        (list.iter().filter(|p| p.name_any().starts_with("low-") && phase(p) == "Running").count() == 3)
+            .then_some(())
+    })
+    .await;
+    pods.create(&Default::default(), &plain_pod("urgent", Some("haiyun-test-high"), "sleep 2"))
+        .await
+        .unwrap();
+    let urgent = wait_for("the urgent pod to end", LONG, || async {
+        let p = pods.get("urgent").await.ok()?;
+        matches!(phase(&p).as_str(), "Succeeded" | "Failed").then_some(p)
+    })
+    .await;
+    let reason = urgent.status.as_ref().and_then(|s| s.reason.clone());
+    assert_eq!((phase(&urgent), reason), ("Succeeded".to_string(), None), "the kubelet admitted it");
+    let left: Vec<String> =
+        pods.list(&Default::default()).await.unwrap().items.iter().map(|p| p.name_any()).collect();
+    assert_eq!(left.iter().filter(|n| n.starts_with("low-")).count(), 2, "one victim: {left:?}");
+    let log: Vec<String> =
+        env.decisions().iter().map(|d| d["event"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(log.iter().filter(|e| *e == "preempt").count(), 1, "{log:?}");
+}

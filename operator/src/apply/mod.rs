@@ -235,6 +235,7 @@ impl Applier {
                 Ok(())
             }
             Action::EvictPod { pod } => Ok(pods::delete_plain(&self.client, pod).await?),
+            Action::HoldPod { .. } => Ok(()), // kept by the cycle, never handed out
             Action::PodWaits { pod, message } => Ok(pods::mark_waiting(&self.client, pod, message).await?),
             Action::Collect { backend: kind, orphan } => {
                 backend(*kind)?.collect(orphan).await?;
@@ -367,6 +368,7 @@ fn requests(a: &Action) -> u32 {
         Action::Evict { job, .. } => 1 + tasks(job),
         Action::Status { .. }
         | Action::BindPod { .. }
+        | Action::HoldPod { .. }
         | Action::EvictPod { .. }
         | Action::PodWaits { .. }
         | Action::Mirror { .. }

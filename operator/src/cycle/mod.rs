@@ -202,7 +202,14 @@ impl Memory {
         let free = !input.busy.contains(&uid);
         match &a {
             Action::BindPod { node, gpus, .. } => {
+                self.overlay.held.remove(&uid);
                 self.overlay.binding.insert(uid, (node.clone(), gpus.clone(), input.now));
+            }
+            Action::HoldPod { node, gpus, .. } => {
+                // Nothing to apply: the place is kept in the overlay, and a later cycle binds the pod.
+                self.overlay.held.insert(uid.clone());
+                self.overlay.binding.insert(uid, (node.clone(), gpus.clone(), input.now));
+                return;
             }
             Action::EvictPod { pod } => decisions.push(Decision::for_pod("preempt", pod, stamp.into())),
             Action::Evict { job, lost, .. } => {

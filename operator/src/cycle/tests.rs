@@ -136,6 +136,11 @@ struct Objects {
 
 /// The world the operator's backends build from `given`, and what a cycle plans in it.
 fn cycle(given: &Objects) -> (World, Vec<Action>) {
+    cycle_with(given, &Overlay::default())
+}
+
+/// As `cycle`, with what the operator decided but cannot see in its caches yet.
+fn cycle_with(given: &Objects, overlay: &Overlay) -> (World, Vec<Action>) {
     let objects = crate::index::Objects {
         pools: given.pools.clone(),
         queues: given.queues.clone(),
@@ -163,10 +168,9 @@ fn cycle(given: &Objects) -> (World, Vec<Action>) {
             models,
         )
     };
-    let overlay = Overlay::default();
     let mut cache = Cache::default();
     let mut world =
-        build(&objects, &overlay, &mut cache, &federation, SchedulerConfig::default(), NOW).unwrap();
+        build(&objects, overlay, &mut cache, &federation, SchedulerConfig::default(), NOW).unwrap();
     let kinds: BTreeMap<String, BackendKind> = objects
         .pools
         .iter()
@@ -285,6 +289,68 @@ fn a_preemptor_is_bound_only_once_the_pods_of_its_victim_have_left_their_gpus() 
     let objects = Objects { pods: Vec::new(), ..objects };
     let (_, actions) = cycle(&objects);
     assert_eq!(binds(&actions), 1, "{actions:?}");
+}
+
+/// A plain pod of queue `q` asking 8 GPUs at `priority`, bound to `node` with all its GPUs if given.
+fn plain(name: &str, node: Option<&str>, priority: i32, deleting: bool) -> Arc<Pod> {
+    let mut v = json!({
+        "metadata": { "name": name, "namespace": "ns", "uid": format!("pod-{name}"),
+                      "labels": { "haiyun.io/queue": "q" } },
+        "spec": { "schedulerName": "haiyun", "priority": priority, "containers": [{ "name": "c",
+            "resources": { "limits": { "nvidia.com/gpu": "8" } } }] },
+        "status": { "phase": "Pending" }
+    });
+    if let Some(n) = node {
+        v["spec"]["nodeName"] = json!(n);
+        v["status"]["phase"] = json!("Running");
+        v["metadata"]["annotations"] = json!({ "haiyun.io/gpus": "0,1,2,3,4,5,6,7" });
+    }
+    if deleting {
+        v["metadata"]["deletionTimestamp"] =
+            json!(jiff::Timestamp::from_second(NOW as i64).unwrap().to_string());
+    }
+    Arc::new(serde_json::from_value(v).unwrap())
+}
+
+#[test]
+fn a_plain_pod_that_preempts_keeps_its_place_and_is_bound_once_its_victim_has_left() {
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        nodes: vec![node("n0", 8, false)],
+        pods: vec![plain("low", Some("n0"), 0, false), plain("urgent", None, 10, false)],
+        ..Default::default()
+    };
+    let (_, actions) = cycle(&objects);
+    let names = |actions: &[Action]| -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::EvictPod { pod } => Some(format!("evict {}", pod.name_any())),
+                Action::HoldPod { pod, node, .. } => Some(format!("hold {} on {node}", pod.name_any())),
+                Action::BindPod { pod, node, .. } => Some(format!("bind {} on {node}", pod.name_any())),
+                Action::PodWaits { pod, message } => Some(format!("{}: {message}", pod.name_any())),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(names(&actions), ["evict low", "hold urgent on n0"]);
+
+    // Next cycle: the victim is terminating; the place stays kept, and the pod says why it is not bound yet.
+    let mut overlay = Overlay::default();
+    overlay.binding.insert("pod-urgent".into(), ("n0".into(), (0..8).collect(), NOW));
+    overlay.held.insert("pod-urgent".into());
+    let objects = Objects {
+        pods: vec![plain("low", Some("n0"), 0, true), plain("urgent", None, 10, false)],
+        ..objects
+    };
+    let (_, actions) = cycle_with(&objects, &overlay);
+    assert_eq!(names(&actions), ["urgent: placed on n0; bound once pod ns/low leaves it"]);
+
+    // It is gone: the pod is bound where it was kept.
+    let objects = Objects { pods: vec![plain("urgent", None, 10, false)], ..objects };
+    let (_, actions) = cycle_with(&objects, &overlay);
+    assert_eq!(names(&actions), ["bind urgent on n0"]);
 }
 
 #[test]

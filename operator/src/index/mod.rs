@@ -130,6 +130,8 @@ pub struct TrackedPod {
     pub pod: Arc<Pod>,
     /// Where it stands (never `Ended` or `Lost`: those are left out).
     pub state: JobState,
+    /// Whether its place is kept for it, not yet bound (the pods it replaces are still leaving).
+    pub held: bool,
 }
 
 /// What a core job id stands for.
@@ -341,7 +343,8 @@ fn assemble(
     };
     let plain = plain_pods(objects, overlay, &refs);
     for (p, core, place) in plain {
-        world.track_pod(p, core, place, now);
+        let held = overlay.held.contains(&p.uid().unwrap_or_default());
+        world.track_pod(p, core, (place, held), now);
     }
     Ok(world)
 }
@@ -535,7 +538,7 @@ impl World {
         &mut self,
         p: Arc<Pod>,
         core: Result<haiyun_scheduler::model::Job, JobProblem>,
-        place: Option<(String, Vec<u32>, Time)>,
+        (place, held): (Option<(String, Vec<u32>, Time)>, bool),
         now: Time,
     ) {
         let state = match core {
@@ -568,7 +571,7 @@ impl World {
             debug_assert_eq!(id as usize, self.by_core.len());
             self.by_core.push(Owner::Pod(self.pods.len()));
         }
-        self.pods.push(TrackedPod { pod: p, state });
+        self.pods.push(TrackedPod { pod: p, state, held });
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Overlay {
     pub evicting: HashMap<String, u32>,
     /// Plain pods being bound, by pod uid: node, GPU indices, when.
     pub binding: HashMap<String, (String, Vec<u32>, Time)>,
+    /// Those of them whose place is only kept, not bound yet (the pods they replace are still leaving).
+    pub held: HashSet<String>,
     /// Jobs whose pods this operator made and bound, by uid, until the cache shows them all.
     pub bound: HashSet<String>,
 }
@@ -64,6 +66,8 @@ impl Overlay {
             })
         });
         self.binding.retain(|uid, _| unbound.contains(uid));
+        let binding = &self.binding;
+        self.held.retain(|uid| binding.contains_key(uid));
         // An eviction is over once the job's status has moved past the evicted run (or is no longer admitted) and
         // that run's pods are gone.
         self.evicting.retain(|uid, run| {

@@ -365,6 +365,7 @@ impl MemoryCluster {
             Action::WriteStatus(w) => self.write_status(w.clone()),
             // Simulated pools hold no plain pods or batch/v1 Jobs, and jobs here have no finalizers.
             Action::BindPod { .. }
+            | Action::HoldPod { .. }
             | Action::EvictPod { .. }
             | Action::PodWaits { .. }
             | Action::Mirror { .. }
