@@ -337,9 +337,10 @@ fn pod_actions(
         JobState::Waiting(id) => match s.status(*id).map(|x| x.phase) {
             Some(Phase::Running) => {
                 let Some((pool, node, gpus)) = place(*id) else { return };
-                out.push(match vacating.contains(node.as_str()) {
-                    true => Action::HoldPod { pod: t.pod.clone(), node, gpus },
-                    false => Action::BindPod { pod: t.pod.clone(), pool, node, gpus },
+                out.push(if vacating.contains(node.as_str()) {
+                    Action::HoldPod { pod: t.pod.clone(), node, gpus }
+                } else {
+                    Action::BindPod { pod: t.pod.clone(), pool, node, gpus }
                 });
                 return;
             }
@@ -374,7 +375,6 @@ fn pod_actions(
     }
 }
 
-/// The status of an admitted or running job from its pods.
 /// What an admitted or running job needs: word that it runs, or its pods made and bound (once no pod that is not
 /// its own holds the GPUs of its nodes in `draining`).
 fn placed(
