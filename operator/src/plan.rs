@@ -290,8 +290,11 @@ pub fn plan(
                     Some(Phase::Running) => {
                         let placement = api_placement(s, *id, &t.job);
                         let backend = kind(&t.job, Some(&placement));
-                        let dispatch = backend == BackendKind::Slurm
-                            || !placement.tasks.iter().any(|t| vacating.contains(t.node.as_str()));
+                        // Only kubelets refuse pods bound too early; Slurm queues the job, the simulator frees at once.
+                        let kubelets =
+                            matches!(backend, BackendKind::Kubernetes | BackendKind::RemoteKubernetes);
+                        let dispatch =
+                            !kubelets || !placement.tasks.iter().any(|t| vacating.contains(t.node.as_str()));
                         out.push(Action::Admit { job: t.job.clone(), placement, backend, dispatch })
                     }
                     _ => push_status(&mut out, t, waiting_status(s, *id, &old), now),
