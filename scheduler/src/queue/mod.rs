@@ -315,12 +315,11 @@ impl Quotas {
                 user: None,
             });
         }
-        let cohort = self.cohort_of(q);
         let solo = self.specs.get(q as usize).is_none_or(|s| s.cohort.is_none());
         for (f, need) in req.flavors() {
             let n = self.nominal(q, f, now);
             let used = self.usage[q as usize].get(f);
-            let ok = if solo { used + need <= n } else { self.cohort_admits(q, f, need, now, cohort) };
+            let ok = if solo { used + need <= n } else { self.cohort_admits(q, f, need, now) };
             if !ok {
                 // Only a refusal needs what the cohort could lend (a walk over the cohort per flavor).
                 let left = n.saturating_sub(used);
@@ -350,18 +349,7 @@ impl Quotas {
         if self.specs.get(q as usize).is_none_or(|s| s.cohort.is_none()) {
             return 0;
         }
-        let cohort = self.cohort_of(q);
-        let (pool, lent) = self.tree_sums(q, f).unwrap_or_else(|| {
-            let pool: u64 = cohort.iter().map(|p| self.lendable(*p, f, now)).sum();
-            let lent: u64 = cohort
-                .iter()
-                .map(|p| {
-                    let guaranteed = self.nominal(*p, f, now) - self.lendable(*p, f, now);
-                    self.usage[*p as usize].get(f).saturating_sub(guaranteed)
-                })
-                .sum();
-            (pool, lent)
-        });
+        let (pool, lent) = self.lending(q, f, now);
         let own = self
             .nominal(q, f, now)
             .saturating_sub(self.usage[q as usize].get(f))
@@ -369,27 +357,16 @@ impl Quotas {
         pool.saturating_sub(lent).saturating_sub(own)
     }
 
-    fn cohort_admits(&self, q: QueueId, f: Flavor, need: u64, now: Time, cohort: &[QueueId]) -> bool {
+    fn cohort_admits(&self, q: QueueId, f: Flavor, need: u64, now: Time) -> bool {
         let n = self.nominal(q, f, now);
         let used = self.usage[q as usize].get(f) + need;
         if used > n && used - n > self.borrow_limit(q, f) {
             return false;
         }
-        if let Some((pool, above)) = self.tree_sums(q, f) {
-            // The tree's sums, with q's own part as it would be once it holds `need` more.
-            let u = self.usage[q as usize].get(f);
-            return above - self.own_above(q, f, u) + self.own_above(q, f, u + need) <= pool;
-        }
-        let pool: u64 = cohort.iter().map(|p| self.lendable(*p, f, now)).sum();
-        let above: u64 = cohort
-            .iter()
-            .map(|p| {
-                let guaranteed = self.nominal(*p, f, now) - self.lendable(*p, f, now);
-                let u = self.usage[*p as usize].get(f) + if *p == q { need } else { 0 };
-                u.saturating_sub(guaranteed)
-            })
-            .sum();
-        above <= pool
+        // What the tree holds beyond what its queues keep, with q's own part as it would be once it holds `need` more.
+        let (pool, above) = self.lending(q, f, now);
+        let (u, kept) = (self.usage[q as usize].get(f), n - self.lendable(q, f, now));
+        above - u.saturating_sub(kept) + (u + need).saturating_sub(kept) <= pool
     }
 
     /// Charges an admitted job's resources to its queue and its user.

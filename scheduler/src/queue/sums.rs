@@ -1,6 +1,6 @@
 //! Per cohort tree, what its queues may lend and what they hold beyond what they keep, kept as usage changes.
 
-use super::{Flavor, QueueId, Quotas, Resources};
+use super::{Flavor, QueueId, Quotas, Resources, Time};
 
 /// One cohort tree's sums, per flavor, from the queues' own definitions (grants not included).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -20,7 +20,7 @@ impl Quotas {
     }
 
     /// What queue `q` holding `used` of `f` holds beyond what it keeps for itself, by its definition.
-    pub(super) fn own_above(&self, q: QueueId, f: Flavor, used: u64) -> u64 {
+    fn own_above(&self, q: QueueId, f: Flavor, used: u64) -> u64 {
         used.saturating_sub(self.specs[q as usize].nominal.get(f) - self.own_lendable(q, f))
     }
 
@@ -55,12 +55,17 @@ impl Quotas {
         }
     }
 
-    /// The sums of `q`'s tree for `f`, when they hold at this moment (no grant changes any nominal quota).
-    pub(super) fn tree_sums(&self, q: QueueId, f: Flavor) -> Option<(u64, u64)> {
-        if !self.grants.is_empty() {
-            return None;
+    /// What `q`'s cohort tree may lend of `f` at `now`, and what its queues hold beyond what they keep: the kept
+    /// sums, or a walk over the tree while a grant is active (nominal quotas then change with time).
+    pub(super) fn lending(&self, q: QueueId, f: Flavor, now: Time) -> (u64, u64) {
+        let tree = self.tree_of.get(q as usize).copied().flatten();
+        if let Some(s) = tree.and_then(|t| self.sums.get(t)).filter(|_| self.grants.is_empty()) {
+            return (s.pool.get(f), s.above.get(f));
         }
-        let s = self.sums.get(self.tree_of.get(q as usize).copied().flatten()?)?;
-        Some((s.pool.get(f), s.above.get(f)))
+        let cohort = self.cohort_of(q);
+        let pool = cohort.iter().map(|p| self.lendable(*p, f, now)).sum();
+        let kept = |p: QueueId| self.nominal(p, f, now) - self.lendable(p, f, now);
+        let above = cohort.iter().map(|p| self.usage[*p as usize].get(f).saturating_sub(kept(*p))).sum();
+        (pool, above)
     }
 }
