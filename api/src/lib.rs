@@ -6,6 +6,8 @@
 pub mod agent;
 pub mod condition;
 pub mod crd;
+#[cfg(feature = "grpc")]
+pub mod cri;
 pub mod dataset;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;

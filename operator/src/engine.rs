@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub interval: Duration,
     /// Wait this long after a change to batch the next ones.
     pub debounce: Duration,
+    /// Margin for clock skew and watch delay before the jobs of a node its fence holder fenced run elsewhere.
+    pub skew: Duration,
 }
 
 /// Where a cycle's results go besides the applier.
@@ -60,6 +62,7 @@ pub struct Engine {
     slurm: SlurmPools,
     remotes: Remotes,
     grants: crate::backend::remote::grant::Clock,
+    node_fences: crate::backend::kubernetes::fence::Clock,
 }
 
 impl Engine {
@@ -87,6 +90,7 @@ impl Engine {
             slurm,
             remotes,
             grants: Default::default(),
+            node_fences: Default::default(),
         }
     }
 
@@ -136,8 +140,13 @@ impl Engine {
         }
         let live: HashSet<String> = objects.jobs.iter().filter_map(|j| j.uid()).collect();
         self.slurm.forget_gone(&live);
+        let at = Instant::now();
+        let fences = crate::backend::kubernetes::fence::NodeFences {
+            silences: self.node_fences.silences(&objects.node_fences, at, str::to_string),
+            skew: self.config.skew,
+        };
         let backends = Arc::new(Backends::new(vec![
-            Arc::new(self.kubernetes.with_grants(self.grants.live(&objects.grants, Instant::now())))
+            Arc::new(self.kubernetes.with_leases(self.grants.live(&objects.grants, at), fences))
                 as Arc<dyn PoolBackend>,
             Arc::new(self.slurm.backend()),
             Arc::new(remote),

@@ -112,7 +112,8 @@ pub struct Settings {
     /// Seconds a remote cluster may go unanswered before its pool takes nothing new (its jobs keep their place).
     #[arg(long, default_value_t = 10)]
     pub remote_grace_seconds: u64,
-    /// Seconds of margin for clock skew and watch delay before a cut `fenced` cluster's jobs run elsewhere.
+    /// Seconds of margin for clock skew and watch delay before the jobs of a cut `fenced` cluster, or of a node its
+    /// fence holder fenced, run elsewhere.
     #[arg(long, default_value_t = 5)]
     pub remote_skew_seconds: u64,
     /// Milliseconds between reads of the remote pools' kubeconfig Secrets (a rotated one takes effect then).
@@ -289,7 +290,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 
 /// Turns true on SIGTERM or Ctrl-C. A process that is PID 1 in its container is not stopped by SIGTERM without a
 /// handler: without this the kubelet would wait out the grace period and kill a leader that still binds.
-fn shutdown() -> tokio::sync::watch::Receiver<bool> {
+pub fn shutdown() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     tokio::spawn(async move {
@@ -379,6 +380,7 @@ fn engine_for(
         },
         interval: Duration::from_millis(settings.interval_ms.max(10)),
         debounce: Duration::from_millis(settings.debounce_ms),
+        skew: Duration::from_secs(settings.remote_skew_seconds),
     };
     engine::Engine::new(stores, applier, config, sinks, outcomes_rx, fleet, client.clone(), (slurm, remotes))
 }

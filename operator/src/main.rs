@@ -41,6 +41,26 @@ enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+    /// The node fence holder, one per node (the chart's `nodeFence` DaemonSet): renews the node's fence Lease, and
+    /// once it has not for `--seconds` (the node cut off from its API server) stops Haiyun's pods on the node through
+    /// the container runtime, so the operator may run their jobs elsewhere.
+    NodeFence {
+        /// The node (its name in its own cluster).
+        #[arg(long, env = "NODE_NAME")]
+        node: String,
+        /// The fence timeout: without renewing the Lease this long, the node's Haiyun pods are stopped.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// The namespace of the node's fence Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "haiyun-system")]
+        namespace: String,
+        /// The container runtime's CRI socket.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        cri_socket: PathBuf,
+        /// A kubeconfig of this cluster (default: the usual one, or in-cluster config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
     /// Before `helm uninstall` (the chart's pre-delete hook): stops the operator's Deployment, then removes Haiyun's
     /// finalizers from every ComputeJob so that deleting jobs or the CRDs never waits for an operator that is gone.
     Uninstall {
@@ -68,6 +88,9 @@ fn main() -> ExitCode {
         Command::Crdgen { out } => crdgen(&out),
         Command::Run(settings) => haiyun_operator::run(*settings, VERSION).map_err(anyhow::Error::from),
         Command::Fence { origin, interval_ms, kubeconfig } => fence(origin, interval_ms, kubeconfig),
+        Command::NodeFence { node, seconds, namespace, cri_socket, kubeconfig } => {
+            node_fence(node, seconds, namespace, cri_socket, kubeconfig)
+        }
         Command::Uninstall { namespace, deployment, lease, wait_seconds, kubeconfig } => {
             uninstall(&namespace, &deployment, &lease, wait_seconds, kubeconfig)
         }
@@ -108,6 +131,33 @@ fn fence(origin: String, interval_ms: u64, kubeconfig: Option<PathBuf>) -> anyho
         let interval = std::time::Duration::from_millis(interval_ms.max(100));
         tracing::info!(%origin, "guarding the fence Lease");
         haiyun_operator::backend::remote::fence::hold(client, origin, interval).await;
+        Ok(())
+    })
+}
+
+fn node_fence(
+    node: String,
+    seconds: u64,
+    namespace: String,
+    cri: PathBuf,
+    kubeconfig: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(seconds > 0, "--seconds must be at least 1 (the fence timeout)");
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let _telemetry = haiyun_operator::telemetry::init(None)?;
+        let client = haiyun_operator::client(kubeconfig.as_deref()).await?;
+        let cfg = haiyun_operator::backend::kubernetes::guard::FenceConfig {
+            node,
+            namespace,
+            timeout: std::time::Duration::from_secs(seconds),
+            cri,
+        };
+        let mut stop = haiyun_operator::shutdown();
+        tokio::select! {
+            () = haiyun_operator::backend::kubernetes::guard::run(client, cfg) => {}
+            _ = stop.changed() => {}
+        }
         Ok(())
     })
 }

@@ -132,7 +132,7 @@ impl Action {
             | Action::HoldPod { pod, .. }
             | Action::EvictPod { pod }
             | Action::PodWaits { pod, .. } => pod.uid().unwrap_or_default(),
-            Action::Collect { orphan, .. } => orphan.uid().to_string(),
+            Action::Collect { orphan, .. } => orphan.lock().to_string(),
             Action::WriteStatus(w) => w.key(),
             Action::Mirror { job } => job.uid().unwrap_or_default(),
         }
@@ -152,6 +152,12 @@ impl Action {
             | Action::PodWaits { pod, .. } => crate::index::pod::key(pod),
             Action::Collect { orphan: Orphan::Pods { namespace, uid }, .. } => {
                 format!("{namespace}/pods-of-{uid}")
+            }
+            Action::Collect { orphan: Orphan::Stranded { cluster, namespace, pod, .. }, .. } => {
+                format!(
+                    "{}{namespace}/stranded-{pod}",
+                    cluster.as_ref().map(|c| format!("{c}/")).unwrap_or_default()
+                )
             }
             Action::Collect { orphan: Orphan::Remote { pool, namespace, uid, run }, .. } => {
                 format!("{pool}/{namespace}/pods-of-{uid}-{}", run.as_deref().unwrap_or("all"))

@@ -31,6 +31,7 @@ pub struct Stores {
     slices: Store<ResourceSlice>,
     resource_claims: Store<ResourceClaim>,
     grants: Store<Lease>,
+    node_fences: Store<Lease>,
     volumes: Store<PersistentVolume>,
     claims: Store<PersistentVolumeClaim>,
     /// Fires on every change.
@@ -93,6 +94,12 @@ impl Stores {
                 any().labels(crate::backend::remote::grant::GRANT_LABEL),
                 c(),
             ),
+            // Node agents' fence Leases, wherever the agents run.
+            node_fences: spawn(
+                Api::all(client.clone()),
+                any().labels(crate::backend::kubernetes::fence::LABEL),
+                c(),
+            ),
             volumes: spawn(Api::all(client.clone()), any(), c()),
             claims: spawn(Api::all(client.clone()), any(), c()),
             changed,
@@ -137,6 +144,7 @@ impl Stores {
             slices: self.slices.state(),
             resource_claims: self.resource_claims.state(),
             grants: self.grants.state(),
+            node_fences: self.node_fences.state(),
             volumes: self.volumes.state(),
             claims: self.claims.state(),
         }

@@ -81,6 +81,21 @@ fn the_chart_lints_and_its_schema_refuses_bad_values() {
     assert!(!ok && out.contains("usageHalfLife"), "a half-life that is no duration was accepted:\n{out}");
     let (ok, out) = render(&helm, &["--set", "fairShare.usageHalfLife=7d"]);
     assert!(ok && out.contains("HAIYUN_USAGE_HALF_LIFE") && out.contains("\"7d\""), "{out}");
+    // The node fence holders: a DaemonSet of the operator's image on every node, with the runtime's socket and a Role
+    // for their Leases only.
+    let (ok, out) = render(&helm, &["--set", "nodeFence.enabled=true", "--set", "nodeFence.seconds=0"]);
+    assert!(!ok && out.contains("seconds"), "a fence timeout of 0 was accepted:\n{out}");
+    let (ok, out) =
+        render(&helm, &["--set", "nodeFence.enabled=true", "--set", "nodeFence.criSocket=crio.sock"]);
+    assert!(!ok && out.contains("criSocket"), "a relative CRI socket path was accepted:\n{out}");
+    let (ok, out) = render(&helm, &["--set", "nodeFence.enabled=true", "--set", "nodeFence.seconds=30"]);
+    assert!(
+        ok && out.contains("- node-fence") && out.contains("- --seconds=30") && out.contains("type: Socket"),
+        "{out}"
+    );
+    assert!(
+        out.contains("path: /run/containerd/containerd.sock") && out.contains("verbs: [get, create, patch]")
+    );
     let (ok, out) = render(&helm, &["--set", "otlp.endpoint=collector:4318"]);
     assert!(!ok && out.contains("otlp"), "an OTLP endpoint without a scheme was accepted:\n{out}");
     let (ok, out) = render(&helm, &["--set", "otlp.endpoint=http://collector.obs:4318"]);

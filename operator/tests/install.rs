@@ -62,9 +62,13 @@ impl Release {
         let values = root().join("charts/haiyun/ci/testenv-values.yaml");
         let (registry, tag) = images;
         // A history sample every 3 s, so that the failover below has some to carry over.
+        // Every testenv node is a process on one machine, each with a containerd of its own: one host path serves
+        // the node fence holders' CRI socket, so their timeout is long enough never to fire here.
+        let dir = std::env::var("TESTENV_REAL_DIR").expect("TESTENV_REAL_DIR (scripts/test.sh sets it)");
         let sets = format!(
             "imageRegistry={registry},image.tag={tag},agent.image.tag={tag},gpuDriver.image.tag={tag},\
-             dashboard.historyIntervalSeconds=3,fenceHolder.enabled=true,fenceHolder.origin={FENCED_BY}"
+             dashboard.historyIntervalSeconds=3,fenceHolder.enabled=true,fenceHolder.origin={FENCED_BY},\
+             nodeFence.enabled=true,nodeFence.seconds=3600,nodeFence.criSocket={dir}/real/real-node-0/containerd.sock"
         );
         let mut args = vec![verb, RELEASE, chart.to_str().unwrap(), "-n", NS, "-f", values.to_str().unwrap()];
         args.extend(["--set", &sets, "--wait", "--timeout", "5m"]);
@@ -378,6 +382,28 @@ async fn helm_install_runs_a_job_and_upgrade_failover_and_uninstall_lose_nothing
     let other = pods_api.get("fenced-other").await.unwrap();
     assert!(other.metadata.deletion_timestamp.is_none(), "another origin's pod is left alone");
     pods_api.delete("fenced-other", &kube::api::DeleteParams::default().grace_period(0)).await.unwrap();
+
+    // The node fence holders the chart runs renew a Lease per node, which the operator times.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), NS);
+    let renewed = |l: &k8s_openapi::api::coordination::v1::Lease| {
+        l.spec.as_ref().and_then(|s| s.renew_time.clone()).map(|t| t.0.to_string())
+    };
+    for node in &real {
+        let name = format!("node-fence.{node}");
+        let first = wait_for(&format!("the node fence Lease of {node}"), LONG, || async {
+            let l = leases.get_opt(&name).await.ok()??;
+            let holder = l.spec.as_ref().and_then(|s| s.holder_identity.clone());
+            assert_eq!(holder.as_deref(), Some(node.as_str()), "{l:?}");
+            assert_eq!(l.labels().get("haiyun.io/node-fence").map(String::as_str), Some("true"));
+            renewed(&l)
+        })
+        .await;
+        wait_for(&format!("the node fence Lease of {node} renewed"), LONG, || async {
+            let now = renewed(&leases.get(&name).await.ok()?)?;
+            (now != first).then_some(())
+        })
+        .await;
+    }
 
     // Upgrade to the second build and a changed CRD, under a stream of jobs.
     let seen = watch_pods(&client);

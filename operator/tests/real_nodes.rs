@@ -451,3 +451,168 @@ async fn a_plain_pod_that_preempts_is_bound_only_once_its_victim_has_left_so_the
         env.decisions().iter().map(|d| d["event"].as_str().unwrap_or("").to_string()).collect();
     assert_eq!(log.iter().filter(|e| *e == "preempt").count(), 1, "{log:?}");
 }
+
+/// A node fence holder (`haiyun-operator node-fence`) for one real node, reaching the API server through `relay`;
+/// killed when dropped.
+struct Holder(std::process::Child);
+
+impl Holder {
+    fn start(env: &Env, dir: &str, node: &str, relay: std::net::SocketAddr, api: &str) -> Holder {
+        let kubeconfig = std::fs::read_to_string(&env.kubeconfig)
+            .unwrap()
+            .replace(&format!("https://{api}"), &format!("https://{relay}"));
+        let path = env.dir.join(format!("fence-{node}.kubeconfig"));
+        std::fs::write(&path, kubeconfig).unwrap();
+        let log = std::fs::File::create(env.dir.join(format!("fence-{node}.log"))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_haiyun-operator"))
+            .args(["node-fence", "--node", node, "--seconds", "5", "--namespace", "default"])
+            .arg("--cri-socket")
+            .arg(format!("{dir}/real/{node}/containerd.sock"))
+            .arg("--kubeconfig")
+            .arg(&path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Holder(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `signal` to a real node's kubelet: STOP freezes it (its node falls silent, its containers run on and nobody
+/// can stop them from the API server, as when the node loses its API server), CONT lets it go on.
+fn signal_kubelet(dir: &str, node: &str, signal: &str) {
+    let pid = std::fs::read_to_string(format!("{dir}/pids/kubelet@{node}.pid")).unwrap();
+    let ok = std::process::Command::new("kill").args([signal, pid.trim()]).status().unwrap();
+    assert!(ok.success(), "kill {signal} kubelet@{node}");
+}
+
+/// Whether the job's pod sandbox is ready on the node, as its container runtime says.
+async fn runs_there(dir: &str, node: &str, job: &str) -> bool {
+    let socket = std::path::PathBuf::from(format!("{dir}/real/{node}/containerd.sock"));
+    let mut runtime = haiyun_operator::backend::kubernetes::cri::Runtime::connect(&socket).await.unwrap();
+    let ours = runtime.sandboxes_with(haiyun_api::JOB_UID_LABEL).await.unwrap();
+    ours.iter().any(|s| s.labels.get(haiyun_api::JOB_NAME_LABEL).is_some_and(|j| j == job))
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_the_api_server_is_fenced_by_its_holder_and_its_job_runs_elsewhere_never_twice() {
+    let Some(env) = Env::start_real("nodefence").await else { return };
+    let Ok(dir) = std::env::var("TESTENV_REAL_DIR") else {
+        assert!(std::env::var_os("HAIYUN_REQUIRE_REAL_NODES").is_none(), "TESTENV_REAL_DIR is not set");
+        return;
+    };
+    env.create::<ComputePool>(real_pool("real")).await.unwrap();
+    env.create::<Queue>(queue("real-q", "nvidia.com/gpu:h100", 2)).await.unwrap();
+    // A holder per live node, each through a relay the test can cut.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.client.clone());
+    let ready = |n: &k8s_openapi::api::core::v1::Node| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let live: Vec<String> = nodes
+        .list(&kube::api::ListParams::default().labels("testenv.io/real=true"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|n| ready(n))
+        .map(|n| kube::ResourceExt::name_any(&n))
+        .collect();
+    assert!(live.len() >= 2, "two live real nodes are needed: {live:?}");
+    let config = std::fs::read_to_string(&env.kubeconfig).unwrap();
+    let api = config.split("server: https://").nth(1).unwrap().lines().next().unwrap().trim().to_string();
+    let mut relays = std::collections::BTreeMap::new();
+    let mut holders = Vec::new();
+    for node in &live {
+        let relay = support::remote::Relay::start(api.parse().unwrap()).await;
+        holders.push(Holder::start(&env, &dir, node, relay.addr, &api));
+        relays.insert(node.clone(), relay);
+    }
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.client.clone(), "default");
+    for node in &live {
+        wait_for(&format!("the fence Lease of {node}"), LONG, || async {
+            leases.get_opt(&format!("node-fence.{node}")).await.ok()?.map(|_| ())
+        })
+        .await;
+    }
+    let _op = env.operator("only", &["--remote-skew-seconds", "2"]);
+    env.create::<ComputeJob>(real_job_of("cutoff", "real-q", 1, 2, "sleep 25")).await.unwrap();
+    let running = env.wait_phase("default", "cutoff", "Running", LONG).await;
+    let victim = running.status.unwrap().placement.unwrap().tasks[0].node.clone();
+    assert!(runs_there(&dir, &victim, "cutoff").await, "the first run's sandbox is ready on {victim}");
+
+    // The node loses its API server: its kubelet falls silent and its holder cannot renew.
+    let cut = std::time::Instant::now();
+    signal_kubelet(&dir, &victim, "-STOP");
+    relays[&victim].cut();
+    // An outside watcher: the first run's sandbox on the cut node (as its runtime says) and a pod of a later run (as
+    // the API server says) never exist at once.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, client, dir, victim) = (stop.clone(), env.client.clone(), dir.clone(), victim.clone());
+        tokio::spawn(async move {
+            let pods: Api<Pod> = Api::namespaced(client, "default");
+            let (mut both, mut stopped_at, mut new_at) = (0, None, None);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let old = runs_there(&dir, &victim, "cutoff").await;
+                let lp = kube::api::ListParams::default().labels("haiyun.io/job=cutoff,haiyun.io/run!=0");
+                let new = pods.list(&lp).await.map(|l| !l.items.is_empty()).unwrap_or(false);
+                if old && new {
+                    both += 1;
+                }
+                if !old && stopped_at.is_none() {
+                    stopped_at = Some(cut.elapsed());
+                }
+                if new && new_at.is_none() {
+                    new_at = Some(cut.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (both, stopped_at, new_at)
+        })
+    };
+    let done = env.wait_phase("default", "cutoff", "Succeeded", Duration::from_secs(240)).await;
+    let replaced = cut.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (both, stopped_at, new_at) = watcher.await.unwrap();
+    let stopped_at = stopped_at.expect("the holder stopped the first run on the cut node");
+    let new_at = new_at.expect("a pod of the second run was seen");
+    eprintln!(
+        "node fence: after the cut, the first run stopped at {stopped_at:?}, the second run's pod was made at \
+         {new_at:?}, and the job succeeded at {replaced:?}"
+    );
+    assert!(stopped_at >= Duration::from_secs(5), "stopped only after the fence timeout: {stopped_at:?}");
+    assert!(stopped_at < new_at, "the second run started before the first was stopped");
+    assert_eq!(both, 0, "the first run's sandbox and a later run's pod existed at once");
+    let st = done.status.unwrap();
+    assert_eq!(st.preemptions, 1, "placed again once, as a new run");
+    let failure = st.last_failure.unwrap();
+    assert_eq!(failure.reason, "NodeLost");
+    assert!(failure.message.contains(&victim) && failure.message.contains("fenced"), "{failure:?}");
+    assert!(
+        st.placement.unwrap().tasks.iter().all(|t| t.node != victim),
+        "the second run avoids the cut node"
+    );
+
+    // The link comes back: the node is Ready again, the first run's pod is gone, and the holder renews again.
+    signal_kubelet(&dir, &victim, "-CONT");
+    relays[&victim].heal();
+    wait_for(&format!("{victim} Ready again"), LONG, || async {
+        ready(&nodes.get(&victim).await.ok()?).then_some(())
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    let lp = kube::api::ListParams::default().labels("haiyun.io/job=cutoff,haiyun.io/run=0");
+    assert!(pods.list(&lp).await.unwrap().items.is_empty(), "the first run's pod was removed");
+    drop(holders);
+}

@@ -92,6 +92,20 @@ pub enum Orphan {
         /// The job's uid.
         uid: String,
     },
+    /// A pod of ours being deleted on a node its fence holder fenced: its kubelet cannot end it (its containers are stopped),
+    /// so it is removed from the API server at once, as Kubernetes does on an out-of-service node.
+    Stranded {
+        /// The pool of the remote cluster it is in; `None`: this cluster.
+        cluster: Option<String>,
+        /// Its namespace.
+        namespace: String,
+        /// The pod.
+        pod: String,
+        /// The pod's own uid (one made since under its name is not it).
+        pod_uid: String,
+        /// Its job's uid.
+        uid: String,
+    },
     /// Our pods (and, with no run, the Service) of a job in a remote cluster.
     Remote {
         /// The pool of that cluster.
@@ -120,7 +134,19 @@ impl Orphan {
     /// The uid of the job it belonged to.
     pub fn uid(&self) -> &str {
         match self {
-            Orphan::Pods { uid, .. } | Orphan::Remote { uid, .. } | Orphan::Batch { uid, .. } => uid,
+            Orphan::Pods { uid, .. }
+            | Orphan::Stranded { uid, .. }
+            | Orphan::Remote { uid, .. }
+            | Orphan::Batch { uid, .. } => uid,
+        }
+    }
+
+    /// The uid its collection is serialized on: its job's, but a stranded pod's own (its job's new run may be
+    /// dispatching meanwhile, and that dispatch waits for this pod to go).
+    pub fn lock(&self) -> &str {
+        match self {
+            Orphan::Stranded { pod_uid, .. } => pod_uid,
+            _ => self.uid(),
         }
     }
 }

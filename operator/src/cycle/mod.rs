@@ -327,7 +327,7 @@ fn garbage(input: &Input<'_>, overlay: &Overlay, busy: &HashSet<String>) -> Vec<
     let mut out = Vec::new();
     for b in input.backends.iter() {
         for orphan in b.orphans(objects, &live) {
-            if !busy.contains(orphan.uid()) {
+            if !busy.contains(orphan.lock()) {
                 out.push(Action::Collect { backend: b.kind(), orphan });
             }
         }

@@ -128,6 +128,8 @@ struct Objects {
     slices: Vec<Arc<k8s_openapi::api::resource::v1::ResourceSlice>>,
     resource_claims: Vec<Arc<k8s_openapi::api::resource::v1::ResourceClaim>>,
     grants: Vec<Arc<k8s_openapi::api::coordination::v1::Lease>>,
+    /// The node fences as the shell would time them from their Leases.
+    fences: crate::backend::kubernetes::fence::NodeFences,
     volumes: Vec<Arc<k8s_openapi::api::core::v1::PersistentVolume>>,
     claims: Vec<Arc<k8s_openapi::api::core::v1::PersistentVolumeClaim>>,
     fleet: Arc<FleetView>,
@@ -153,12 +155,14 @@ fn cycle_with(given: &Objects, overlay: &Overlay) -> (World, Vec<Action>) {
         slices: given.slices.clone(),
         resource_claims: given.resource_claims.clone(),
         grants: given.grants.clone(),
+        node_fences: Vec::new(),
         volumes: given.volumes.clone(),
         claims: given.claims.clone(),
     };
     let grants = Clock::default().live(&given.grants, std::time::Instant::now());
     let backends = Backends::new(vec![
-        Arc::new(KubernetesBackend::offline().with_grants(grants)) as Arc<dyn PoolBackend>,
+        Arc::new(KubernetesBackend::offline().with_leases(grants, given.fences.clone()))
+            as Arc<dyn PoolBackend>,
         Arc::new(SlurmBackend::new(SlurmPools::default(), given.slurm.clone())),
     ]);
     let federation = |claims: &Claims, models| {
@@ -950,6 +954,42 @@ fn a_job_on_a_fenced_or_deleted_node_is_evicted_to_run_again_and_one_on_a_not_re
     let c = world.jobs.iter().find(|t| t.job.name_any() == "c").unwrap();
     assert!(matches!(c.state, JobState::Placed(_)), "a not-ready node is not a lost one: {:?}", c.state);
     assert!(!actions.iter().any(|a| matches!(a, Action::Evict { job, .. } if job.name_any() == "c")));
+}
+
+#[test]
+fn a_job_on_a_cut_off_node_its_fence_holder_fenced_runs_again_and_one_whose_kubelet_answers_keeps_its_place()
+{
+    use crate::backend::kubernetes::fence::{NodeFences, Silence};
+    let (a, a_pod) = running(job("a", "q", 4, 100), "cut", &[0, 1, 2, 3]);
+    let (b, b_pod) = running(job("b", "q", 4, 90), "quiet", &[0, 1, 2, 3]);
+    let (c, c_pod) = running(job("c", "q", 4, 80), "slow", &[0, 1, 2, 3]);
+    let not_ready = |name: &str| {
+        let mut n = (*node(name, 8, false)).clone();
+        n.status.as_mut().unwrap().conditions =
+            Some(vec![serde_json::from_value(json!({"type": "Ready", "status": "Unknown"})).unwrap()]);
+        Arc::new(n)
+    };
+    let s = std::time::Duration::from_secs;
+    // Timeout 10 s; the pods' grace is 30 s (Kubernetes' default); margin 2 s: fenced after 42 s of silence.
+    let silences = BTreeMap::from([
+        ("cut".to_string(), Silence { timeout: s(10), silent: s(42) }),
+        // Its kubelet still answers: a holder that cannot renew is not a node that is cut off.
+        ("quiet".to_string(), Silence { timeout: s(10), silent: s(99) }),
+        ("slow".to_string(), Silence { timeout: s(10), silent: s(41) }),
+    ]);
+    let given = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![a, b, c],
+        nodes: vec![not_ready("cut"), node("quiet", 8, false), not_ready("slow"), node("n0", 8, false)],
+        pods: vec![a_pod, b_pod, c_pod],
+        fences: NodeFences { silences, skew: s(2) },
+        ..Default::default()
+    };
+    let (_, actions) = cycle(&given);
+    let lost = lost_jobs(&actions);
+    assert_eq!(lost.keys().cloned().collect::<Vec<_>>(), vec!["a"], "{lost:?}");
+    assert!(lost["a"].contains("node cut is cut off and fenced") && lost["a"].contains("42 s"), "{lost:?}");
 }
 
 #[test]

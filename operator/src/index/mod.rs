@@ -55,6 +55,8 @@ pub struct Objects {
     pub resource_claims: Vec<Arc<k8s_openapi::api::resource::v1::ResourceClaim>>,
     /// Capacity leases federations grant this cluster (Leases in `haiyun-fence` labelled `haiyun.io/grant`).
     pub grants: Vec<Arc<k8s_openapi::api::coordination::v1::Lease>>,
+    /// Node fence Leases (labelled `haiyun.io/node-fence`) that the nodes' fence holders renew.
+    pub node_fences: Vec<Arc<k8s_openapi::api::coordination::v1::Lease>>,
     /// PersistentVolumes (what a claim is bound to: a dataset's storage is known by the volume's identity).
     pub volumes: Vec<Arc<k8s_openapi::api::core::v1::PersistentVolume>>,
     /// PersistentVolumeClaims.

@@ -253,6 +253,7 @@ impl MemoryCluster {
             slices: Vec::new(),
             resource_claims: Vec::new(),
             grants: Vec::new(),
+            node_fences: Vec::new(),
             // The demo's simulated pods mount no volumes.
             volumes: Vec::new(),
             claims: Vec::new(),

@@ -4,7 +4,10 @@
 pub mod batch;
 pub mod claims;
 pub mod contract;
+pub mod cri;
 pub mod devices;
+pub mod fence;
+pub mod guard;
 pub mod nodes;
 pub mod pods;
 
@@ -29,6 +32,8 @@ pub struct KubernetesBackend {
     client: Option<Client>,
     /// The capacity leases federations grant this cluster (for its `granted` pools, an edge site's own).
     grants: std::sync::Arc<Grants>,
+    /// The node fences their holders keep, as last seen.
+    fences: std::sync::Arc<fence::NodeFences>,
 }
 
 impl std::fmt::Debug for KubernetesBackend {
@@ -40,17 +45,21 @@ impl std::fmt::Debug for KubernetesBackend {
 impl KubernetesBackend {
     /// A backend applying decisions through `client`.
     pub fn new(client: Client) -> Self {
-        KubernetesBackend { client: Some(client), grants: Default::default() }
+        KubernetesBackend { client: Some(client), grants: Default::default(), fences: Default::default() }
     }
 
-    /// The same backend with the capacity leases live now.
-    pub fn with_grants(&self, grants: Grants) -> Self {
-        KubernetesBackend { client: self.client.clone(), grants: std::sync::Arc::new(grants) }
+    /// The same backend with the capacity leases live now and the node fences as last seen.
+    pub fn with_leases(&self, grants: Grants, fences: fence::NodeFences) -> Self {
+        KubernetesBackend {
+            client: self.client.clone(),
+            grants: std::sync::Arc::new(grants),
+            fences: std::sync::Arc::new(fences),
+        }
     }
 
     /// A backend that only reads (a cycle computed without a cluster to apply it to).
     pub fn offline() -> Self {
-        KubernetesBackend { client: None, grants: Default::default() }
+        KubernetesBackend { client: None, grants: Default::default(), fences: Default::default() }
     }
 
     fn client(&self) -> Result<&Client, BackendError> {
@@ -84,7 +93,7 @@ impl PoolBackend for KubernetesBackend {
 
     /// Its nodes, and the runs of mirrored batch/v1 Jobs that have ended (the Job's conditions say how).
     fn contribute(&self, pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, fed: &mut Federation) {
-        nodes::contribute(pools, inputs, nodes::Hold::Granted(&self.grants.nodes), fed);
+        nodes::contribute(pools, inputs, (nodes::Hold::Granted(&self.grants.nodes), &self.fences), fed);
         let ended: std::collections::HashMap<(Option<String>, String), _> = inputs
             .objects
             .batch_jobs
@@ -102,8 +111,10 @@ impl PoolBackend for KubernetesBackend {
         }
     }
 
-    /// Running pods of jobs that hold no placement (gone, ended, or evicted); ended pods stay for their logs.
+    /// Running pods of jobs that hold no placement (gone, ended, or evicted); ended pods stay for their logs. And our
+    /// pods being deleted on a node its fence holder fenced.
     fn orphans(&self, objects: &Objects, live: &Live) -> Vec<Orphan> {
+        let mut out = fence::stranded(&objects.nodes, &objects.pods, &self.fences, None);
         let mut found: BTreeSet<(String, String)> = BTreeSet::new();
         for p in &objects.pods {
             let Some(uid) = p.labels().get(JOB_UID_LABEL) else { continue };
@@ -119,7 +130,8 @@ impl PoolBackend for KubernetesBackend {
             }
             found.insert((p.namespace().unwrap_or_default(), uid.clone()));
         }
-        found.into_iter().map(|(namespace, uid)| Orphan::Pods { namespace, uid }).collect()
+        out.extend(found.into_iter().map(|(namespace, uid)| Orphan::Pods { namespace, uid }));
+        out
     }
 
     fn dispatch<'a>(
@@ -159,7 +171,12 @@ impl PoolBackend for KubernetesBackend {
                     }
                     Ok(n)
                 }
-                Orphan::Batch { .. } | Orphan::Remote { .. } => Ok(0),
+                Orphan::Stranded { cluster: None, namespace, pod, pod_uid, uid } => {
+                    pods::force_delete(self.client()?, namespace, pod, pod_uid).await?;
+                    tracing::info!(job_uid = %uid, pod = %pod, "removed a pod its node's fence holder stopped (node fenced)");
+                    Ok(1)
+                }
+                Orphan::Stranded { cluster: Some(_), .. } | Orphan::Batch { .. } | Orphan::Remote { .. } => Ok(0),
             }
         }
         .boxed()

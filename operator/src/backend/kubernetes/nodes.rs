@@ -8,6 +8,7 @@ use haiyun_scheduler::model::{Gpu, Health, Node as CoreNode, PoolId};
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 
+use super::fence::NodeFences;
 use crate::backend::Inputs;
 use crate::index::cluster::{Drain, Holder, reported, taken};
 use crate::index::pod::{GPU_RESOURCE, gpus_of, holds_resources, pod_requests};
@@ -171,8 +172,13 @@ fn foreign<'a>(
 }
 
 /// Marks fenced the nodes of `pools` that our placements use and that an administrator fenced (the out-of-service
-/// taint) or deleted.
-fn mark_fenced(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut Federation) {
+/// taint) or deleted, or that their fence holder fenced.
+fn mark_fenced(
+    pools: &[(PoolId, &ComputePool)],
+    inputs: &Inputs<'_>,
+    fences: &NodeFences,
+    f: &mut Federation,
+) {
     let ours: std::collections::HashSet<String> = pools.iter().map(|(_, p)| p.name_any()).collect();
     let nodes: HashMap<String, &Node> =
         inputs.objects.nodes.iter().map(|n| (n.name_any(), n.as_ref())).collect();
@@ -187,7 +193,11 @@ fn mark_fenced(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut Fe
             Some(n) if fenced(n) => {
                 f.fenced.insert(node.clone(), format!("is fenced ({OUT_OF_SERVICE})"));
             }
-            Some(_) => {}
+            Some(n) => {
+                if let Some(why) = fences.fenced(n, &inputs.objects.pods) {
+                    f.fenced.insert(node.clone(), why);
+                }
+            }
         }
     }
 }
@@ -197,25 +207,31 @@ fn mark_fenced(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, f: &mut Fe
 /// unhealthy ones are never placed on, and a GPU the agent does not know, or any GPU of a node whose agent is
 /// stale, is unknown. Nodes without an agent take their GPUs as healthy.
 /// In a pool whose spec says `granted`, only the GPUs of `hold` (an edge site's capacity leases) are placed on.
-pub fn contribute(pools: &[(PoolId, &ComputePool)], inputs: &Inputs<'_>, hold: Hold<'_>, f: &mut Federation) {
+pub fn contribute(
+    pools: &[(PoolId, &ComputePool)],
+    inputs: &Inputs<'_>,
+    (hold, fences): (Hold<'_>, &NodeFences),
+    f: &mut Federation,
+) {
     let selectors: Vec<(PoolId, &BTreeMap<String, String>)> = pools
         .iter()
         .filter_map(|(id, p)| p.spec.backend.kubernetes.as_ref().map(|k| (*id, &k.node_selector)))
         .collect();
-    add(&selectors, pools, inputs, (true, hold), f);
+    add(&selectors, pools, inputs, (true, hold, fences), f);
 }
 
 /// Adds the Nodes in `inputs` to the first of `selectors` they match (as `contribute` says); with `open` false (a
 /// cluster that does not answer) they keep what runs on them but take nothing new. The GPUs `hold` holds for the
-/// other side of a capacity lease are never placed on (in the pools it applies to: granted ones, or all).
+/// other side of a capacity lease are never placed on (in the pools it applies to: granted ones, or all). Nodes
+/// their fence holder fenced (`fences`) are marked so.
 pub fn add(
     selectors: &[(PoolId, &BTreeMap<String, String>)],
     pools: &[(PoolId, &ComputePool)],
     inputs: &Inputs<'_>,
-    (open_pool, hold): (bool, Hold<'_>),
+    (open_pool, hold, fences): (bool, Hold<'_>, &NodeFences),
     f: &mut Federation,
 ) {
-    mark_fenced(pools, inputs, f);
+    mark_fenced(pools, inputs, fences, f);
     let devices = super::devices::by_node(&inputs.objects.slices);
     let foreign = foreign(inputs, &devices, hold);
     let granted: std::collections::HashSet<PoolId> = pools

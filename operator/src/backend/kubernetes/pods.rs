@@ -335,6 +335,21 @@ async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), PodError> {
     }
 }
 
+/// Removes a pod from the API server at once (no grace: its node's kubelet cannot end it).
+pub async fn force_delete(client: &Client, namespace: &str, name: &str, uid: &str) -> Result<(), PodError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions { uid: Some(uid.to_string()), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    match pods.delete(name, &dp).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+        Err(e) => Err(api_err("force-delete pod", name)(e)),
+    }
+}
+
 /// Deletes every pod of a job (by its uid label).
 pub async fn delete_pods(client: &Client, namespace: &str, uid: &str) -> Result<usize, PodError> {
     delete_pods_of(client, namespace, uid, None).await

@@ -84,19 +84,24 @@ pub struct Watch {
 impl Watch {
     /// Takes in the Lease as read at `now`; returns whether its holder is overdue (no renewal seen for its duration).
     pub fn overdue(&mut self, lease: &Lease, now: Instant) -> bool {
-        let spec = lease.spec.clone().unwrap_or_default();
-        let renewed = spec.renew_time.map(|t| t.0.to_string()).unwrap_or_default();
-        let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(60).max(1) as u64);
+        let duration = lease.spec.as_ref().and_then(|s| s.lease_duration_seconds).unwrap_or(60).max(1) as u64;
+        self.silent(lease, now) >= Duration::from_secs(duration)
+    }
+
+    /// Takes in the Lease as read at `now`; returns how long since a renewal of it was first seen (zero when this
+    /// read is the first, or shows a renewal).
+    pub fn silent(&mut self, lease: &Lease, now: Instant) -> Duration {
+        let renewed = lease.spec.as_ref().and_then(|s| s.renew_time.as_ref()).map(|t| t.0.to_string());
+        let renewed = renewed.unwrap_or_default();
         match &self.last {
-            Some((r, _)) if *r == renewed => {}
+            Some((r, at)) if *r == renewed => now.duration_since(*at),
             // First seen, or renewed: the clock starts again (a holder that just started waits a full duration).
             _ => {
                 self.last = Some((renewed, now));
                 self.fenced = false;
-                return false;
+                Duration::ZERO
             }
         }
-        self.last.as_ref().is_some_and(|(_, at)| now.duration_since(*at) >= duration)
     }
 }
 

@@ -10,6 +10,7 @@ use futures::{FutureExt, StreamExt};
 use haiyun_api::ComputeJob;
 use haiyun_api::pool::Autonomy;
 use haiyun_scheduler::model::Time;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::grant::{self, Grant};
 use super::{CLUSTER_LABEL, ORIGIN_LABEL, node_name, remote_name};
+use crate::backend::kubernetes::fence::{Clock as NodeClock, NodeFences};
 
 /// How often a link is checked, and how long it may go unanswered before it counts as down.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +72,9 @@ pub struct Link {
     pods: Store<Pod>,
     foreign: Store<Pod>,
     services: Store<Service>,
+    /// The node fence Leases of its nodes' holders, and when each was last seen renewed.
+    node_fences: (Store<Lease>, Arc<Mutex<NodeClock>>),
+    skew: Duration,
     /// With autonomy: the site's own ComputeJobs.
     site_jobs: Option<Store<ComputeJob>>,
     autonomy: Option<Autonomy>,
@@ -110,6 +115,8 @@ pub struct Seen {
     pub services: Vec<Arc<Service>>,
     /// With policy `fenced`: the fence timeout, and how long ago the fence Lease there was last renewed.
     pub fence: Option<(Duration, Duration)>,
+    /// Its nodes' fence holders' Leases, while it answers (a cut hides their renewals, which may go on).
+    pub fences: NodeFences,
     /// Namespaces known to exist there (shared by every cycle's view of this link).
     pub namespaces: Arc<Mutex<std::collections::HashSet<String>>>,
     /// With autonomy: what the pool asks, and the capacity lease granted there as last written.
@@ -167,6 +174,11 @@ fn trim_service(_pool: &str, s: &mut Service) {
     s.metadata.managed_fields = None;
 }
 
+/// A node fence Lease as kept: without its field managers.
+fn trim_lease(_pool: &str, l: &mut Lease) {
+    l.metadata.managed_fields = None;
+}
+
 /// A remote pod as the federation sees it: bound to `<pool>/<node>`, labelled with its pool.
 fn rename_pod(pool: &str, p: &mut Pod) {
     p.metadata.managed_fields = None;
@@ -222,6 +234,9 @@ impl Link {
         let ours = watcher::Config::default().labels(&format!("{ORIGIN_LABEL}={}", t.origin));
         let (services, t5) =
             spawn(Api::all(client.clone()), ours, pool.into(), changed.clone(), trim_service);
+        let fence_config = watcher::Config::default().labels(crate::backend::kubernetes::fence::LABEL);
+        let (leases, t6) =
+            spawn(Api::all(client.clone()), fence_config, pool.into(), changed.clone(), trim_lease);
         let state = Arc::new(Mutex::new(State {
             health: Health::Connecting,
             last_ok: None,
@@ -231,7 +246,7 @@ impl Link {
             renewed: Instant::now(),
             grant: None,
         }));
-        let mut tasks = vec![t1, t2, t4, t5];
+        let mut tasks = vec![t1, t2, t4, t5, t6];
         tasks.push(super::events::watch(client.clone(), pods.clone(), pool.into(), t.warnings.clone()));
         let site_jobs = t.autonomy.as_ref().map(|_| {
             let (store, task) = spawn(
@@ -265,6 +280,8 @@ impl Link {
             pods,
             foreign,
             services,
+            node_fences: (leases, Arc::default()),
+            skew: timing.skew,
             site_jobs,
             autonomy: t.autonomy,
             state,
@@ -275,6 +292,15 @@ impl Link {
     /// What it shows now.
     pub fn seen(&self) -> Seen {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let fences = if s.health == Health::Up {
+            let mut clock = self.node_fences.1.lock().unwrap_or_else(|p| p.into_inner());
+            let leases = self.node_fences.0.state();
+            let pool = &self.pool;
+            let silences = clock.silences(&leases, Instant::now(), |h| node_name(pool, h));
+            NodeFences { silences, skew: self.skew }
+        } else {
+            NodeFences::default()
+        };
         Seen {
             health: s.health.clone(),
             since: s.since,
@@ -286,6 +312,7 @@ impl Link {
             foreign: self.foreign.state(),
             services: self.services.state(),
             fence: self.fence.map(|f| (f, s.renewed.elapsed())),
+            fences,
             namespaces: self.namespaces.clone(),
             autonomy: self.autonomy.clone().map(|a| (a, s.grant.clone())),
             site_jobs: self.site_jobs.as_ref().map(Store::state).unwrap_or_default(),

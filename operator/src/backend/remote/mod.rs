@@ -277,13 +277,34 @@ impl PoolBackend for RemoteBackend {
             let open = seen.health == Health::Up;
             let lent = lend(&name, seen, fed);
             let hold = Hold::Lent(&lent);
-            super::kubernetes::nodes::add(&[(*id, &BTreeMap::new())], &[(*id, *p)], &own, (open, hold), fed);
+            let fences = &seen.fences;
+            super::kubernetes::nodes::add(
+                &[(*id, &BTreeMap::new())],
+                &[(*id, *p)],
+                &own,
+                (open, hold, fences),
+                fed,
+            );
         }
     }
 
     /// Our pods in clusters that answer: all of a job that is gone, and the running ones of a job without a
     /// placement or of an old run.
+    /// And our pods being deleted on a node there that its fence holder fenced.
     fn orphans(&self, objects: &Objects, live: &Live) -> Vec<Orphan> {
+        let mut out = Vec::new();
+        for (pool, v) in self.views.iter() {
+            if let View::Linked(seen, _) = v
+                && seen.health == Health::Up
+            {
+                out.extend(super::kubernetes::fence::stranded(
+                    &seen.nodes,
+                    &seen.pods,
+                    &seen.fences,
+                    Some(pool),
+                ));
+            }
+        }
         let mut found: BTreeSet<(String, String, String, Option<String>)> = BTreeSet::new();
         for p in &objects.pods {
             let (Some(pool), Some(uid)) = (p.labels().get(CLUSTER_LABEL), p.labels().get(JOB_UID_LABEL))
@@ -308,10 +329,13 @@ impl PoolBackend for RemoteBackend {
                 found.insert((pool.clone(), ns, uid.clone(), Some(run)));
             }
         }
-        found
-            .into_iter()
-            .map(|(pool, namespace, uid, run)| Orphan::Remote { pool, namespace, uid, run })
-            .collect()
+        out.extend(found.into_iter().map(|(pool, namespace, uid, run)| Orphan::Remote {
+            pool,
+            namespace,
+            uid,
+            run,
+        }));
+        out
     }
 
     fn dispatch<'a>(
@@ -364,6 +388,12 @@ impl PoolBackend for RemoteBackend {
 
     fn collect<'a>(&'a self, orphan: &'a Orphan) -> BoxFuture<'a, Result<usize, BackendError>> {
         async move {
+            if let Orphan::Stranded { cluster: Some(pool), namespace, pod, pod_uid, uid } = orphan {
+                let (_, client) = self.linked(pool)?;
+                crate::backend::kubernetes::pods::force_delete(client, namespace, pod, pod_uid).await?;
+                tracing::info!(%pool, job_uid = %uid, %pod, "removed a remote pod its node's fence holder stopped (node fenced)");
+                return Ok(1);
+            }
             let Orphan::Remote { pool, namespace, uid, run } = orphan else { return Ok(0) };
             let (_, client) = self.linked(pool)?;
             let n = delete_job(client, namespace, uid, run.as_deref()).await?;
