@@ -73,6 +73,9 @@ enum Command {
         /// The operator's Lease (its history ConfigMap is `<lease>-history`).
         #[arg(long, default_value = "haiyun-operator")]
         lease: String,
+        /// The node fence holders' DaemonSet, when the release runs one (it goes first, with its Leases).
+        #[arg(long)]
+        node_fence: Option<String>,
         /// Seconds to wait for its pods to end.
         #[arg(long, default_value_t = 60)]
         wait_seconds: u64,
@@ -91,8 +94,8 @@ fn main() -> ExitCode {
         Command::NodeFence { node, seconds, namespace, cri_socket, kubeconfig } => {
             node_fence(node, seconds, namespace, cri_socket, kubeconfig)
         }
-        Command::Uninstall { namespace, deployment, lease, wait_seconds, kubeconfig } => {
-            uninstall(&namespace, &deployment, &lease, wait_seconds, kubeconfig)
+        Command::Uninstall { namespace, deployment, lease, node_fence, wait_seconds, kubeconfig } => {
+            uninstall(&namespace, (&deployment, node_fence.as_deref()), &lease, wait_seconds, kubeconfig)
         }
     };
     match result {
@@ -155,8 +158,8 @@ fn node_fence(
         };
         let mut stop = haiyun_operator::shutdown();
         tokio::select! {
-            () = haiyun_operator::backend::kubernetes::guard::run(client, cfg) => {}
-            _ = stop.changed() => {}
+            () = haiyun_operator::backend::kubernetes::guard::run(client.clone(), cfg.clone()) => {}
+            _ = stop.changed() => haiyun_operator::backend::kubernetes::guard::release(client, &cfg).await,
         }
         Ok(())
     })
@@ -164,7 +167,7 @@ fn node_fence(
 
 fn uninstall(
     namespace: &str,
-    deployment: &str,
+    (deployment, node_fence): (&str, Option<&str>),
     lease: &str,
     wait: u64,
     kubeconfig: Option<PathBuf>,
@@ -173,8 +176,12 @@ fn uninstall(
     rt.block_on(async {
         let client = haiyun_operator::client(kubeconfig.as_deref()).await?;
         let wait = std::time::Duration::from_secs(wait);
-        let done = haiyun_operator::uninstall::run(&client, namespace, deployment, lease, wait).await?;
+        let done = haiyun_operator::uninstall::run(&client, namespace, (deployment, node_fence), lease, wait)
+            .await?;
         println!("stopped deployment {namespace}/{deployment}");
+        if let Some(ds) = node_fence {
+            println!("removed the node fence holders ({namespace}/{ds}) and their Leases");
+        }
         if done.jobs.is_empty() {
             println!("no ComputeJob held a Haiyun finalizer");
         }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use haiyun_api::ComputeJob;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -41,6 +41,21 @@ pub enum UninstallError {
         /// The Deployment.
         deployment: String,
     },
+    /// The node fence holders' pods did not stop in time.
+    #[error(
+        "the node fence holders' pods ({pods}) still run after {secs} s: delete DaemonSet {namespace}/{daemonset} \
+         and run helm uninstall again"
+    )]
+    FenceStillRunning {
+        /// Their names.
+        pods: String,
+        /// The wait.
+        secs: u64,
+        /// The namespace.
+        namespace: String,
+        /// The DaemonSet.
+        daemonset: String,
+    },
     /// The job kept changing while its finalizers were being removed.
     #[error("ComputeJob {0} kept changing while its finalizers were removed: run helm uninstall again")]
     Busy(String),
@@ -55,15 +70,20 @@ pub struct Released {
 
 /// Scales `deployment` in `namespace` to zero and waits (at most `wait`) for its pods to end, then removes Haiyun's
 /// finalizers from every ComputeJob, with an event on each saying what keeps running, and deletes what the operator
-/// made in its namespace: its Lease `lease` and the dashboard's history (ConfigMap `<lease>-history`).
+/// made in its namespace: its Lease `lease` and the dashboard's history (ConfigMap `<lease>-history`). With
+/// `node_fence`, its DaemonSet goes first: each holder gives up its node's fence Lease as it stops (one that could not
+/// has stopped its node's Haiyun pods), and any Lease left is deleted, so no node counts as fenced by a holder gone.
 pub async fn run(
     client: &Client,
     namespace: &str,
-    deployment: &str,
+    (deployment, node_fence): (&str, Option<&str>),
     lease: &str,
     wait: Duration,
 ) -> Result<Released, UninstallError> {
     stop(client, namespace, deployment, wait).await?;
+    if let Some(daemonset) = node_fence {
+        unfence(client, namespace, daemonset, wait).await?;
+    }
     let released = release(client).await?;
     let failed = |action: String| move |source| UninstallError::Api { action, source };
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
@@ -97,39 +117,91 @@ async fn stop(
     else {
         return Ok(()); // already gone
     };
-    let selector = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref())
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
-        .unwrap_or_default();
+    let selector = selector_of(d.spec.as_ref().map(|s| &s.selector));
     let patch = json!({"spec": {"replicas": 0}});
     api.patch_scale(deployment, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(failed(format!("scale deployment {deployment} to 0")))?;
+    match left_after(client, namespace, &selector, wait).await? {
+        None => Ok(()),
+        Some(pods) => Err(UninstallError::StillRunning {
+            pods,
+            secs: wait.as_secs(),
+            namespace: namespace.into(),
+            deployment: deployment.into(),
+        }),
+    }
+}
+
+/// A workload's pod selector as a label selector (`a=b,c=d`; empty when it has none).
+fn selector_of(selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>) -> String {
+    selector
+        .and_then(|s| s.match_labels.as_ref())
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+        .unwrap_or_default()
+}
+
+/// Waits (at most `wait`) for the pods of `selector` to end; `Some(their names)` when some are still there.
+async fn left_after(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+    wait: Duration,
+) -> Result<Option<String>, UninstallError> {
     if selector.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let left = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(failed(format!("list the pods of {deployment}")))?;
+        let left = pods.list(&ListParams::default().labels(selector)).await.map_err(|source| {
+            UninstallError::Api { action: format!("list the pods of {selector}"), source }
+        })?;
         if left.items.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(UninstallError::StillRunning {
-                pods: left.items.iter().map(|p| p.name_any()).collect::<Vec<_>>().join(", "),
-                secs: wait.as_secs(),
-                namespace: namespace.into(),
-                deployment: deployment.into(),
-            });
+            return Ok(Some(left.items.iter().map(|p| p.name_any()).collect::<Vec<_>>().join(", ")));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Deletes the node fence holders' DaemonSet, waits (at most `wait`) for their pods to end, then deletes the fence
+/// Leases left in `namespace`.
+async fn unfence(
+    client: &Client,
+    namespace: &str,
+    daemonset: &str,
+    wait: Duration,
+) -> Result<(), UninstallError> {
+    let failed = |action: String| move |source| UninstallError::Api { action, source };
+    let api: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
+    let found = api.get_opt(daemonset).await.map_err(failed(format!("read DaemonSet {daemonset}")))?;
+    if let Some(ds) = found {
+        let selector = selector_of(ds.spec.as_ref().map(|s| &s.selector));
+        gone(api.delete(daemonset, &DeleteParams::default()).await)
+            .map_err(failed(format!("delete DaemonSet {daemonset}")))?;
+        if let Some(pods) = left_after(client, namespace, &selector, wait).await? {
+            return Err(UninstallError::FenceStillRunning {
+                pods,
+                secs: wait.as_secs(),
+                namespace: namespace.into(),
+                daemonset: daemonset.into(),
+            });
+        }
+    }
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let left = leases
+        .list(&ListParams::default().labels(crate::backend::kubernetes::fence::LABEL))
+        .await
+        .map_err(failed("list node fence Leases".into()))?;
+    for l in left.items {
+        let name = l.name_any();
+        gone(leases.delete(&name, &DeleteParams::default()).await)
+            .map_err(failed(format!("delete node fence Lease {name}")))?;
+    }
+    Ok(())
 }
 
 async fn release(client: &Client) -> Result<Released, UninstallError> {

@@ -94,7 +94,8 @@ fn the_chart_lints_and_its_schema_refuses_bad_values() {
         "{out}"
     );
     assert!(
-        out.contains("path: /run/containerd/containerd.sock") && out.contains("verbs: [get, create, patch]")
+        out.contains("path: /run/containerd/containerd.sock")
+            && out.contains("verbs: [get, create, patch, delete]")
     );
     let (ok, out) = render(&helm, &["--set", "otlp.endpoint=collector:4318"]);
     assert!(!ok && out.contains("otlp"), "an OTLP endpoint without a scheme was accepted:\n{out}");

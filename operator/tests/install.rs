@@ -57,19 +57,22 @@ impl Release {
         run(Command::new(&self.helm).env("KUBECONFIG", &self.kubeconfig).args(args), None)
     }
 
-    /// `helm install|upgrade` of `chart` with testenv's values and `images`.
-    fn deploy(&self, verb: &str, chart: &Path, images: &(String, String)) -> (bool, String) {
+    /// `helm install|upgrade` of `chart` with testenv's values, `images` and the `extra` values (`a=b,c=d`, or "").
+    fn deploy(&self, verb: &str, chart: &Path, images: &(String, String), extra: &str) -> (bool, String) {
         let values = root().join("charts/haiyun/ci/testenv-values.yaml");
         let (registry, tag) = images;
         // A history sample every 3 s, so that the failover below has some to carry over.
         // Every testenv node is a process on one machine, each with a containerd of its own: one host path serves
         // the node fence holders' CRI socket, so their timeout is long enough never to fire here.
         let dir = std::env::var("TESTENV_REAL_DIR").expect("TESTENV_REAL_DIR (scripts/test.sh sets it)");
-        let sets = format!(
+        let mut sets = format!(
             "imageRegistry={registry},image.tag={tag},agent.image.tag={tag},gpuDriver.image.tag={tag},\
              dashboard.historyIntervalSeconds=3,fenceHolder.enabled=true,fenceHolder.origin={FENCED_BY},\
              nodeFence.enabled=true,nodeFence.seconds=3600,nodeFence.criSocket={dir}/real/real-node-0/containerd.sock"
         );
+        if !extra.is_empty() {
+            sets = format!("{sets},{extra}");
+        }
         let mut args = vec![verb, RELEASE, chart.to_str().unwrap(), "-n", NS, "-f", values.to_str().unwrap()];
         args.extend(["--set", &sets, "--wait", "--timeout", "5m"]);
         if verb == "install" {
@@ -289,7 +292,7 @@ async fn helm_install_runs_a_job_and_upgrade_failover_and_uninstall_lose_nothing
     // Install.
     let mut release = Release { helm, kubeconfig: env.kubeconfig.clone(), done: false };
     let installed = Instant::now();
-    let (ok, out) = release.deploy("install", &root().join("charts/haiyun"), &first);
+    let (ok, out) = release.deploy("install", &root().join("charts/haiyun"), &first, "");
     assert!(ok, "helm install failed:\n{out}");
     let install_s = installed.elapsed().as_secs_f64();
     let pods = operators(&client).await;
@@ -432,7 +435,7 @@ async fn helm_install_runs_a_job_and_upgrade_failover_and_uninstall_lose_nothing
         let chart = chart.clone();
         let second = second.clone();
         tokio::task::spawn_blocking(move || {
-            Release { helm, kubeconfig, done: true }.deploy("upgrade", &chart, &second)
+            Release { helm, kubeconfig, done: true }.deploy("upgrade", &chart, &second, "")
         })
         .await
         .unwrap()
@@ -498,6 +501,24 @@ async fn helm_install_runs_a_job_and_upgrade_failover_and_uninstall_lose_nothing
         old >= 3 && lab.count() >= 3,
         "the new leader lost the history ({old} samples from before): {out}"
     );
+
+    // The usage ledger through the API server's service proxy, the path `haiyun report` asks: the release goes to one
+    // replica with a SQLite ledger on its volume, and a job that runs then is a row of its queue.
+    let sqlite = "replicas=1,ledger.url=sqlite:///var/lib/haiyun/ledger.db";
+    let (ok, out) = release.deploy("upgrade", &chart, &second, sqlite);
+    assert!(ok, "helm upgrade to a SQLite ledger failed:\n{out}");
+    let metered = leader(&client, None).await;
+    env.create::<ComputeJob>(real_job("metered", "team", 1, 1, "sleep 3")).await.unwrap();
+    env.wait_phase("default", "metered", "Succeeded", LONG).await;
+    let report = wait_for("the metered run in the ledger's report", LONG, || async {
+        let req = http::Request::get(path).body(Vec::new()).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&client.request_text(req).await.ok()?).ok()?;
+        let row = body["rows"].as_array()?.iter().find(|r| r["key"] == "team")?.clone();
+        (row["runs"].as_i64() >= Some(1)).then_some(row)
+    })
+    .await;
+    assert!(report["gpu_seconds"].as_f64().unwrap_or(0.0) > 0.0, "{report}");
+    eprintln!("the usage report through the service proxy (leader {metered}): {report}");
 
     // Uninstall. A job in a Slurm pool carries the finalizer haiyun.io/slurm-job (the Slurm tests show it put there);
     // this cluster has no Slurm, so this one is created with it.

@@ -452,8 +452,7 @@ async fn a_plain_pod_that_preempts_is_bound_only_once_its_victim_has_left_so_the
     assert_eq!(log.iter().filter(|e| *e == "preempt").count(), 1, "{log:?}");
 }
 
-/// A node fence holder (`haiyun-operator node-fence`) for one real node, reaching the API server through `relay`;
-/// killed when dropped.
+/// A node fence holder (`haiyun-operator node-fence`) for one real node, reaching the API server through `relay`.
 struct Holder(std::process::Child);
 
 impl Holder {
@@ -478,10 +477,49 @@ impl Holder {
     }
 }
 
+impl Holder {
+    /// Stops it as the kubelet would (SIGTERM) and waits for it: it gives up its Lease as it goes. Async, so that the
+    /// relays it talks through keep running.
+    async fn stop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..100 {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 impl Drop for Holder {
+    /// A test that failed: killed (its Lease stays; the next run of the test deletes it).
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A real node cut off from the API server (its kubelet frozen, its holder's relay cut) until dropped, so that a test
+/// that fails still gives the node back to the tests after it.
+struct Cut<'a> {
+    dir: &'a str,
+    node: &'a str,
+    relay: &'a support::remote::Relay,
+}
+
+impl<'a> Cut<'a> {
+    fn start(dir: &'a str, node: &'a str, relay: &'a support::remote::Relay) -> Cut<'a> {
+        signal_kubelet(dir, node, "-STOP");
+        relay.cut();
+        Cut { dir, node, relay }
+    }
+}
+
+impl Drop for Cut<'_> {
+    fn drop(&mut self) {
+        signal_kubelet(self.dir, self.node, "-CONT");
+        self.relay.heal();
     }
 }
 
@@ -510,6 +548,13 @@ async fn a_node_cut_off_from_the_api_server_is_fenced_by_its_holder_and_its_job_
     };
     env.create::<ComputePool>(real_pool("real")).await.unwrap();
     env.create::<Queue>(queue("real-q", "nvidia.com/gpu:h100", 2)).await.unwrap();
+    // Fence Leases of holders that are gone (an install test's) would stand for nodes here: none is left.
+    let all: Api<k8s_openapi::api::coordination::v1::Lease> = Api::all(env.client.clone());
+    for l in all.list(&kube::api::ListParams::default().labels("haiyun.io/node-fence")).await.unwrap() {
+        let ns: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(env.client.clone(), &kube::ResourceExt::namespace(&l).unwrap_or_default());
+        ns.delete(&kube::ResourceExt::name_any(&l), &Default::default()).await.unwrap();
+    }
     // A holder per live node, each through a relay the test can cut.
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.client.clone());
     let ready = |n: &k8s_openapi::api::core::v1::Node| {
@@ -553,8 +598,7 @@ async fn a_node_cut_off_from_the_api_server_is_fenced_by_its_holder_and_its_job_
 
     // The node loses its API server: its kubelet falls silent and its holder cannot renew.
     let cut = std::time::Instant::now();
-    signal_kubelet(&dir, &victim, "-STOP");
-    relays[&victim].cut();
+    let link = Cut::start(&dir, &victim, &relays[&victim]);
     // An outside watcher: the first run's sandbox on the cut node (as its runtime says) and a pod of a later run (as
     // the API server says) never exist at once.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -605,8 +649,7 @@ async fn a_node_cut_off_from_the_api_server_is_fenced_by_its_holder_and_its_job_
     );
 
     // The link comes back: the node is Ready again, the first run's pod is gone, and the holder renews again.
-    signal_kubelet(&dir, &victim, "-CONT");
-    relays[&victim].heal();
+    drop(link);
     wait_for(&format!("{victim} Ready again"), LONG, || async {
         ready(&nodes.get(&victim).await.ok()?).then_some(())
     })
@@ -614,5 +657,9 @@ async fn a_node_cut_off_from_the_api_server_is_fenced_by_its_holder_and_its_job_
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
     let lp = kube::api::ListParams::default().labels("haiyun.io/job=cutoff,haiyun.io/run=0");
     assert!(pods.list(&lp).await.unwrap().items.is_empty(), "the first run's pod was removed");
-    drop(holders);
+    for h in &mut holders {
+        h.stop().await;
+    }
+    let left = leases.list(&kube::api::ListParams::default().labels("haiyun.io/node-fence")).await.unwrap();
+    assert!(left.items.is_empty(), "a holder that stops gives up its Lease");
 }

@@ -111,7 +111,8 @@ pub struct Clock {
 
 impl Clock {
     /// The silence of each node among `leases` at `now`, keyed by `name(holder)`. A Lease first seen now counts as
-    /// just renewed: an operator that starts waits a full timeout.
+    /// just renewed: an operator that starts waits a full timeout. Of two Leases naming one node, the one nearer its
+    /// lapse counts.
     pub fn silences(
         &mut self,
         leases: &[Arc<Lease>],
@@ -130,7 +131,19 @@ impl Clock {
             let timeout =
                 Duration::from_secs(spec.and_then(|s| s.lease_duration_seconds).unwrap_or(60).max(1) as u64);
             let silent = self.seen.entry(key(lease)).or_default().silent(lease, now);
-            out.insert(name(holder), Silence { timeout, silent });
+            let new = Silence { timeout, silent };
+            // Two Leases naming one node (two holders, or one left behind): each holder stops our pods there on its
+            // own, so the one nearest its lapse counts.
+            let over = |s: &Silence| s.silent.as_secs_f64() - s.timeout.as_secs_f64();
+            match out.entry(name(holder)) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(new);
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) if over(&new) > over(e.get()) => {
+                    e.insert(new);
+                }
+                std::collections::btree_map::Entry::Occupied(_) => {}
+            }
         }
         out
     }

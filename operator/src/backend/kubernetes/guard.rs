@@ -126,6 +126,30 @@ async fn stop_ours(cri: &std::path::Path) -> Result<Vec<String>, GuardError> {
     Ok(stopped)
 }
 
+/// What a holder that stops does: it gives up its node's Lease, so the operator no longer counts on a fence here (a
+/// Lease left to lapse would later pass for one). If it cannot (cut off, its Role gone), it stops our pods here
+/// before it goes, so that the Lease lapsing stays true.
+pub async fn release(client: Client, cfg: &FenceConfig) {
+    let leases: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    let (name, params) = (cfg.lease(), kube::api::DeleteParams::default());
+    match tokio::time::timeout(Duration::from_secs(5), leases.delete(&name, &params)).await {
+        Ok(r) if r.as_ref().err().is_none_or(|e| matches!(e, kube::Error::Api(s) if s.code == 404)) => {
+            tracing::info!(lease = %cfg.lease(), "gave up the node fence Lease");
+        }
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer within 5 s".into(),
+            };
+            tracing::warn!(%why, "could not give up the node fence Lease: stopping Haiyun's pods here before stopping");
+            match stop_ours(&cfg.cri).await {
+                Ok(pods) => tracing::warn!(?pods, "stopped Haiyun's pods"),
+                Err(e) => tracing::error!(error = %e, "Haiyun's pods here could not be stopped"),
+            }
+        }
+    }
+}
+
 /// Renews the Lease every period and fences the node while it cannot; runs until the process stops.
 pub async fn run(client: Client, cfg: FenceConfig) {
     let leases: Api<Lease> = Api::namespaced(client, &cfg.namespace);
