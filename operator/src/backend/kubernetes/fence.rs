@@ -45,14 +45,11 @@ impl NodeFences {
         if ready(node) {
             return None;
         }
-        let grace = pods
-            .iter()
-            .filter(|p| p.labels().contains_key(JOB_UID_LABEL))
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
-            .filter_map(|p| p.spec.as_ref().map(|s| s.termination_grace_period_seconds.unwrap_or(30)))
-            .max()
-            .unwrap_or(0)
-            .max(0) as u64;
+        let grace = longest_grace(
+            pods.iter()
+                .filter(|p| p.labels().contains_key(JOB_UID_LABEL))
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())),
+        );
         let limit = s.timeout + Duration::from_secs(grace) + self.skew;
         (s.silent >= limit).then(|| {
             format!(
@@ -92,6 +89,15 @@ pub fn stranded(
             })
         })
         .collect()
+}
+
+/// The longest termination grace among `pods`, in seconds (Kubernetes' 30 where a pod names none; 0 for no pod): how
+/// long a fence holder's stop of them may take.
+pub fn longest_grace<'a>(pods: impl Iterator<Item = &'a Arc<Pod>>) -> u64 {
+    pods.filter_map(|p| p.spec.as_ref().map(|s| s.termination_grace_period_seconds.unwrap_or(30)))
+        .max()
+        .unwrap_or(0)
+        .max(0) as u64
 }
 
 /// Whether the node's Ready condition is True.

@@ -106,14 +106,8 @@ impl RemoteBackend {
         if !matches!(seen.health, Health::Down(_)) || self.isolated {
             return None;
         }
-        let grace = seen
-            .pods
-            .iter()
-            .filter(|p| holds_resources(p))
-            .filter_map(|p| p.spec.as_ref().map(|s| s.termination_grace_period_seconds.unwrap_or(30)))
-            .max()
-            .unwrap_or(0);
-        let limit = timeout + std::time::Duration::from_secs(grace.max(0) as u64) + self.skew;
+        let grace = super::kubernetes::fence::longest_grace(seen.pods.iter().filter(|p| holds_resources(p)));
+        let limit = timeout + std::time::Duration::from_secs(grace) + self.skew;
         (ago >= limit).then(|| {
             format!(
                 "is in a cluster cut for {} s with policy fenced: its fence holder deleted our pods there after {} s \
