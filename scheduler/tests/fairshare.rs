@@ -67,11 +67,14 @@ fn running(s: &Scheduler, queue: u32) -> usize {
     s.running().filter(|id| s.job(*id).unwrap().queue == queue).count()
 }
 
-/// Two queues of equal weight flood one 8-GPU node with 10-minute 1-GPU jobs for `rounds` rounds; queue `a` starts
-/// with `past` GPU-seconds of decayed usage. Returns the jobs each queue started.
+/// Two queues of equal weight and no quota of their own flood one 8-GPU node, lent by an idle third queue, with
+/// 10-minute 1-GPU jobs for `rounds` rounds; queue `a` starts with `past` GPU-seconds of decayed usage. Returns the
+/// jobs each queue started. (Fair share orders borrowers: a queue's own nominal quota goes to it first, whatever
+/// its past.)
 fn flood(past_gpu_s: f64, rounds: usize) -> (usize, usize) {
     const HALF_LIFE: f64 = 3600.0;
-    let mut s = scheduler(1, vec![queue("a", "lab", 4), queue("b", "lab", 4)], Some(HALF_LIFE));
+    let queues = vec![queue("a", "lab", 0), queue("b", "lab", 0), queue("owner", "lab", 8)];
+    let mut s = scheduler(1, queues, Some(HALF_LIFE));
     let mut past = vec![0.0; 2];
     past.push(past_gpu_s * 1000.0);
     s.quotas_mut().add_usage(0, 0.0, &past);

@@ -255,6 +255,66 @@ fn a_queue_reclaims_the_quota_it_lent_but_a_borrower_cannot_reclaim_back() {
 }
 
 #[test]
+fn a_job_within_its_queues_quota_starts_before_a_borrower_ahead_of_it_so_nothing_is_taken_back() {
+    let res = |h: u64| gpus(0, h).with(Flavor::Cpu, 1 << 30).with(Flavor::Memory, 1 << 30);
+    let mut own = QueueSpec::new("own", res(8));
+    let mut other = QueueSpec::new("other", res(0));
+    own.cohort = Some("lab".into());
+    other.cohort = Some("lab".into());
+    let mut s = scheduler(federation(1, 0), vec![own, other]);
+    let mut urgent = job("urgent-borrower", 1, 8, 100_000.0, 0.0);
+    urgent.priority = 5;
+    let borrower = s.submit(urgent).unwrap();
+    let owner = s.submit(job("owner", 0, 8, 100_000.0, 1.0)).unwrap();
+    s.cycle(1.0).unwrap();
+    assert_eq!(
+        s.status(owner).unwrap().phase,
+        Phase::Running,
+        "its own quota, though the order puts it second"
+    );
+    assert_eq!(s.status(borrower).unwrap().phase, Phase::Pending);
+    assert!(s.cycle(2.0).unwrap().preempted.is_empty(), "nothing to take back");
+}
+
+#[test]
+fn a_queue_short_of_its_quota_of_one_model_gives_none_of_it_back_for_borrowing_another() {
+    // "one" and "two" are each promised 5 of the 8 H100s and borrow the lender's A100s. Each holds 4 H100s and
+    // wants a fifth: neither lends H100s, so neither takes the other's, though each borrows (A100s).
+    let res = |h: u64, a: u64| {
+        gpus(0, h).with(Flavor::Gpu(1), a * 1000).with(Flavor::Cpu, 1 << 30).with(Flavor::Memory, 1 << 30)
+    };
+    let queues: Vec<QueueSpec> = [("one", res(5, 0)), ("two", res(5, 0)), ("lender", res(0, 8))]
+        .into_iter()
+        .map(|(name, nominal)| {
+            let mut q = QueueSpec::new(name, nominal);
+            q.cohort = Some("lab".into());
+            q
+        })
+        .collect();
+    let mut s = scheduler(federation(1, 1), queues);
+    let pinned = |name: &str, queue: u32, n: u32, model: u8| {
+        let mut j = job(name, queue, n, 100_000.0, 0.0);
+        j.gang.tasks[0].models = ModelSet::one(model);
+        j
+    };
+    for q in 0..2 {
+        s.submit(pinned(&format!("a100-{q}"), q, 4, 1)).unwrap();
+    }
+    for i in 0..5 {
+        for q in 0..2 {
+            s.submit(pinned(&format!("h100-{q}-{i}"), q, 1, 0)).unwrap();
+        }
+    }
+    s.cycle(0.0).unwrap();
+    assert!(s.quotas().is_borrowing(0, 0.0) && s.quotas().is_borrowing(1, 0.0), "both borrow A100s");
+    assert_eq!(s.running().count(), 10, "8 H100 jobs and 2 A100 jobs");
+    for t in 1..=10 {
+        let c = s.cycle(f64::from(t)).unwrap();
+        assert!(c.preempted.is_empty(), "cycle at {t} s moved {:?}", c.preempted);
+    }
+}
+
+#[test]
 fn a_job_pinned_to_a_busy_model_is_told_another_model_would_start_it_sooner() {
     let mut s = scheduler(federation(1, 1), vec![QueueSpec::new("q", big_quota())]);
     s.submit(job("busy", 0, 8, 3000.0, 0.0)).unwrap();

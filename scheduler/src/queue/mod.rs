@@ -417,6 +417,27 @@ impl Quotas {
     pub fn is_borrowing(&self, q: QueueId, now: Time) -> bool {
         self.usage.get(q as usize).is_some_and(|u| u.flavors().any(|(f, v)| v > self.nominal(q, f, now)))
     }
+
+    /// Whether `q` borrows in a main flavor of `of` (its GPU models; CPU for CPU-only work).
+    pub fn borrows_in(&self, q: QueueId, of: &Resources, now: Time) -> bool {
+        self.usage
+            .get(q as usize)
+            .is_some_and(|u| of.main_flavors().any(|f| u.get(f) > self.nominal(q, f, now)))
+    }
+
+    /// What `q` would borrow beyond its nominal quota, holding `plus` more, in the main flavors of `of` (summed).
+    pub fn borrowed_in(&self, q: QueueId, of: &Resources, plus: &Resources, now: Time) -> u64 {
+        self.usage.get(q as usize).map_or(0, |u| {
+            of.main_flavors().map(|f| (u.get(f) + plus.get(f)).saturating_sub(self.nominal(q, f, now))).sum()
+        })
+    }
+
+    /// Whether `q` would still hold at least its nominal quota in each main flavor of `of` without `less`.
+    pub fn keeps_nominal(&self, q: QueueId, of: &Resources, less: &Resources, now: Time) -> bool {
+        self.usage.get(q as usize).is_some_and(|u| {
+            of.main_flavors().all(|f| u.get(f).saturating_sub(less.get(f)) >= self.nominal(q, f, now))
+        })
+    }
 }
 
 #[cfg(test)]

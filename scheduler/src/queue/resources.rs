@@ -106,6 +106,14 @@ impl Resources {
         self.0.iter().enumerate().filter(|(_, v)| **v > 0).map(|(i, v)| (Flavor::at(i), *v))
     }
 
+    /// The flavors it is mainly of: its GPU models, or CPU when it has no GPUs.
+    pub fn main_flavors(&self) -> impl Iterator<Item = Flavor> + '_ {
+        let gpu = self.flavors().any(|(f, _)| matches!(f, Flavor::Gpu(_)));
+        self.flavors()
+            .map(|(f, _)| f)
+            .filter(move |f| if gpu { matches!(f, Flavor::Gpu(_)) } else { *f == Flavor::Cpu })
+    }
+
     /// What a gang asks for when its GPUs are of `model`.
     pub fn of_gang(gang: &Gang, model: Option<ModelId>) -> Self {
         let mut r = Resources::default();

@@ -49,40 +49,54 @@ impl Scheduler {
         self.quotas.expire(now);
         self.index_running();
         self.unplaceable.clear();
-        let order = self.order(now);
+        let mut order = self.order(now);
         let mut tl = self.timeline(now);
         let mut out = Cycle::default();
         let mut horizon = now;
         // Without backfill, order is strict within each queue: once a job of a queue waits, later ones wait too.
         let mut blocked: std::collections::HashSet<u32> = std::collections::HashSet::new();
-        for (rank, id) in order.into_iter().enumerate() {
-            if self.jobs[id as usize].status.phase != Phase::Pending {
-                continue;
-            }
-            if rank >= self.config.backfill_depth {
-                if !(self.config.backfill && self.start_if_free(id, now, &mut tl, &mut out)?) {
-                    let st = &mut self.jobs[id as usize].status;
-                    st.estimated_start = Some(horizon);
-                    st.reasons = vec![PendingReason::BeyondBackfillDepth];
+        // With backfill, jobs that fit their queue's nominal quota go before jobs that would borrow (Kueue's order):
+        // a borrower started ahead of them would only be reclaimed by them at the next cycle.
+        let mut deferred = Vec::new();
+        let mut rank = 0;
+        for pass in 0..2 {
+            let list = if pass == 0 { std::mem::take(&mut order) } else { std::mem::take(&mut deferred) };
+            for id in list {
+                if self.jobs[id as usize].status.phase != Phase::Pending {
+                    continue;
                 }
-                continue;
-            }
-            let queue = self.jobs[id as usize].job.queue;
-            let may_start = self.config.backfill || !blocked.contains(&queue);
-            let start = self.consider(id, now, may_start, &mut tl, &mut out)?;
-            if let Some(s) = start {
-                horizon = horizon.max(s);
-            }
-            let runnable = !matches!(
-                self.jobs[id as usize].status.reasons.as_slice(),
-                [PendingReason::DataClearance { .. }]
-                    | [PendingReason::NoAllowedPool { .. }]
-                    | [PendingReason::NoUsableModel]
-            );
-            if runnable && start.is_none_or(|s| s > now) {
-                blocked.insert(queue);
+                if pass == 0 && self.config.backfill && self.only_borrows(id, now) {
+                    deferred.push(id);
+                    continue;
+                }
+                self.nominal_only = pass == 0 && self.config.backfill;
+                rank += 1;
+                if rank > self.config.backfill_depth {
+                    if !(self.config.backfill && self.start_if_free(id, now, &mut tl, &mut out)?) {
+                        let st = &mut self.jobs[id as usize].status;
+                        st.estimated_start = Some(horizon);
+                        st.reasons = vec![PendingReason::BeyondBackfillDepth];
+                    }
+                    continue;
+                }
+                let queue = self.jobs[id as usize].job.queue;
+                let may_start = self.config.backfill || !blocked.contains(&queue);
+                let start = self.consider(id, now, may_start, &mut tl, &mut out)?;
+                if let Some(s) = start {
+                    horizon = horizon.max(s);
+                }
+                let runnable = !matches!(
+                    self.jobs[id as usize].status.reasons.as_slice(),
+                    [PendingReason::DataClearance { .. }]
+                        | [PendingReason::NoAllowedPool { .. }]
+                        | [PendingReason::NoUsableModel]
+                );
+                if runnable && start.is_none_or(|s| s > now) {
+                    blocked.insert(queue);
+                }
             }
         }
+        self.nominal_only = false;
         if self.config.upgrades && self.config.backfill {
             let before = out.preempted.len();
             self.upgrade(now, &mut tl, &mut out)?;
@@ -95,6 +109,23 @@ impl Scheduler {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the job could start now only by borrowing: no way it could run keeps its queue within its nominal
+    /// quota, and some way fits the quota with what its cohort lends.
+    fn only_borrows(&self, id: JobId, now: Time) -> bool {
+        let e = &self.jobs[id as usize];
+        let (q, user) = (e.job.queue, e.job.user);
+        let reqs: Vec<crate::queue::Resources> = if e.job.gang.tasks.iter().all(|t| t.is_cpu_only()) {
+            vec![crate::queue::Resources::of_gang(&e.job.gang, None)]
+        } else {
+            ModelSet(Self::allowed_models(e).0 & self.present.0)
+                .iter()
+                .map(|m| crate::queue::Resources::of_gang(&e.job.gang, Some(m)))
+                .collect()
+        };
+        !reqs.iter().any(|r| self.quotas.within_nominal(q, r, now))
+            && reqs.iter().any(|r| self.quotas.fits(q, user, r, now).is_ok())
     }
 
     /// Past the backfill depth: starts the job on the first option that fits now without touching any

@@ -164,6 +164,8 @@ pub struct Scheduler {
     pub(crate) members: Vec<Vec<JobId>>,
     /// Gangs (as restricted to one option) that found no nodes in a pool this cycle; cleared on any eviction.
     pub(crate) unplaceable: std::collections::HashMap<(PoolId, crate::model::Gang), crate::placer::Rejection>,
+    /// While the cycle's first pass runs: a job's ways to run that fit its quota only by borrowing are left out.
+    pub(crate) nominal_only: bool,
 }
 
 impl Scheduler {
@@ -186,6 +188,7 @@ impl Scheduler {
             running_by_queue: Vec::new(),
             members: Vec::new(),
             unplaceable: std::collections::HashMap::new(),
+            nominal_only: false,
             pool_models,
             present,
             snap: Snapshot::new(cluster)?,

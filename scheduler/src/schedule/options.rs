@@ -129,6 +129,9 @@ impl Scheduler {
                 }
                 let req = Resources::of_gang(&e.job.gang, model);
                 let quota = self.quotas.fits(e.job.queue, e.job.user, &req, now);
+                if self.nominal_only && quota.is_ok() && !self.quotas.within_nominal(e.job.queue, &req, now) {
+                    continue;
+                }
                 out.push(RunOption { pool: p, model, req, duration: setup + run, setup, quota });
             }
         }

@@ -1,8 +1,9 @@
 //! Preemption: evict the fewest victims that lose least work, for priority, reclaim, fair share or queue order.
 // Never a livelock: within a queue only strictly lower priorities are evicted, or equal ones the order puts
 // behind by a 2x margin (two jobs cannot both have twice the other's remaining time); reclaim only evicts jobs of
-// queues above their nominal quota for a queue that stays within its own; fair share only takes from a borrowing
-// queue whose borrowed share stays above the newcomer's own once it runs (so the victim could not take it back).
+// queues above their nominal quota in the flavor claimed, for a queue that stays within its own; fair share only
+// takes from a queue borrowing that flavor whose borrowed share stays above the newcomer's own once it runs (so
+// the victim could not take it back), and leaves it its nominal quota (or it would reclaim).
 
 use super::cycle::Cycle;
 use super::options::RunOption;
@@ -35,12 +36,13 @@ impl Scheduler {
         }
     }
 
-    /// Whether the claim may evict jobs of queue `v` now: `v` borrows in the same cohort tree, and either the
-    /// newcomer reclaims lent quota or `v` borrows a larger share than the newcomer's queue will.
-    fn takes_from(&self, c: Claim, v: QueueId, now: Time) -> bool {
+    /// Whether the claim may evict jobs of queue `v` now: `v` borrows in the same cohort tree, in a flavor the claim
+    /// asks for (a queue below its nominal quota of a GPU model lends none of it, whatever else it borrows), and
+    /// either the newcomer reclaims lent quota or `v` borrows a larger share than the newcomer's queue will.
+    fn takes_from(&self, c: Claim, o: &RunOption, v: QueueId, now: Time) -> bool {
         v != c.queue
             && self.quotas.same_tree(c.queue, v)
-            && self.quotas.is_borrowing(v, now)
+            && self.quotas.borrows_in(v, &o.req, now)
             && (c.reclaim
                 || c.share < self.quotas.borrowed_share(v, &crate::queue::Resources::default(), now))
     }
@@ -56,9 +58,15 @@ impl Scheduler {
         let policy = self.quotas.spec(job.queue).map_or(WithinQueue::Never, |s| s.within_queue);
         let newcomer = super::cycle::best_runtime(&self.jobs[id as usize], self.present);
         let queues: Vec<u32> = (0..self.running_by_queue.len() as u32)
-            .filter(|q| *q == job.queue || self.takes_from(claim, *q, now))
+            .filter(|q| *q == job.queue || self.takes_from(claim, o, *q, now))
             .collect();
         let none = crate::queue::Resources::default();
+        // Per queue, not per job: how close it is to the newcomer's and the share it borrows.
+        let mut rank = vec![(usize::MAX, 0.0); self.running_by_queue.len()];
+        for q in queues.iter().filter(|q| **q != job.queue) {
+            rank[*q as usize] =
+                (self.quotas.kinship(job.queue, *q), -self.quotas.borrowed_share(*q, &none, now));
+        }
         let mut c: Vec<(usize, f64, i32, f64, Time, JobId)> = queues
             .iter()
             .flat_map(|q| self.running_by_queue[*q as usize].iter().copied())
@@ -86,14 +94,7 @@ impl Scheduler {
                 if !(lower || later || (other && (claim.reclaim || near))) {
                     return None;
                 }
-                let (closeness, share) = if other {
-                    (
-                        self.quotas.kinship(job.queue, e.job.queue),
-                        -self.quotas.borrowed_share(e.job.queue, &none, now),
-                    )
-                } else {
-                    (usize::MAX, 0.0)
-                };
+                let (closeness, share) = rank[e.job.queue as usize];
                 Some((closeness, share, e.job.priority, lost, -r.started, v))
             })
             .collect();
@@ -122,15 +123,27 @@ impl Scheduler {
             let mut evicted: Vec<JobId> = Vec::new();
             let claim = self.claim(id, o, now);
             let (queue, user) = (claim.queue, self.jobs[id as usize].job.user);
+            let borrowed = self.quotas.borrowed_in(queue, &o.req, &crate::queue::Resources::default(), now);
             for v in candidates {
                 let vq = self.jobs[v as usize].job.queue;
                 // Each eviction lowers the victim queue's share: take from it only while it still may be taken from.
-                if vq != queue && !self.takes_from(claim, vq, now) {
+                if vq != queue && !self.takes_from(claim, o, vq, now) {
+                    continue;
+                }
+                // Fair share divides what is borrowed: a victim's queue left below its nominal quota would take it
+                // back at once by reclaim, which outranks fair share.
+                if vq != queue && !claim.reclaim && !self.keeps_nominal_without(v, o, now) {
                     continue;
                 }
                 self.evict(v)?;
                 evicted.push(v);
                 if self.quotas.fits(queue, user, &o.req, now).is_err() {
+                    continue;
+                }
+                // Displacing its own queue's jobs never makes a queue borrow more: what it borrowed so could be
+                // reclaimed by a queue whose jobs it displaced in turn, and round again.
+                let own = evicted.iter().any(|x| self.jobs[*x as usize].job.queue == queue);
+                if own && self.quotas.borrowed_in(queue, &o.req, &o.req, now) > borrowed {
                     continue;
                 }
                 let gang = self.gang_for(id, o);
@@ -158,6 +171,12 @@ impl Scheduler {
             }
         }
         Ok(false)
+    }
+
+    /// Whether the queue of running job `v` keeps its nominal quota of the option's flavors without it.
+    fn keeps_nominal_without(&self, v: JobId, o: &RunOption, now: Time) -> bool {
+        let e = &self.jobs[v as usize];
+        e.run.as_ref().is_some_and(|r| self.quotas.keeps_nominal(e.job.queue, &o.req, &r.charged, now))
     }
 
     /// Whether a running job would lose at most `ORDER_MAX_LOSS_S` of run time if evicted now.
