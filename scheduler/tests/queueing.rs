@@ -154,11 +154,12 @@ fn spec(w: &World, q: usize, nominal: [u64; 2]) -> QueueSpec {
 
 /// Runs the ops; checks invariants after every cycle; returns the cycles for the determinism check.
 fn run(w: &World, ops: &[Op]) -> Result<Vec<Cycle>, TestCaseError> {
-    Ok(play(w, ops)?.1)
+    Ok(play(w, ops, false)?.1)
 }
 
 /// Runs the ops, checking invariants after every cycle; returns the scheduler, its cycles and the time reached.
-fn play(w: &World, ops: &[Op]) -> Result<(Scheduler, Vec<Cycle>, f64), TestCaseError> {
+/// With `afresh`, every cycle starts from nothing remembered.
+fn play(w: &World, ops: &[Op], afresh: bool) -> Result<(Scheduler, Vec<Cycle>, f64), TestCaseError> {
     let c = cluster(w);
     let mut quotas = Quotas::default();
     let mut nominal: Vec<[u64; 2]> = w.nominal.clone();
@@ -224,6 +225,9 @@ fn play(w: &World, ops: &[Op]) -> Result<(Scheduler, Vec<Cycle>, f64), TestCaseE
             if s.status(id).unwrap().estimated_end.is_some_and(|e| e <= t) {
                 s.finish(id, t).unwrap();
             }
+        }
+        if afresh {
+            s.forget_rejections();
         }
         let cycle = s.cycle(t).unwrap();
         check(w, &c, &s, &cycle, &nominal, &grants, t)?;
@@ -328,6 +332,11 @@ proptest! {
     }
 
     #[test]
+    fn remembering_rejections_between_cycles_decides_as_working_each_cycle_out_afresh(w in world(), ops in prop::collection::vec(op(), 1..60)) {
+        prop_assert_eq!(play(&w, &ops, false)?.1, play(&w, &ops, true)?.1);
+    }
+
+    #[test]
     fn the_same_history_gives_the_same_decisions(w in world(), ops in prop::collection::vec(op(), 1..40)) {
         prop_assert_eq!(run(&w, &ops)?, run(&w, &ops)?);
     }
@@ -341,7 +350,7 @@ proptest! {
     fn with_nothing_new_lending_and_preemption_come_to_rest(w in world(), ops in prop::collection::vec(op(), 1..60)) {
         // No grants: one lapsing during the quiet cycles would be news.
         let ops: Vec<Op> = ops.into_iter().filter(|o| !matches!(o, Op::Grant { .. })).collect();
-        let (mut s, _, t) = play(&w, &ops)?;
+        let (mut s, _, t) = play(&w, &ops, false)?;
         // Cycles 10 ms apart, nothing arriving or finishing: preemptions the history made possible may still
         // follow one another for a few cycles, but they come to rest (a loop of reclaim, fair share and priority
         // would move jobs forever).

@@ -48,7 +48,6 @@ impl Scheduler {
     pub fn cycle(&mut self, now: Time) -> Result<Cycle, ScheduleError> {
         self.quotas.expire(now);
         self.index_running();
-        self.unplaceable.clear();
         let mut order = self.order(now);
         let mut tl = self.timeline(now);
         let mut out = Cycle::default();

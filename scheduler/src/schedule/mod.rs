@@ -162,7 +162,8 @@ pub struct Scheduler {
     pub(crate) running_by_queue: Vec<Vec<JobId>>,
     /// Every job of each queue, in submission order.
     pub(crate) members: Vec<Vec<JobId>>,
-    /// Gangs (as restricted to one option) that found no nodes in a pool this cycle; cleared on any eviction.
+    /// Gangs (as restricted to one option) that found no nodes in a pool, kept from cycle to cycle until something
+    /// frees capacity (a finish or an eviction that stands): placing more only leaves less room.
     pub(crate) unplaceable: std::collections::HashMap<(PoolId, crate::model::Gang), crate::placer::Rejection>,
     /// While the cycle's first pass runs: a job's ways to run that fit its quota only by borrowing are left out.
     pub(crate) nominal_only: bool,
@@ -221,6 +222,12 @@ impl Scheduler {
         &self.snap
     }
 
+    /// Forgets what the scheduler remembers from one cycle to the next (the gang shapes that found no room in a
+    /// pool): the next cycle works everything out afresh, and decides the same.
+    pub fn forget_rejections(&mut self) {
+        self.unplaceable.clear();
+    }
+
     /// Submits a job; it is considered from the next cycle on.
     pub fn submit(&mut self, job: Job) -> Result<JobId, ScheduleError> {
         self.check_submission(&job)?;
@@ -259,8 +266,9 @@ impl Scheduler {
         let run = e.run.as_ref().ok_or(ScheduleError::NotRunning(id))?;
         let (placement, charged, queue, user) =
             (run.placement.clone(), run.charged.clone(), e.job.queue, e.job.user);
-        let started = run.started;
+        let (started, run_pool) = (run.started, run.pool);
         self.placer.forget(&mut self.snap, &placement)?;
+        self.unplaceable.retain(|(p, _), _| *p != run_pool);
         self.quotas.release(queue, user, &charged)?;
         self.quotas.record_run(queue, &charged, started, now);
         let e = &mut self.jobs[id as usize];

@@ -215,7 +215,6 @@ impl Scheduler {
 
     /// Frees a running job's nodes and quota (its run record stays until it is requeued or restored).
     pub(crate) fn evict(&mut self, v: JobId) -> Result<(), ScheduleError> {
-        self.unplaceable.clear();
         if let Some((placement, charged, queue, user)) = self.held(v) {
             self.placer.forget(&mut self.snap, &placement)?;
             self.quotas.release(queue, user, &charged)?;
@@ -252,6 +251,9 @@ impl Scheduler {
     pub(crate) fn requeue(&mut self, v: JobId, now: Time, tl: &mut Timeline) {
         let e = &mut self.jobs[v as usize];
         if let Some(r) = e.run.take() {
+            // Its nodes stay free: gangs that found no room in its pool may fit now. (An eviction undone leaves
+            // the remembered rejections true.)
+            self.unplaceable.retain(|(p, _), _| *p != r.pool);
             let rate = e.job.work.rate(r.model);
             e.remaining = (e.remaining - saved_work(&e.job, rate, r.working_from, now)).max(0.0);
             tl.remove(r.pool, &r.charged, now, r.est_end.max(now + 1.0));
