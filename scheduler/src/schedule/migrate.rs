@@ -4,7 +4,7 @@
 use super::cycle::Cycle;
 use super::options::RunOption;
 use super::{ScheduleError, Scheduler, Timeline, saved_work};
-use crate::model::{JobId, Time};
+use crate::model::{JobId, ModelSet, Time};
 
 /// An upgrade must bring the finish forward by at least this many seconds…
 const MIN_GAIN_S: f64 = 600.0;
@@ -55,6 +55,18 @@ impl Scheduler {
         let remaining = (e.remaining - saved_work(&e.job, rate, r.working_from, now)).max(0.0);
         let left = (r.est_end - now).max(0.0);
         let enough = MIN_GAIN_S.max(MIN_GAIN_SHARE * left);
+        // Even its fastest model after a restart would not gain enough: no option can (most running jobs).
+        let fastest = if e.job.gang.tasks.iter().all(|t| t.is_cpu_only()) {
+            e.job.work.runtime(remaining, None)
+        } else {
+            ModelSet(Self::allowed_models(e).0 & self.present.0)
+                .iter()
+                .map(|m| e.job.work.runtime(remaining, Some(m)))
+                .fold(f64::INFINITY, f64::min)
+        };
+        if left - (self.config.restart_s + fastest) < enough {
+            return Some((Vec::new(), left));
+        }
         // Only options that gain enough are worth their quota check; most running jobs have none.
         let gains = |pool, model, duration| (pool, model) != (r.pool, r.model) && left - duration >= enough;
         let mut options = self.options_where(e, (remaining, true), now, gains).unwrap_or_default();
