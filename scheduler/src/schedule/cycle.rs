@@ -205,11 +205,12 @@ impl Scheduler {
         for ((p, f), v) in caps {
             tl.set_capacity(p, f, v);
         }
-        for e in &self.jobs {
-            if let Some(r) = &e.run {
-                tl.add(r.pool, &r.charged, now, r.est_end.max(now + 1.0));
-            }
-        }
+        tl.add_all(
+            self.jobs
+                .iter()
+                .filter_map(|e| e.run.as_ref())
+                .map(|r| (r.pool, &r.charged, now, r.est_end.max(now + 1.0))),
+        );
         tl
     }
 

@@ -235,6 +235,45 @@ impl Timeline {
         self.change(pool, req, start, end, 1);
     }
 
+    /// Marks each `(pool, req, start, end)` used, as [`Timeline::add`] one by one would, in one pass: the steps of a
+    /// (pool, flavor) are sorted and merged once, and built into their map at once when it was empty (a cycle's
+    /// running jobs).
+    pub fn add_all<'a>(&mut self, spans: impl IntoIterator<Item = (PoolId, &'a Resources, Time, Time)>) {
+        let mut steps: HashMap<(PoolId, Flavor), Vec<(i64, i64)>> = HashMap::new();
+        for (pool, req, start, end) in spans {
+            let (s, e) = (key(start), key(end).max(key(start) + 1));
+            for (f, v) in req.flavors().filter(|(f, _)| *f != Flavor::Memory) {
+                for (at, d) in [(s, v as i64), (e, -(v as i64))] {
+                    if at <= self.origin {
+                        *self.base.entry((pool, f)).or_default() += d;
+                    } else {
+                        steps.entry((pool, f)).or_default().push((at, d));
+                    }
+                }
+            }
+        }
+        for (pf, mut list) in steps {
+            list.sort_unstable_by_key(|(at, _)| *at);
+            let mut merged: Vec<(i64, i64)> = Vec::with_capacity(list.len());
+            for (at, d) in list {
+                match merged.last_mut() {
+                    Some((last, sum)) if *last == at => *sum += d,
+                    _ => merged.push((at, d)),
+                }
+            }
+            // Peaks are rebuilt from the steps when next asked for.
+            self.peaks.get_mut().remove(&pf);
+            let map = self.steps.entry(pf).or_default();
+            if map.is_empty() {
+                *map = merged.into_iter().collect();
+            } else {
+                for (at, d) in merged {
+                    *map.entry(at).or_default() += d;
+                }
+            }
+        }
+    }
+
     /// Takes back usage added with [`Timeline::add`].
     pub fn remove(&mut self, pool: PoolId, req: &Resources, start: Time, end: Time) {
         self.change(pool, req, start, end, -1);
@@ -401,6 +440,40 @@ mod oracle {
             .map(at)
             .max()
             .unwrap_or(base)
+    }
+
+    #[test]
+    fn adding_all_at_once_gives_the_timeline_adding_one_by_one_gives() {
+        let mut rng = SplitMix64::new(5);
+        for case in 0..200 {
+            let now = rng.below(100) as f64;
+            let spans: Vec<(PoolId, Resources, Time, Time)> = (0..rng.below(80))
+                .map(|_| {
+                    let f = Flavor::Gpu(rng.below(2) as u8);
+                    let r = Resources::default().with(f, 1000 * (1 + rng.below(4))).with(Flavor::Cpu, 500);
+                    let s = rng.below(50) as f64 * 10.0;
+                    (rng.below(2) as PoolId, r, s, s + rng.below(30) as f64 * 10.0)
+                })
+                .collect();
+            let (mut one, mut all) = (Timeline::at(now), Timeline::at(now));
+            // Half the cases start empty (the maps built at once), half after some steps (merged into them).
+            let head = if case % 2 == 0 { 0 } else { spans.len() / 3 };
+            for (p, r, s, e) in &spans[..head] {
+                one.add(*p, r, *s, *e);
+                all.add(*p, r, *s, *e);
+            }
+            for (p, r, s, e) in &spans[head..] {
+                one.add(*p, r, *s, *e);
+            }
+            all.add_all(spans[head..].iter().map(|(p, r, s, e)| (*p, r, *s, *e)));
+            assert_eq!(one.base, all.base, "case {case}");
+            assert_eq!(one.steps, all.steps, "case {case}");
+            for (p, f) in one.steps.keys() {
+                let (qs, qe) = (one.origin, key(rng.below(900) as f64));
+                let qe = qe.max(qs + 1);
+                assert_eq!(one.max_used(*p, *f, qs, qe), all.max_used(*p, *f, qs, qe), "case {case}");
+            }
+        }
     }
 
     #[test]
