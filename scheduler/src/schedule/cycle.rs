@@ -174,7 +174,7 @@ impl Scheduler {
                 let own = match self.quotas.spec(q).map(|s| s.ordering) {
                     Some(Ordering::ShortestFirst) => {
                         let width: f64 = e.job.gang.tasks.iter().map(|t| f64::from(t.gpus.max(1))).sum();
-                        width * best_runtime(e, present)
+                        width * best_runtime(e, e.remaining, present)
                             - SHORTEST_FIRST_AGING * (now - e.job.submitted).max(0.0)
                     }
                     _ => e.job.submitted,
@@ -522,14 +522,14 @@ impl Scheduler {
     }
 }
 
-/// The job's shortest runtime over the models present (its CPU-only runtime for CPU-only jobs).
-pub(crate) fn best_runtime(e: &Entry, present: ModelSet) -> f64 {
+/// The job's shortest runtime for `remaining` work over the models present (its CPU-only runtime for CPU-only jobs).
+pub(crate) fn best_runtime(e: &Entry, remaining: f64, present: ModelSet) -> f64 {
     if e.job.gang.tasks.iter().all(|t| t.is_cpu_only()) {
-        return e.job.work.runtime(e.remaining, None);
+        return e.job.work.runtime(remaining, None);
     }
     let allowed = Scheduler::allowed_models(e);
     ModelSet(allowed.0 & present.0)
         .iter()
-        .map(|m| e.job.work.runtime(e.remaining, Some(m)))
+        .map(|m| e.job.work.runtime(remaining, Some(m)))
         .fold(f64::INFINITY, f64::min)
 }

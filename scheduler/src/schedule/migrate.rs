@@ -4,7 +4,7 @@
 use super::cycle::Cycle;
 use super::options::RunOption;
 use super::{ScheduleError, Scheduler, Timeline, saved_work};
-use crate::model::{JobId, ModelSet, Time};
+use crate::model::{JobId, Time};
 
 /// An upgrade must bring the finish forward by at least this many seconds…
 const MIN_GAIN_S: f64 = 600.0;
@@ -56,14 +56,7 @@ impl Scheduler {
         let left = (r.est_end - now).max(0.0);
         let enough = MIN_GAIN_S.max(MIN_GAIN_SHARE * left);
         // Even its fastest model after a restart would not gain enough: no option can (most running jobs).
-        let fastest = if e.job.gang.tasks.iter().all(|t| t.is_cpu_only()) {
-            e.job.work.runtime(remaining, None)
-        } else {
-            ModelSet(Self::allowed_models(e).0 & self.present.0)
-                .iter()
-                .map(|m| e.job.work.runtime(remaining, Some(m)))
-                .fold(f64::INFINITY, f64::min)
-        };
+        let fastest = super::cycle::best_runtime(e, remaining, self.present);
         if left - (self.config.restart_s + fastest) < enough {
             return Some((Vec::new(), left));
         }

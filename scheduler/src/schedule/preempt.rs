@@ -56,7 +56,10 @@ impl Scheduler {
         let job = &self.jobs[id as usize].job;
         let claim = self.claim(id, o, now);
         let policy = self.quotas.spec(job.queue).map_or(WithinQueue::Never, |s| s.within_queue);
-        let newcomer = super::cycle::best_runtime(&self.jobs[id as usize], self.present);
+        let newcomer = {
+            let e = &self.jobs[id as usize];
+            super::cycle::best_runtime(e, e.remaining, self.present)
+        };
         let queues: Vec<u32> = (0..self.running_by_queue.len() as u32)
             .filter(|q| *q == job.queue || self.takes_from(claim, o, *q, now))
             .collect();
