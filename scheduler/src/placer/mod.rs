@@ -85,7 +85,12 @@ pub struct Placer {
     cache: ScoreCache,
     classes: HashMap<TaskSpec, u32>,
     next_start: usize,
+    /// Feasible nodes scored for the task at hand.
+    seen: usize,
+    /// Those nodes with their scores and ranks, kept only for a policy that normalises over them.
     feasible: Vec<(NodeId, Scored, u32)>,
+    /// Otherwise the best of them so far.
+    best: Option<(NodeId, Scored, u32)>,
     scores: Vec<i64>,
 }
 
@@ -98,7 +103,9 @@ impl Placer {
             cache: ScoreCache::default(),
             classes: HashMap::new(),
             next_start: 0,
+            seen: 0,
             feasible: Vec::new(),
+            best: None,
             scores: Vec::new(),
         }
     }
@@ -122,8 +129,10 @@ impl Placer {
     ) -> Option<(TaskPlacement, i64)> {
         let limit = self.config.nodes_to_score.limit(snap.len());
         let cacheable = self.policy.cacheable() && !matches!(scope, Scope::Nvlink(..));
-        let class = if cacheable { self.class(task) } else { 0 };
+        let class = if cacheable { self.class(task, snap.len()) } else { 0 };
+        self.seen = 0;
         self.feasible.clear();
+        self.best = None;
         let mut last = 0;
         match scope {
             Scope::All | Scope::Pool(_) => {
@@ -136,7 +145,7 @@ impl Placer {
                         continue;
                     }
                     self.consider(snap, task, id, None, cacheable.then_some(class));
-                    if self.feasible.len() >= limit {
+                    if self.seen >= limit {
                         break;
                     }
                 }
@@ -148,7 +157,7 @@ impl Placer {
                 }
             }
         }
-        if limit != usize::MAX && self.feasible.len() >= limit {
+        if limit != usize::MAX && self.seen >= limit {
             self.next_start = last as usize / 64 + 1;
         }
         self.choose(task)
@@ -178,10 +187,24 @@ impl Placer {
             },
             None => self.policy.score(&view, task, usable),
         };
-        self.feasible.push((id, scored, view.rank));
+        self.seen += 1;
+        let candidate = (id, scored, view.rank);
+        if self.policy.normalizes() {
+            self.feasible.push(candidate);
+        } else if self.best.is_none_or(|b| Self::beats(&candidate, &b)) {
+            self.best = Some(candidate);
+        }
+    }
+
+    /// Whether `a`, scored after `b`, wins over it: a higher score, then a lower rank; the later of equals.
+    fn beats(a: &(NodeId, Scored, u32), b: &(NodeId, Scored, u32)) -> bool {
+        a.1.score.cmp(&b.1.score).then_with(|| b.2.cmp(&a.2)).is_ge()
     }
 
     fn choose(&mut self, task: &TaskSpec) -> Option<(TaskPlacement, i64)> {
+        if let Some((node, s, _)) = self.best {
+            return Some((TaskPlacement { node, gpus: s.gpus, spec: *task }, s.score));
+        }
         if self.feasible.len() <= 1 {
             return self
                 .feasible
@@ -198,7 +221,12 @@ impl Placer {
             .map(|((node, s, _), n)| (TaskPlacement { node: *node, gpus: s.gpus, spec: *task }, *n))
     }
 
-    fn class(&mut self, task: &TaskSpec) -> u32 {
+    /// The task's shape as a small number for the score cache; past the cache's budget it starts afresh.
+    fn class(&mut self, task: &TaskSpec, nodes: usize) -> u32 {
+        if !self.classes.contains_key(task) && self.classes.len() >= ScoreCache::class_budget(nodes) {
+            self.classes.clear();
+            self.cache.clear();
+        }
         let next = self.classes.len() as u32;
         *self.classes.entry(*task).or_insert(next)
     }

@@ -19,6 +19,10 @@ impl Score for BestFit {
         Scored { score: v.trunc() as i64, gpus: best_fit_gpus(node.free, usable, task).unwrap_or(0) }
     }
 
+    fn normalizes(&self) -> bool {
+        true
+    }
+
     fn normalize(&self, scores: &mut [i64]) {
         let (Some(min), Some(max)) = (scores.iter().min().copied(), scores.iter().max().copied()) else {
             return;

@@ -48,6 +48,11 @@ pub trait Score {
     /// Rescales the raw scores of one task's feasible nodes in place.
     fn normalize(&self, _scores: &mut [i64]) {}
 
+    /// Whether [`Score::normalize`] changes scores; when not, the best node is found while scoring.
+    fn normalizes(&self) -> bool {
+        false
+    }
+
     /// Whether a score depends only on the node's state and the task (so it may be cached per node version).
     fn cacheable(&self) -> bool {
         true
@@ -222,6 +227,11 @@ impl Policy {
     /// See [`Score::normalize`].
     pub fn normalize(&self, scores: &mut [i64]) {
         each!(self, p => p.normalize(scores))
+    }
+
+    /// See [`Score::normalizes`].
+    pub fn normalizes(&self) -> bool {
+        each!(self, p => p.normalizes())
     }
 
     /// See [`Score::cacheable`].
