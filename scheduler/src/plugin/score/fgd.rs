@@ -1,8 +1,8 @@
 //! FGD: move each task where it lowers the expected fragmentation most (Weng et al., USENIX ATC 2023).
 
-use super::frag::{FragCache, FragModel, node_fragmentation};
+use super::frag::{FragCache, FragModel, FreeGpus};
 use super::{Score, Scored, score_cpu};
-use crate::model::TaskSpec;
+use crate::model::{MAX_GPUS_PER_NODE, TaskSpec};
 use crate::plugin::typical::TypicalPods;
 use crate::plugin::{fitting_gpus, sorted_by_free};
 use crate::snapshot::{NodeView, mask_bits};
@@ -33,34 +33,37 @@ fn ascending_fit(node: &NodeView<'_>, task: &TaskSpec, usable: u32) -> u32 {
     order[..n].iter().take(task.gpus as usize).fold(0u32, |acc, j| acc | (1u32 << j))
 }
 
-/// Free milli per GPU after `task` takes its share on the GPUs in `mask`.
-fn after(free: &[u16], mask: u32, milli: u32) -> [u16; 32] {
-    let mut out = [0u16; 32];
-    out[..free.len()].copy_from_slice(free);
-    for j in mask_bits(mask) {
-        out[j] -= milli as u16;
-    }
-    out
-}
-
 /// FGD's step: the node's score is the sigmoid of how much placing `task` lowers its fragmentation. A shared
 /// task tries every GPU that fits and keeps the first best; other tasks take the first GPUs that fit in
-/// ascending order of free. `frag(cpu, memory, free)` measures a node state.
+/// ascending order of free. `before` is the node's fragmentation and `now` its free GPUs as they are;
+/// `frag(cpu, memory, gpus)` measures a node state.
 pub(crate) fn gradient_score(
     node: &NodeView<'_>,
     task: &TaskSpec,
     usable: u32,
     before: f64,
-    frag: impl Fn(i64, i64, &[u16]) -> f64,
+    now: &FreeGpus,
+    frag: impl Fn(i64, i64, &FreeGpus) -> f64,
 ) -> Scored {
-    let n = node.free.len();
     let cpu = node.cpu_free as i64 - score_cpu(task) as i64;
     let mem = node.memory_free as i64 - task.memory_mib as i64;
+    let model = |j: usize| node.node.gpus.get(j).map(|g| g.model);
     if task.is_shared() {
         let mut best = Scored { score: i64::MIN, gpus: 0 };
+        let mut tried = [(0u16, None); MAX_GPUS_PER_NODE];
+        let mut n_tried = 0;
         for j in mask_bits(fitting_gpus(node.free, usable, task.gpu_milli)) {
-            let free = after(node.free, 1u32 << j, task.gpu_milli);
-            let score = sigmoid_score(before - frag(cpu, mem, &free[..n]));
+            // Fragmentation sees a node's GPUs only as free milli per model, so a GPU like one already tried
+            // (same free, same model) scores the same, and the first of them is kept.
+            let like = (node.free[j], model(j));
+            if tried[..n_tried].contains(&like) {
+                continue;
+            }
+            tried[n_tried] = like;
+            n_tried += 1;
+            let mut after = *now;
+            after.take(like.0, like.1, task.gpu_milli);
+            let score = sigmoid_score(before - frag(cpu, mem, &after));
             if score > best.score {
                 best = Scored { score, gpus: 1u32 << j };
             }
@@ -68,8 +71,11 @@ pub(crate) fn gradient_score(
         return best;
     }
     let gpus = if task.is_cpu_only() { 0 } else { ascending_fit(node, task, usable) };
-    let free = after(node.free, gpus, task.gpu_milli);
-    Scored { score: sigmoid_score(before - frag(cpu, mem, &free[..n])), gpus }
+    let mut after = *now;
+    for j in mask_bits(gpus) {
+        after.take(node.free[j], model(j), task.gpu_milli);
+    }
+    Scored { score: sigmoid_score(before - frag(cpu, mem, &after)), gpus }
 }
 
 impl Score for Fgd {
@@ -77,11 +83,9 @@ impl Score for Fgd {
 
     fn score(&mut self, node: &NodeView<'_>, task: &TaskSpec, usable: u32) -> Scored {
         let typical = &self.typical;
-        let frag = |cpu: i64, _mem: i64, free: &[u16]| {
-            node_fragmentation(typical, cpu, 0, free, node.node, FragModel::FGD)
-        };
-        let before = self.before.get_or(node.id, node.version, || frag(node.cpu_free as i64, 0, node.free));
-        gradient_score(node, task, usable, before, frag)
+        let frag = |cpu: i64, _mem: i64, gpus: &FreeGpus| gpus.fragmentation(typical, cpu, 0, FragModel::FGD);
+        let (before, now) = self.before.get_or(node, |gpus| frag(node.cpu_free as i64, 0, gpus));
+        gradient_score(node, task, usable, before, &now, frag)
     }
 }
 

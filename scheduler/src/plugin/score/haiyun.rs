@@ -5,7 +5,7 @@
 // fewest GPUs. The discount reflects that lighter shapes may still use those GPUs later.
 
 use super::fgd::gradient_score;
-use super::frag::{FragCache, FragModel, node_fragmentation};
+use super::frag::{FragCache, FragModel, FreeGpus};
 use super::{PolicyError, Score, Scored};
 use crate::model::TaskSpec;
 use crate::plugin::typical::TypicalPods;
@@ -62,12 +62,10 @@ impl Score for Haiyun {
 
     fn score(&mut self, node: &NodeView<'_>, task: &TaskSpec, usable: u32) -> Scored {
         let (typical, model) = (&self.typical, self.params.frag);
-        let frag =
-            |cpu: i64, mem: i64, free: &[u16]| node_fragmentation(typical, cpu, mem, free, node.node, model);
-        let before = self
-            .before
-            .get_or(node.id, node.version, || frag(node.cpu_free as i64, node.memory_free as i64, node.free));
-        gradient_score(node, task, usable, before, frag)
+        let frag = |cpu: i64, mem: i64, gpus: &FreeGpus| gpus.fragmentation(typical, cpu, mem, model);
+        let (before, now) =
+            self.before.get_or(node, |gpus| frag(node.cpu_free as i64, node.memory_free as i64, gpus));
+        gradient_score(node, task, usable, before, &now, frag)
     }
 }
 
