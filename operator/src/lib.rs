@@ -80,7 +80,8 @@ pub struct Settings {
     /// API operations in flight at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
-    /// Client-side limit on API writes per second (0: none), like kube-scheduler's --kube-api-qps.
+    /// Client-side limit on API requests per second (0: none), like kube-scheduler's --kube-api-qps: every request
+    /// counts (reads, writes, events, the start of each watch).
     #[arg(long, default_value_t = 0.0)]
     pub kube_api_qps: f64,
     /// Burst above the limit.
@@ -170,7 +171,8 @@ async fn serve(
 ) -> Result<(), RunError> {
     let stop = shutdown();
     tracing::info!(%version, "haiyun-operator starting");
-    let client = client(settings.kubeconfig.as_deref()).await?;
+    let limiter = limit::Limiter::new(settings.kube_api_qps, settings.kube_api_burst);
+    let client = limited_client(settings.kubeconfig.as_deref(), limiter).await?;
     let identity = settings.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
@@ -314,14 +316,29 @@ pub fn shutdown() -> tokio::sync::watch::Receiver<bool> {
 /// A client from the kubeconfig at `path`, else the default configuration (`KUBECONFIG`, ~/.kube/config, or the
 /// pod's service account in a cluster).
 pub async fn client(path: Option<&std::path::Path>) -> Result<kube::Client, RunError> {
-    let Some(path) = path else {
-        return kube::Client::try_default().await.map_err(RunError::Config);
+    limited_client(path, limit::Limiter::new(0.0, 1)).await
+}
+
+/// Like [`client`], with every request held to `limiter` (none when it has no rate).
+pub async fn limited_client(
+    path: Option<&std::path::Path>,
+    limiter: limit::Limiter,
+) -> Result<kube::Client, RunError> {
+    let config = match path {
+        None => kube::Config::infer().await.map_err(|e| RunError::Config(kube::Error::InferConfig(e)))?,
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| RunError::Config(e.into()))?;
+            let options = kube::config::KubeConfigOptions::default();
+            kube::Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .map_err(|e| RunError::Config(e.into()))?
+        }
     };
-    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| RunError::Config(e.into()))?;
-    let options = kube::config::KubeConfigOptions::default();
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &options).await.map_err(|e| RunError::Config(e.into()))?;
-    kube::Client::try_from(config).map_err(RunError::Config)
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(RunError::Config)?;
+    if !limiter.limits() {
+        return Ok(builder.build());
+    }
+    Ok(builder.with_layer(&limit::LimitLayer::new(limiter)).build())
 }
 
 /// Waits until this replica holds the lease.
@@ -368,7 +385,6 @@ fn engine_for(
         recorder: Recorder::new(client.clone(), reporter),
         concurrency: settings.concurrency,
         metrics: sinks.metrics.clone(),
-        limiter: limit::Limiter::new(settings.kube_api_qps, settings.kube_api_burst),
         outcomes,
         log: sinks.log.clone(),
     };

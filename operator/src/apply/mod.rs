@@ -34,7 +34,6 @@ pub struct Applier {
     locks: Locks,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
-    limiter: Arc<crate::limit::Limiter>,
     outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
     log: DecisionLog,
 }
@@ -70,8 +69,6 @@ pub struct Parts {
     pub concurrency: usize,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// The client-side write limit.
-    pub limiter: crate::limit::Limiter,
     /// Where outcomes go (the loop's overlay).
     pub outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
     /// Where `place` lines go once an admission or binding succeeded.
@@ -93,7 +90,6 @@ impl Applier {
             locks: Arc::default(),
             permits: Arc::new(Semaphore::new(parts.concurrency.max(1))),
             metrics: parts.metrics,
-            limiter: Arc::new(parts.limiter),
             outcomes: parts.outcomes,
             log: parts.log,
         }
@@ -160,7 +156,6 @@ impl Applier {
 
     async fn run(&self, action: Action, backends: &Backends) {
         let key = action.key();
-        self.limiter.take(requests(&action)).await;
         let result = self.step(&action, backends).await;
         let kind = match &action {
             Action::Admit { dispatch: true, .. } => StepKind::Admit,
@@ -202,13 +197,17 @@ impl Applier {
                 write::job_status(&self.client, job, &status).await?;
                 let nodes: Vec<&str> = placement.tasks.iter().map(|t| t.node.as_str()).collect();
                 let note = format!("placed in pool {} on {}", placement.pool, summarise(&nodes));
-                self.event(job, EventType::Normal, "Admitted", &note).await;
+                let event = self.event(job, EventType::Normal, "Admitted", &note);
                 if !dispatch {
+                    event.await;
                     return Ok(()); // a later cycle binds it, once its nodes are free
                 }
+                let backend = backend(*kind)?;
                 let mut admitted = job.as_ref().clone();
                 admitted.status = Some(status);
-                self.dispatch(&admitted, backend(*kind)?.as_ref(), true).await
+                // The event goes out while the pods are made: neither waits for the other.
+                let ((), made) = tokio::join!(event, self.dispatch(&admitted, backend.as_ref(), true));
+                made
             }
             Action::Bind { job, backend: kind } => self.dispatch(job, backend(*kind)?.as_ref(), false).await,
             Action::Evict { job, backend: kind, lost } => {
@@ -356,25 +355,6 @@ impl Applier {
         if let Err(e) = self.recorder.publish(&ev, &reference).await {
             tracing::debug!(error = %e, "failed to publish an event");
         }
-    }
-}
-
-/// Writes an action makes (a creation and a binding per pod, a status write, a deletion).
-fn requests(a: &Action) -> u32 {
-    let tasks = |job: &ComputeJob| job.spec.task_groups.iter().map(|g| g.replicas).sum::<u32>();
-    match a {
-        Action::Admit { job, .. } => 1 + 2 * tasks(job),
-        Action::Bind { job, .. } => 2 * tasks(job),
-        Action::Evict { job, .. } => 1 + tasks(job),
-        Action::Status { .. }
-        | Action::BindPod { .. }
-        | Action::HoldPod { .. }
-        | Action::EvictPod { .. }
-        | Action::PodWaits { .. }
-        | Action::Mirror { .. }
-        | Action::Collect { .. }
-        | Action::Release { .. }
-        | Action::WriteStatus(_) => 1,
     }
 }
 
