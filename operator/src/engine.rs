@@ -146,8 +146,11 @@ impl Engine {
             skew: self.config.skew,
         };
         let backends = Arc::new(Backends::new(vec![
-            Arc::new(self.kubernetes.with_leases(self.grants.live(&objects.grants, at), fences))
-                as Arc<dyn PoolBackend>,
+            Arc::new(
+                self.kubernetes
+                    .with_leases(self.grants.live(&objects.grants, at), fences)
+                    .with_seen(crate::backend::kubernetes::pods::Seen::of(&objects.slices, &objects.pods)),
+            ) as Arc<dyn PoolBackend>,
             Arc::new(self.slurm.backend()),
             Arc::new(remote),
         ]));

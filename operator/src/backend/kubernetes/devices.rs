@@ -34,6 +34,11 @@ pub fn index(name: &str) -> Option<u32> {
     name.strip_prefix("gpu-").or_else(|| name.strip_prefix("mig-"))?.parse().ok()
 }
 
+/// The nodes a slice of Haiyun's driver describes.
+pub fn driver_nodes(slices: &[Arc<ResourceSlice>]) -> std::collections::HashSet<String> {
+    slices.iter().filter(|s| s.spec.driver == DRIVER).filter_map(|s| s.spec.node_name.clone()).collect()
+}
+
 /// The GPUs of each node a slice of Haiyun's driver describes.
 pub fn by_node(slices: &[Arc<ResourceSlice>]) -> HashMap<String, Devices> {
     let mut out: HashMap<String, Devices> = HashMap::new();

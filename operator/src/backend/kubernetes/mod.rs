@@ -34,6 +34,8 @@ pub struct KubernetesBackend {
     grants: std::sync::Arc<Grants>,
     /// The node fences their holders keep, as last seen.
     fences: std::sync::Arc<fence::NodeFences>,
+    /// What the watch caches held when the cycle ran (which nodes have the DRA driver, which jobs have pods).
+    seen: std::sync::Arc<pods::Seen>,
 }
 
 impl std::fmt::Debug for KubernetesBackend {
@@ -45,7 +47,12 @@ impl std::fmt::Debug for KubernetesBackend {
 impl KubernetesBackend {
     /// A backend applying decisions through `client`.
     pub fn new(client: Client) -> Self {
-        KubernetesBackend { client: Some(client), grants: Default::default(), fences: Default::default() }
+        KubernetesBackend {
+            client: Some(client),
+            grants: Default::default(),
+            fences: Default::default(),
+            seen: Default::default(),
+        }
     }
 
     /// The same backend with the capacity leases live now and the node fences as last seen.
@@ -54,12 +61,24 @@ impl KubernetesBackend {
             client: self.client.clone(),
             grants: std::sync::Arc::new(grants),
             fences: std::sync::Arc::new(fences),
+            seen: self.seen.clone(),
         }
+    }
+
+    /// The same backend, knowing what the watch caches held when the cycle ran.
+    pub fn with_seen(mut self, seen: pods::Seen) -> Self {
+        self.seen = std::sync::Arc::new(seen);
+        self
     }
 
     /// A backend that only reads (a cycle computed without a cluster to apply it to).
     pub fn offline() -> Self {
-        KubernetesBackend { client: None, grants: Default::default(), fences: Default::default() }
+        KubernetesBackend {
+            client: None,
+            grants: Default::default(),
+            fences: Default::default(),
+            seen: Default::default(),
+        }
     }
 
     fn client(&self) -> Result<&Client, BackendError> {
@@ -143,7 +162,7 @@ impl PoolBackend for KubernetesBackend {
             let client = self.client()?;
             match job.spec.batch_job.as_deref() {
                 Some(name) => Ok(batch::ensure(client, job, name).await?),
-                None => Ok(pods::ensure_pods(client, job, &pods::Stamp::Local).await?),
+                None => Ok(pods::ensure_pods(client, job, &pods::Stamp::Local, Some(&self.seen)).await?),
             }
         }
         .boxed()

@@ -1,6 +1,7 @@
-//! A job's pods in this cluster: created with deterministic names, bound through the Binding subresource exactly
-//! where the job's status places them, deleted by the job's uid. Every step is idempotent, so a crash anywhere is
-//! repaired by running the step again (the status is written first, by the applier).
+//! A job's pods in this cluster: created with deterministic names exactly where the job's status places them (made
+//! on their node, or bound through the Binding subresource once a device claim is allocated), deleted by the job's
+//! uid. Every step is idempotent, so a crash anywhere is repaired by running the step again (the status is written
+//! first, by the applier).
 
 use haiyun_api::job::TaskPlacement;
 use haiyun_api::{ComputeJob, GPUS_ANNOTATION, JOB_NAME_LABEL, JOB_UID_LABEL, SCHEDULER_NAME};
@@ -129,8 +130,39 @@ impl Stamp {
     }
 }
 
-/// Creates the job's pods where missing and binds each where its placement says; returns how many it bound.
-pub async fn ensure_pods(client: &Client, job: &ComputeJob, stamp: &Stamp) -> Result<usize, PodError> {
+/// What this cluster's watch caches held when the cycle ran, so making a job's pods reads only what may be there.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// Nodes whose GPUs Haiyun's DRA driver publishes (only their slices are read).
+    pub driver_nodes: std::collections::HashSet<String>,
+    /// Jobs (namespace, name) with pods of any run (only their pods are listed before new ones are made).
+    pub jobs_with_pods: std::collections::HashSet<(String, String)>,
+}
+
+impl Seen {
+    /// What the cycle's objects show.
+    pub fn of(
+        slices: &[std::sync::Arc<k8s_openapi::api::resource::v1::ResourceSlice>],
+        pods: &[std::sync::Arc<Pod>],
+    ) -> Self {
+        let jobs_with_pods = pods
+            .iter()
+            .filter_map(|p| {
+                Some((p.namespace().unwrap_or_default(), p.labels().get(JOB_NAME_LABEL)?.clone()))
+            })
+            .collect();
+        Seen { driver_nodes: super::devices::driver_nodes(slices), jobs_with_pods }
+    }
+}
+
+/// Creates the job's pods where missing, each on the node its placement says; returns how many it put on a node.
+/// `seen`: what the watch caches held (a remote cluster's are not kept: everything is read).
+pub async fn ensure_pods(
+    client: &Client,
+    job: &ComputeJob,
+    stamp: &Stamp,
+    seen: Option<&Seen>,
+) -> Result<usize, PodError> {
     let Some(st) = job.status.as_ref() else { return Ok(0) };
     let Some(placement) = st.placement.as_ref() else { return Ok(0) };
     let ns = job.namespace().unwrap_or_default();
@@ -139,59 +171,93 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob, stamp: &Stamp) -> Re
     let uid = job.uid().unwrap_or_default();
     ensure_service(client, job, stamp).await?;
     // Pods of an earlier run go first, all of them, before any pod of this run is made: two runs never have pods
-    // at once.
-    let mut existing = Vec::with_capacity(placement.tasks.len());
-    for task in &placement.tasks {
-        existing.push(pods.get_opt(&task.pod).await.map_err(api_err("read pod", &task.pod))?);
+    // at once. The job's pods of every run are read in one list (by the job-name label, so an earlier job of this
+    // name counts); a pod of one of our names that lacks the label turns up when creating it.
+    // A job the cache shows no pod of (a first run, or one whose pods are long gone) skips the list.
+    let name = job.name_any();
+    let mut by_name: std::collections::HashMap<String, Pod> = std::collections::HashMap::new();
+    if seen.is_none_or(|s| s.jobs_with_pods.contains(&(ns.clone(), name.clone()))) {
+        let listed = pods
+            .list(&ListParams::default().labels(&format!("{JOB_NAME_LABEL}={name}")))
+            .await
+            .map_err(api_err("list pods of job", &name))?;
+        by_name = listed.items.into_iter().map(|p| (p.name_any(), p)).collect();
     }
-    if let Stamp::Remote { origin } = stamp {
-        let label = crate::backend::remote::ORIGIN_LABEL;
-        if let Some(p) = existing.iter().flatten().find(|p| p.labels().get(label) != Some(origin)) {
-            return Err(PodError::Taken(p.name_any()));
-        }
-    }
-    let stale: Vec<&str> = placement
-        .tasks
-        .iter()
-        .zip(&existing)
-        .filter(|(_, p)| {
-            p.as_ref().is_some_and(|p| {
-                // Another job's of this name (one deleted and made again), an earlier run's, or going.
-                p.labels().get(JOB_UID_LABEL) != Some(&uid)
-                    || p.labels().get(RUN_LABEL) != Some(&run)
-                    || p.metadata.deletion_timestamp.is_some()
-            })
-        })
-        .map(|(t, _)| t.pod.as_str())
-        .collect();
-    if let Some(first) = stale.first() {
-        for name in &stale {
-            delete_pod(&pods, name).await?;
-        }
-        return Err(PodError::Stale((*first).to_string()));
-    }
-    let mut bound = 0;
+    let existing: Vec<Option<Pod>> = placement.tasks.iter().map(|t| by_name.remove(&t.pod)).collect();
+    refuse_others(&pods, &existing, stamp, &uid, &run).await?;
     // The driver's slice of each node with GPU tasks, read once.
     let mut slices: std::collections::HashMap<&str, NodeDevices> = std::collections::HashMap::new();
     for (i, task) in placement.tasks.iter().enumerate() {
-        if gpu_share(job, i).is_some() && !slices.contains_key(task.node.as_str()) {
+        let driven = seen.is_none_or(|s| s.driver_nodes.contains(&task.node));
+        if driven && gpu_share(job, i).is_some() && !slices.contains_key(task.node.as_str()) {
             slices.insert(&task.node, super::claims::node_devices(client, &task.node).await?);
         }
     }
+    // The pods are made (or bound) all at once: a gang's pods are independent, and one by one a gang of eight
+    // waited for eight round trips.
+    let mut steps = Vec::with_capacity(placement.tasks.len());
     for ((i, task), found) in placement.tasks.iter().enumerate().zip(existing) {
         let devices = slices.get(task.node.as_str()).and_then(Option::as_ref);
+        let place = Place { client, pods: &pods, job, stamp, uid: &uid, run: &run };
+        steps.push(place.task(i, task, found, devices));
+    }
+    let placed = futures::future::join_all(steps).await;
+    let mut bound = 0;
+    for result in placed {
+        bound += result?;
+    }
+    Ok(bound)
+}
+
+/// What placing one task of a job needs.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    client: &'a Client,
+    pods: &'a Api<Pod>,
+    job: &'a ComputeJob,
+    stamp: &'a Stamp,
+    uid: &'a str,
+    run: &'a str,
+}
+
+impl Place<'_> {
+    /// Makes task `i`'s pod on its node unless `found`, or binds the one found unbound; returns 1 if it put a pod on
+    /// a node.
+    async fn task(
+        self,
+        i: usize,
+        task: &TaskPlacement,
+        found: Option<Pod>,
+        devices: Option<&std::collections::BTreeMap<u32, super::claims::SliceDevice>>,
+    ) -> Result<usize, PodError> {
+        let Place { client, pods, job, stamp, uid, run } = self;
+        let mut bound = 0;
         let pod = match found {
             Some(p) => p,
             None => {
-                let mut pod = pod_for(job, i, task, &run)?;
+                let mut pod = pod_for(job, i, task, run)?;
                 stamp.apply(&mut pod.metadata);
                 if devices.is_some() {
                     super::claims::attach(&mut pod);
                 }
+                // A pod without a claim to allocate first is made on its node: no binding call.
+                let placed = !uses_claim(&pod);
+                if placed {
+                    if let Some(spec) = pod.spec.as_mut() {
+                        spec.node_name = Some(task.node.clone());
+                    }
+                }
                 match pods.create(&PostParams::default(), &pod).await {
-                    Ok(p) => p,
+                    Ok(p) => {
+                        bound += usize::from(placed);
+                        p
+                    }
                     Err(e) if is_status(&e, 409) => {
-                        pods.get(&task.pod).await.map_err(api_err("read pod", &task.pod))?
+                        let p = pods.get(&task.pod).await.map_err(api_err("read pod", &task.pod))?;
+                        let found = [Some(p)];
+                        refuse_others(pods, &found, stamp, uid, run).await?;
+                        let [Some(p)] = found else { return Err(PodError::Stale(task.pod.clone())) };
+                        p
                     }
                     Err(e) => return Err(api_err("create pod", &task.pod)(e)),
                 }
@@ -200,7 +266,7 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob, stamp: &Stamp) -> Re
         match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
             Some(n) if n == task.node => {}
             Some(_) => {
-                delete_pod(&pods, &task.pod).await?;
+                delete_pod(pods, &task.pod).await?;
                 return Err(PodError::Stale(task.pod.clone()));
             }
             None => {
@@ -213,12 +279,45 @@ pub async fn ensure_pods(client: &Client, job: &ComputeJob, stamp: &Stamp) -> Re
                     let share = gpu_share(job, i).flatten();
                     super::claims::ensure(client, job, &pod, &task.node, &picked, share).await?;
                 }
-                bind(&pods, &task.pod, &task.node).await?;
+                bind(pods, &task.pod, &task.node).await?;
                 bound += 1;
             }
         }
+        Ok(bound)
     }
-    Ok(bound)
+}
+
+/// Stops at pods found under the job's pod names that are not this run's: in a remote cluster one another operator
+/// made is refused (never deleted); otherwise one of another job of this name, of an earlier run, or going is
+/// deleted, and the job waits for it to go.
+async fn refuse_others(
+    pods: &Api<Pod>,
+    found: &[Option<Pod>],
+    stamp: &Stamp,
+    uid: &str,
+    run: &str,
+) -> Result<(), PodError> {
+    if let Stamp::Remote { origin } = stamp {
+        let label = crate::backend::remote::ORIGIN_LABEL;
+        if let Some(p) = found.iter().flatten().find(|p| p.labels().get(label) != Some(origin)) {
+            return Err(PodError::Taken(p.name_any()));
+        }
+    }
+    let stale: Vec<String> = found
+        .iter()
+        .flatten()
+        .filter(|p| {
+            p.labels().get(JOB_UID_LABEL).map(String::as_str) != Some(uid)
+                || p.labels().get(RUN_LABEL).map(String::as_str) != Some(run)
+                || p.metadata.deletion_timestamp.is_some()
+        })
+        .map(|p| p.name_any())
+        .collect();
+    let Some(first) = stale.first() else { return Ok(()) };
+    for name in &stale {
+        delete_pod(pods, name).await?;
+    }
+    Err(PodError::Stale(first.clone()))
 }
 
 /// Whether task `index` takes GPUs: `Some(None)` whole ones, `Some(Some(percent))` a share of one.

@@ -349,7 +349,7 @@ impl PoolBackend for RemoteBackend {
                 seen.namespaces.lock().unwrap_or_else(|p| p.into_inner()).insert(ns.clone());
             }
             let stamp = Stamp::Remote { origin: self.origin.clone() };
-            let made = pods::ensure_pods(client, &localised(job), &stamp).await;
+            let made = pods::ensure_pods(client, &localised(job), &stamp, None).await;
             if made.is_err() {
                 // Someone may have deleted the namespace there: look again next time.
                 seen.namespaces.lock().unwrap_or_else(|p| p.into_inner()).remove(&ns);
