@@ -22,6 +22,9 @@ use crate::status;
 use crate::time::rfc3339;
 use haiyun_scheduler::queue::Flavor;
 
+/// The shortest time between two writes of one queue's or pool's status, in seconds.
+pub const CAPACITY_STATUS_PERIOD_S: f64 = 1.0;
+
 /// What a cycle reads.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
@@ -53,6 +56,8 @@ pub struct Memory {
     finished: HashSet<String>,
     /// QuotaRequests whose verdict is logged (uid → verdict line's detail).
     quota: BTreeMap<String, String>,
+    /// When each queue's and pool's status was last written (its key → unix seconds).
+    written: BTreeMap<String, Time>,
     /// The runs open in the usage ledger and what the closed ones used (None: no ledger, or not loaded yet: nothing
     /// is recorded).
     pub runs: Option<crate::ledger::runs::Book>,
@@ -136,9 +141,64 @@ pub fn run(input: &Input<'_>, memory: &mut Memory) -> Result<Output, CycleError>
             decisions.push(line);
         }
     }
-    out.extend(writes.into_iter().filter(|w| !input.busy.contains(&w.key())).map(Action::WriteStatus));
+    for w in writes.into_iter().filter(|w| !input.busy.contains(&w.key())) {
+        // Usage moves with every job that starts or ends: a queue's or pool's status whose only change is its
+        // counters is written at most once per period (the latest one then), so a busy cluster's API requests go to
+        // its jobs. Anything else (a quota, capacity, a condition) is written at once.
+        if counters_only(&w, objects) {
+            let last = memory.written.get(&w.key()).copied();
+            if last.is_some_and(|t| input.now - t < CAPACITY_STATUS_PERIOD_S && input.now >= t) {
+                continue;
+            }
+        }
+        if !matches!(w, status::StatusWrite::Request { .. }) {
+            memory.written.insert(w.key(), input.now);
+        }
+        out.push(Action::WriteStatus(w));
+    }
     let jobs = world.jobs.len() + world.pods.len();
     Ok(Output { actions: out, decisions, snapshot, gauges, jobs, ledger })
+}
+
+/// Whether a queue's or pool's new status differs from the one its object has only in the counters that move with
+/// every job (jobs pending and admitted, usage, GPU-hours, allocated GPUs).
+fn counters_only(w: &status::StatusWrite, objects: &Objects) -> bool {
+    match w {
+        status::StatusWrite::Queue { name, status } => {
+            let Some(old) =
+                objects.queues.iter().find(|q| q.name_any() == *name).and_then(|q| q.status.clone())
+            else {
+                return false;
+            };
+            let mut new = status.clone();
+            (new.pending, new.admitted, new.gpu_hours, new.site_gpu_hours) =
+                (old.pending, old.admitted, old.gpu_hours, old.site_gpu_hours);
+            if new.usage.len() != old.usage.len() {
+                return false;
+            }
+            for (n, o) in new.usage.iter_mut().zip(&old.usage) {
+                (n.used, n.borrowed) = (o.used.clone(), o.borrowed.clone());
+            }
+            new == old
+        }
+        status::StatusWrite::Pool { name, status } => {
+            let Some(old) =
+                objects.pools.iter().find(|p| p.name_any() == *name).and_then(|p| p.status.clone())
+            else {
+                return false;
+            };
+            let mut new = status.clone();
+            new.allocated_gpus = old.allocated_gpus;
+            if new.by_model.len() != old.by_model.len() {
+                return false;
+            }
+            for (n, o) in new.by_model.iter_mut().zip(&old.by_model) {
+                n.allocated = o.allocated;
+            }
+            new == old
+        }
+        status::StatusWrite::Request { .. } => false,
+    }
 }
 
 /// Gives each queue its past usage from the ledger (runs that ended, decayed), in the core's units.
