@@ -1542,3 +1542,45 @@ fn a_quota_decision_is_an_audit_line_once_with_who_decided_and_the_window_openin
         "logged once, though the status is not written yet"
     );
 }
+
+#[test]
+fn a_status_write_that_only_moves_counters_can_wait_and_a_quota_or_capacity_change_cannot() {
+    use crate::status::StatusWrite;
+    use haiyun_api::pool::{ComputePoolStatus, GpuCount};
+    use haiyun_api::queue::{FlavorUsage, QueueStatus};
+    let usage = |used: &str, quota: &str| FlavorUsage {
+        flavor: "nvidia.com/gpu:h100".into(),
+        used: used.into(),
+        quota: quota.into(),
+        borrowed: "0".into(),
+    };
+    let old_queue =
+        QueueStatus { pending: 3, admitted: 1, usage: vec![usage("8", "64")], ..Default::default() };
+    let mut q = (*queue("team")).clone();
+    q.status = Some(old_queue.clone());
+    let count = |allocated: f64| GpuCount { model: "H100".into(), total: 16, healthy: 16, allocated };
+    let old_pool = ComputePoolStatus {
+        nodes: 2,
+        gpus: 16,
+        allocated_gpus: 8,
+        by_model: vec![count(8.0)],
+        ..Default::default()
+    };
+    let mut p = (*pool()).clone();
+    p.status = Some(old_pool.clone());
+    let objects =
+        crate::index::Objects { queues: vec![Arc::new(q)], pools: vec![Arc::new(p)], ..Default::default() };
+    let queue_write = |status: QueueStatus| StatusWrite::Queue { name: "team".into(), status };
+    let pool_write = |status: ComputePoolStatus| StatusWrite::Pool { name: "a".into(), status };
+
+    let busier = QueueStatus { pending: 1, admitted: 3, usage: vec![usage("24", "64")], ..old_queue.clone() };
+    assert!(super::counters_only(&queue_write(busier), &objects));
+    let raised = QueueStatus { usage: vec![usage("8", "72")], ..old_queue.clone() };
+    assert!(!super::counters_only(&queue_write(raised), &objects), "a raised quota is written at once");
+    let fuller = ComputePoolStatus { allocated_gpus: 12, by_model: vec![count(12.0)], ..old_pool.clone() };
+    assert!(super::counters_only(&pool_write(fuller), &objects));
+    let smaller = ComputePoolStatus { nodes: 1, gpus: 8, ..old_pool.clone() };
+    assert!(!super::counters_only(&pool_write(smaller), &objects), "lost capacity is written at once");
+    let unknown = StatusWrite::Queue { name: "new".into(), status: old_queue };
+    assert!(!super::counters_only(&unknown, &objects), "a queue never written before is written at once");
+}
