@@ -16,6 +16,9 @@ const ORDER_MARGIN: f64 = 2.0;
 /// …and lose at most this many seconds of run time since its last checkpoint.
 const ORDER_MAX_LOSS_S: f64 = 300.0;
 
+/// A possible victim with its sort key (see `Scheduler::candidates`).
+type Candidate = (usize, f64, i32, f64, Time, JobId);
+
 /// Why a newcomer of queue `queue` may take from other queues of its cohort tree.
 #[derive(Debug, Clone, Copy)]
 struct Claim {
@@ -53,6 +56,21 @@ impl Scheduler {
     /// Jobs of other queues come first, from the queue farthest from the newcomer's in the cohort tree (lent quota
     /// comes back from other teams before a sub-cohort's own members), then the largest borrower.
     pub(crate) fn victims_for(&self, id: JobId, o: &RunOption, now: Time, any_loss: bool) -> Vec<JobId> {
+        let mut c = self.candidates(id, o, now, any_loss);
+        c.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.total_cmp(&b.3))
+                .then(a.4.total_cmp(&b.4))
+                .then(a.5.cmp(&b.5))
+        });
+        c.into_iter().map(|x| x.5).collect()
+    }
+
+    /// The running jobs `victims_for` returns, unordered, each with its sort key: closeness of its queue to the
+    /// newcomer's, its queue's borrowed share (negated), priority, work lost, start (negated).
+    fn candidates(&self, id: JobId, o: &RunOption, now: Time, any_loss: bool) -> Vec<Candidate> {
         let job = &self.jobs[id as usize].job;
         let claim = self.claim(id, o, now);
         let policy = self.quotas.spec(job.queue).map_or(WithinQueue::Never, |s| s.within_queue);
@@ -70,7 +88,7 @@ impl Scheduler {
             rank[*q as usize] =
                 (self.quotas.kinship(job.queue, *q), -self.quotas.borrowed_share(*q, &none, now));
         }
-        let mut c: Vec<(usize, f64, i32, f64, Time, JobId)> = queues
+        queues
             .iter()
             .flat_map(|q| self.running_by_queue[*q as usize].iter().copied())
             .filter(|v| *v != id)
@@ -100,16 +118,7 @@ impl Scheduler {
                 let (closeness, share) = rank[e.job.queue as usize];
                 Some((closeness, share, e.job.priority, lost, -r.started, v))
             })
-            .collect();
-        c.sort_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then(a.1.total_cmp(&b.1))
-                .then(a.2.cmp(&b.2))
-                .then(a.3.total_cmp(&b.3))
-                .then(a.4.total_cmp(&b.4))
-                .then(a.5.cmp(&b.5))
-        });
-        c.into_iter().map(|x| x.5).collect()
+            .collect()
     }
 
     /// Tries each option: evicts candidates one by one until the job fits; commits only if it then starts.
@@ -193,10 +202,11 @@ impl Scheduler {
 
     /// The next time one of the job's possible victims reaches a checkpoint (and so could be evicted cheaply).
     pub(crate) fn next_preemption_chance(&self, id: JobId, options: &[RunOption], now: Time) -> Option<Time> {
+        // The earliest of them: their order does not matter.
         options
             .iter()
-            .flat_map(|o| self.victims_for(id, o, now, true))
-            .filter_map(|v| {
+            .flat_map(|o| self.candidates(id, o, now, true))
+            .filter_map(|(.., v)| {
                 let e = &self.jobs[v as usize];
                 let (r, c) = (e.run.as_ref()?, e.job.checkpoint_s?);
                 let ran = (now - r.working_from).max(0.0);
