@@ -198,8 +198,8 @@ async fn serve(
     metrics.set_ready(true);
     tracing::info!("caches synced");
 
-    // The lease renews on a client of its own: behind a busy cycle's writes in the shared limit, a renewal missed
-    // its deadline and the leader stepped down with its work half done (100 000 jobs on kwok).
+    // The lease renews on a client of its own, so that a renewal never waits for a token behind a busy cycle's
+    // writes in the shared limit.
     let lease_client =
         limited_client(settings.kubeconfig.as_deref(), limit::Limiter::new(LEASE_QPS, LEASE_BURST)).await?;
     let elector = lease::Elector::new(
