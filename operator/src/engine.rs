@@ -106,7 +106,9 @@ impl Engine {
             if *stop.borrow() {
                 break;
             }
-            self.cycle_once();
+            // A first cycle over 100 000 jobs takes seconds: off the runtime's workers, so that lease renewals and
+            // the applier's writes go on meanwhile.
+            tokio::task::block_in_place(|| self.cycle_once());
         }
         let deadline = tokio::time::Instant::now() + drain;
         while !self.applier.idle() && tokio::time::Instant::now() < deadline {
