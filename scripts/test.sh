@@ -112,9 +112,15 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   fi
   chown postgres "$pg_dir"
   su postgres -s /bin/sh -c "$pg_bin/initdb -D $pg_dir/data -A trust -U postgres" >/dev/null
-  su postgres -s /bin/sh -c "$pg_bin/pg_ctl -D $pg_dir/data -l $pg_dir/log -w start \
-    -o '-p 55432 -k $pg_dir -c listen_addresses=127.0.0.1'" >/dev/null
-  export HAIYUN_TEST_POSTGRES="postgres://postgres@127.0.0.1:55432/postgres" HAIYUN_REQUIRE_POSTGRES=1
+  # A free port: a server left by an earlier, killed run on this machine must not make this one fail.
+  pg_port=55432
+  while (exec 3<>"/dev/tcp/127.0.0.1/$pg_port") 2>/dev/null; do pg_port=$((pg_port + 1)); done
+  if ! su postgres -s /bin/sh -c "$pg_bin/pg_ctl -D $pg_dir/data -l $pg_dir/log -w start \
+    -o '-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1'" >/dev/null; then
+    echo "PostgreSQL did not start on port $pg_port; its log:"; cat "$pg_dir/log" || true
+    exit 1
+  fi
+  export HAIYUN_TEST_POSTGRES="postgres://postgres@127.0.0.1:$pg_port/postgres" HAIYUN_REQUIRE_POSTGRES=1
 else
   echo "skipped: PostgreSQL needs root and Debian's packages; the ledger's PostgreSQL test will be skipped"
 fi
