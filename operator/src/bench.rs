@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
 /// Runs a benchmark's body on a runtime: its error is printed and the process fails.
@@ -31,6 +32,31 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// The GPU nodes a benchmark runs on: how many, their GPUs in all, and the model of the first.
+#[derive(Debug, Clone)]
+pub struct GpuNodes {
+    /// Nodes with a GPU model label.
+    pub count: usize,
+    /// Their allocatable `nvidia.com/gpu`, summed.
+    pub gpus: u64,
+    /// The first node's GPU model; `None` when there are no GPU nodes.
+    pub model: Option<String>,
+}
+
+/// Lists the GPU nodes once (testenv's kwok nodes carry the GPU model label and `nvidia.com/gpu`).
+pub async fn gpu_nodes(client: &Client) -> Result<GpuNodes, kube::Error> {
+    let list = Api::<Node>::all(client.clone())
+        .list(&ListParams::default().labels(haiyun_api::GPU_MODEL_LABEL))
+        .await?;
+    let model = list.items.first().and_then(|n| n.labels().get(haiyun_api::GPU_MODEL_LABEL).cloned());
+    let gpus = list
+        .items
+        .iter()
+        .filter_map(|n| n.status.as_ref()?.allocatable.as_ref()?.get("nvidia.com/gpu")?.0.parse::<u64>().ok())
+        .sum();
+    Ok(GpuNodes { count: list.items.len(), gpus, model })
 }
 
 /// Applies Haiyun's CRDs (server-side, as `manager`) and gives the API server two seconds to serve them.

@@ -95,7 +95,9 @@ impl Engine {
     }
 
     /// Runs cycles until `stop` turns true, then waits (at most `drain`) for the writes in flight to end, so that
-    /// whoever leads next reads a cluster this replica no longer changes.
+    /// whoever leads next reads a cluster this replica no longer changes. It must run on a multi-thread runtime:
+    /// each cycle runs in `block_in_place` (which panics on a current-thread one), so the lease and the watches go
+    /// on while a long cycle decides.
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>, drain: Duration) {
         while !*stop.borrow() {
             tokio::select! {

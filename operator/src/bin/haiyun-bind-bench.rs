@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use haiyun_api::{ComputeJob, ComputePool, JOB_NAME_LABEL, Queue};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -62,16 +62,10 @@ fn main() -> ExitCode {
 
 async fn bench(args: Args) -> Result<(), BenchError> {
     let client = Client::try_default().await?;
-    let nodes: Api<Node> = Api::all(client.clone());
-    let list = nodes.list(&ListParams::default().labels(haiyun_api::GPU_MODEL_LABEL)).await?;
-    let model = list.items.first().and_then(|n| n.labels().get(haiyun_api::GPU_MODEL_LABEL).cloned());
+    let found = haiyun_operator::bench::gpu_nodes(&client).await?;
     let model =
-        model.ok_or_else(|| BenchError::Setup("no GPU nodes: start testenv with --nodes N".into()))?;
-    let gpus: u64 = list
-        .items
-        .iter()
-        .filter_map(|n| n.status.as_ref()?.allocatable.as_ref()?.get("nvidia.com/gpu")?.0.parse::<u64>().ok())
-        .sum();
+        found.model.ok_or_else(|| BenchError::Setup("no GPU nodes: start testenv with --nodes N".into()))?;
+    let gpus = found.gpus;
     let need = args.pods.max(args.gangs * args.gang_size as usize) as u64;
     if gpus < need {
         return Err(BenchError::Setup(format!(
@@ -84,7 +78,7 @@ async fn bench(args: Args) -> Result<(), BenchError> {
             eprintln!("{s}");
         }
     };
-    say(format!("{} nodes, {gpus} GPUs; client QPS limit {}", list.items.len(), args.qps));
+    say(format!("{} nodes, {gpus} GPUs; client QPS limit {}", found.count, args.qps));
 
     let ks = pods_run(&client, "bench-ks", args.pods, "default-scheduler", None).await?;
     say(format!("kube-scheduler: {} single-GPU pods in {:.1} s", ks.pods, ks.seconds));
@@ -103,7 +97,7 @@ async fn bench(args: Args) -> Result<(), BenchError> {
     let _ = op.wait();
 
     let out = json!({
-        "nodes": list.items.len(),
+        "nodes": found.count,
         "gpus": gpus,
         "client_qps": args.qps,
         "single": { "kube_scheduler": ks, "haiyun": hy, "haiyun_vs_kube_scheduler": hy.pods_per_s / ks.pods_per_s },

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use haiyun_api::{ComputeJob, ComputePool, Queue};
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -78,24 +78,16 @@ fn main() -> ExitCode {
 
 async fn bench(args: Args) -> Result<(), BenchError> {
     let client = Client::try_default().await?;
-    let nodes: Api<Node> = Api::all(client.clone());
-    let list = nodes.list_metadata(&ListParams::default().labels(haiyun_api::GPU_MODEL_LABEL)).await?;
-    let model = list.items.first().and_then(|n| n.labels().get(haiyun_api::GPU_MODEL_LABEL).cloned());
+    let found = haiyun_operator::bench::gpu_nodes(&client).await?;
     let model =
-        model.ok_or_else(|| BenchError::Setup("no GPU nodes: start testenv with --nodes N".into()))?;
-    let full = nodes.list(&ListParams::default().labels(haiyun_api::GPU_MODEL_LABEL)).await?;
-    let gpus: u64 = full
-        .items
-        .iter()
-        .filter_map(|n| n.status.as_ref()?.allocatable.as_ref()?.get("nvidia.com/gpu")?.0.parse::<u64>().ok())
-        .sum();
+        found.model.ok_or_else(|| BenchError::Setup("no GPU nodes: start testenv with --nodes N".into()))?;
+    let gpus = found.gpus;
     let say = |s: String| {
         if !args.json {
             eprintln!("{s}");
         }
     };
-    say(format!("{} nodes, {gpus} GPUs ({model})", full.items.len()));
-    drop(full);
+    say(format!("{} nodes, {gpus} GPUs ({model})", found.count));
     setup(&client, &args, &model, gpus).await?;
     let made = Instant::now();
     let created = submit(&client, &args).await?;
@@ -119,7 +111,7 @@ async fn bench(args: Args) -> Result<(), BenchError> {
     let warm = warm?;
     say(format!("restart: {warm:?}"));
     let out = json!({
-        "nodes": list.items.len(), "gpus": gpus, "jobs": args.jobs, "queues": args.queues, "cohorts": args.cohorts,
+        "nodes": found.count, "gpus": gpus, "jobs": args.jobs, "queues": args.queues, "cohorts": args.cohorts,
         "client_qps": args.qps, "jobs_made": created, "submit_s": submit_s,
         "cold_start": cold, "settle_s": args.settle_s, "restart_after_kill": warm,
     });
