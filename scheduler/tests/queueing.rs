@@ -332,7 +332,7 @@ proptest! {
     }
 
     #[test]
-    fn remembering_rejections_between_cycles_decides_as_working_each_cycle_out_afresh(w in world(), ops in prop::collection::vec(op(), 1..60)) {
+    fn remembering_rejections_and_holdings_between_cycles_decides_as_working_each_cycle_out_afresh(w in world(), ops in prop::collection::vec(op(), 1..60)) {
         prop_assert_eq!(play(&w, &ops, false)?.1, play(&w, &ops, true)?.1);
     }
 

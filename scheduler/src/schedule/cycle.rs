@@ -47,7 +47,7 @@ impl Scheduler {
     /// Runs one cycle at `now`.
     pub fn cycle(&mut self, now: Time) -> Result<Cycle, ScheduleError> {
         self.quotas.expire(now);
-        self.index_running();
+        self.index_running(now);
         let mut order = self.order(now);
         let mut tl = self.timeline(now);
         let mut out = Cycle::default();
@@ -147,18 +147,6 @@ impl Scheduler {
         Ok(false)
     }
 
-    fn index_running(&mut self) {
-        let mut by_queue = vec![Vec::new(); self.quotas.len()];
-        for (i, e) in self.jobs.iter().enumerate() {
-            if e.run.is_some() {
-                if let Some(list) = by_queue.get_mut(e.job.queue as usize) {
-                    list.push(i as JobId);
-                }
-            }
-        }
-        self.running_by_queue = by_queue;
-    }
-
     /// Pending jobs in cycle order: priority, then the queue's fair-share rank, then the queue's own ordering.
     fn order(&self, now: Time) -> Vec<JobId> {
         let present = self.present;
@@ -195,7 +183,7 @@ impl Scheduler {
     /// Capacity per (pool, flavor) and the usage of running jobs until their estimated end.
     fn timeline(&self, now: Time) -> Timeline {
         let mut tl = Timeline::at(now);
-        let mut caps: std::collections::HashMap<(PoolId, Flavor), u64> = std::collections::HashMap::new();
+        let mut caps: rustc_hash::FxHashMap<(PoolId, Flavor), u64> = rustc_hash::FxHashMap::default();
         for n in &self.snap.cluster().nodes {
             *caps.entry((n.pool, Flavor::Cpu)).or_default() += n.cpu_milli;
             for g in n.gpus.iter().filter(|g| g.health.is_placeable()) {
@@ -205,12 +193,19 @@ impl Scheduler {
         for ((p, f), v) in caps {
             tl.set_capacity(p, f, v);
         }
-        tl.add_all(
-            self.jobs
-                .iter()
-                .filter_map(|e| e.run.as_ref())
-                .map(|r| (r.pool, &r.charged, now, r.est_end.max(now + 1.0))),
-        );
+        tl.add_held(&self.holdings, now);
+        // The holdings must say what every running job does: checked against them all in debug builds (every test).
+        #[cfg(debug_assertions)]
+        {
+            let mut all = Timeline::at(now);
+            all.add_all(
+                self.jobs
+                    .iter()
+                    .filter_map(|e| e.run.as_ref())
+                    .map(|r| (r.pool, &r.charged, now, r.est_end.max(now + 1.0))),
+            );
+            assert!(tl.same_usage(&all), "the running jobs' holdings drifted from their runs");
+        }
         tl
     }
 
@@ -451,18 +446,22 @@ impl Scheduler {
         placement: Placement,
         now: Time,
     ) -> Result<Start, ScheduleError> {
-        let e = &mut self.jobs[id as usize];
+        let e = &self.jobs[id as usize];
         self.quotas.charge(e.job.queue, e.job.user, &o.req)?;
         let est_end = now + o.duration;
-        e.run = Some(Run {
-            placement: placement.clone(),
-            pool: o.pool,
-            model: o.model,
-            charged: o.req.clone(),
-            started: now,
-            working_from: now + o.setup,
-            est_end,
-        });
+        self.set_run(
+            id,
+            Some(Run {
+                placement: placement.clone(),
+                pool: o.pool,
+                model: o.model,
+                charged: o.req.clone(),
+                started: now,
+                working_from: now + o.setup,
+                est_end,
+            }),
+        );
+        let e = &mut self.jobs[id as usize];
         e.status.phase = Phase::Running;
         e.status.estimated_start = Some(now);
         e.status.estimated_end = Some(est_end);

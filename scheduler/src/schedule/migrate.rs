@@ -20,20 +20,26 @@ impl Scheduler {
         tl: &mut Timeline,
         out: &mut Cycle,
     ) -> Result<(), ScheduleError> {
-        let mut candidates: Vec<(f64, JobId)> = self
-            .running()
-            .collect::<Vec<_>>()
-            .into_iter()
-            .filter_map(|id| self.upgrade_target(id, now, tl).map(|(_, gain)| (gain, id)))
-            .collect();
+        // Whether a running job has a faster option at all depends on its own run alone, which nothing below
+        // changes but its own move: the jobs without one are left out of both passes after one look.
+        let mut hopeful = Vec::new();
+        let mut candidates: Vec<(f64, JobId)> = Vec::new();
+        for id in self.running() {
+            let Some((options, left)) = self.faster_options(id, now).filter(|(o, _)| !o.is_empty()) else {
+                continue;
+            };
+            hopeful.push(id);
+            if let Some((_, gain)) = first_free(options, left, now, tl) {
+                candidates.push((gain, id));
+            }
+        }
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         for (_, id) in candidates {
             self.try_upgrade(id, now, tl, out)?;
         }
         if self.config.upgrade_by_preemption && self.config.preemption {
             let moved: std::collections::HashSet<JobId> = out.started.iter().map(|s| s.job).collect();
-            let running: Vec<JobId> = self.running().filter(|id| !moved.contains(id)).collect();
-            for id in running {
+            for id in hopeful.into_iter().filter(|id| !moved.contains(id)) {
                 if self.jobs[id as usize].run.is_some() {
                     self.upgrade_over(id, now, tl, out)?;
                 }
@@ -91,6 +97,7 @@ impl Scheduler {
         out.preempted.push(id);
         if !self.try_preempt(id, std::slice::from_ref(&o), now, tl, out)? {
             out.preempted.pop();
+            self.set_run(id, saved.run.clone());
             self.jobs[id as usize] = saved;
             self.restore(id)?;
             tl.add(pool, &charged, now, end);
@@ -101,9 +108,7 @@ impl Scheduler {
     /// The fastest other option that is free now and gains enough, with the gain in seconds.
     fn upgrade_target(&self, id: JobId, now: Time, tl: &Timeline) -> Option<(RunOption, f64)> {
         let (options, left) = self.faster_options(id, now)?;
-        let o = options.into_iter().find(|o| tl.fits(o.pool, &o.req, now, o.duration))?;
-        let gain = left - o.duration;
-        Some((o, gain))
+        first_free(options, left, now, tl)
     }
 
     /// Evicts the job and places it on its upgrade target if its queue's quota (without its current charge) and
@@ -136,4 +141,11 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// The first of `options` (fastest first) that is free now, with its gain over the `left` seconds of the current run.
+fn first_free(options: Vec<RunOption>, left: f64, now: Time, tl: &Timeline) -> Option<(RunOption, f64)> {
+    let o = options.into_iter().find(|o| tl.fits(o.pool, &o.req, now, o.duration))?;
+    let gain = left - o.duration;
+    Some((o, gain))
 }

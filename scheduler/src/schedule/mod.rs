@@ -3,9 +3,11 @@
 mod adopt;
 mod cycle;
 mod explain;
+mod holdings;
 mod migrate;
 mod options;
 mod preempt;
+mod standing;
 mod status;
 mod timeline;
 
@@ -158,8 +160,8 @@ pub struct Scheduler {
     /// GPU models present in each pool, and in the whole federation.
     pub(crate) pool_models: Vec<ModelSet>,
     pub(crate) present: ModelSet,
-    /// Running jobs by queue, as of the start of the current cycle (entries may have stopped since).
-    pub(crate) running_by_queue: Vec<Vec<JobId>>,
+    /// The running jobs preemption may take from, by queue and pool, as of the current cycle's start.
+    pub(crate) standings: standing::Standings,
     /// Every job of each queue, in submission order.
     pub(crate) members: Vec<Vec<JobId>>,
     /// Gangs (as restricted to one option) that found no nodes in a pool, kept from cycle to cycle until something
@@ -167,6 +169,8 @@ pub struct Scheduler {
     pub(crate) unplaceable: std::collections::HashMap<(PoolId, crate::model::Gang), crate::placer::Rejection>,
     /// While the cycle's first pass runs: a job's ways to run that fit its quota only by borrowing are left out.
     pub(crate) nominal_only: bool,
+    /// What the running jobs hold and until when, kept with every change of a job's run.
+    pub(crate) holdings: holdings::Holdings,
 }
 
 impl Scheduler {
@@ -186,10 +190,11 @@ impl Scheduler {
             quotas.set_half_life(config.usage_half_life_s);
         }
         Ok(Scheduler {
-            running_by_queue: Vec::new(),
+            standings: standing::Standings::default(),
             members: Vec::new(),
             unplaceable: std::collections::HashMap::new(),
             nominal_only: false,
+            holdings: holdings::Holdings::default(),
             pool_models,
             present,
             snap: Snapshot::new(cluster)?,
@@ -223,9 +228,13 @@ impl Scheduler {
     }
 
     /// Forgets what the scheduler remembers from one cycle to the next (the gang shapes that found no room in a
-    /// pool): the next cycle works everything out afresh, and decides the same.
+    /// pool, what the running jobs hold until when): the next cycle works everything out afresh, and decides the
+    /// same.
     pub fn forget_rejections(&mut self) {
         self.unplaceable.clear();
+        let mut h = holdings::Holdings::default();
+        self.jobs.iter().filter_map(|e| e.run.as_ref()).for_each(|r| h.add(r));
+        self.holdings = h;
     }
 
     /// Submits a job; it is considered from the next cycle on.
@@ -242,8 +251,31 @@ impl Scheduler {
             self.members.resize_with(queue + 1, Vec::new);
         }
         self.members[queue].push(id);
+        if let Some(r) = &e.run {
+            self.holdings.add(r);
+        }
         self.jobs.push(e);
         id
+    }
+
+    /// Sets a job's run (`None`: it holds nothing), keeping the holdings in step.
+    pub(crate) fn set_run(&mut self, id: JobId, run: Option<Run>) {
+        self.take_run(id);
+        self.standings.touch(id);
+        if let Some(new) = &run {
+            self.holdings.add(new);
+        }
+        self.jobs[id as usize].run = run;
+    }
+
+    /// Takes a job's run away, keeping the holdings in step.
+    pub(crate) fn take_run(&mut self, id: JobId) -> Option<Run> {
+        let run = self.jobs[id as usize].run.take();
+        self.standings.touch(id);
+        if let Some(old) = &run {
+            self.holdings.remove(old);
+        }
+        run
     }
 
     /// Refuses a job whose queue or datasets do not exist, or that has no tasks.
@@ -271,8 +303,8 @@ impl Scheduler {
         self.unplaceable.retain(|(p, _), _| *p != run_pool);
         self.quotas.release(queue, user, &charged)?;
         self.quotas.record_run(queue, &charged, started, now);
+        self.set_run(id, None);
         let e = &mut self.jobs[id as usize];
-        e.run = None;
         e.remaining = 0.0;
         e.status.phase = Phase::Finished;
         e.status.reasons.clear();

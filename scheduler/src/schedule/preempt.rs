@@ -14,10 +14,10 @@ use crate::queue::WithinQueue;
 /// A victim evicted for ordering must have at least this many times the newcomer's run time left.
 const ORDER_MARGIN: f64 = 2.0;
 /// …and lose at most this many seconds of run time since its last checkpoint.
-const ORDER_MAX_LOSS_S: f64 = 300.0;
+pub(crate) const ORDER_MAX_LOSS_S: f64 = 300.0;
 
-/// A possible victim with its sort key (see `Scheduler::candidates`).
-type Candidate = (usize, f64, i32, f64, Time, JobId);
+/// A possible victim with its sort key (see `Scheduler::candidates`), then its next preemption chance.
+type Candidate = (usize, f64, i32, f64, Time, JobId, Option<Time>);
 
 /// Why a newcomer of queue `queue` may take from other queues of its cohort tree.
 #[derive(Debug, Clone, Copy)]
@@ -78,45 +78,41 @@ impl Scheduler {
             let e = &self.jobs[id as usize];
             super::cycle::best_runtime(e, e.remaining, self.present)
         };
-        let queues: Vec<u32> = (0..self.running_by_queue.len() as u32)
-            .filter(|q| *q == job.queue || self.takes_from(claim, o, *q, now))
+        // Queues with nothing running in the option's pool have no victims: their quota is not looked at.
+        let queues: Vec<u32> = (0..self.standings.queues() as u32)
+            .filter(|q| {
+                !self.standings.of(*q, o.pool).is_empty()
+                    && (*q == job.queue || self.takes_from(claim, o, *q, now))
+            })
             .collect();
         let none = crate::queue::Resources::default();
         // Per queue, not per job: how close it is to the newcomer's and the share it borrows.
-        let mut rank = vec![(usize::MAX, 0.0); self.running_by_queue.len()];
+        let mut rank = vec![(usize::MAX, 0.0); self.standings.queues()];
         for q in queues.iter().filter(|q| **q != job.queue) {
             rank[*q as usize] =
                 (self.quotas.kinship(job.queue, *q), -self.quotas.borrowed_share(*q, &none, now));
         }
         queues
             .iter()
-            .flat_map(|q| self.running_by_queue[*q as usize].iter().copied())
-            .filter(|v| *v != id)
-            .filter_map(|v| {
-                let e = &self.jobs[v as usize];
-                let r = e.run.as_ref()?;
-                if !e.job.preemptible || r.pool != o.pool || r.started >= now {
-                    return None;
-                }
-                let rate = e.job.work.rate(r.model);
-                let done = (now - r.working_from).max(0.0) * rate;
-                let lost = done - saved_work(&e.job, rate, r.working_from, now);
-                let near = any_loss || lost <= ORDER_MAX_LOSS_S * rate;
-                let same = e.job.queue == job.queue && policy != WithinQueue::Never;
-                let lower = same && e.job.priority < job.priority;
-                let left_s = e.job.work.runtime((e.remaining - done).max(0.0), r.model);
+            .flat_map(|q| self.standings.of(*q, o.pool).iter().map(move |s| (*q, s)))
+            .filter(|(_, s)| s.id != id)
+            .filter_map(|(q, s)| {
+                let s = self.standing_now(s, now).filter(|s| s.pool == o.pool)?;
+                let near = any_loss || s.near;
+                let same = q == job.queue && policy != WithinQueue::Never;
+                let lower = same && s.priority < job.priority;
                 let later = same
                     && policy == WithinQueue::LowerOrLaterInOrder
-                    && e.job.priority == job.priority
-                    && left_s >= ORDER_MARGIN * newcomer
+                    && s.priority == job.priority
+                    && s.left_s >= ORDER_MARGIN * newcomer
                     && near;
-                let other = e.job.queue != job.queue;
+                let other = q != job.queue;
                 // Reclaiming lent quota may cost any work; taking for fair share only work near a checkpoint.
                 if !(lower || later || (other && (claim.reclaim || near))) {
                     return None;
                 }
-                let (closeness, share) = rank[e.job.queue as usize];
-                Some((closeness, share, e.job.priority, lost, -r.started, v))
+                let (closeness, share) = rank[q as usize];
+                Some((closeness, share, s.priority, s.lost, -s.started, s.id, s.chance))
             })
             .collect()
     }
@@ -206,13 +202,7 @@ impl Scheduler {
         options
             .iter()
             .flat_map(|o| self.candidates(id, o, now, true))
-            .filter_map(|(.., v)| {
-                let e = &self.jobs[v as usize];
-                let (r, c) = (e.run.as_ref()?, e.job.checkpoint_s?);
-                let ran = (now - r.working_from).max(0.0);
-                // A second after the checkpoint, so that it surely counts.
-                Some(r.working_from + ((ran / c).floor() + 1.0) * c + 1.0)
-            })
+            .filter_map(|c| c.6)
             .filter(|t| *t > now)
             .min_by(|a, b| a.total_cmp(b))
     }
@@ -262,8 +252,9 @@ impl Scheduler {
 
     /// Turns an evicted job back into a pending one that keeps the work up to its last checkpoint.
     pub(crate) fn requeue(&mut self, v: JobId, now: Time, tl: &mut Timeline) {
+        let taken = self.take_run(v);
         let e = &mut self.jobs[v as usize];
-        if let Some(r) = e.run.take() {
+        if let Some(r) = taken {
             // Its nodes stay free: gangs that found no room in its pool may fit now. (An eviction undone leaves
             // the remembered rejections true.)
             self.unplaceable.retain(|(p, _), _| *p != r.pool);

@@ -1,13 +1,16 @@
 //! Backfill's view of the future: usage per (pool, flavor) over time, from running jobs and reservations.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Keys are small (pool, flavor) pairs read in every query: a fast hash, not SipHash, and no order depends on it.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::model::{PoolId, Time};
 use crate::queue::{Flavor, Resources};
 
 /// Milliseconds, so times can key an ordered map.
-fn key(t: Time) -> i64 {
+pub(crate) fn key(t: Time) -> i64 {
     // Clamped well inside i64, so `key + 1` and sums of keys cannot overflow (about 146 million years).
     ((t * 1000.0).round()).clamp(-4.6e18, 4.6e18) as i64
 }
@@ -239,7 +242,7 @@ impl Timeline {
     /// (pool, flavor) are sorted and merged once, and built into their map at once when it was empty (a cycle's
     /// running jobs).
     pub fn add_all<'a>(&mut self, spans: impl IntoIterator<Item = (PoolId, &'a Resources, Time, Time)>) {
-        let mut steps: HashMap<(PoolId, Flavor), Vec<(i64, i64)>> = HashMap::new();
+        let mut steps: HashMap<(PoolId, Flavor), Vec<(i64, i64)>> = HashMap::default();
         for (pool, req, start, end) in spans {
             let (s, e) = (key(start), key(end).max(key(start) + 1));
             for (f, v) in req.flavors().filter(|(f, _)| *f != Flavor::Memory) {
@@ -272,6 +275,51 @@ impl Timeline {
                 }
             }
         }
+    }
+
+    /// Marks what running jobs hold used from the origin (`now`) until each one's estimated end, and for at least a
+    /// second: what [`Timeline::add_all`] makes of every running job's `(pool, charge, now, est_end.max(now + 1))`,
+    /// from the holdings kept as jobs start and stop instead of from every job.
+    pub(crate) fn add_held(&mut self, h: &super::holdings::Holdings, now: Time) {
+        // Every start is the origin; an end is the job's own or a second from now, whichever is later.
+        let first = key(now + 1.0);
+        for (pf, held) in &h.held {
+            *self.base.entry(*pf).or_default() += held;
+        }
+        for (pf, ends) in h.ends.iter().filter(|(_, e)| !e.is_empty()) {
+            let overdue: i64 = ends.range(..=first).map(|(_, d)| d).sum();
+            let mut steps: BTreeMap<i64, i64> = ends.range(first + 1..).map(|(k, d)| (*k, *d)).collect();
+            if overdue != 0 {
+                steps.insert(first, overdue);
+            }
+            self.peaks.get_mut().remove(pf);
+            let map = self.steps.entry(*pf).or_default();
+            if map.is_empty() {
+                *map = steps;
+            } else {
+                for (at, d) in steps {
+                    *map.entry(at).or_default() += d;
+                }
+            }
+        }
+    }
+
+    /// Whether two timelines count the same usage (entries of zero, and empty step lists, count as absent).
+    #[cfg(debug_assertions)]
+    pub(crate) fn same_usage(&self, other: &Timeline) -> bool {
+        let base = |t: &Timeline| -> BTreeMap<(PoolId, usize), i64> {
+            t.base.iter().filter(|(_, v)| **v != 0).map(|((p, f), v)| ((*p, f.index()), *v)).collect()
+        };
+        let steps = |t: &Timeline| -> BTreeMap<(PoolId, usize), BTreeMap<i64, i64>> {
+            t.steps
+                .iter()
+                .map(|((p, f), m)| {
+                    ((*p, f.index()), m.iter().filter(|(_, d)| **d != 0).map(|(k, d)| (*k, *d)).collect())
+                })
+                .filter(|(_, m): &(_, BTreeMap<i64, i64>)| !m.is_empty())
+                .collect()
+        };
+        self.origin == other.origin && base(self) == base(other) && steps(self) == steps(other)
     }
 
     /// Takes back usage added with [`Timeline::add`].
