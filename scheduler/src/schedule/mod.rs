@@ -261,7 +261,6 @@ impl Scheduler {
     /// Sets a job's run (`None`: it holds nothing), keeping the holdings in step.
     pub(crate) fn set_run(&mut self, id: JobId, run: Option<Run>) {
         self.take_run(id);
-        self.standings.touch(id);
         if let Some(new) = &run {
             self.holdings.add(new);
         }
@@ -270,10 +269,11 @@ impl Scheduler {
 
     /// Takes a job's run away, keeping the holdings in step.
     pub(crate) fn take_run(&mut self, id: JobId) -> Option<Run> {
-        let run = self.jobs[id as usize].run.take();
-        self.standings.touch(id);
+        let e = &mut self.jobs[id as usize];
+        let run = e.run.take();
         if let Some(old) = &run {
             self.holdings.remove(old);
+            self.standings.touch(id, e.job.queue, old.pool);
         }
         run
     }

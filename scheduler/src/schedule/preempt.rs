@@ -68,9 +68,33 @@ impl Scheduler {
         c.into_iter().map(|x| x.5).collect()
     }
 
+    /// The queues whose running jobs in the option's pool `id` may evict: its own, and those it may take from.
+    /// Queues with nothing running there have no victims: their quota is not looked at.
+    fn victim_queues(&self, id: JobId, o: &RunOption, now: Time) -> Vec<u32> {
+        let own = self.jobs[id as usize].job.queue;
+        let claim = self.claim(id, o, now);
+        (0..self.standings.queues() as u32)
+            .filter(|q| {
+                !self.standings.of(*q, o.pool).is_empty() && (*q == own || self.takes_from(claim, o, *q, now))
+            })
+            .collect()
+    }
+
     /// The running jobs `victims_for` returns, unordered, each with its sort key: closeness of its queue to the
     /// newcomer's, its queue's borrowed share (negated), priority, work lost, start (negated).
     fn candidates(&self, id: JobId, o: &RunOption, now: Time, any_loss: bool) -> Vec<Candidate> {
+        self.candidates_in(id, o, now, any_loss, &self.victim_queues(id, o, now))
+    }
+
+    /// Those of `candidates` in `queues` (a part of `victim_queues`).
+    fn candidates_in(
+        &self,
+        id: JobId,
+        o: &RunOption,
+        now: Time,
+        any_loss: bool,
+        queues: &[u32],
+    ) -> Vec<Candidate> {
         let job = &self.jobs[id as usize].job;
         let claim = self.claim(id, o, now);
         let policy = self.quotas.spec(job.queue).map_or(WithinQueue::Never, |s| s.within_queue);
@@ -78,13 +102,6 @@ impl Scheduler {
             let e = &self.jobs[id as usize];
             super::cycle::best_runtime(e, e.remaining, self.present)
         };
-        // Queues with nothing running in the option's pool have no victims: their quota is not looked at.
-        let queues: Vec<u32> = (0..self.standings.queues() as u32)
-            .filter(|q| {
-                !self.standings.of(*q, o.pool).is_empty()
-                    && (*q == job.queue || self.takes_from(claim, o, *q, now))
-            })
-            .collect();
         let none = crate::queue::Resources::default();
         // Per queue, not per job: how close it is to the newcomer's and the share it borrows.
         let mut rank = vec![(usize::MAX, 0.0); self.standings.queues()];
@@ -198,13 +215,35 @@ impl Scheduler {
 
     /// The next time one of the job's possible victims reaches a checkpoint (and so could be evicted cheaply).
     pub(crate) fn next_preemption_chance(&self, id: JobId, options: &[RunOption], now: Time) -> Option<Time> {
-        // The earliest of them: their order does not matter.
-        options
+        // The earliest of them: their order does not matter. Every running job of another queue counts when any
+        // loss does, so such a queue's earliest chance in the pool, kept since the cycle's start, stands for its
+        // jobs while none of their runs changed.
+        let own = self.jobs[id as usize].job.queue;
+        let chance = options
             .iter()
-            .flat_map(|o| self.candidates(id, o, now, true))
-            .filter_map(|c| c.6)
+            .flat_map(|o| {
+                let (kept, read): (Vec<u32>, Vec<u32>) = self
+                    .victim_queues(id, o, now)
+                    .into_iter()
+                    .partition(|q| *q != own && self.standings.unchanged(*q, o.pool, now).is_some());
+                let kept = kept.into_iter().filter_map(|q| self.standings.list(q, o.pool)?.earliest);
+                let read = self.candidates_in(id, o, now, true, &read).into_iter().filter_map(|c| c.6);
+                kept.chain(read).collect::<Vec<_>>()
+            })
             .filter(|t| *t > now)
-            .min_by(|a, b| a.total_cmp(b))
+            .min_by(|a, b| a.total_cmp(b));
+        // Checked against every candidate in debug builds (every test).
+        #[cfg(debug_assertions)]
+        {
+            let all = options
+                .iter()
+                .flat_map(|o| self.candidates(id, o, now, true))
+                .filter_map(|c| c.6)
+                .filter(|t| *t > now)
+                .min_by(|a, b| a.total_cmp(b));
+            assert_eq!(chance, all, "a kept earliest preemption chance went stale");
+        }
+        chance
     }
 
     /// What a running job holds: its placement, the quota it is charged, and its queue.

@@ -22,27 +22,50 @@ pub(crate) struct Standing {
     pub chance: Option<Time>,
 }
 
+/// The running jobs of one queue in one pool that may be evicted.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct List {
+    pub jobs: Vec<Standing>,
+    /// The earliest of their chances after the instant they were worked out for.
+    pub earliest: Option<Time>,
+    /// Whether one of their runs changed since.
+    pub stale: bool,
+}
+
 /// The running jobs that may be evicted, by queue and then by pool, as of the cycle's start.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Standings {
     /// The instant they were worked out for.
     at: Time,
-    pub by_queue: Vec<Vec<Vec<Standing>>>,
+    by_queue: Vec<Vec<List>>,
     /// Jobs whose run changed since: their standing is worked out again when asked for.
     touched: Vec<bool>,
 }
 
 impl Standings {
-    /// Notes that a job's run changed.
-    pub(crate) fn touch(&mut self, id: JobId) {
+    /// Notes that the run of job `id` of queue `queue`, in `pool`, changed.
+    pub(crate) fn touch(&mut self, id: JobId, queue: u32, pool: PoolId) {
         if let Some(t) = self.touched.get_mut(id as usize) {
             *t = true;
         }
+        if let Some(l) = self.by_queue.get_mut(queue as usize).and_then(|p| p.get_mut(pool as usize)) {
+            l.stale = true;
+        }
     }
 
-    /// The standings of queue `q`'s jobs in `pool`.
+    /// Queue `q`'s jobs in `pool`.
+    pub(crate) fn list(&self, q: u32, pool: PoolId) -> Option<&List> {
+        self.by_queue.get(q as usize).and_then(|p| p.get(pool as usize))
+    }
+
+    /// Queue `q`'s jobs in `pool` if they are as they were at `now` (none of their runs changed since).
+    pub(crate) fn unchanged(&self, q: u32, pool: PoolId, now: Time) -> Option<&List> {
+        self.list(q, pool).filter(|l| self.at == now && !l.stale)
+    }
+
+    /// Their standings.
     pub(crate) fn of(&self, q: u32, pool: PoolId) -> &[Standing] {
-        self.by_queue.get(q as usize).and_then(|p| p.get(pool as usize)).map_or(&[][..], Vec::as_slice)
+        self.list(q, pool).map_or(&[][..], |l| l.jobs.as_slice())
     }
 
     /// The number of queues indexed.
@@ -79,14 +102,17 @@ impl Scheduler {
     /// Works out the standings of the running jobs at `now`, the cycle's start.
     pub(crate) fn index_running(&mut self, now: Time) {
         let pools = self.snap.cluster().pools.len();
-        let mut by_queue = vec![vec![Vec::new(); pools]; self.quotas.len()];
+        let mut by_queue = vec![vec![List::default(); pools]; self.quotas.len()];
         for i in 0..self.jobs.len() as JobId {
             let Some(s) = self.standing(i, now) else { continue };
             if let Some(list) = by_queue
                 .get_mut(self.jobs[i as usize].job.queue as usize)
                 .and_then(|q| q.get_mut(s.pool as usize))
             {
-                list.push(s);
+                if let Some(c) = s.chance.filter(|c| *c > now) {
+                    list.earliest = Some(list.earliest.map_or(c, |e: Time| e.min(c)));
+                }
+                list.jobs.push(s);
             }
         }
         self.standings = Standings { at: now, by_queue, touched: vec![false; self.jobs.len()] };
