@@ -185,6 +185,8 @@ impl Engine {
                 return;
             }
         };
+        // Counted before the cycle is: a reader that sees the cycle also sees what it decided.
+        self.sinks.metrics.count_decisions(out.decisions.iter().map(|d| &d.event));
         self.sinks.metrics.observe_cycle(started.elapsed().as_secs_f64(), out.gauges);
         span.record("jobs", out.jobs);
         span.record("actions", out.actions.len());

@@ -35,6 +35,8 @@ pub struct Metrics {
     gauges: Mutex<Gauges>,
     bound: AtomicU64,
     errors: AtomicU64,
+    /// Decisions by event (`place`, `preempt`, `finish`, `reject`, `quota`).
+    decisions: Mutex<BTreeMap<&'static str, u64>>,
     leader: AtomicBool,
     ready: AtomicBool,
     fleet: std::sync::OnceLock<std::sync::Arc<crate::fleet::Fleet>>,
@@ -53,6 +55,14 @@ impl Metrics {
         h.sum += seconds;
         h.count += 1;
         *self.gauges.lock().unwrap_or_else(|p| p.into_inner()) = gauges;
+    }
+
+    /// Counts a cycle's decisions by event.
+    pub fn count_decisions<'a>(&self, events: impl IntoIterator<Item = &'a &'static str>) {
+        let mut d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        for e in events {
+            *d.entry(*e).or_default() += 1;
+        }
     }
 
     /// Adds the fleet's figures (agents, staleness, unhealthy GPUs, gaps) to the exposition.
@@ -154,6 +164,14 @@ impl Metrics {
             "Pods bound through the Binding subresource.",
             self.bound.load(Ordering::Relaxed),
         );
+        {
+            let d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+            s.push_str("# HELP haiyun_decisions_total Decisions the cycles made, by event (the decision log's lines).\n");
+            s.push_str("# TYPE haiyun_decisions_total counter\n");
+            for (event, n) in d.iter() {
+                let _ = writeln!(s, "haiyun_decisions_total{{event=\"{event}\"}} {n}");
+            }
+        }
         counter(
             &mut s,
             "haiyun_action_errors_total",
@@ -232,6 +250,18 @@ mod tests {
         assert!(text.contains("haiyun_cycle_duration_seconds_bucket{le=\"0.01\"} 0"));
         assert!(text.contains("haiyun_queue_pending_jobs{queue=\"team-a\"} 3"));
         assert!(text.contains("haiyun_pool_gpus{pool=\"ai\",model=\"h100\"} 32"));
+    }
+
+    #[test]
+    fn decisions_are_counted_by_event_across_cycles() {
+        let m = Metrics::default();
+        m.count_decisions(&["place", "place", "preempt"]);
+        m.count_decisions(&["place"]);
+        let text = m.render();
+        assert!(text.contains("# TYPE haiyun_decisions_total counter"), "{text}");
+        assert!(text.contains("haiyun_decisions_total{event=\"place\"} 3\n"), "{text}");
+        assert!(text.contains("haiyun_decisions_total{event=\"preempt\"} 1\n"), "{text}");
+        assert!(!text.contains("event=\"finish\""), "{text}");
     }
 
     #[test]

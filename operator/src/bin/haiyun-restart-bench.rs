@@ -63,8 +63,11 @@ struct Start {
     caches_synced_s: f64,
     first_cycle_done_s: f64,
     first_cycle_s: f64,
+    /// The pending and admitted gauges after the first cycle: the cluster as that cycle found it.
     pending_after_first: u64,
     admitted_after_first: u64,
+    /// Jobs the first cycle placed (its `place` decisions).
+    placed_by_first: u64,
     rss_after_first_mib: f64,
     peak_rss_mib: f64,
 }
@@ -230,6 +233,7 @@ struct Read {
     cycle_sum_s: f64,
     pending: u64,
     admitted: u64,
+    placed: u64,
 }
 
 fn parse(text: &str) -> Read {
@@ -243,6 +247,7 @@ fn parse(text: &str) -> Read {
             "haiyun_cycle_duration_seconds_sum" => r.cycle_sum_s = v,
             "haiyun_queue_pending_jobs" => r.pending += v as u64,
             "haiyun_queue_admitted_jobs" => r.admitted += v as u64,
+            "haiyun_decisions_total" if name.contains("event=\"place\"") => r.placed = v as u64,
             _ => {}
         }
     }
@@ -290,6 +295,7 @@ async fn watch_start(op: &mut Child, port: u16, after_s: u64) -> Result<Start, B
                 s.first_cycle_done_s = t0.elapsed().as_secs_f64();
                 s.first_cycle_s = m.cycle_sum_s / m.cycles as f64;
                 (s.pending_after_first, s.admitted_after_first) = (m.pending, m.admitted);
+                s.placed_by_first = m.placed;
                 s.rss_after_first_mib = memory(op.id()).0;
             }
         }
