@@ -186,7 +186,7 @@ impl Engine {
             }
         };
         // Counted before the cycle is: a reader that sees the cycle also sees what it decided.
-        self.sinks.metrics.count_decisions(out.decisions.iter().map(|d| &d.event));
+        self.sinks.metrics.count_actions(out.actions.iter().map(crate::plan::Action::kind));
         self.sinks.metrics.observe_cycle(started.elapsed().as_secs_f64(), out.gauges);
         span.record("jobs", out.jobs);
         span.record("actions", out.actions.len());

@@ -35,8 +35,8 @@ pub struct Metrics {
     gauges: Mutex<Gauges>,
     bound: AtomicU64,
     errors: AtomicU64,
-    /// Decisions by event (`place`, `preempt`, `finish`, `reject`, `quota`).
-    decisions: Mutex<BTreeMap<&'static str, u64>>,
+    /// Actions the cycles handed to the applier, by kind.
+    actions: Mutex<BTreeMap<&'static str, u64>>,
     leader: AtomicBool,
     ready: AtomicBool,
     fleet: std::sync::OnceLock<std::sync::Arc<crate::fleet::Fleet>>,
@@ -57,11 +57,11 @@ impl Metrics {
         *self.gauges.lock().unwrap_or_else(|p| p.into_inner()) = gauges;
     }
 
-    /// Counts a cycle's decisions by event.
-    pub fn count_decisions<'a>(&self, events: impl IntoIterator<Item = &'a &'static str>) {
-        let mut d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
-        for e in events {
-            *d.entry(*e).or_default() += 1;
+    /// Counts the actions a cycle handed to the applier, by kind.
+    pub fn count_actions(&self, kinds: impl IntoIterator<Item = &'static str>) {
+        let mut d = self.actions.lock().unwrap_or_else(|p| p.into_inner());
+        for k in kinds {
+            *d.entry(k).or_default() += 1;
         }
     }
 
@@ -165,11 +165,11 @@ impl Metrics {
             self.bound.load(Ordering::Relaxed),
         );
         {
-            let d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
-            s.push_str("# HELP haiyun_decisions_total Decisions the cycles made, by event (the decision log's lines).\n");
-            s.push_str("# TYPE haiyun_decisions_total counter\n");
-            for (event, n) in d.iter() {
-                let _ = writeln!(s, "haiyun_decisions_total{{event=\"{event}\"}} {n}");
+            let d = self.actions.lock().unwrap_or_else(|p| p.into_inner());
+            s.push_str("# HELP haiyun_actions_total Actions the cycles handed to the applier, by kind (admit: jobs placed).\n");
+            s.push_str("# TYPE haiyun_actions_total counter\n");
+            for (kind, n) in d.iter() {
+                let _ = writeln!(s, "haiyun_actions_total{{action=\"{kind}\"}} {n}");
             }
         }
         counter(
@@ -253,15 +253,15 @@ mod tests {
     }
 
     #[test]
-    fn decisions_are_counted_by_event_across_cycles() {
+    fn actions_are_counted_by_kind_across_cycles() {
         let m = Metrics::default();
-        m.count_decisions(&["place", "place", "preempt"]);
-        m.count_decisions(&["place"]);
+        m.count_actions(["admit", "admit", "evict"]);
+        m.count_actions(["admit"]);
         let text = m.render();
-        assert!(text.contains("# TYPE haiyun_decisions_total counter"), "{text}");
-        assert!(text.contains("haiyun_decisions_total{event=\"place\"} 3\n"), "{text}");
-        assert!(text.contains("haiyun_decisions_total{event=\"preempt\"} 1\n"), "{text}");
-        assert!(!text.contains("event=\"finish\""), "{text}");
+        assert!(text.contains("# TYPE haiyun_actions_total counter"), "{text}");
+        assert!(text.contains("haiyun_actions_total{action=\"admit\"} 3\n"), "{text}");
+        assert!(text.contains("haiyun_actions_total{action=\"evict\"} 1\n"), "{text}");
+        assert!(!text.contains("action=\"bind\""), "{text}");
     }
 
     #[test]

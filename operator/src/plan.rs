@@ -138,6 +138,24 @@ impl Action {
         }
     }
 
+    /// Its kind, as the `action` label of `haiyun_actions_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Admit { .. } => "admit",
+            Action::Bind { .. } => "bind",
+            Action::Evict { .. } => "evict",
+            Action::Status { .. } => "status",
+            Action::BindPod { .. } => "bind_pod",
+            Action::HoldPod { .. } => "hold_pod",
+            Action::EvictPod { .. } => "evict_pod",
+            Action::Collect { .. } => "collect",
+            Action::Release { .. } => "release",
+            Action::PodWaits { .. } => "pod_waits",
+            Action::WriteStatus(_) => "write_status",
+            Action::Mirror { .. } => "mirror",
+        }
+    }
+
     /// `namespace/name` of the object it concerns.
     pub fn key(&self) -> String {
         match self {

@@ -66,7 +66,7 @@ struct Start {
     /// The pending and admitted gauges after the first cycle: the cluster as that cycle found it.
     pending_after_first: u64,
     admitted_after_first: u64,
-    /// Jobs the first cycle placed (its `place` decisions).
+    /// Jobs the first cycle placed (its `admit` actions).
     placed_by_first: u64,
     rss_after_first_mib: f64,
     peak_rss_mib: f64,
@@ -247,7 +247,7 @@ fn parse(text: &str) -> Read {
             "haiyun_cycle_duration_seconds_sum" => r.cycle_sum_s = v,
             "haiyun_queue_pending_jobs" => r.pending += v as u64,
             "haiyun_queue_admitted_jobs" => r.admitted += v as u64,
-            "haiyun_decisions_total" if name.contains("event=\"place\"") => r.placed = v as u64,
+            "haiyun_actions_total" if name.contains("action=\"admit\"") => r.placed = v as u64,
             _ => {}
         }
     }

@@ -280,7 +280,7 @@ impl MemoryCluster {
         let started = std::time::Instant::now();
         let out = cycle::run(&input, &mut self.memory)?;
         if let Some(m) = &self.metrics {
-            m.count_decisions(out.decisions.iter().map(|d| &d.event));
+            m.count_actions(out.actions.iter().map(crate::plan::Action::kind));
             m.observe_cycle(started.elapsed().as_secs_f64(), out.gauges.clone());
         }
         for d in &out.decisions {
