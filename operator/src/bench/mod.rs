@@ -1,6 +1,8 @@
 //! What the operator's benchmark programs share: their runtime, the CRDs they install, and waiting for the operator
 //! they start to lead.
 
+pub mod side;
+
 use std::fmt::Display;
 use std::future::Future;
 use std::process::ExitCode;
