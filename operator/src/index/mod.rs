@@ -319,6 +319,7 @@ fn assemble(
         scheduler.add_dataset(d);
     }
     let counts = pod_counts(&objects.pods);
+    let runs = pod::pods_by_run(&objects.pods);
     let mut world = World {
         scheduler,
         federation: fed,
@@ -330,7 +331,7 @@ fn assemble(
         by_core: Vec::new(),
     };
     for (cj, conv) in converted {
-        world.track_job(cj, conv, overlay, (&counts, &objects.pods), now);
+        world.track_job(cj, conv, overlay, (&counts, &runs), now);
     }
     let refs = job::Refs {
         queues: &world.queues,
@@ -417,7 +418,7 @@ impl World {
         cj: Arc<ComputeJob>,
         conv: Converted,
         overlay: &Overlay,
-        (counts, all_pods): (&pod::Counts, &[Arc<Pod>]),
+        (counts, runs): (&pod::Counts, &pod::Runs),
         now: Time,
     ) {
         // Per-user limits count by who submitted it, or by its namespace where no policy stamps the submitter.
@@ -431,6 +432,9 @@ impl World {
         let run = cj.run();
         let uid = cj.uid().unwrap_or_default();
         let placed = placement_of(&cj, overlay);
+        // This run's pods (the pods a check below reads; the others are other jobs').
+        let own: &[Arc<Pod>] =
+            runs.get(&(uid.clone(), run.to_string())).map(Vec::as_slice).unwrap_or_default();
         // A pool whose backend records runs itself (Slurm): the run as it records it, and whether it answers.
         // A mirrored batch/v1 Job: the Job says when the run ended (its pods fail and are replaced meanwhile).
         let batch_job = cj.spec.batch_job.is_some();
@@ -469,7 +473,7 @@ impl World {
             .filter(|(p, _)| !batch_job && recorded.is_none() && !unseen(&p.pool))
             .and_then(|(p, _)| {
                 let was_running = cj.status.as_ref().is_some_and(|s| s.phase == JobPhase::Running);
-                disruption::of_run(all_pods, &uid, run, p.tasks.len(), was_running, &fed.fenced)
+                disruption::of_run(own, &uid, run, p.tasks.len(), was_running, &fed.fenced)
             });
         let state = match conv {
             None => JobState::Terminal,
@@ -488,7 +492,7 @@ impl World {
                 Some((p, _)) if ended(p, &pods).is_some() => {
                     let failure = (pods.failed > 0).then(|| match recorded {
                         Some(_) => pod::batch_failure(),
-                        None => pod::failure(all_pods, &uid, run),
+                        None => pod::failure(own, &uid, run),
                     });
                     JobState::Ended { failure }
                 }

@@ -51,6 +51,22 @@ impl PodCounts {
 /// Each job's pods by phase, keyed by job uid and run.
 pub type Counts = HashMap<(String, String), PodCounts>;
 
+/// Each job's pods, keyed by job uid and run, in the order of the pod list.
+pub type Runs = HashMap<(String, String), Vec<Arc<Pod>>>;
+
+/// Groups the pods that carry a job uid and run by them, once per cycle, so that a job reads its own pods
+/// instead of scanning every pod of the cluster.
+pub fn pods_by_run(pods: &[Arc<Pod>]) -> Runs {
+    let mut out: Runs = HashMap::new();
+    for p in pods {
+        let (Some(uid), Some(run)) = (p.labels().get(JOB_UID_LABEL), p.labels().get(RUN_LABEL)) else {
+            continue;
+        };
+        out.entry((uid.clone(), run.clone())).or_default().push(p.clone());
+    }
+    out
+}
+
 /// Counts each job's pods by phase, keyed by job uid and run.
 pub fn pod_counts(pods: &[Arc<Pod>]) -> Counts {
     let mut out: HashMap<(String, String), PodCounts> = HashMap::new();
@@ -263,4 +279,37 @@ pub fn core_job(pod: &Pod, refs: &Refs<'_>) -> Result<Job, JobProblem> {
 /// When the pod was created, in unix seconds.
 pub fn created(pod: &Pod) -> Time {
     crate::time::of_meta(pod.metadata.creation_timestamp.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, labels: serde_json::Value) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } })).expect("pod"),
+        )
+    }
+
+    #[test]
+    fn pods_are_grouped_by_job_and_run_in_list_order() {
+        let run = |uid: &str, r: &str| json!({ JOB_UID_LABEL: uid, RUN_LABEL: r });
+        let pods = vec![
+            pod("a-0", run("a", "0")),
+            pod("b-0", run("b", "0")),
+            pod("plain", json!({})),
+            pod("a-1", run("a", "1")),
+            pod("a-0-second", run("a", "0")),
+            pod("no-run", json!({ JOB_UID_LABEL: "a" })),
+        ];
+        let runs = pods_by_run(&pods);
+        let names = |uid: &str, r: &str| -> Vec<String> {
+            runs.get(&(uid.to_string(), r.to_string())).into_iter().flatten().map(|p| p.name_any()).collect()
+        };
+        assert_eq!(names("a", "0"), ["a-0", "a-0-second"]);
+        assert_eq!(names("a", "1"), ["a-1"]);
+        assert_eq!(names("b", "0"), ["b-0"]);
+        assert_eq!(runs.len(), 3, "pods without a job uid and run are no run's");
+    }
 }
