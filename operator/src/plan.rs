@@ -225,8 +225,10 @@ pub fn plan(
         .chain(victim_pods.filter_map(|t| t.pod.spec.as_ref()?.node_name.as_deref()))
         .collect();
     let mut out = Vec::new();
+    let empty = ComputeJobStatus::default();
     for t in &world.jobs {
-        let old = t.job.status.clone().unwrap_or_default();
+        // Read in place: a job whose status stays as it is (most, each cycle) costs no copy of it.
+        let old = t.job.status.as_ref().unwrap_or(&empty);
         match &t.state {
             JobState::Terminal => {}
             JobState::Held(p) => {
@@ -321,7 +323,7 @@ pub fn plan(
                             !kubelets || !placement.tasks.iter().any(|t| vacating.contains(t.node.as_str()));
                         out.push(Action::Admit { job: t.job.clone(), placement, backend, dispatch })
                     }
-                    _ => push_status(&mut out, t, waiting_status(s, *id, &old), now),
+                    _ => push_status(&mut out, t, waiting_status(s, *id, old), now),
                 }
             }
             JobState::Placed(id) => {
@@ -332,7 +334,7 @@ pub fn plan(
                     }
                     continue;
                 }
-                placed(&mut out, t, &old, (backend, &world.federation.draining), now);
+                placed(&mut out, t, old, (backend, &world.federation.draining), now);
             }
         }
     }
@@ -455,23 +457,31 @@ fn finish(st: &mut ComputeJobStatus, now: Time) {
 fn push_status(out: &mut Vec<Action>, t: &Tracked, mut st: ComputeJobStatus, now: Time) {
     st.observed_generation = t.job.metadata.generation.unwrap_or(0);
     st.derive_conditions(st.observed_generation, &rfc3339(now));
-    let old = t.job.status.clone().unwrap_or_default();
-    if !same_status(&old, &st) {
+    let same = match t.job.status.as_ref() {
+        Some(old) => same_status(old, &mut st),
+        None => same_status(&ComputeJobStatus::default(), &mut st),
+    };
+    if !same {
         out.push(Action::Status { job: t.job.clone(), status: Box::new(st) });
     }
 }
 
-/// Whether two statuses differ only by an estimate that moved less than a minute.
-fn same_status(a: &ComputeJobStatus, b: &ComputeJobStatus) -> bool {
+/// Whether two statuses differ only by an estimate that moved less than a minute (`b` is compared in place, with
+/// `a`'s estimate for the moment, and left as it was).
+fn same_status(a: &ComputeJobStatus, b: &mut ComputeJobStatus) -> bool {
     let est = |s: &ComputeJobStatus| s.estimated_start.as_deref().and_then(crate::time::parse);
     let close = match (est(a), est(b)) {
         (Some(x), Some(y)) => (x - y).abs() < ESTIMATE_SLACK_S,
         (None, None) => true,
         _ => false,
     };
-    let mut a2 = a.clone();
-    a2.estimated_start.clone_from(&b.estimated_start);
-    close && a2 == *b
+    if !close {
+        return false;
+    }
+    let own = std::mem::replace(&mut b.estimated_start, a.estimated_start.clone());
+    let same = *a == *b;
+    b.estimated_start = own;
+    same
 }
 
 /// A waiting job's status: its reasons, hints and estimated start.
