@@ -12,7 +12,7 @@ shift || true
 cargo build --release --quiet -p haiyun-operator --bin haiyun-kueue-bench --bin haiyun-operator
 bench="$CARGO_TARGET_DIR/release/haiyun-kueue-bench"
 dir="$(mktemp -d /tmp/kueue-side-by-side.XXXXXX)"
-trap 'testenv/testenv down --dir "$dir" --purge >/dev/null 2>&1 || true' EXIT
+trap 'testenv/testenv down --dir "$dir" --purge >/dev/null 2>&1 || true; rmdir "$dir" 2>/dev/null || true' EXIT
 for controller in kueue haiyun; do
   extra=(--with-controller-manager)
   [[ "$controller" == kueue ]] && extra=(--with-kueue)
