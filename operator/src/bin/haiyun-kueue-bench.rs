@@ -252,6 +252,8 @@ async fn submit(
                 loop {
                     match api.create(&pp, &obj).await {
                         Ok(_) => return Ok((name, Instant::now())),
+                        // A retried create whose first try went through.
+                        Err(kube::Error::Api(s)) if s.code == 409 => return Ok((name, Instant::now())),
                         Err(kube::Error::Api(s)) if s.code < 429 => {
                             return Err(SideError::Setup(format!("creating Job {name}: {}", s.message)));
                         }
