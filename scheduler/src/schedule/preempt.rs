@@ -69,11 +69,18 @@ impl Scheduler {
     }
 
     /// The queues whose running jobs in the option's pool `id` may evict: its own, and those it may take from.
-    /// Queues with nothing running there have no victims: their quota is not looked at.
+    /// Queues with nothing running there have no victims: their quota is not looked at. Only the newcomer's cohort
+    /// tree is walked (`takes_from` needs one), in ascending order.
     fn victim_queues(&self, id: JobId, o: &RunOption, now: Time) -> Vec<u32> {
         let own = self.jobs[id as usize].job.queue;
         let claim = self.claim(id, o, now);
-        (0..self.standings.queues() as u32)
+        let alone = [own];
+        let tree = match self.quotas.cohort_of(own) {
+            [] => &alone[..],
+            t => t,
+        };
+        tree.iter()
+            .copied()
             .filter(|q| {
                 !self.standings.of(*q, o.pool).is_empty() && (*q == own || self.takes_from(claim, o, *q, now))
             })
