@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::options::RunOption;
 use super::{Entry, Hint, PendingReason, Phase, Run, ScheduleError, Scheduler, Timeline};
-use crate::model::{GPU_MILLI, JobId, ModelId, ModelSet, PoolId, Time};
+use crate::model::{JobId, ModelId, ModelSet, PoolId, Time};
 use crate::placer::{Outcome, Placement};
 use crate::queue::{Flavor, Ordering};
 
@@ -183,15 +183,8 @@ impl Scheduler {
     /// Capacity per (pool, flavor) and the usage of running jobs until their estimated end.
     fn timeline(&self, now: Time) -> Timeline {
         let mut tl = Timeline::at(now);
-        let mut caps: rustc_hash::FxHashMap<(PoolId, Flavor), u64> = rustc_hash::FxHashMap::default();
-        for n in &self.snap.cluster().nodes {
-            *caps.entry((n.pool, Flavor::Cpu)).or_default() += n.cpu_milli;
-            for g in n.gpus.iter().filter(|g| g.health.is_placeable()) {
-                *caps.entry((n.pool, Flavor::Gpu(g.model))).or_default() += u64::from(GPU_MILLI);
-            }
-        }
-        for ((p, f), v) in caps {
-            tl.set_capacity(p, f, v);
+        for ((p, f), v) in &self.capacity {
+            tl.set_capacity(*p, *f, *v);
         }
         tl.add_held(&self.holdings, now);
         // The holdings must say what every running job does: checked against them all in debug builds (every test).

@@ -171,6 +171,8 @@ pub struct Scheduler {
     pub(crate) nominal_only: bool,
     /// What the running jobs hold and until when, kept with every change of a job's run.
     pub(crate) holdings: holdings::Holdings,
+    /// Capacity per (pool, flavor): the cluster is fixed once the scheduler is made.
+    pub(crate) capacity: Vec<((PoolId, crate::queue::Flavor), u64)>,
 }
 
 impl Scheduler {
@@ -185,6 +187,7 @@ impl Scheduler {
         let policy = Policy::new(config.policy, config.seed, Some(typical.unwrap_or(&empty)))?;
         let pool_models = options::models_by_pool(&cluster);
         let present = pool_models.iter().fold(ModelSet::NONE, |a, s| ModelSet(a.0 | s.0));
+        let capacity = timeline::capacity_of(&cluster);
         let mut quotas = quotas;
         if quotas.half_life().is_none() {
             quotas.set_half_life(config.usage_half_life_s);
@@ -195,6 +198,7 @@ impl Scheduler {
             unplaceable: std::collections::HashMap::new(),
             nominal_only: false,
             holdings: holdings::Holdings::default(),
+            capacity,
             pool_models,
             present,
             snap: Snapshot::new(cluster)?,

@@ -102,7 +102,17 @@ impl Scheduler {
     /// Works out the standings of the running jobs at `now`, the cycle's start.
     pub(crate) fn index_running(&mut self, now: Time) {
         let pools = self.snap.cluster().pools.len();
-        let mut by_queue = vec![vec![List::default(); pools]; self.quotas.len()];
+        // The last cycle's lists are emptied and filled again: their allocations are kept.
+        let mut by_queue = std::mem::take(&mut self.standings.by_queue);
+        by_queue.resize_with(self.quotas.len(), Vec::new);
+        for lists in &mut by_queue {
+            lists.resize_with(pools, List::default);
+            for l in lists.iter_mut() {
+                l.jobs.clear();
+                l.earliest = None;
+                l.stale = false;
+            }
+        }
         for i in 0..self.jobs.len() as JobId {
             let Some(s) = self.standing(i, now) else { continue };
             if let Some(list) = by_queue
@@ -115,7 +125,10 @@ impl Scheduler {
                 list.jobs.push(s);
             }
         }
-        self.standings = Standings { at: now, by_queue, touched: vec![false; self.jobs.len()] };
+        let mut touched = std::mem::take(&mut self.standings.touched);
+        touched.clear();
+        touched.resize(self.jobs.len(), false);
+        self.standings = Standings { at: now, by_queue, touched };
     }
 
     /// An indexed standing as it is at `now`: the same unless the job's run changed since (or `now` is another

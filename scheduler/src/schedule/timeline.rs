@@ -32,6 +32,19 @@ pub struct Timeline {
     peaks: RefCell<HashMap<(PoolId, Flavor), Peaks>>,
 }
 
+/// Capacity per (pool, flavor) of a cluster: its nodes' CPU and their placeable GPUs, in key order.
+pub(crate) fn capacity_of(cluster: &crate::model::Cluster) -> Vec<((PoolId, Flavor), u64)> {
+    let mut caps: BTreeMap<(PoolId, usize), ((PoolId, Flavor), u64)> = BTreeMap::new();
+    let mut count = |p: PoolId, f: Flavor, v: u64| caps.entry((p, f.index())).or_insert(((p, f), 0)).1 += v;
+    for n in &cluster.nodes {
+        count(n.pool, Flavor::Cpu, n.cpu_milli);
+        for g in n.gpus.iter().filter(|g| g.health.is_placeable()) {
+            count(n.pool, Flavor::Gpu(g.model), u64::from(crate::model::GPU_MILLI));
+        }
+    }
+    caps.into_values().collect()
+}
+
 /// Steps per block of [`Peaks`] (a block splits at twice this). Small in tests, so they split blocks often.
 #[cfg(not(test))]
 const BLOCK: usize = 256;
@@ -287,8 +300,10 @@ impl Timeline {
             *self.base.entry(*pf).or_default() += held;
         }
         for (pf, ends) in h.ends.iter().filter(|(_, e)| !e.is_empty()) {
-            let overdue: i64 = ends.range(..=first).map(|(_, d)| d).sum();
-            let mut steps: BTreeMap<i64, i64> = ends.range(first + 1..).map(|(k, d)| (*k, *d)).collect();
+            // A clone copies the tree's nodes as they are; collecting a range would sort it again.
+            let mut steps = ends.clone();
+            let later = steps.split_off(&(first + 1));
+            let overdue: i64 = std::mem::replace(&mut steps, later).values().sum();
             if overdue != 0 {
                 steps.insert(first, overdue);
             }
