@@ -114,17 +114,23 @@ impl Scheduler {
     /// quota, and some way fits the quota with what its cohort lends.
     fn only_borrows(&self, id: JobId, now: Time) -> bool {
         let e = &self.jobs[id as usize];
-        let (q, user) = (e.job.queue, e.job.user);
-        let reqs: Vec<crate::queue::Resources> = if e.job.gang.tasks.iter().all(|t| t.is_cpu_only()) {
-            vec![crate::queue::Resources::of_gang(&e.job.gang, None)]
-        } else {
-            ModelSet(Self::allowed_models(e).0 & self.present.0)
-                .iter()
-                .map(|m| crate::queue::Resources::of_gang(&e.job.gang, Some(m)))
-                .collect()
-        };
-        !reqs.iter().any(|r| self.quotas.within_nominal(q, r, now))
-            && reqs.iter().any(|r| self.quotas.fits(q, user, r, now).is_ok())
+        !self.asks(e).any(|r| self.quotas.within_nominal(e.job.queue, &r, now)) && self.fits_quota(e, now)
+    }
+
+    /// Whether some way the job could run fits its queue's quota now (within the nominal quota or borrowing).
+    fn fits_quota(&self, e: &Entry, now: Time) -> bool {
+        self.asks(e).any(|r| self.quotas.fits(e.job.queue, e.job.user, &r, now).is_ok())
+    }
+
+    /// What each way the job could run asks of its queue's quota: one request per GPU model it may use and the
+    /// federation has (its CPU alone for a CPU-only job); every option's request is one of them.
+    fn asks<'a>(&'a self, e: &'a Entry) -> impl Iterator<Item = crate::queue::Resources> + 'a {
+        let cpu_only = e.job.gang.tasks.iter().all(|t| t.is_cpu_only());
+        let models = ModelSet(if cpu_only { 0 } else { Self::allowed_models(e).0 & self.present.0 });
+        let cpu = cpu_only.then_some(None);
+        cpu.into_iter()
+            .chain(models.iter().map(Some))
+            .map(|m| crate::queue::Resources::of_gang(&e.job.gang, m))
     }
 
     /// Past the backfill depth: starts the job on the first option that fits now without touching any
@@ -136,6 +142,10 @@ impl Scheduler {
         tl: &mut Timeline,
         out: &mut Cycle,
     ) -> Result<bool, ScheduleError> {
+        // A job no way of which fits its quota now has no option that could start: they are not worked out.
+        if !self.fits_quota(&self.jobs[id as usize], now) {
+            return Ok(false);
+        }
         let Ok(options) = self.options(&self.jobs[id as usize], now) else { return Ok(false) };
         for o in options.iter().filter(|o| o.quota.is_ok() && tl.fits(o.pool, &o.req, now, o.duration)) {
             if let Ok(start) = self.try_start(id, o, now, false)? {
