@@ -39,6 +39,7 @@ slurm_dir=$(mktemp -d)
 remote_a=$(mktemp -d)
 remote_b=$(mktemp -d)
 pg_dir=$(mktemp -d)
+kueue_dir=$(mktemp -d)
 log=$(mktemp)
 cleanup() {
   testenv/testenv down --dir "$testenv_dir" --purge >/dev/null 2>&1 || true
@@ -46,11 +47,12 @@ cleanup() {
   testenv/testenv down --dir "$dra_dir" --purge >/dev/null 2>&1 || true
   testenv/testenv down --dir "$remote_a" --purge >/dev/null 2>&1 || true
   testenv/testenv down --dir "$remote_b" --purge >/dev/null 2>&1 || true
+  testenv/testenv down --dir "$kueue_dir" --purge >/dev/null 2>&1 || true
   testenv/slurm/slurm-down.sh "$slurm_dir/cluster" --purge >/dev/null 2>&1 || true
   if [ -f "$pg_dir/data/postmaster.pid" ]; then
     su postgres -s /bin/sh -c "$pg_bin/pg_ctl -D $pg_dir/data stop -m immediate" >/dev/null 2>&1 || true
   fi
-  rm -rf "$testenv_dir" "$real_dir" "$dra_dir" "$slurm_dir" "$remote_a" "$remote_b" "$pg_dir" "$log"
+  rm -rf "$testenv_dir" "$real_dir" "$dra_dir" "$slurm_dir" "$remote_a" "$remote_b" "$pg_dir" "$kueue_dir" "$log"
 }
 trap cleanup EXIT
 testenv/testenv up --dir "$testenv_dir" --nodes 4 --gpus-per-node 8 --gpu-model H100
@@ -86,6 +88,14 @@ if [ "$(id -u)" = 0 ]; then
   export HAIYUN_TEST_DRA_KUBECONFIG="$dra_dir/kubeconfig" HAIYUN_REQUIRE_DRA=1 TESTENV_DRA_DIR="$dra_dir"
 else
   echo "skipped: real nodes need root; the GPU driver's tests will be skipped"
+fi
+
+echo "== Kueue v0.17.0 beside a fourth control plane (2 kwok nodes, kube-scheduler, controller manager), for the side-by-side harness"
+if [ "$(id -u)" = 0 ]; then
+  testenv/testenv up --dir "$kueue_dir" --nodes 2 --gpus-per-node 8 --gpu-model H100 --with-kueue
+  export HAIYUN_TEST_KUEUE_KUBECONFIG="$kueue_dir/kubeconfig" HAIYUN_REQUIRE_KUEUE=1
+else
+  echo "skipped: Kueue needs root (its fixed metrics certificate path); the Kueue test will be skipped"
 fi
 
 echo "== Slurm 22.05 on loopback (munge, slurmctld, 4 slurmd with 8 fake H100 each, slurmrestd with JWT)"
