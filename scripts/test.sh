@@ -90,7 +90,7 @@ else
   echo "skipped: real nodes need root; the GPU driver's tests will be skipped"
 fi
 
-echo "== Kueue v0.17.0 beside a fourth control plane (2 kwok nodes, kube-scheduler, controller manager), for the side-by-side harness"
+echo "== Kueue v0.17.0 beside a control plane of its own (2 kwok nodes, kube-scheduler, controller manager), for the side-by-side harness"
 if [ "$(id -u)" = 0 ]; then
   testenv/testenv up --dir "$kueue_dir" --nodes 2 --gpus-per-node 8 --gpu-model H100 --with-kueue
   export HAIYUN_TEST_KUEUE_KUBECONFIG="$kueue_dir/kubeconfig" HAIYUN_REQUIRE_KUEUE=1

@@ -50,22 +50,12 @@ impl Env {
     }
 
     async fn start_with(var: &str, require: &str, name: &str) -> Option<Env> {
-        let Some(path) = std::env::var_os(var) else {
-            assert!(
-                std::env::var_os(require).is_none(),
-                "{require} is set but {var} is not: testenv did not start"
-            );
-            eprintln!("skipped: {var} is not set (scripts/test.sh starts testenv and sets it)");
-            return None;
-        };
+        let (client, path) = client_of(var, require).await?;
         let serial = SERIAL.lock().await;
-        let kubeconfig = Kubeconfig::read_from(&path).expect("readable kubeconfig");
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
-        let client = Client::try_from(config).unwrap();
         let dir = std::env::temp_dir().join(format!("haiyun-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let env = Env { client, kubeconfig: PathBuf::from(path), name: name.into(), dir, _serial: serial };
+        let env = Env { client, kubeconfig: path, name: name.into(), dir, _serial: serial };
         env.install_crds().await;
         env.clean().await;
         Some(env)
@@ -333,6 +323,22 @@ pub async fn kwok_nodes(
         .await;
     }
     names
+}
+
+/// A client for the control plane whose kubeconfig `var` names, and that path; `None` (the test is skipped, saying
+/// so) when `var` is not set, which fails the test when `require` is set.
+pub async fn client_of(var: &str, require: &str) -> Option<(Client, PathBuf)> {
+    let Some(path) = std::env::var_os(var) else {
+        assert!(
+            std::env::var_os(require).is_none(),
+            "{require} is set but {var} is not: testenv did not start"
+        );
+        eprintln!("skipped: {var} is not set (scripts/test.sh starts testenv and sets it)");
+        return None;
+    };
+    let kubeconfig = Kubeconfig::read_from(&path).expect("readable kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+    Some((Client::try_from(config).unwrap(), PathBuf::from(path)))
 }
 
 /// Polls `f` every 200 ms until it returns `Some`, or panics after `limit` naming `what`.
