@@ -301,9 +301,9 @@ impl Timeline {
         }
         for (pf, ends) in h.ends.iter().filter(|(_, e)| !e.is_empty()) {
             // A clone copies the tree's nodes as they are; collecting a range would sort it again.
-            let mut steps = ends.clone();
-            let later = steps.split_off(&(first + 1));
-            let overdue: i64 = std::mem::replace(&mut steps, later).values().sum();
+            let mut due = ends.clone();
+            let mut steps = due.split_off(&(first + 1));
+            let overdue: i64 = due.values().sum();
             if overdue != 0 {
                 steps.insert(first, overdue);
             }
