@@ -122,12 +122,22 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   fi
   chown postgres "$pg_dir"
   su postgres -s /bin/sh -c "$pg_bin/initdb -D $pg_dir/data -A trust -U postgres" >/dev/null
-  # A free port: a server left by an earlier, killed run on this machine must not make this one fail.
-  pg_port=55432
-  while (exec 3<>"/dev/tcp/127.0.0.1/$pg_port") 2>/dev/null; do pg_port=$((pg_port + 1)); done
-  if ! su postgres -s /bin/sh -c "$pg_bin/pg_ctl -D $pg_dir/data -l $pg_dir/log -w start \
-    -o '-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1'" >/dev/null; then
-    echo "PostgreSQL did not start on port $pg_port; its log:"; cat "$pg_dir/log" || true
+  # A port below the kernel's ephemeral range (32768-60999 by default): a port inside it can be held by any
+  # outgoing connection of the control planes started above, which no probe sees. A server left by an earlier,
+  # killed run is stepped over too, and a failed start tries the next port.
+  pg_port=25432
+  pg_started=
+  for _ in 1 2 3 4 5 6 7 8; do
+    while (exec 3<>"/dev/tcp/127.0.0.1/$pg_port") 2>/dev/null; do pg_port=$((pg_port + 1)); done
+    if su postgres -s /bin/sh -c "$pg_bin/pg_ctl -D $pg_dir/data -l $pg_dir/log -w start \
+      -o '-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1'" >/dev/null; then
+      pg_started=1; break
+    fi
+    echo "PostgreSQL did not start on port $pg_port; trying the next one"
+    pg_port=$((pg_port + 1))
+  done
+  if [ -z "$pg_started" ]; then
+    echo "PostgreSQL did not start; its log:"; cat "$pg_dir/log" || true
     exit 1
   fi
   export HAIYUN_TEST_POSTGRES="postgres://postgres@127.0.0.1:$pg_port/postgres" HAIYUN_REQUIRE_POSTGRES=1
