@@ -344,7 +344,7 @@ pub(crate) fn account_energy(planned: &mut Vec<Action>, world: &World, fleet: &F
     }
     for t in &world.jobs {
         let Some(old) = t.job.status.as_ref() else { continue };
-        if written.contains(&t.job.uid().unwrap_or_default()) || !crate::energy::due(old, now) {
+        if !crate::energy::due(old, now) || written.contains(&t.job.uid().unwrap_or_default()) {
             continue;
         }
         let mut st = old.clone();

@@ -91,22 +91,23 @@ impl Cache {
             self.refs = Some(key);
             self.stamp += 1;
         }
-        let live: std::collections::HashSet<String> = jobs.iter().filter_map(|j| j.uid()).collect();
-        self.jobs.retain(|uid, _| live.contains(uid));
+        let live: std::collections::HashSet<&str> =
+            jobs.iter().filter_map(|j| j.metadata.uid.as_deref()).collect();
+        self.jobs.retain(|uid, _| live.contains(uid.as_str()));
         let out = jobs
             .iter()
             .map(|cj| {
-                let uid = cj.uid().unwrap_or_default();
+                let uid = cj.metadata.uid.as_deref().unwrap_or_default();
                 let generation = cj.metadata.generation.unwrap_or(0);
                 let terminal = job::is_terminal(cj);
-                let conv = match self.jobs.get(&uid) {
+                let conv = match self.jobs.get(uid) {
                     Some((g, s, c)) if *g == generation && *s == self.stamp && c.is_none() == terminal => {
                         c.clone()
                     }
                     _ => {
                         let c = (!terminal).then(|| job::core_job(cj, refs, cluster));
                         self.conversions += 1;
-                        self.jobs.insert(uid, (generation, self.stamp, c.clone()));
+                        self.jobs.insert(uid.to_owned(), (generation, self.stamp, c.clone()));
                         c
                     }
                 };

@@ -179,12 +179,12 @@ pub fn placement_of<'a>(
     cj: &'a ComputeJob,
     overlay: &'a Overlay,
 ) -> Option<(&'a ApiPlacement, Option<Time>)> {
-    let uid = cj.uid().unwrap_or_default();
-    if let Some(a) = overlay.assumed.get(&uid) {
+    let uid = cj.metadata.uid.as_deref().unwrap_or_default();
+    if let Some(a) = overlay.assumed.get(uid) {
         return Some((&a.placement, Some(a.started)));
     }
     // The evicted run's placement is not the job's any more (a later run's is).
-    if overlay.evicting.get(&uid).is_some_and(|run| cj.run() <= *run) {
+    if overlay.evicting.get(uid).is_some_and(|run| cj.run() <= *run) {
         return None;
     }
     let st = cj.status.as_ref()?;
