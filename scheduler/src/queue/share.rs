@@ -228,14 +228,12 @@ impl Quotas {
         held.flavors()
             .map(|(f, v)| {
                 let over = v.saturating_sub(self.nominal(q, f, now)) as f64;
-                let total: u64 = tree.iter().map(|p| self.nominal(*p, f, now)).sum();
                 if over == 0.0 {
-                    0.0
-                } else if total == 0 {
-                    f64::INFINITY
-                } else {
-                    over / total as f64
+                    // Most queues borrow nothing: the tree's quota is summed only for those that do.
+                    return 0.0;
                 }
+                let total: u64 = tree.iter().map(|p| self.nominal(*p, f, now)).sum();
+                if total == 0 { f64::INFINITY } else { over / total as f64 }
             })
             .fold(0.0, f64::max)
             / spec.weight
