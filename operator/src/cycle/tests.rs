@@ -295,6 +295,42 @@ fn a_preemptor_is_bound_only_once_the_pods_of_its_victim_have_left_their_gpus() 
     assert_eq!(binds(&actions), 1, "{actions:?}");
 }
 
+#[test]
+fn a_job_whose_admission_is_still_being_applied_is_not_preempted_until_the_cache_shows_it() {
+    // The applier has not written low's admission yet: the cache shows it waiting, the overlay where it was placed.
+    let low = job("low", "q", 8, 100);
+    let (shown, low_pod) = running(low.clone(), "n0", &[0, 1, 2, 3, 4, 5, 6, 7]);
+    let placement = shown.status.as_ref().and_then(|s| s.placement.clone()).unwrap();
+    let mut overlay = Overlay::default();
+    overlay.assumed.insert("uid-low".into(), crate::index::Assumed { placement, started: NOW - 5.0 });
+    let urgent = fixtures::job("ns", "urgent")
+        .queue("q")
+        .gpus(8)
+        .spec(json!({ "priority": 10 }))
+        .stored("uid-urgent", NOW as i64 - 10)
+        .build();
+    let objects = Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![Arc::new(low), Arc::new(urgent)],
+        nodes: vec![node("n0", 8, false)],
+        ..Default::default()
+    };
+    // Evicting it now would run after its admission, which makes its pods on the GPUs this cycle gave the preemptor.
+    let (_, actions) = cycle_with(&objects, &overlay);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Evict { .. })), "{actions:?}");
+    assert!(admitted(&actions).is_empty(), "{actions:?}");
+
+    // Once the cache shows the admission, low may be preempted as any running job.
+    let objects = Objects { jobs: vec![shown, objects.jobs[1].clone()], pods: vec![low_pod], ..objects };
+    let (_, actions) = cycle(&objects);
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Evict { job, .. } if job.name_any() == "low")),
+        "{actions:?}"
+    );
+    assert_eq!(admitted(&actions), ["urgent"]);
+}
+
 /// A plain pod of queue `q` asking 8 GPUs at `priority`, bound to `node` with all its GPUs if given.
 fn plain(name: &str, node: Option<&str>, priority: i32, deleting: bool) -> Arc<Pod> {
     let mut v = json!({

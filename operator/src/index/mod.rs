@@ -505,6 +505,13 @@ impl World {
                 Some((p, started)) => match core_placement(p, fed, &core) {
                     Ok((placement, pool, model)) => {
                         let at = started.unwrap_or(now);
+                        // An admission the cache does not show yet is still being applied: evicting it now would
+                        // queue the eviction behind it, and its pods would be made on GPUs this cycle gives away.
+                        let in_flight = overlay.assumed.contains_key(&uid);
+                        let core = haiyun_scheduler::model::Job {
+                            preemptible: core.preemptible && !in_flight,
+                            ..core
+                        };
                         match self.scheduler.adopt(core, placement, pool, model, at, now) {
                             Ok(id) => JobState::Placed(id),
                             Err(e) => JobState::Lost(Loss::Misplaced(e.to_string())),
