@@ -32,6 +32,10 @@ struct Args {
     /// Client QPS limit given to Haiyun's operator; start kube-scheduler with the same (testenv --scheduler-qps).
     #[arg(long, default_value_t = 500.0)]
     qps: f64,
+    /// Creates the bench keeps in flight (pods, or ComputeJobs for the gangs), for both schedulers: the single-pod
+    /// runs bind as fast as they are made when this is too low (see `created_s` in the output).
+    #[arg(long, default_value_t = 32)]
+    create_concurrency: usize,
     /// The operator binary (default: next to this one).
     #[arg(long)]
     operator: Option<PathBuf>,
@@ -46,6 +50,9 @@ struct Run {
     pods: usize,
     seconds: f64,
     pods_per_s: f64,
+    /// Seconds until the bench's last create returned: a run that binds its last pod just after that was paced by
+    /// the creates, not by the scheduler.
+    created_s: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,15 +87,16 @@ async fn bench(args: Args) -> Result<(), BenchError> {
     };
     say(format!("{} nodes, {gpus} GPUs; client QPS limit {}", found.count, args.qps));
 
-    let ks = pods_run(&client, "bench-ks", args.pods, "default-scheduler", None).await?;
+    let c = args.create_concurrency.max(1);
+    let ks = pods_run(&client, ("bench-ks", c), args.pods, "default-scheduler", None).await?;
     say(format!("kube-scheduler: {} single-GPU pods in {:.1} s", ks.pods, ks.seconds));
     let mut op = operator(&args, &client).await?;
-    let hy = pods_run(&client, "bench-hy", args.pods, "haiyun", Some("bench")).await?;
+    let hy = pods_run(&client, ("bench-hy", c), args.pods, "haiyun", Some("bench")).await?;
     say(format!("haiyun:         {} single-GPU pods in {:.1} s", hy.pods, hy.seconds));
     let total = args.gangs * args.gang_size as usize;
-    let ks_g = pods_run(&client, "bench-ks-gang", total, "default-scheduler", None).await?;
+    let ks_g = pods_run(&client, ("bench-ks-gang", c), total, "default-scheduler", None).await?;
     say(format!("kube-scheduler: {total} pods (no gangs) in {:.1} s", ks_g.seconds));
-    let (hy_g, partial) = gangs_run(&client, "bench-hy-gang", args.gangs, args.gang_size).await?;
+    let (hy_g, partial) = gangs_run(&client, ("bench-hy-gang", c), args.gangs, args.gang_size).await?;
     say(format!(
         "haiyun:         {} gangs of {} in {:.1} s, {partial} gangs left partly bound",
         args.gangs, args.gang_size, hy_g.seconds
@@ -100,6 +108,7 @@ async fn bench(args: Args) -> Result<(), BenchError> {
         "nodes": found.count,
         "gpus": gpus,
         "client_qps": args.qps,
+        "create_concurrency": c,
         "single": { "kube_scheduler": ks, "haiyun": hy, "haiyun_vs_kube_scheduler": hy.pods_per_s / ks.pods_per_s },
         "gangs": {
             "gangs": args.gangs, "gang_size": args.gang_size,
@@ -256,10 +265,11 @@ where
     f().await
 }
 
-/// Creates `n` single-GPU pods for `scheduler` and times them until all are bound; then deletes them.
+/// Creates `n` single-GPU pods for `scheduler` in `ns`, `concurrency` at a time, and times them until all are bound;
+/// then deletes them.
 async fn pods_run(
     client: &Client,
-    ns: &str,
+    (ns, concurrency): (&str, usize),
     n: usize,
     scheduler: &str,
     queue: Option<&str>,
@@ -281,18 +291,25 @@ async fn pods_run(
                 }
             }
         })
-        .buffer_unordered(32)
+        .buffer_unordered(concurrency)
         .try_collect::<Vec<()>>()
         .await?;
+    let created_s = t0.elapsed().as_secs_f64();
     let last = wait_all(&state, n).await?;
     let seconds = (last - t0).as_secs_f64();
     clean(client, ns).await?;
-    Ok(Run { pods: n, seconds, pods_per_s: n as f64 / seconds })
+    Ok(Run { pods: n, seconds, pods_per_s: n as f64 / seconds, created_s })
 }
 
-/// Creates `gangs` ComputeJobs of `size` one-GPU pods, times them until every pod is bound, and counts gangs
-/// that were ever seen partly bound once all were done (0 means every gang was bound whole).
-async fn gangs_run(client: &Client, ns: &str, gangs: usize, size: u32) -> Result<(Run, usize), BenchError> {
+/// Creates `gangs` ComputeJobs of `size` one-GPU pods in `ns`, `concurrency` at a time, times them until every pod
+/// is bound, and counts gangs that were ever seen partly bound once all were done (0 means every gang was bound
+/// whole).
+async fn gangs_run(
+    client: &Client,
+    (ns, concurrency): (&str, usize),
+    gangs: usize,
+    size: u32,
+) -> Result<(Run, usize), BenchError> {
     let state = count_bound(client, ns);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let api: Api<ComputeJob> = Api::namespaced(client.clone(), ns);
@@ -315,9 +332,10 @@ async fn gangs_run(client: &Client, ns: &str, gangs: usize, size: u32) -> Result
                 }
             }
         })
-        .buffer_unordered(32)
+        .buffer_unordered(concurrency)
         .try_collect::<Vec<()>>()
         .await?;
+    let created_s = t0.elapsed().as_secs_f64();
     let n = gangs * size as usize;
     let last = wait_all(&state, n).await?;
     let seconds = (last - t0).as_secs_f64();
@@ -328,7 +346,7 @@ async fn gangs_run(client: &Client, ns: &str, gangs: usize, size: u32) -> Result
     let (dp, lp) = (DeleteParams::default(), ListParams::default());
     retry(|| api.delete_collection(&dp, &lp)).await?;
     clean(client, ns).await?;
-    Ok((Run { pods: n, seconds, pods_per_s: n as f64 / seconds }, partial))
+    Ok((Run { pods: n, seconds, pods_per_s: n as f64 / seconds, created_s }, partial))
 }
 
 /// Deletes every pod of `ns` and waits until they are gone.
