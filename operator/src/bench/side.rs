@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use haiyun_api::{ComputePool, GPU_MODEL_LABEL, QUEUE_LABEL, Queue, SCHEDULER_NAME};
+use haiyun_api::{ComputeJob, ComputePool, GPU_MODEL_LABEL, QUEUE_LABEL, Queue, SCHEDULER_NAME};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
@@ -226,6 +226,28 @@ pub fn job(
                         "resources": { "limits": { "nvidia.com/gpu": shape.gpus.to_string() } } }]
                 }
             }
+        }
+    }))
+    .map_err(|e| SideError::Setup(e.to_string()))
+}
+
+/// The ComputeJob Haiyun's second row submits for the Job [`job`] makes: one task group of `shape.pods` pods that
+/// each ask `shape.gpus` GPUs and run `shape.run_ms` on kwok, with no restarts, as the Job's mirror has.
+pub fn compute_job(name: &str, ns: &str, queue: usize, shape: Shape) -> Result<ComputeJob, SideError> {
+    let mut annotations = json!({});
+    if let Some(ms) = shape.run_ms {
+        annotations[DURATION_ANNOTATION] = json!(format!("{ms}ms"));
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "haiyun.io/v1alpha1", "kind": "ComputeJob",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": {
+            "queue": format!("q-{queue}"), "maxRestarts": 0,
+            "taskGroups": [{ "name": "pod", "replicas": shape.pods, "gpus": shape.gpus,
+                "template": {
+                    "metadata": { "annotations": annotations },
+                    "spec": { "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10" }] }
+                } }]
         }
     }))
     .map_err(|e| SideError::Setup(e.to_string()))

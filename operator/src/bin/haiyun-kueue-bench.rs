@@ -2,6 +2,7 @@
 //! controller per run on a fresh control plane (`scripts/kueue-side-by-side.sh` runs both):
 //! - `--scenario scale`: Kueue's own scheduler scale test in GPUs; jobs admitted per second, time to the last pod
 //!   bound, p50/p99 wait and each controller's memory and CPU;
+//! - `--compute-jobs`: Haiyun gets ComputeJobs of the same shapes instead (its second row);
 //! - `--scenario fragmented`: a queue whose quota fits while every node's free GPUs are too few; counts jobs admitted
 //!   whose pods cannot be placed (`--topology` turns on Kueue's topology-aware scheduling).
 
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use futures::{StreamExt, TryStreamExt};
+use haiyun_api::ComputeJob;
+use haiyun_api::job::JobPhase;
 use haiyun_operator::bench::side::{self, Controller, Queues, Shape, SideError};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -45,6 +48,10 @@ struct Args {
     /// Each queue's borrowing limit in GPUs.
     #[arg(long, default_value_t = 100)]
     borrowing_limit: u32,
+    /// Haiyun only: submit ComputeJobs of the same shapes instead of batch/v1 Jobs (Haiyun makes and binds their
+    /// pods itself; no Job controller takes part).
+    #[arg(long)]
+    compute_jobs: bool,
     /// Kueue's topology-aware scheduling: a Topology of hosts on its flavor, each pod set required on one host.
     #[arg(long)]
     topology: bool,
@@ -120,6 +127,9 @@ async fn bench(args: Args) -> Result<(), SideError> {
             Queues { count: 1, cohorts: 1, quota: args.quota, borrowing_limit: 0, topology: args.topology }
         }
     };
+    if args.compute_jobs && args.controller != Controller::Haiyun {
+        return Err(SideError::Setup("--compute-jobs is for --controller haiyun: Kueue admits Jobs".into()));
+    }
     if queues.count == 0 || queues.cohorts == 0 || queues.count % queues.cohorts != 0 {
         return Err(SideError::Setup("--queues must be a positive multiple of --cohorts".into()));
     }
@@ -156,7 +166,7 @@ async fn bench(args: Args) -> Result<(), SideError> {
             found.count, found.gpus, args.scenario, args.controller, args.jobs
         );
     }
-    let seen = watch(&client);
+    let seen = watch(&client, args.compute_jobs);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut out = match args.scenario {
         Scenario::Scale => scale(&client, &args, &seen).await?,
@@ -169,6 +179,7 @@ async fn bench(args: Args) -> Result<(), SideError> {
         let _ = child.wait();
     }
     out["controller"] = json!(format!("{:?}", args.controller).to_lowercase());
+    out["submitted"] = json!(if args.compute_jobs { "ComputeJob" } else { "batch/v1 Job" });
     out["topology"] = json!(args.controller == Controller::Kueue && args.topology);
     out["nodes"] = json!(found.count);
     out["gpus"] = json!(found.gpus);
@@ -191,7 +202,7 @@ fn testenv_dir(args: &Args) -> Result<PathBuf, SideError> {
         .ok_or_else(|| SideError::Setup(format!("KUBECONFIG={kc} has no directory")))
 }
 
-/// When each Job was first seen unsuspended and each pod first seen bound.
+/// When each Job was first seen unsuspended (a ComputeJob: admitted) and each pod first seen bound.
 #[derive(Debug, Default)]
 struct Seen {
     admitted: HashMap<String, Instant>,
@@ -200,23 +211,41 @@ struct Seen {
 
 type Shared = Arc<Mutex<Seen>>;
 
-/// Watches the bench namespace's Jobs and pods into a shared [`Seen`].
-fn watch(client: &Client) -> Shared {
+/// Watches the bench namespace's Jobs (with `compute_jobs`, ComputeJobs) and pods into a shared [`Seen`].
+fn watch(client: &Client, compute_jobs: bool) -> Shared {
     let seen: Shared = Arc::default();
     let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
     let s = seen.clone();
-    tokio::spawn(async move {
-        let stream = watcher(jobs, watcher::Config::default());
-        futures::pin_mut!(stream);
-        while let Some(Ok(ev)) = stream.next().await {
-            if let watcher::Event::Apply(j) | watcher::Event::InitApply(j) = ev
-                && j.spec.as_ref().and_then(|s| s.suspend) == Some(false)
-            {
-                let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
-                g.admitted.entry(j.name_any()).or_insert_with(Instant::now);
+    if compute_jobs {
+        let cjs: Api<ComputeJob> = Api::namespaced(client.clone(), NS);
+        tokio::spawn(async move {
+            let stream = watcher(cjs, watcher::Config::default());
+            futures::pin_mut!(stream);
+            while let Some(Ok(ev)) = stream.next().await {
+                if let watcher::Event::Apply(j) | watcher::Event::InitApply(j) = ev
+                    && j.status.as_ref().is_some_and(|s| {
+                        matches!(s.phase, JobPhase::Admitted | JobPhase::Running | JobPhase::Succeeded)
+                    })
+                {
+                    let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+                    g.admitted.entry(j.name_any()).or_insert_with(Instant::now);
+                }
             }
-        }
-    });
+        });
+    } else {
+        tokio::spawn(async move {
+            let stream = watcher(jobs, watcher::Config::default());
+            futures::pin_mut!(stream);
+            while let Some(Ok(ev)) = stream.next().await {
+                if let watcher::Event::Apply(j) | watcher::Event::InitApply(j) = ev
+                    && j.spec.as_ref().and_then(|s| s.suspend) == Some(false)
+                {
+                    let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+                    g.admitted.entry(j.name_any()).or_insert_with(Instant::now);
+                }
+            }
+        });
+    }
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let s = seen.clone();
     tokio::spawn(async move {
@@ -241,16 +270,23 @@ async fn submit(
     jobs: Vec<(String, usize, Shape)>,
 ) -> Result<HashMap<String, Instant>, SideError> {
     let api: Api<Job> = Api::namespaced(client.clone(), NS);
-    let (controller, topology) = (args.controller, args.topology);
+    let cjs: Api<ComputeJob> = Api::namespaced(client.clone(), NS);
+    let (controller, topology, compute_jobs) = (args.controller, args.topology, args.compute_jobs);
     let made: Vec<(String, Instant)> = futures::stream::iter(jobs)
         .map(|(name, q, shape)| {
-            let api = api.clone();
+            let (api, cjs) = (api.clone(), cjs.clone());
             async move {
                 let obj = side::job(controller, &name, NS, q, shape, topology)?;
+                let cj = side::compute_job(&name, NS, q, shape)?;
                 let pp = PostParams::default();
                 let mut wait = Duration::from_millis(200);
                 loop {
-                    match api.create(&pp, &obj).await {
+                    let made = if compute_jobs {
+                        cjs.create(&pp, &cj).await.map(|_| ())
+                    } else {
+                        api.create(&pp, &obj).await.map(|_| ())
+                    };
+                    match made {
                         Ok(_) => return Ok((name, Instant::now())),
                         // A retried create whose first try went through.
                         Err(kube::Error::Api(s)) if s.code == 409 => return Ok((name, Instant::now())),
