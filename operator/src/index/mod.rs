@@ -22,6 +22,7 @@ use haiyun_scheduler::model::{Dataset as CoreDataset, GpuModels, JobId, Time};
 use haiyun_scheduler::schedule::{Scheduler, SchedulerConfig};
 use haiyun_scheduler::snapshot::TaskPlacement;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
 pub use cache::Cache;
@@ -297,7 +298,7 @@ fn assemble(
     };
     let mut sorted_jobs: Vec<&Arc<ComputeJob>> = objects.jobs.iter().collect();
     sorted_jobs.sort_by(|a, b| {
-        job::submitted(a).total_cmp(&job::submitted(b)).then_with(|| job::key(a).cmp(&job::key(b)))
+        job::submitted(a).total_cmp(&job::submitted(b)).then_with(|| by_key(&a.metadata, &b.metadata))
     });
     // Convert every job first: conversion may intern GPU models the nodes do not have.
     let converted = cache.convert(&sorted_jobs, &refs, &mut cluster);
@@ -352,6 +353,17 @@ fn assemble(
     Ok(world)
 }
 
+/// Orders two objects as their `namespace/name` keys ([`job::key`], [`pod::key`]) compare, without making the keys:
+/// objects made in one burst share their creation second, so a sort by time compares these keys often.
+fn by_key(a: &ObjectMeta, b: &ObjectMeta) -> std::cmp::Ordering {
+    fn key(m: &ObjectMeta) -> impl Iterator<Item = u8> + '_ {
+        let name = m.name.as_deref().or(m.generate_name.as_deref()).unwrap_or_default();
+        let ns = m.namespace.as_deref().unwrap_or_default();
+        ns.bytes().chain(std::iter::once(b'/')).chain(name.bytes())
+    }
+    key(a).cmp(key(b))
+}
+
 /// A ComputeJob as the core's job: `None` when it is done, else the job or why it cannot be queued.
 pub(crate) type Converted = Option<Result<haiyun_scheduler::model::Job, JobProblem>>;
 
@@ -394,7 +406,7 @@ fn plain_pods(
     let of_gang = |p: &Pod| p.owner_references().iter().any(|o| o.kind == "Job" && gangs.contains(&o.uid));
     let mut plain: Vec<&Arc<Pod>> = objects.pods.iter().filter(|p| pod::is_plain(p) && !of_gang(p)).collect();
     plain.sort_by(|a, b| {
-        pod::created(a).total_cmp(&pod::created(b)).then_with(|| pod::key(a).cmp(&pod::key(b)))
+        pod::created(a).total_cmp(&pod::created(b)).then_with(|| by_key(&a.metadata, &b.metadata))
     });
     let mut out = Vec::with_capacity(plain.len());
     for p in plain {
@@ -629,4 +641,42 @@ fn core_placement(
         tasks.push(TaskPlacement { node, gpus, spec: *spec });
     }
     Ok((Placement { tasks }, pool as u32, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(ns: Option<&str>, name: Option<&str>, generate: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            namespace: ns.map(str::to_string),
+            name: name.map(str::to_string),
+            generate_name: generate.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn objects_compare_as_their_keys_do() {
+        // '-' sorts before '/': "a-b/x" < "a/x" as keys, though "a" < "a-b" as namespaces.
+        let all = [
+            meta(Some("a"), Some("x"), None),
+            meta(Some("a-b"), Some("x"), None),
+            meta(Some("a"), Some("x-1"), None),
+            meta(Some("a"), None, Some("gen-")),
+            meta(None, Some("x"), None),
+            meta(Some("b"), Some(""), None),
+            meta(Some("a"), Some("x"), Some("ignored-")),
+        ];
+        let key = |m: &ObjectMeta| {
+            let pod = Pod { metadata: m.clone(), ..Default::default() };
+            pod::key(&pod)
+        };
+        for a in &all {
+            for b in &all {
+                assert_eq!(by_key(a, b), key(a).cmp(&key(b)), "{:?} vs {:?}", key(a), key(b));
+            }
+        }
+        assert_eq!(by_key(&all[1], &all[0]), std::cmp::Ordering::Less);
+    }
 }

@@ -39,13 +39,22 @@ pub struct Overlay {
 impl Overlay {
     /// Drops what the watch cache now shows: admissions recorded in status, evictions no longer admitted.
     pub fn settle(&mut self, jobs: &[Arc<ComputeJob>], pods: &[Arc<Pod>]) {
-        let by_uid: HashMap<String, &ComputeJob> =
-            jobs.iter().map(|j| (j.uid().unwrap_or_default(), j.as_ref())).collect();
-        let unbound: HashSet<String> = pods
-            .iter()
-            .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
-            .filter_map(|p| p.uid())
-            .collect();
+        if !self.binding.is_empty() {
+            let unbound: HashSet<&str> = pods
+                .iter()
+                .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
+                .filter_map(|p| p.metadata.uid.as_deref())
+                .collect();
+            self.binding.retain(|uid, _| unbound.contains(uid.as_str()));
+        }
+        let binding = &self.binding;
+        self.held.retain(|uid| binding.contains_key(uid));
+        // A quiet cluster has nothing assumed, evicting or bound: no need to index every job and pod.
+        if self.assumed.is_empty() && self.evicting.is_empty() && self.bound.is_empty() {
+            return;
+        }
+        let by_uid: HashMap<&str, &ComputeJob> =
+            jobs.iter().map(|j| (j.metadata.uid.as_deref().unwrap_or_default(), j.as_ref())).collect();
         let mut with_pods: HashSet<(&str, &str)> = HashSet::new();
         let mut bound_pods: HashMap<&str, usize> = HashMap::new();
         for p in pods {
@@ -60,18 +69,15 @@ impl Overlay {
             }
         }
         self.assumed.retain(|uid, a| {
-            by_uid.get(uid).is_some_and(|j| {
+            by_uid.get(uid.as_str()).is_some_and(|j| {
                 let st = j.status.as_ref();
                 !st.is_some_and(|s| s.placement.as_ref() == Some(&a.placement) || is_terminal(j))
             })
         });
-        self.binding.retain(|uid, _| unbound.contains(uid));
-        let binding = &self.binding;
-        self.held.retain(|uid| binding.contains_key(uid));
         // An eviction is over once the job's status has moved past the evicted run (or is no longer admitted) and
         // that run's pods are gone.
         self.evicting.retain(|uid, run| {
-            let still = by_uid.get(uid).is_some_and(|j| {
+            let still = by_uid.get(uid.as_str()).is_some_and(|j| {
                 j.run() == *run
                     && j.status
                         .as_ref()
@@ -81,7 +87,7 @@ impl Overlay {
         });
         // Pods we bound are ours to trust until the cache shows all of them.
         self.bound.retain(|uid| {
-            by_uid.get(uid).is_some_and(|j| {
+            by_uid.get(uid.as_str()).is_some_and(|j| {
                 let tasks = j.status.as_ref().and_then(|s| s.placement.as_ref()).map_or(0, |p| p.tasks.len());
                 !is_terminal(j) && bound_pods.get(uid.as_str()).copied().unwrap_or(0) < tasks
             })
