@@ -231,8 +231,8 @@ pub fn job(
     .map_err(|e| SideError::Setup(e.to_string()))
 }
 
-/// The ComputeJob Haiyun's second row submits for the Job [`job`] makes: one task group of `shape.pods` pods that
-/// each ask `shape.gpus` GPUs and run `shape.run_ms` on kwok, with no restarts, as the Job's mirror has.
+/// The ComputeJob Haiyun's second row submits in place of the Job that [`job`] makes: one task group of `shape.pods`
+/// pods that each ask `shape.gpus` GPUs and run `shape.run_ms` on kwok, with no restarts, as the Job's mirror has.
 pub fn compute_job(name: &str, ns: &str, queue: usize, shape: Shape) -> Result<ComputeJob, SideError> {
     let mut annotations = json!({});
     if let Some(ms) = shape.run_ms {

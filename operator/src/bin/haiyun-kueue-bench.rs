@@ -1,5 +1,6 @@
 //! Kueue v0.17.0 (with kube-scheduler binding its pods) or Haiyun admitting the same batch/v1 Jobs on testenv, one
-//! controller per run on a fresh control plane (`scripts/kueue-side-by-side.sh` runs both):
+//! controller per run on a fresh control plane (`scripts/kueue-side-by-side.sh` runs Kueue, then Haiyun with Jobs,
+//! then Haiyun with ComputeJobs):
 //! - `--scenario scale`: Kueue's own scheduler scale test in GPUs; jobs admitted per second, time to the last pod
 //!   bound, p50/p99 wait and each controller's memory and CPU;
 //! - `--compute-jobs`: Haiyun gets ComputeJobs of the same shapes instead (its second row);
