@@ -230,15 +230,20 @@ fn a_terminating_pod_no_placement_covers_still_holds_its_gpus() {
     assert_eq!(admitted(&actions), vec!["old".to_string()], "once it is gone the older job starts again");
 }
 
-#[test]
-fn a_preemptor_is_bound_only_once_the_pods_of_its_victim_have_left_their_gpus() {
-    let (low, low_pod) = running(job("low", "q", 8, 100), "n0", &[0, 1, 2, 3, 4, 5, 6, 7]);
-    let urgent = fixtures::job("ns", "urgent")
+/// A job of queue `q` asking all 8 GPUs of a node at priority 10, made 10 s ago.
+fn urgent() -> ComputeJob {
+    fixtures::job("ns", "urgent")
         .queue("q")
         .gpus(8)
         .spec(json!({ "priority": 10 }))
         .stored("uid-urgent", NOW as i64 - 10)
-        .build();
+        .build()
+}
+
+#[test]
+fn a_preemptor_is_bound_only_once_the_pods_of_its_victim_have_left_their_gpus() {
+    let (low, low_pod) = running(job("low", "q", 8, 100), "n0", &[0, 1, 2, 3, 4, 5, 6, 7]);
+    let urgent = urgent();
     let objects = Objects {
         pools: vec![pool()],
         queues: vec![queue("q")],
@@ -303,16 +308,10 @@ fn a_job_whose_admission_is_still_being_applied_is_not_preempted_until_the_cache
     let placement = shown.status.as_ref().and_then(|s| s.placement.clone()).unwrap();
     let mut overlay = Overlay::default();
     overlay.assumed.insert("uid-low".into(), crate::index::Assumed { placement, started: NOW - 5.0 });
-    let urgent = fixtures::job("ns", "urgent")
-        .queue("q")
-        .gpus(8)
-        .spec(json!({ "priority": 10 }))
-        .stored("uid-urgent", NOW as i64 - 10)
-        .build();
     let objects = Objects {
         pools: vec![pool()],
         queues: vec![queue("q")],
-        jobs: vec![Arc::new(low), Arc::new(urgent)],
+        jobs: vec![Arc::new(low), Arc::new(urgent())],
         nodes: vec![node("n0", 8, false)],
         ..Default::default()
     };
