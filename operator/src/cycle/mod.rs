@@ -287,10 +287,12 @@ impl Memory {
                 self.overlay.assumed.insert(uid, assumed);
             }
             Action::Status { job, status } => {
-                self.log_status(job, status, stamp, decisions);
+                // Logged only with the write that records it: a busy job's status is planned again next cycle, and
+                // the trail must not say it failed when that status was never written.
                 if !free {
                     return;
                 }
+                self.log_status(job, status, stamp, decisions);
             }
             Action::PodWaits { .. }
             | Action::Collect { .. }

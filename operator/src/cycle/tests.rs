@@ -819,6 +819,44 @@ fn a_task_that_fails_past_max_restarts_fails_the_job_with_its_exit_code_and_a_su
 }
 
 #[test]
+fn a_finish_is_logged_with_the_status_write_that_records_it_not_while_the_job_is_busy() {
+    let mut j = job("g", "q", 1, 100);
+    j.spec.max_restarts = Some(0);
+    let (j, pod) = ended(j, 3);
+    let objects = crate::index::Objects {
+        pools: vec![pool()],
+        queues: vec![queue("q")],
+        jobs: vec![j],
+        nodes: vec![node("n0", 8, false)],
+        pods: vec![pod],
+        ..Default::default()
+    };
+    let backends = Backends::new(vec![Arc::new(KubernetesBackend::offline()) as Arc<dyn PoolBackend>]);
+    let fleet = FleetView::default();
+    let run = |memory: &mut crate::cycle::Memory, busy: &std::collections::HashSet<String>| {
+        let input = crate::cycle::Input {
+            objects: &objects,
+            fleet: &fleet,
+            backends: &backends,
+            busy,
+            config: SchedulerConfig::default(),
+            now: NOW,
+        };
+        let out = crate::cycle::run(&input, memory).unwrap();
+        let statuses = out.actions.iter().filter(|a| matches!(a, Action::Status { .. })).count();
+        let lines: Vec<(&str, String)> = out.decisions.iter().map(|d| (d.event, d.detail.clone())).collect();
+        (statuses, lines)
+    };
+    let mut memory = crate::cycle::Memory::default();
+    // An earlier write of g is still being applied: the Failed status waits, and so does its line.
+    let (statuses, lines) = run(&mut memory, &["uid-g".to_string()].into_iter().collect());
+    assert_eq!((statuses, lines.len()), (0, 0), "{lines:?}");
+    let (statuses, lines) = run(&mut memory, &Default::default());
+    assert_eq!(statuses, 1);
+    assert_eq!(lines, [("finish", "Failed".to_string())]);
+}
+
+#[test]
 fn a_template_node_selector_narrows_the_pools_and_one_no_node_has_waits_naming_the_selector() {
     let labelled = |name: &str, pool: &str, zone: &str| {
         let mut n = (*node(name, 8, false)).clone();
