@@ -1,11 +1,10 @@
 //! What running jobs hold per (pool, flavor) and when each lets go, kept as jobs start and stop: a cycle's timeline
 //! starts from a copy of it rather than from every running job again.
 
-use std::collections::BTreeMap;
-
 use rustc_hash::FxHashMap;
 
 use super::Run;
+use super::steps::Steps;
 use super::timeline::key;
 use crate::model::PoolId;
 use crate::queue::Flavor;
@@ -15,7 +14,7 @@ use crate::queue::Flavor;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Holdings {
     pub(crate) held: FxHashMap<(PoolId, Flavor), i64>,
-    pub(crate) ends: FxHashMap<(PoolId, Flavor), BTreeMap<i64, i64>>,
+    pub(crate) ends: FxHashMap<(PoolId, Flavor), Steps>,
 }
 
 impl Holdings {
@@ -34,13 +33,8 @@ impl Holdings {
         for (f, v) in r.charged.flavors().filter(|(f, _)| *f != Flavor::Memory) {
             let v = sign * v as i64;
             *self.held.entry((r.pool, f)).or_default() += v;
-            let ends = self.ends.entry((r.pool, f)).or_default();
-            let d = ends.entry(at).or_default();
-            *d -= v;
-            // Every delta is a (negative) end: one that comes back to zero has no job ending there.
-            if *d == 0 {
-                ends.remove(&at);
-            }
+            // Every delta is a (negative) end: one that comes back to zero (no job ends there) is dropped.
+            self.ends.entry((r.pool, f)).or_default().shift(at, -v);
         }
     }
 }
@@ -70,10 +64,11 @@ mod tests {
         h.add(&a);
         h.add(&b);
         assert_eq!(h.held[&(0, Flavor::Gpu(0))], 3000);
-        assert_eq!(h.ends[&(0, Flavor::Gpu(0))], BTreeMap::from([(100_000, -3000)]));
+        let ends = |h: &Holdings| h.ends[&(0, Flavor::Gpu(0))].iter().collect::<Vec<_>>();
+        assert_eq!(ends(&h), [(100_000, -3000)]);
         assert!(!h.held.contains_key(&(0, Flavor::Memory)));
         h.remove(&a);
-        assert_eq!(h.ends[&(0, Flavor::Gpu(0))], BTreeMap::from([(100_000, -1000)]));
+        assert_eq!(ends(&h), [(100_000, -1000)]);
         h.remove(&b);
         assert_eq!(h.held[&(0, Flavor::Gpu(0))], 0);
         assert!(h.ends[&(0, Flavor::Gpu(0))].is_empty());

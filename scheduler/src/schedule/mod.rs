@@ -9,6 +9,7 @@ mod options;
 mod preempt;
 mod standing;
 mod status;
+mod steps;
 mod timeline;
 
 use serde::{Deserialize, Serialize};

@@ -1,11 +1,11 @@
 //! Backfill's view of the future: usage per (pool, flavor) over time, from running jobs and reservations.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 // Keys are small (pool, flavor) pairs read in every query: a fast hash, not SipHash, and no order depends on it.
 use rustc_hash::FxHashMap as HashMap;
 
+use super::steps::{Cursor, Steps};
 use crate::model::{PoolId, Time};
 use crate::queue::{Flavor, Resources};
 
@@ -26,10 +26,8 @@ pub struct Timeline {
     origin: i64,
     capacity: HashMap<(PoolId, Flavor), u64>,
     base: HashMap<(PoolId, Flavor), i64>,
-    steps: HashMap<(PoolId, Flavor), BTreeMap<i64, i64>>,
-    /// Running peaks of each (pool, flavor)'s steps, built when a query from now first needs them and kept up to
-    /// date as the steps change: most jobs of a busy cycle ask whether they fit from now.
-    peaks: RefCell<HashMap<(PoolId, Flavor), Peaks>>,
+    /// Changes after the origin.
+    steps: HashMap<(PoolId, Flavor), Steps>,
 }
 
 /// Capacity per (pool, flavor) of a cluster: its nodes' CPU and their placeable GPUs, in key order.
@@ -45,175 +43,6 @@ pub(crate) fn capacity_of(cluster: &crate::model::Cluster) -> Vec<((PoolId, Flav
     caps.into_values().collect()
 }
 
-/// Steps per block of [`Peaks`] (a block splits at twice this). Small in tests, so they split blocks often.
-#[cfg(not(test))]
-const BLOCK: usize = 256;
-#[cfg(test)]
-const BLOCK: usize = 4;
-
-/// The steps after the origin in ordered blocks, each with its sum and its highest running sum: the peak from now to
-/// a time, and a change of one step, each cost a block's length plus the number of blocks.
-#[derive(Debug, Clone, Default)]
-struct Peaks {
-    blocks: Vec<Block>,
-}
-
-/// A run of consecutive steps.
-#[derive(Debug, Clone, Default)]
-struct Block {
-    keys: Vec<i64>,
-    deltas: Vec<i64>,
-    /// The sum of `deltas`.
-    sum: i64,
-    /// The highest running sum of `deltas` from the block's start (`i64::MIN` when empty).
-    peak: i64,
-    /// The lowest (`i64::MAX` when empty).
-    low: i64,
-}
-
-impl Block {
-    fn of(keys: Vec<i64>, deltas: Vec<i64>) -> Self {
-        let mut b = Block { keys, deltas, sum: 0, peak: i64::MIN, low: i64::MAX };
-        b.refresh();
-        b
-    }
-
-    fn refresh(&mut self) {
-        let (mut sum, mut peak, mut low) = (0i64, i64::MIN, i64::MAX);
-        for d in &self.deltas {
-            sum += d;
-            peak = peak.max(sum);
-            low = low.min(sum);
-        }
-        (self.sum, self.peak, self.low) = (sum, peak, low);
-    }
-}
-
-impl Peaks {
-    fn of(steps: &BTreeMap<i64, i64>) -> Self {
-        let (keys, deltas): (Vec<i64>, Vec<i64>) = steps.iter().map(|(k, d)| (*k, *d)).unzip();
-        let blocks =
-            keys.chunks(BLOCK).zip(deltas.chunks(BLOCK)).map(|(k, d)| Block::of(k.to_vec(), d.to_vec()));
-        Peaks { blocks: blocks.collect() }
-    }
-
-    /// The highest usage above the base over the steps before `e` (0 when none rises above it).
-    fn before(&self, e: i64) -> i64 {
-        let (mut run, mut peak) = (0i64, 0i64);
-        for b in &self.blocks {
-            if b.keys.last().is_some_and(|last| *last < e) {
-                peak = peak.max(run + b.peak);
-                run += b.sum;
-                continue;
-            }
-            for (_, d) in b.keys.iter().zip(&b.deltas).take_while(|(k, _)| **k < e) {
-                run += d;
-                peak = peak.max(run);
-            }
-            break;
-        }
-        peak
-    }
-
-    /// Adds `v` to the step at `at`.
-    fn shift(&mut self, at: i64, v: i64) {
-        if self.blocks.is_empty() {
-            self.blocks.push(Block::default());
-        }
-        // The last block that starts at or before `at`, else the first.
-        let i = self.blocks.partition_point(|b| b.keys.first().is_some_and(|k| *k <= at)).saturating_sub(1);
-        let b = &mut self.blocks[i];
-        match b.keys.binary_search(&at) {
-            Ok(j) => b.deltas[j] += v,
-            Err(j) => {
-                b.keys.insert(j, at);
-                b.deltas.insert(j, v);
-            }
-        }
-        if b.keys.len() > 2 * BLOCK {
-            let tail = Block::of(b.keys.split_off(BLOCK), b.deltas.split_off(BLOCK));
-            b.refresh();
-            self.blocks.insert(i + 1, tail);
-        } else {
-            b.refresh();
-        }
-    }
-}
-
-/// A walk forward through one flavor's steps: `run` sums every step before the next one it reads.
-struct Cursor<'a> {
-    blocks: &'a [Block],
-    block: usize,
-    at: usize,
-    run: i64,
-}
-
-impl<'a> Cursor<'a> {
-    fn new(peaks: &'a Peaks) -> Self {
-        Cursor { blocks: &peaks.blocks, block: 0, at: 0, run: 0 }
-    }
-
-    /// Reads steps while `whole` says a block can be read at once (from the block's start) or `one` says a step can
-    /// be (the running sum after it): stops before the first step neither allows, returning its time and the running
-    /// sum with it, or `None` past the last step.
-    fn walk(
-        &mut self,
-        whole: impl Fn(i64, &Block) -> bool,
-        one: impl Fn(i64, i64) -> bool,
-    ) -> Option<(i64, i64)> {
-        let blocks = self.blocks;
-        while let Some(b) = blocks.get(self.block) {
-            if self.at == 0 && whole(self.run, b) {
-                self.run += b.sum;
-                self.block += 1;
-                continue;
-            }
-            while let (Some(k), Some(d)) = (b.keys.get(self.at), b.deltas.get(self.at)) {
-                if !one(*k, self.run + d) {
-                    return Some((*k, self.run + d));
-                }
-                self.run += d;
-                self.at += 1;
-            }
-            (self.block, self.at) = (self.block + 1, 0);
-        }
-        None
-    }
-
-    /// Reads the step `walk` stopped before.
-    fn take(&mut self, run: i64) {
-        self.run = run;
-        self.at += 1;
-        if self.blocks.get(self.block).is_some_and(|b| self.at >= b.keys.len()) {
-            (self.block, self.at) = (self.block + 1, 0);
-        }
-    }
-
-    /// Reads every step at or before `t`.
-    fn read_to(&mut self, t: i64) {
-        let _ = self.walk(|_, b| b.keys.last().is_some_and(|k| *k <= t), |k, _| k <= t);
-    }
-
-    /// Reads up to the first step before `end` after which the sum exceeds `limit`, and returns its time.
-    fn first_above(&mut self, limit: i64, end: i64) -> Option<i64> {
-        let found = self.walk(
-            |run, b| b.keys.last().is_some_and(|k| *k < end) && run + b.peak <= limit,
-            |k, run| k < end && run <= limit,
-        )?;
-        (found.0 < end).then(|| {
-            self.take(found.1);
-            found.0
-        })
-    }
-
-    /// Reads up to the first step after which the sum is at most `limit`, and returns its time.
-    fn first_within(&mut self, limit: i64) -> Option<i64> {
-        let (k, run) = self.walk(|run, b| run + b.low > limit, |_, run| run > limit)?;
-        self.take(run);
-        Some(k)
-    }
-}
-
 impl Timeline {
     /// An empty timeline whose past ends at `now`.
     pub fn at(now: Time) -> Self {
@@ -224,10 +53,7 @@ impl Timeline {
         if at <= self.origin {
             *self.base.entry((pool, f)).or_default() += v;
         } else {
-            *self.steps.entry((pool, f)).or_default().entry(at).or_default() += v;
-            if let Some(p) = self.peaks.get_mut().get_mut(&(pool, f)) {
-                p.shift(at, v);
-            }
+            self.steps.entry((pool, f)).or_default().shift(at, v);
         }
     }
 
@@ -277,15 +103,11 @@ impl Timeline {
                     _ => merged.push((at, d)),
                 }
             }
-            // Peaks are rebuilt from the steps when next asked for.
-            self.peaks.get_mut().remove(&pf);
-            let map = self.steps.entry(pf).or_default();
-            if map.is_empty() {
-                *map = merged.into_iter().collect();
+            let steps = self.steps.entry(pf).or_default();
+            if steps.is_empty() {
+                *steps = Steps::of_sorted(merged);
             } else {
-                for (at, d) in merged {
-                    *map.entry(at).or_default() += d;
-                }
+                merged.into_iter().for_each(|(at, d)| steps.shift(at, d));
             }
         }
     }
@@ -300,21 +122,13 @@ impl Timeline {
             *self.base.entry(*pf).or_default() += held;
         }
         for (pf, ends) in h.ends.iter().filter(|(_, e)| !e.is_empty()) {
-            // A clone copies the tree's nodes as they are; collecting a range would sort it again.
-            let mut due = ends.clone();
-            let mut steps = due.split_off(&(first + 1));
-            let overdue: i64 = due.values().sum();
-            if overdue != 0 {
-                steps.insert(first, overdue);
-            }
-            self.peaks.get_mut().remove(pf);
-            let map = self.steps.entry(*pf).or_default();
-            if map.is_empty() {
-                *map = steps;
+            let steps = self.steps.entry(*pf).or_default();
+            if steps.is_empty() {
+                // A copy of a few vectors, not a rebuild: ends that are due (or overdue) fold into a second from now.
+                *steps = ends.clone();
+                steps.fold_until(first);
             } else {
-                for (at, d) in steps {
-                    *map.entry(at).or_default() += d;
-                }
+                ends.iter().for_each(|(at, d)| steps.shift(at.max(first), d));
             }
         }
     }
@@ -328,9 +142,7 @@ impl Timeline {
         let steps = |t: &Timeline| -> BTreeMap<(PoolId, usize), BTreeMap<i64, i64>> {
             t.steps
                 .iter()
-                .map(|((p, f), m)| {
-                    ((*p, f.index()), m.iter().filter(|(_, d)| **d != 0).map(|(k, d)| (*k, *d)).collect())
-                })
+                .map(|((p, f), m)| ((*p, f.index()), m.iter().filter(|(_, d)| *d != 0).collect()))
                 .filter(|(_, m): &(_, BTreeMap<i64, i64>)| !m.is_empty())
                 .collect()
         };
@@ -352,20 +164,8 @@ impl Timeline {
 
     fn max_used(&self, pool: PoolId, f: Flavor, s: i64, e: i64) -> i64 {
         let base = self.base.get(&(pool, f)).copied().unwrap_or(0);
-        let Some(steps) = self.steps.get(&(pool, f)) else { return base };
-        if s <= self.origin {
-            // Every step lies after the origin: the peak from now to `e` is a running peak.
-            let mut peaks = self.peaks.borrow_mut();
-            return base + peaks.entry((pool, f)).or_insert_with(|| Peaks::of(steps)).before(e);
-        }
-        let before = if s > self.origin { steps.range(..=s).map(|(_, d)| d).sum::<i64>() } else { 0 };
-        let mut used = base + before;
-        let mut peak = used;
-        for (_, d) in steps.range(s.max(self.origin) + 1..e) {
-            used += d;
-            peak = peak.max(used);
-        }
-        peak
+        // Every step lies after the origin: from it, the peak is over every step before `e`.
+        base + self.steps.get(&(pool, f)).map_or(0, |steps| steps.peak_in(s, e))
     }
 
     /// Whether `req` fits in `pool` over the whole of `[start, start + duration)`.
@@ -392,20 +192,14 @@ impl Timeline {
         if needed.iter().any(|(f, v)| (self.capacity(pool, *f) as i64) < *v) {
             return None;
         }
-        let mut cache = self.peaks.borrow_mut();
-        for (f, _) in &needed {
-            if let Some(steps) = self.steps.get(&(pool, *f)) {
-                cache.entry((pool, *f)).or_insert_with(|| Peaks::of(steps));
-            }
-        }
-        let none = Peaks::default();
+        let none = Steps::default();
         // Per flavor: how far usage may rise above what runs now, and a walk through its steps.
         let mut walks: Vec<(i64, Cursor<'_>)> = needed
             .iter()
             .map(|(f, v)| {
                 let limit =
                     self.capacity(pool, *f) as i64 - v - self.base.get(&(pool, *f)).copied().unwrap_or(0);
-                (limit, Cursor::new(cache.get(&(pool, *f)).unwrap_or(&none)))
+                (limit, self.steps.get(&(pool, *f)).unwrap_or(&none).cursor())
             })
             .collect();
         let start = key(from);
@@ -487,7 +281,7 @@ mod oracle {
         let mut times: Vec<i64> = needed
             .iter()
             .filter_map(|f| t.steps.get(&(pool, *f)))
-            .flat_map(|s| s.keys().copied().filter(|k| *k > key(from)))
+            .flat_map(|s| s.iter().map(|(k, _)| k).filter(|k| *k > key(from)))
             .collect();
         times.sort_unstable();
         std::iter::once(from).chain(times.into_iter().map(time)).find(|c| t.fits(pool, req, *c, duration))
@@ -496,7 +290,8 @@ mod oracle {
     /// The plain definition of the peak over `[s, e)`: usage at every step time inside it, and at `s`.
     fn max_used_by_definition(t: &Timeline, pool: PoolId, f: Flavor, s: i64, e: i64) -> i64 {
         let base = t.base.get(&(pool, f)).copied().unwrap_or(0);
-        let steps = t.steps.get(&(pool, f)).cloned().unwrap_or_default();
+        let steps: BTreeMap<i64, i64> =
+            t.steps.get(&(pool, f)).map(|s| s.iter().collect()).unwrap_or_default();
         let at = |x: i64| base + steps.range(..=x).map(|(_, d)| d).sum::<i64>();
         std::iter::once(s.max(t.origin))
             .chain(steps.range(s.max(t.origin) + 1..e).map(|(k, _)| *k))
