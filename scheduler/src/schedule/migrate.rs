@@ -24,7 +24,21 @@ impl Scheduler {
         // changes but its own move: the jobs without one are left out of both passes after one look.
         let mut hopeful = Vec::new();
         let mut candidates: Vec<(f64, JobId)> = Vec::new();
-        for id in self.running() {
+        for id in 0..self.jobs.len() as JobId {
+            // Most jobs are known to gain nothing yet (or not to run): only this compact list is read for them.
+            if self.gains_nothing.get(id as usize).is_some_and(|(from, until)| *from <= now && now < *until) {
+                debug_assert!(
+                    self.faster_options(id, now).is_none_or(|(o, _)| o.is_empty()),
+                    "job {id} was remembered as gaining nothing from a move, but it could"
+                );
+                continue;
+            }
+            if let Some(until) = self.gains_nothing_until(id, now) {
+                if let Some(g) = self.gains_nothing.get_mut(id as usize) {
+                    *g = (now, until);
+                }
+                continue;
+            }
             let Some((options, left)) = self.faster_options(id, now).filter(|(o, _)| !o.is_empty()) else {
                 continue;
             };
@@ -48,6 +62,33 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Until when job `id` surely gains nothing by moving (`None`: it might now). A job that does not run, or may
+    /// not move, for as long as its run lasts (a change of run forgets this). Otherwise while even its fastest model
+    /// after a restart would not gain enough (most running jobs): until its next checkpoint, as the work it would
+    /// redo stays the same until then and its time left only shrinks, faster than the gain it needs.
+    fn gains_nothing_until(&self, id: JobId, now: Time) -> Option<Time> {
+        let e = &self.jobs[id as usize];
+        let Some(r) = e.run.as_ref() else { return Some(f64::INFINITY) };
+        if r.started >= now {
+            return None;
+        }
+        let Some(c) = e.job.checkpoint_s.filter(|_| e.job.preemptible) else { return Some(f64::INFINITY) };
+        let rate = e.job.work.rate(r.model);
+        let remaining = (e.remaining - saved_work(&e.job, rate, r.working_from, now)).max(0.0);
+        let left = (r.est_end - now).max(0.0);
+        let enough = MIN_GAIN_S.max(MIN_GAIN_SHARE * left);
+        let fastest = super::cycle::best_runtime(e, remaining, self.present);
+        if left - (self.config.restart_s + fastest) >= enough {
+            return None;
+        }
+        if c <= 0.0 {
+            return Some(f64::INFINITY);
+        }
+        // The next checkpoint counts from the instant `saved_work` sees it; a millisecond early, for rounding.
+        let ran = (now - r.working_from - super::CHECKPOINT_SLACK_S).max(0.0);
+        Some(r.working_from + super::CHECKPOINT_SLACK_S + ((ran / c).floor() + 1.0) * c - 1e-3)
+    }
+
     /// The other options a running job could move to for its remaining work (after losing what it did since its
     /// last checkpoint and paying a restart) that end it enough sooner, fastest first, with the time it has left
     /// where it runs; `None` for a job that may not move.
@@ -62,8 +103,7 @@ impl Scheduler {
         let left = (r.est_end - now).max(0.0);
         let enough = MIN_GAIN_S.max(MIN_GAIN_SHARE * left);
         // Even its fastest model after a restart would not gain enough: no option can (most running jobs).
-        let fastest = super::cycle::best_runtime(e, remaining, self.present);
-        if left - (self.config.restart_s + fastest) < enough {
+        if self.gains_nothing_until(id, now).is_some() {
             return Some((Vec::new(), left));
         }
         // Only options that gain enough are worth their quota check; most running jobs have none.

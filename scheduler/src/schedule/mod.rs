@@ -172,6 +172,9 @@ pub struct Scheduler {
     pub(crate) nominal_only: bool,
     /// What the running jobs hold and until when, kept with every change of a job's run.
     pub(crate) holdings: holdings::Holdings,
+    /// Per job, an interval of time in which it surely gains nothing by moving to faster GPUs (an empty one when not
+    /// known): the upgrade pass reads this for most jobs instead of each job. Kept with every change of a job's run.
+    pub(crate) gains_nothing: Vec<(Time, Time)>,
     /// Capacity per (pool, flavor): the cluster is fixed once the scheduler is made.
     pub(crate) capacity: Vec<((PoolId, crate::queue::Flavor), u64)>,
 }
@@ -199,6 +202,7 @@ impl Scheduler {
             unplaceable: std::collections::HashMap::new(),
             nominal_only: false,
             holdings: holdings::Holdings::default(),
+            gains_nothing: Vec::new(),
             capacity,
             pool_models,
             present,
@@ -259,6 +263,7 @@ impl Scheduler {
         if let Some(r) = &e.run {
             self.holdings.add(r);
         }
+        self.gains_nothing.push(if e.run.is_some() { UNKNOWN } else { ALWAYS });
         self.jobs.push(e);
         id
     }
@@ -268,6 +273,7 @@ impl Scheduler {
         self.take_run(id);
         if let Some(new) = &run {
             self.holdings.add(new);
+            self.gains_nothing[id as usize] = UNKNOWN;
         }
         self.jobs[id as usize].run = run;
     }
@@ -277,6 +283,7 @@ impl Scheduler {
         let e = &mut self.jobs[id as usize];
         let run = e.run.take();
         if let Some(old) = &run {
+            self.gains_nothing[id as usize] = ALWAYS;
             self.holdings.remove(old);
             self.standings.touch(id, e.job.queue, old.pool);
         }
@@ -360,6 +367,10 @@ impl Scheduler {
         self.jobs.get(id as usize)?.run.as_ref().map(|r| (&r.placement, r.pool, r.model))
     }
 }
+
+/// An interval that holds no instant, and one that holds every instant (see `Scheduler::gains_nothing`).
+const UNKNOWN: (Time, Time) = (0.0, 0.0);
+const ALWAYS: (Time, Time) = (f64::NEG_INFINITY, f64::INFINITY);
 
 /// A checkpoint that falls within this many seconds of `now` is not counted: the caller's clock arithmetic (and an
 /// independent replay of it) may put it a hair either side, and claiming work that was not saved is worse than
