@@ -167,7 +167,7 @@ pub struct Scheduler {
     pub(crate) members: Vec<Vec<JobId>>,
     /// Gangs (as restricted to one option) that found no nodes in a pool, kept from cycle to cycle until something
     /// frees capacity (a finish or an eviction that stands): placing more only leaves less room.
-    pub(crate) unplaceable: std::collections::HashMap<(PoolId, crate::model::Gang), crate::placer::Rejection>,
+    pub(crate) unplaceable: rustc_hash::FxHashMap<(PoolId, crate::model::Gang), crate::placer::Rejection>,
     /// While the cycle's first pass runs: a job's ways to run that fit its quota only by borrowing are left out.
     pub(crate) nominal_only: bool,
     /// What the running jobs hold and until when, kept with every change of a job's run.
@@ -199,7 +199,7 @@ impl Scheduler {
         Ok(Scheduler {
             standings: standing::Standings::default(),
             members: Vec::new(),
-            unplaceable: std::collections::HashMap::new(),
+            unplaceable: rustc_hash::FxHashMap::default(),
             nominal_only: false,
             holdings: holdings::Holdings::default(),
             gains_nothing: Vec::new(),
