@@ -116,7 +116,9 @@ impl Resources {
 
     /// What a gang asks for when its GPUs are of `model`.
     pub fn of_gang(gang: &Gang, model: Option<ModelId>) -> Self {
-        let mut r = Resources::default();
+        // One allocation of the length setting each flavor in turn would grow it to.
+        let len = model.map_or(Flavor::Memory, Flavor::Gpu).index() + 1;
+        let mut r = Resources(vec![0; len]);
         let (cpu, mem) = gang.tasks.iter().fold((0, 0), |(c, m), t| (c + t.cpu_milli, m + t.memory_mib));
         r.set(Flavor::Cpu, cpu);
         r.set(Flavor::Memory, mem);
