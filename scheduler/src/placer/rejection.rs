@@ -131,13 +131,15 @@ pub fn explain(
     within: Topology,
     gang_gpus: u32,
 ) -> Rejection {
-    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    // Counted by code, named once: a refusal per node of a large federation must not make a string each.
+    let mut counts: BTreeMap<&'static str, u32> = BTreeMap::new();
+    let mut outside = 0u32;
     let mut best_node_free = 0u32;
     let (mut best_cpu, mut best_mem) = (0u64, 0u64);
     for id in 0..snap.len() as u32 {
         let Some(v) = snap.view(id) else { continue };
         if !v.sets.allows(task.nodes, id) {
-            *counts.entry(reason(snap, task, Unfit::OutsideNodeSet)).or_default() += 1;
+            outside += 1;
             continue;
         }
         let usable = v.gpus_of(task.models);
@@ -147,14 +149,19 @@ pub fn explain(
             best_cpu = best_cpu.max(v.cpu_free);
             best_mem = best_mem.max(v.memory_free);
         }
-        if let Err(u) = check_node(&v, task, usable) {
-            *counts.entry(reason(snap, task, u)).or_default() += 1;
+        match check_node(&v, task, usable) {
+            Err(Unfit::OutsideNodeSet) => outside += 1,
+            Err(u) => *counts.entry(u.code()).or_default() += 1,
+            Ok(()) => {}
         }
     }
     let grouped = !matches!(within, Topology::Any);
     let best_free = if grouped { best_group_free(snap, task, within) } else { best_node_free };
     let mut reasons: Vec<ReasonCount> =
-        counts.into_iter().map(|(reason, nodes)| ReasonCount { reason, nodes }).collect();
+        counts.into_iter().map(|(code, nodes)| ReasonCount { reason: code.to_string(), nodes }).collect();
+    if outside > 0 {
+        reasons.push(ReasonCount { reason: outside_reason(snap, task), nodes: outside });
+    }
     reasons.sort_by(|a, b| b.nodes.cmp(&a.nodes).then_with(|| a.reason.cmp(&b.reason)));
     let needed = if grouped { gang_gpus } else { task.gpus };
     let code = if fits_empty(snap, task, within, needed) {
@@ -180,10 +187,12 @@ pub fn explain(
 }
 
 /// The reason code of a refusal; a node set's refusal names what decides the set (e.g. its selector).
-fn reason(snap: &Snapshot, task: &TaskSpec, unfit: Unfit) -> String {
-    match (unfit, snap.cluster().node_sets.get(task.nodes)) {
-        (Unfit::OutsideNodeSet, Some(set)) => format!("{} ({})", unfit.code(), set.name),
-        _ => unfit.code().to_string(),
+/// The reason for nodes outside the task's node set, with the set's name.
+fn outside_reason(snap: &Snapshot, task: &TaskSpec) -> String {
+    let code = Unfit::OutsideNodeSet.code();
+    match snap.cluster().node_sets.get(task.nodes) {
+        Some(set) => format!("{code} ({})", set.name),
+        None => code.to_string(),
     }
 }
 
