@@ -111,16 +111,21 @@ impl Scheduler {
         };
         let none = crate::queue::Resources::default();
         // Per queue, not per job: how close it is to the newcomer's and the share it borrows.
-        let mut rank = vec![(usize::MAX, 0.0); self.standings.queues()];
-        for q in queues.iter().filter(|q| **q != job.queue) {
-            rank[*q as usize] =
-                (self.quotas.kinship(job.queue, *q), -self.quotas.borrowed_share(*q, &none, now));
-        }
+        let rank = |q: u32| {
+            if q == job.queue {
+                (usize::MAX, 0.0)
+            } else {
+                (self.quotas.kinship(job.queue, q), -self.quotas.borrowed_share(q, &none, now))
+            }
+        };
         queues
             .iter()
-            .flat_map(|q| self.standings.of(*q, o.pool).iter().map(move |s| (*q, s)))
-            .filter(|(_, s)| s.id != id)
-            .filter_map(|(q, s)| {
+            .flat_map(|q| {
+                let r = rank(*q);
+                self.standings.of(*q, o.pool).iter().map(move |s| (*q, r, s))
+            })
+            .filter(|(_, _, s)| s.id != id)
+            .filter_map(|(q, (closeness, share), s)| {
                 let s = self.standing_now(s, now).filter(|s| s.pool == o.pool)?;
                 let near = any_loss || s.near;
                 let same = q == job.queue && policy != WithinQueue::Never;
@@ -135,7 +140,6 @@ impl Scheduler {
                 if !(lower || later || (other && (claim.reclaim || near))) {
                     return None;
                 }
-                let (closeness, share) = rank[q as usize];
                 Some((closeness, share, s.priority, s.lost, -s.started, s.id, s.chance))
             })
             .collect()

@@ -67,11 +67,6 @@ impl Standings {
     pub(crate) fn of(&self, q: u32, pool: PoolId) -> &[Standing] {
         self.list(q, pool).map_or(&[][..], |l| l.jobs.as_slice())
     }
-
-    /// The number of queues indexed.
-    pub(crate) fn queues(&self) -> usize {
-        self.by_queue.len()
-    }
 }
 
 impl Scheduler {
