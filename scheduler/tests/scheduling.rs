@@ -426,3 +426,24 @@ fn a_long_job_is_not_moved_for_a_job_that_is_not_much_shorter() {
     assert!(c.preempted.is_empty(), "{c:?}");
     assert_eq!((s.placement(long).unwrap().1, s.placement(other).unwrap().1), (0, 1));
 }
+
+#[test]
+fn a_job_past_the_backfill_depth_that_may_use_two_models_starts_on_the_one_its_quota_covers() {
+    // Quota for H100s only; the job may use H100s or A100s. Past the backfill depth a job starts only if some way it
+    // could run fits the quota: that way asks for H100s alone, not for H100s and A100s at once.
+    let nominal = gpus(0, 8).with(Flavor::Cpu, 1 << 30).with(Flavor::Memory, 1 << 30);
+    let mut quotas = Quotas::default();
+    quotas.add(QueueSpec::new("q", nominal)).unwrap();
+    let config = SchedulerConfig {
+        policy: PolicyName::Bestfit,
+        upgrades: false,
+        backfill: true,
+        backfill_depth: 0,
+        ..SchedulerConfig::default()
+    };
+    let mut s = Scheduler::new(federation(1, 1), quotas, config, None).unwrap();
+    let id = s.submit(job("either", 0, 8, 100.0, 0.0)).unwrap();
+    s.cycle(0.0).unwrap();
+    assert_eq!(s.status(id).unwrap().phase, Phase::Running, "{:?}", s.explain(id));
+    assert_eq!(s.placement(id).unwrap().2, Some(0), "on the H100s");
+}

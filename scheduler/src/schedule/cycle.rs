@@ -114,23 +114,34 @@ impl Scheduler {
     /// quota, and some way fits the quota with what its cohort lends.
     fn only_borrows(&self, id: JobId, now: Time) -> bool {
         let e = &self.jobs[id as usize];
-        !self.asks(e).any(|r| self.quotas.within_nominal(e.job.queue, &r, now)) && self.fits_quota(e, now)
+        !self.any_ask(e, |r| self.quotas.within_nominal(e.job.queue, r, now)) && self.fits_quota(e, now)
     }
 
     /// Whether some way the job could run fits its queue's quota now (within the nominal quota or borrowing).
     fn fits_quota(&self, e: &Entry, now: Time) -> bool {
-        self.asks(e).any(|r| self.quotas.fits(e.job.queue, e.job.user, &r, now).is_ok())
+        self.any_ask(e, |r| self.quotas.fits(e.job.queue, e.job.user, r, now).is_ok())
     }
 
-    /// What each way the job could run asks of its queue's quota: one request per GPU model it may use and the
-    /// federation has (its CPU alone for a CPU-only job); every option's request is one of them.
-    fn asks<'a>(&'a self, e: &'a Entry) -> impl Iterator<Item = crate::queue::Resources> + 'a {
-        let cpu_only = e.job.gang.tasks.iter().all(|t| t.is_cpu_only());
-        let models = ModelSet(if cpu_only { 0 } else { Self::allowed_models(e).0 & self.present.0 });
-        let cpu = cpu_only.then_some(None);
-        cpu.into_iter()
-            .chain(models.iter().map(Some))
-            .map(|m| crate::queue::Resources::of_gang(&e.job.gang, m))
+    /// Whether `f` holds for what some way the job could run asks of its queue's quota: one request per GPU model
+    /// it may use and the federation has (its CPU alone for a CPU-only job); every option's request is one of them.
+    /// Asked of every waiting job each cycle: one request is rewritten for each model rather than built anew.
+    fn any_ask(&self, e: &Entry, mut f: impl FnMut(&crate::queue::Resources) -> bool) -> bool {
+        if e.job.gang.tasks.iter().all(|t| t.is_cpu_only()) {
+            return f(&crate::queue::Resources::of_gang(&e.job.gang, None));
+        }
+        let models = ModelSet(Self::allowed_models(e).0 & self.present.0);
+        let Some(last) = models.iter().max() else { return false };
+        let mut r = crate::queue::Resources::of_gang(&e.job.gang, Some(last));
+        let gpus = r.get(Flavor::Gpu(last));
+        r.set(Flavor::Gpu(last), 0);
+        for m in models.iter() {
+            r.set(Flavor::Gpu(m), gpus);
+            if f(&r) {
+                return true;
+            }
+            r.set(Flavor::Gpu(m), 0);
+        }
+        false
     }
 
     /// Past the backfill depth: starts the job on the first option that fits now without touching any
