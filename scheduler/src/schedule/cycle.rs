@@ -520,21 +520,24 @@ impl Scheduler {
         if allowed.is_any() || e.job.gang.tasks.iter().all(|t| t.is_cpu_only()) {
             return Vec::new();
         }
-        let Some(current) = start else { return Vec::new() };
+        // No other model can start it a minute earlier than a start within a minute from now.
+        let Some(current) = start.filter(|s| *s - now >= 60.0) else { return Vec::new() };
         let pools = self.cleared_pools(e);
         let models = &self.pool_models;
         let mut hints: Vec<Hint> = Vec::new();
         for p in pools {
             for m in ModelSet(models.get(p as usize).map_or(0, |s| s.0) & !allowed.0).iter() {
-                let run = e.job.work.runtime(e.remaining, Some(m));
+                // A model's first hint is its hint; the earliest-start search is the cost, so it goes last.
+                if hints.iter().any(|h| matches!(h, Hint::AcceptModel { model, .. } if *model == m)) {
+                    continue;
+                }
                 let req = crate::queue::Resources::of_gang(&e.job.gang, Some(m));
-                let fits_quota = self.quotas.fits(e.job.queue, e.job.user, &req, now).is_ok();
-                if let (true, Some(t)) = (fits_quota, tl.earliest(p, &req, now, run)) {
-                    if current - t >= 60.0
-                        && !hints.iter().any(|h| matches!(h, Hint::AcceptModel { model, .. } if *model == m))
-                    {
-                        hints.push(Hint::AcceptModel { model: m, earlier_by_s: current - t });
-                    }
+                if self.quotas.fits(e.job.queue, e.job.user, &req, now).is_err() {
+                    continue;
+                }
+                let run = e.job.work.runtime(e.remaining, Some(m));
+                if let Some(t) = tl.earliest(p, &req, now, run).filter(|t| current - t >= 60.0) {
+                    hints.push(Hint::AcceptModel { model: m, earlier_by_s: current - t });
                 }
             }
         }
