@@ -187,3 +187,29 @@ fn scoring_a_few_nodes_still_finds_the_only_one_that_fits() {
         Outcome::Rejected(r) => panic!("{r:?}"),
     }
 }
+
+#[test]
+fn a_refusal_in_one_pool_counts_that_pools_nodes_only() {
+    // The T4 node moves to a second pool: a T4 task too big for it, placed in that pool, is refused by one node
+    // (the H100 nodes of the other pool were never looked at); whether it could ever fit is asked of all nodes.
+    let mut c = federation();
+    c.pools.push(Pool {
+        name: "edge".into(),
+        kind: PoolKind::Edge,
+        site: "e".into(),
+        clearance: Default::default(),
+    });
+    c.nodes[2].pool = 1;
+    let t4 = ModelSet::one(c.models.lookup("T4").unwrap());
+    let mut snap = Snapshot::new(c.clone()).unwrap();
+    let gang = task().cpu(64_000).gpus(1, 1000).models(t4).gang(1, Topology::Any);
+    let Outcome::Rejected(r) = placer(PolicyName::Bestfit).place_in(&mut snap, &gang, Some(1)).unwrap()
+    else {
+        panic!("placed")
+    };
+    let reasons: Vec<(&str, u32)> = r.reasons.iter().map(|x| (x.reason.as_str(), x.nodes)).collect();
+    assert_eq!(reasons, vec![("insufficient-cpu", 1)]);
+    assert_eq!(r.nodes, 1);
+    assert!(r.message(&c.models).contains("(0/1 nodes fit: 1 insufficient-cpu)"), "{}", r.message(&c.models));
+    assert_eq!(r.code, RejectionCode::Unresolvable);
+}

@@ -48,7 +48,11 @@ impl Placer {
         explained: bool,
     ) -> Result<Outcome, SnapshotError> {
         let why = |snap: &Snapshot, i: usize, within: Topology, gpus: u32| {
-            if explained { explain(snap, &gang.tasks[i], i, within, gpus) } else { Rejection::unexplained(i) }
+            if explained {
+                explain(snap, &gang.tasks[i], i, within, gpus, pool)
+            } else {
+                Rejection::unexplained(i)
+            }
         };
         if gang.topology == Topology::Any {
             let scope = pool.map_or(Scope::All, Scope::Pool);

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{GPU_MILLI, GpuModels, ModelSet, TaskSpec, Topology};
+use crate::model::{GPU_MILLI, GpuModels, ModelSet, NodeId, PoolId, TaskSpec, Topology};
 use crate::plugin::{Unfit, check_node, fitting_gpus};
 use crate::snapshot::Snapshot;
 
@@ -123,21 +123,26 @@ impl Rejection {
     }
 }
 
-/// Explains why `task` (index `index` of a gang needing `gang_gpus` GPUs within `within`) found no node.
+/// Explains why `task` (index `index` of a gang needing `gang_gpus` GPUs within `within`) found no node in `pool`
+/// (`None`: the whole federation): the nodes and places counted are those the placer looked at. Whether it could
+/// ever fit is asked of the whole federation.
 pub fn explain(
     snap: &Snapshot,
     task: &TaskSpec,
     index: usize,
     within: Topology,
     gang_gpus: u32,
+    pool: Option<PoolId>,
 ) -> Rejection {
     // Counted by code, named once: a refusal per node of a large federation must not make a string each.
     let mut counts: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut outside = 0u32;
     let mut best_node_free = 0u32;
     let (mut best_cpu, mut best_mem) = (0u64, 0u64);
-    for id in 0..snap.len() as u32 {
+    let mut examined = 0u32;
+    for id in scope(snap, pool) {
         let Some(v) = snap.view(id) else { continue };
+        examined += 1;
         if !v.sets.allows(task.nodes, id) {
             outside += 1;
             continue;
@@ -156,7 +161,7 @@ pub fn explain(
         }
     }
     let grouped = !matches!(within, Topology::Any);
-    let best_free = if grouped { best_group_free(snap, task, within) } else { best_node_free };
+    let best_free = if grouped { best_group_free(snap, task, within, pool) } else { best_node_free };
     let mut reasons: Vec<ReasonCount> =
         counts.into_iter().map(|(code, nodes)| ReasonCount { reason: code.to_string(), nodes }).collect();
     if outside > 0 {
@@ -172,7 +177,7 @@ pub fn explain(
     Rejection {
         code,
         task: index,
-        nodes: snap.len() as u32,
+        nodes: examined,
         reasons,
         shortfall: Shortfall {
             gpus: needed,
@@ -186,7 +191,6 @@ pub fn explain(
     }
 }
 
-/// The reason code of a refusal; a node set's refusal names what decides the set (e.g. its selector).
 /// The reason for nodes outside the task's node set, with the set's name.
 fn outside_reason(snap: &Snapshot, task: &TaskSpec) -> String {
     let code = Unfit::OutsideNodeSet.code();
@@ -206,17 +210,29 @@ fn group_lists(snap: &Snapshot, within: Topology) -> Vec<&[u32]> {
     }
 }
 
-fn best_group_free(snap: &Snapshot, task: &TaskSpec, within: Topology) -> u32 {
+/// The nodes of `pool`, or of the whole federation.
+fn scope(snap: &Snapshot, pool: Option<PoolId>) -> impl Iterator<Item = NodeId> + '_ {
+    let listed = pool.map(|p| snap.groups().pools.get(&p).map_or(&[][..], Vec::as_slice));
+    let all = if listed.is_none() { 0..snap.len() as NodeId } else { 0..0 };
+    listed.unwrap_or(&[]).iter().copied().chain(all)
+}
+
+fn best_group_free(snap: &Snapshot, task: &TaskSpec, within: Topology, pool: Option<PoolId>) -> u32 {
     if within == Topology::SameNode {
-        return (0..snap.len() as u32)
+        return scope(snap, pool)
             .filter_map(|id| snap.view(id))
             .filter(|v| v.sets.allows(task.nodes, v.id))
             .map(|v| fitting_gpus(v.free, v.gpus_of(task.models), task.gpu_milli.max(1)).count_ones())
             .max()
             .unwrap_or(0);
     }
+    // As the placer: only places wholly inside the pool.
+    let in_pool = |id: &NodeId| {
+        pool.is_none_or(|p| snap.cluster().nodes.get(*id as usize).is_some_and(|n| n.pool == p))
+    };
     group_lists(snap, within)
         .into_iter()
+        .filter(|nodes| nodes.iter().all(in_pool))
         .map(|nodes| {
             nodes
                 .iter()
