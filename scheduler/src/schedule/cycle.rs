@@ -157,13 +157,18 @@ impl Scheduler {
         if !self.fits_quota(&self.jobs[id as usize], now) {
             return Ok(false);
         }
-        let Ok(options) = self.options(&self.jobs[id as usize], now) else { return Ok(false) };
+        // Most options are gang shapes already known to find no nodes in their pool: they are left out before their
+        // request and quota are worked out, and before the timeline's walk.
+        let e = &self.jobs[id as usize];
+        let known =
+            |p: PoolId, m: Option<ModelId>, _| self.unplaceable.contains_key(&(p, self.gang_of(e, m)));
+        let restarted = e.status.preemptions > 0;
+        let Ok(options) = self.options_where(e, (e.remaining, restarted), now, |p, m, d| !known(p, m, d))
+        else {
+            return Ok(false);
+        };
         for o in options.iter().filter(|o| o.quota.is_ok()) {
-            // Most options that fit the timeline are gang shapes already known to find no nodes in their pool:
-            // asking that first spares the timeline's walk, and skips the same options.
-            if self.unplaceable.contains_key(&(o.pool, self.gang_for(id, o)))
-                || !tl.fits(o.pool, &o.req, now, o.duration)
-            {
+            if !tl.fits(o.pool, &o.req, now, o.duration) {
                 continue;
             }
             if let Ok(start) = self.try_start(id, o, now, false)? {
@@ -452,8 +457,13 @@ impl Scheduler {
 
     /// The job's gang restricted to the option's GPU model.
     pub(crate) fn gang_for(&self, id: JobId, o: &RunOption) -> crate::model::Gang {
-        let mut gang = self.jobs[id as usize].job.gang.clone();
-        if let Some(m) = o.model {
+        self.gang_of(&self.jobs[id as usize], o.model)
+    }
+
+    /// A job's gang restricted to GPU model `model` (as it is for `None`).
+    fn gang_of(&self, e: &Entry, model: Option<ModelId>) -> crate::model::Gang {
+        let mut gang = e.job.gang.clone();
+        if let Some(m) = model {
             gang.tasks.iter_mut().filter(|t| !t.is_cpu_only()).for_each(|t| t.models = ModelSet::one(m));
         }
         gang
