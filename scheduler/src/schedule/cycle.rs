@@ -265,10 +265,16 @@ impl Scheduler {
         if !may_start {
             self.say_faster_later(&options, &outlooks, now, &mut reasons);
         }
-        if may_start && self.config.preemption && self.try_preempt(id, &options, now, tl, out)? {
+        // The queues each option may take from, for the attempt to preempt and for the next chance to.
+        let queues: Vec<Vec<u32>> = if self.config.preemption {
+            options.iter().map(|o| self.victim_queues(id, o, now)).collect()
+        } else {
+            Vec::new()
+        };
+        if may_start && self.config.preemption && self.try_preempt(id, &options, &queues, now, tl, out)? {
             return Ok(Some(now));
         }
-        let start = self.reserve(id, &options, &outlooks, now, tl);
+        let start = self.reserve(id, &options, &outlooks, &queues, now, tl);
         let hints = self.hints(id, start, now, tl);
         let st = &mut self.jobs[id as usize].status;
         st.estimated_start = start;
@@ -333,7 +339,8 @@ impl Scheduler {
         let Some(best) = outlooks.first().copied() else { return Ok(false) };
         let slower = fastest.filter(|f| f.index != best.index && f.start > now);
         if let Some(f) = slower.filter(|_| self.config.preemption && self.config.preempt_for_speed) {
-            if self.try_preempt(id, std::slice::from_ref(&options[f.index]), now, tl, out)? {
+            let o = std::slice::from_ref(&options[f.index]);
+            if self.try_preempt(id, o, &[self.victim_queues(id, &o[0], now)], now, tl, out)? {
                 return Ok(true);
             }
         }
@@ -380,6 +387,7 @@ impl Scheduler {
         id: JobId,
         options: &[RunOption],
         outlooks: &[Outlook],
+        queues: &[Vec<u32>],
         now: Time,
         tl: &mut Timeline,
     ) -> Option<Time> {
@@ -399,7 +407,7 @@ impl Scheduler {
             start
         });
         let chance =
-            if self.config.preemption { self.next_preemption_chance(id, options, now) } else { None };
+            if self.config.preemption { self.next_preemption_chance(id, options, queues, now) } else { None };
         match (start, chance) {
             (Some(s), Some(c)) => Some(s.min(c)),
             (s, c) => s.or(c),

@@ -135,7 +135,8 @@ impl Scheduler {
         self.evict(id)?;
         self.requeue(id, now, tl);
         out.preempted.push(id);
-        if !self.try_preempt(id, std::slice::from_ref(&o), now, tl, out)? {
+        let queues = [self.victim_queues(id, &o, now)];
+        if !self.try_preempt(id, std::slice::from_ref(&o), &queues, now, tl, out)? {
             out.preempted.pop();
             self.set_run(id, saved.run.clone());
             self.jobs[id as usize] = saved;

@@ -56,7 +56,12 @@ impl Scheduler {
     /// Jobs of other queues come first, from the queue farthest from the newcomer's in the cohort tree (lent quota
     /// comes back from other teams before a sub-cohort's own members), then the largest borrower.
     pub(crate) fn victims_for(&self, id: JobId, o: &RunOption, now: Time, any_loss: bool) -> Vec<JobId> {
-        let mut c = self.candidates(id, o, now, any_loss);
+        self.victims_in(id, o, now, any_loss, &self.victim_queues(id, o, now))
+    }
+
+    /// Those of `victims_for` in `queues` (its `victim_queues`, worked out already).
+    fn victims_in(&self, id: JobId, o: &RunOption, now: Time, any_loss: bool, queues: &[u32]) -> Vec<JobId> {
+        let mut c = self.candidates_in(id, o, now, any_loss, queues);
         c.sort_by(|a, b| {
             a.0.cmp(&b.0)
                 .then(a.1.total_cmp(&b.1))
@@ -71,7 +76,7 @@ impl Scheduler {
     /// The queues whose running jobs in the option's pool `id` may evict: its own, and those it may take from.
     /// Queues with nothing running there have no victims: their quota is not looked at. Only the newcomer's cohort
     /// tree is walked (`takes_from` needs one), in ascending order.
-    fn victim_queues(&self, id: JobId, o: &RunOption, now: Time) -> Vec<u32> {
+    pub(crate) fn victim_queues(&self, id: JobId, o: &RunOption, now: Time) -> Vec<u32> {
         let own = self.jobs[id as usize].job.queue;
         let claim = self.claim(id, o, now);
         let alone = [own];
@@ -88,7 +93,9 @@ impl Scheduler {
     }
 
     /// The running jobs `victims_for` returns, unordered, each with its sort key: closeness of its queue to the
-    /// newcomer's, its queue's borrowed share (negated), priority, work lost, start (negated).
+    /// newcomer's, its queue's borrowed share (negated), priority, work lost, start (negated). Debug builds check
+    /// what is worked out from kept figures against it.
+    #[cfg(debug_assertions)]
     fn candidates(&self, id: JobId, o: &RunOption, now: Time, any_loss: bool) -> Vec<Candidate> {
         self.candidates_in(id, o, now, any_loss, &self.victim_queues(id, o, now))
     }
@@ -146,16 +153,20 @@ impl Scheduler {
     }
 
     /// Tries each option: evicts candidates one by one until the job fits; commits only if it then starts.
+    /// `queues` holds each option's `victim_queues`, worked out before (an attempt that fails undoes its evictions,
+    /// so they stay right for the next option, and for the job's next preemption chance).
     pub(crate) fn try_preempt(
         &mut self,
         id: JobId,
         options: &[RunOption],
+        queues: &[Vec<u32>],
         now: Time,
         tl: &mut Timeline,
         out: &mut Cycle,
     ) -> Result<bool, ScheduleError> {
-        for o in options {
-            let candidates = self.victims_for(id, o, now, false);
+        for (o, queues) in options.iter().zip(queues) {
+            debug_assert_eq!(*queues, self.victim_queues(id, o, now), "an option's victim queues went stale");
+            let candidates = self.victims_in(id, o, now, false, queues);
             let mut evicted: Vec<JobId> = Vec::new();
             let claim = self.claim(id, o, now);
             let (queue, user) = (claim.queue, self.jobs[id as usize].job.user);
@@ -224,19 +235,26 @@ impl Scheduler {
         done - saved_work(&e.job, rate, r.working_from, now) <= ORDER_MAX_LOSS_S * rate
     }
 
-    /// The next time one of the job's possible victims reaches a checkpoint (and so could be evicted cheaply).
-    pub(crate) fn next_preemption_chance(&self, id: JobId, options: &[RunOption], now: Time) -> Option<Time> {
+    /// The next time one of the job's possible victims reaches a checkpoint (and so could be evicted cheaply);
+    /// `queues` holds each option's `victim_queues`.
+    pub(crate) fn next_preemption_chance(
+        &self,
+        id: JobId,
+        options: &[RunOption],
+        queues: &[Vec<u32>],
+        now: Time,
+    ) -> Option<Time> {
         // The earliest of them: their order does not matter. Every running job of another queue counts when any
         // loss does, so such a queue's earliest chance in the pool, kept since the cycle's start, stands for its
         // jobs while none of their runs changed.
         let own = self.jobs[id as usize].job.queue;
         let chance = options
             .iter()
-            .flat_map(|o| {
-                let (kept, read): (Vec<u32>, Vec<u32>) = self
-                    .victim_queues(id, o, now)
-                    .into_iter()
-                    .partition(|q| *q != own && self.standings.unchanged(*q, o.pool, now).is_some());
+            .zip(queues)
+            .flat_map(|(o, queues)| {
+                let (kept, read): (Vec<u32>, Vec<u32>) = queues
+                    .iter()
+                    .partition(|q| **q != own && self.standings.unchanged(**q, o.pool, now).is_some());
                 let kept = kept.into_iter().filter_map(|q| self.standings.list(q, o.pool)?.earliest);
                 let read = self.candidates_in(id, o, now, true, &read).into_iter().filter_map(|c| c.6);
                 kept.chain(read).collect::<Vec<_>>()
