@@ -2,7 +2,7 @@
 
 /// Steps per block (a block splits at twice this). Small in tests, so they split blocks often.
 #[cfg(not(test))]
-const BLOCK: usize = 256;
+const BLOCK: usize = 64;
 #[cfg(test)]
 const BLOCK: usize = 4;
 
