@@ -96,7 +96,13 @@ impl ModelSet {
 
     /// The models in the set, in id order.
     pub fn iter(self) -> impl Iterator<Item = ModelId> {
-        (0..64u8).filter(move |m| self.contains(*m))
+        // One step per member, not one per possible model: sets are asked for their members many times a cycle.
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            let m = u8::try_from(bits.trailing_zeros()).ok().filter(|m| *m < 64)?;
+            bits &= bits - 1;
+            Some(m)
+        })
     }
 }
 
@@ -131,4 +137,18 @@ pub struct Gpu {
     pub nvlink_domain: u32,
     /// Health as last reported.
     pub health: Health,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sets_members_are_its_models_in_id_order() {
+        for bits in [0, 1, 1 << 63, u64::MAX, (1 << 1) | (1 << 5) | (1 << 40), 0x8000_0000_0000_0001] {
+            let set = ModelSet(bits);
+            let plain: Vec<ModelId> = (0..64u8).filter(|m| set.contains(*m)).collect();
+            assert_eq!(set.iter().collect::<Vec<_>>(), plain, "{bits:#x}");
+        }
+    }
 }
