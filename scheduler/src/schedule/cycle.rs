@@ -161,7 +161,7 @@ impl Scheduler {
         // request and quota are worked out, and before the timeline's walk.
         let e = &self.jobs[id as usize];
         let known =
-            |p: PoolId, m: Option<ModelId>, _| self.unplaceable.contains_key(&(p, self.gang_of(e, m)));
+            |p: PoolId, m: Option<ModelId>, _| self.unplaceable.contains_key(&(p, Self::gang_of(e, m)));
         let restarted = e.status.preemptions > 0;
         let Ok(options) = self.options_where(e, (e.remaining, restarted), now, |p, m, d| !known(p, m, d))
         else {
@@ -465,11 +465,11 @@ impl Scheduler {
 
     /// The job's gang restricted to the option's GPU model.
     pub(crate) fn gang_for(&self, id: JobId, o: &RunOption) -> crate::model::Gang {
-        self.gang_of(&self.jobs[id as usize], o.model)
+        Self::gang_of(&self.jobs[id as usize], o.model)
     }
 
     /// A job's gang restricted to GPU model `model` (as it is for `None`).
-    fn gang_of(&self, e: &Entry, model: Option<ModelId>) -> crate::model::Gang {
+    fn gang_of(e: &Entry, model: Option<ModelId>) -> crate::model::Gang {
         let mut gang = e.job.gang.clone();
         if let Some(m) = model {
             gang.tasks.iter_mut().filter(|t| !t.is_cpu_only()).for_each(|t| t.models = ModelSet::one(m));

@@ -237,13 +237,16 @@ impl Scheduler {
     }
 
     /// Forgets what the scheduler remembers from one cycle to the next (the gang shapes that found no room in a
-    /// pool, what the running jobs hold until when): the next cycle works everything out afresh, and decides the
-    /// same.
+    /// pool, what the running jobs hold until when, which of them gain nothing by moving yet): the next cycle works
+    /// everything out afresh, and decides the same.
     pub fn forget_rejections(&mut self) {
         self.unplaceable.clear();
         let mut h = holdings::Holdings::default();
         self.jobs.iter().filter_map(|e| e.run.as_ref()).for_each(|r| h.add(r));
         self.holdings = h;
+        for (g, e) in self.gains_nothing.iter_mut().zip(&self.jobs) {
+            *g = if e.run.is_some() { UNKNOWN } else { ALWAYS };
+        }
     }
 
     /// Submits a job; it is considered from the next cycle on.
