@@ -164,6 +164,7 @@ impl Scheduler {
         tl: &mut Timeline,
         out: &mut Cycle,
     ) -> Result<bool, ScheduleError> {
+        debug_assert_eq!(options.len(), queues.len(), "one list of victim queues per option");
         for (o, queues) in options.iter().zip(queues) {
             debug_assert_eq!(*queues, self.victim_queues(id, o, now), "an option's victim queues went stale");
             let candidates = self.victims_in(id, o, now, false, queues);

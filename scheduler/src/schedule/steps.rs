@@ -76,7 +76,6 @@ impl Steps {
         if v == 0 {
             return;
         }
-        let many = self.blocks.len() > 1;
         if self.blocks.is_empty() {
             self.blocks.push(Block::default());
         }
@@ -98,7 +97,8 @@ impl Steps {
             let tail = Block::of(b.keys.split_off(BLOCK), b.deltas.split_off(BLOCK));
             b.refresh();
             self.blocks.insert(i + 1, tail);
-        } else if b.keys.is_empty() && many {
+        } else if b.keys.is_empty() {
+            // No block is ever empty: a reader adding a block's lowest sum to its running sum needs one.
             self.blocks.remove(i);
         } else {
             b.refresh();
